@@ -1,0 +1,81 @@
+"""Sessions for drift-gate (``nox -l`` lists them).
+
+Every session runs in **one shared environment**, ``.nox/env``, built from
+``pyproject.toml`` (the single source of dependencies) the first time it is
+needed and rebuilt only when ``pyproject.toml`` changes. So ``nox -s train gate``
+installs torch once, not once per session. Arguments after ``--`` are passed on
+(``nox -s tests -- -k metrics``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+ENV = ROOT / ".nox" / "env"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+EXTRAS = ",".join(sorted(PYPROJECT["project"]["optional-dependencies"]))
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.error_on_missing_interpreters = True
+
+
+def _env(session: nox.Session) -> dict[str, str]:
+    """Creates or refreshes the shared environment; returns the variables that select it."""
+    python = ENV / "bin" / "python"
+    stamp = ENV / ".drift-gate-installed"
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()).hexdigest()
+    if not python.exists():
+        session.log(f"creating the shared environment {ENV}")
+        session.run(sys.executable, "-m", "venv", str(ENV), external=True)
+    if not stamp.is_file() or stamp.read_text() != want:
+        session.log("installing drift-gate and its dependencies (torch once, for every session)")
+        session.run(str(python), "-m", "pip", "install", "--disable-pip-version-check",
+                    "-e", f".[{EXTRAS}]", external=True)
+        stamp.write_text(want)
+    return {"PATH": f"{ENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "VIRTUAL_ENV": str(ENV), "PYTHONHASHSEED": "0"}
+
+
+def _run(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:
+    session.run(*args, env={**_env(session), **(env or {})}, external=True)
+
+
+@nox.session(python=False)
+def tests(session: nox.Session) -> None:
+    """Default test suite: fast, offline, tiny backbone (what .ci/run runs)."""
+    _run(session, "python", "-m", "pytest", "-m", "not heavy", *session.posargs)
+
+
+@nox.session(python=False)
+def heavy(session: nox.Session) -> None:
+    """End-to-end tests with the three real backbones (slow; marker ``heavy``)."""
+    _run(session, "python", "-m", "pytest", "-m", "heavy", *session.posargs)
+
+
+@nox.session(python=False)
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) and mypy (strict)."""
+    _run(session, "ruff", "check", "src", "tests", "noxfile.py", "benchmarks")
+    _run(session, "ruff", "format", "--check", "--diff", "src", "tests", "noxfile.py", "benchmarks")
+    _run(session, "mypy")
+
+
+@nox.session(python=False)
+def train(session: nox.Session) -> None:
+    """Trains TL and FT checkpoints for every backbone of a profile (default: demo)."""
+    args = session.posargs or ["--profile", "demo"]
+    _run(session, "drift-gate", "train", *args)
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks, each reported as ratios against a reference measured in the same run."""
+    for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        _run(session, "python", str(script), *session.posargs)

@@ -1,0 +1,37 @@
+"""Exception hierarchy. ``str(error)`` is the one-line message the user sees.
+
+The CLI maps every :class:`DriftGateError` to its ``exit_code`` in one place
+(:func:`drift_gate.cli.main`); nothing else prints tracebacks for them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DriftGateError",
+    "WeightsUnavailableError",
+]
+
+
+class DriftGateError(Exception):
+    """Base class: a usage or input error (exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(DriftGateError):
+    """An invalid profile, option or configuration value."""
+
+
+class DataError(DriftGateError):
+    """Unreadable, inconsistent or unusable input data."""
+
+
+class CheckpointError(DriftGateError):
+    """A checkpoint that cannot be used: corrupt, foreign, unsafe or mismatched."""
+
+
+class WeightsUnavailableError(DriftGateError):
+    """Pretrained weights are not available offline."""

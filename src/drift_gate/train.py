@@ -1,0 +1,398 @@
+"""Two-phase training: transfer learning (frozen body, head only) then fine-tuning.
+
+* **TL** trains the linear head on the body's pooled activations, computed once
+  for every split (the body is frozen, so recomputing them each epoch would only
+  repeat the same forward passes).
+* **FT** starts from the TL checkpoint and trains every layer at a lower
+  learning rate; its state is saved after each epoch, and an interrupted run
+  resumes from the last completed epoch.
+
+Both phases keep the epoch with the best validation macro one-vs-rest AUC and
+write ``<out>/<arch>/{tl,ft}.pt`` and ``{tl,ft}.metrics.json``. Everything is
+seeded: on the CPU, the same profile and data give the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ._io import atomic_write_bytes, atomic_write_text
+from .backbones import Classifier, build_classifier, get_backbone
+from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from .config import PhaseConfig, PretrainConfig, Profile
+from .data import DataSet, ImageDataset
+from .errors import CheckpointError, ConfigError
+from .phantoms import SOURCE_LABELS, render_source_sample
+from .weights import load_body_weights
+
+__all__ = [
+    "TrainResult",
+    "classification_metrics",
+    "extract_features",
+    "predict",
+    "pretrain_synthetic",
+    "resolve_device",
+    "train_backbone",
+]
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _tqdm(iterable: Any, **kwargs: Any) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when available; otherwise the named device.
+
+    Raises:
+        ConfigError: ``cuda`` requested without a usable GPU, or an unknown name.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {spec!r}; use auto, cpu or cuda") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available")
+    return device
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray,
+                           classes: Sequence[str]) -> dict[str, Any]:
+    """Macro one-vs-rest AUC, accuracy and per-class AUC.
+
+    Classes absent from ``labels`` get no AUC and are left out of the macro mean.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    per_class: dict[str, float] = {}
+    for c, name in enumerate(classes):
+        positive = labels == c
+        if positive.any() and not positive.all():
+            per_class[name] = float(roc_auc_score(positive, probs[:, c]))
+    macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+    return {"auc_macro": macro, "accuracy": float((probs.argmax(1) == labels).mean()),
+            "auc_per_class": per_class, "n": int(len(labels))}
+
+
+@torch.inference_mode()
+def predict(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int,
+            progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and labels for a data set, in eval mode."""
+    model.eval()
+    probs, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, y in _tqdm(loader, desc=desc, disable=not progress):
+        probs.append(torch.softmax(model(x.to(device)), dim=1).float().cpu())
+        labels.append(y)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+@torch.inference_mode()
+def extract_features(model: Classifier, dataset: ImageDataset, device: torch.device,
+                     batch_size: int, progress: bool = False,
+                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled body activations ``(N, C)`` and labels, computed once in eval mode."""
+    model.eval()
+    feats, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, y in _tqdm(loader, desc=desc, disable=not progress):
+        feats.append(model.body(x.to(device)).mean(dim=(2, 3)).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _head_metrics(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
+                  classes: Sequence[str]) -> dict[str, Any]:
+    with torch.inference_mode():
+        probs = torch.softmax(head(feats), dim=1).numpy()
+    return classification_metrics(probs, labels.numpy(), classes)
+
+
+def train_head(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
+               val: tuple[torch.Tensor, torch.Tensor], cfg: PhaseConfig, batch_size: int,
+               seed: int, classes: Sequence[str], progress: bool = False) -> tuple[int, list[float]]:
+    """Trains ``model.head`` on cached features; keeps the best validation epoch.
+
+    Returns:
+        The best epoch (0-based) and the validation macro AUC of every epoch.
+    """
+    head = model.head.cpu()
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True, generator=gen)
+    best_auc, best_epoch, best_state = -1.0, -1, head.state_dict()
+    history = []
+    for epoch in _tqdm(range(cfg.epochs), desc="TL head", disable=not progress):
+        head.train()
+        for fx, y in loader:
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(head(fx), y).backward()
+            opt.step()
+        head.eval()
+        auc = _head_metrics(head, *val, classes)["auc_macro"]
+        history.append(auc)
+        if auc > best_auc:
+            best_auc, best_epoch = auc, epoch
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    return best_epoch, history
+
+
+def _state_bytes(obj: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def finetune(model: Classifier, train: ImageDataset, val: ImageDataset, cfg: PhaseConfig,
+             batch_size: int, seed: int, device: torch.device, resume: Path, config_sha256: str,
+             classes: Sequence[str], progress: bool = False, log: Log = _stderr) -> tuple[int, list[float]]:
+    """Trains every layer; saves a resumable state after each epoch to ``resume``.
+
+    Shuffling is seeded per epoch, so a resumed run follows the same path as an
+    uninterrupted one. The resume file is removed by the caller once the final
+    checkpoint is written.
+
+    Returns:
+        The best epoch (0-based) and the validation macro AUC of every epoch.
+    """
+    model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, history = 0, []
+    best_auc, best_epoch = -1.0, -1
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if resume.is_file():
+        try:
+            state = torch.load(resume, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{resume}: unreadable resume state; delete it to restart "
+                                  "fine-tuning") from exc
+        if state.get("config_sha256") == config_sha256:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start, history = int(state["epoch"]) + 1, list(state["history"])
+            best_auc, best_epoch = float(state["best_auc"]), int(state["best_epoch"])
+            best_state = state["best_state"]
+            log(f"  resuming fine-tuning after epoch {start} of {cfg.epochs}")
+        else:
+            log(f"  ignoring {resume.name}: it belongs to another configuration")
+    for epoch in range(start, cfg.epochs):
+        gen = torch.Generator().manual_seed(seed * 1009 + epoch)
+        loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
+                            drop_last=len(train) > batch_size)
+        model.train()
+        bar = _tqdm(loader, desc=f"FT epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        for x, y in bar:
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        probs, labels = predict(model, val, device, batch_size)
+        auc = classification_metrics(probs, labels, classes)["auc_macro"]
+        history.append(auc)
+        log(f"  FT epoch {epoch + 1}/{cfg.epochs}: val macro AUC {auc:.4f}")
+        if auc > best_auc:
+            best_auc, best_epoch = auc, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        atomic_write_bytes(resume, _state_bytes({
+            "config_sha256": config_sha256, "epoch": epoch, "history": history,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "best_auc": best_auc, "best_epoch": best_epoch, "best_state": best_state}))
+    model.load_state_dict(best_state)
+    return best_epoch, history
+
+
+def _source_images(cfg: PretrainConfig, cache_dir: Path, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    key = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir / f"source-{key}.npz"
+    if path.is_file():
+        with np.load(path) as npz:
+            return torch.from_numpy(npz["x"]), torch.from_numpy(npz["y"])
+    xs, ys = [], []
+    for i in _tqdm(range(cfg.images), desc="source task", disable=not progress):
+        img, target = render_source_sample(cfg.seed, i, cfg.size)
+        xs.append(img)
+        ys.append(target)
+    x, y = np.stack(xs), np.stack(ys)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=x, y=y)
+    atomic_write_bytes(path, buf.getvalue())
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def pretrain_synthetic(arch: str, cfg: PretrainConfig, cache_dir: Path, device: torch.device,
+                       batch_size: int, progress: bool = False, log: Log = _stderr) -> Path:
+    """Pretrains a body on the phantom source task (multi-label); cached on disk.
+
+    The source task (:func:`drift_gate.phantoms.render_source_sample`) asks which
+    finding textures are present and in which zones and lungs, independently of
+    the five target classes, so the TL phase starts from features that respond
+    to opacities and their position rather than from random filters.
+
+    Returns:
+        Path of a file holding ``{"body": state_dict}``.
+    """
+    key = hashlib.sha256(f"{arch}|{json.dumps(asdict(cfg), sort_keys=True)}|v1".encode()).hexdigest()[:16]
+    path = cache_dir / f"synthetic-{arch}-{key}.pt"
+    if path.is_file():
+        log(f"  synthetic pretraining: cached ({path})")
+        return path
+    log(f"  synthetic pretraining of {arch}: {cfg.images} source images at {cfg.size}px, "
+        f"{cfg.epochs} epoch(s)")
+    x, y = _source_images(cfg, cache_dir, progress)
+    spec = get_backbone(arch)
+    mean = torch.tensor(spec.imagenet_norm[0]).view(1, 3, 1, 1)
+    std = torch.tensor(spec.imagenet_norm[1]).view(1, 3, 1, 1)
+    _seed_all(cfg.seed)
+    model = build_classifier(arch, len(SOURCE_LABELS)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    for epoch in range(cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        order = torch.randperm(len(x), generator=gen)
+        model.train()
+        steps = range(0, len(order) - batch_size + 1, batch_size)
+        bar = _tqdm(steps, desc=f"pretrain {epoch + 1}/{cfg.epochs}", disable=not progress)
+        for start in bar:
+            idx = order[start:start + batch_size]
+            xb = (x[idx].float().div(255).unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.binary_cross_entropy_with_logits(model(xb.to(device)), y[idx].to(device))
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    atomic_write_bytes(path, _state_bytes({"body": {k: v.cpu() for k, v in model.body.state_dict().items()}}))
+    return path
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Checkpoint paths and metrics of one backbone's two phases."""
+
+    arch: str
+    checkpoints: dict[str, Path]
+    metrics: dict[str, dict[str, Any]]
+
+
+def _write_phase(out: Path, phase: str, model: Classifier, meta: CheckpointMeta,
+                 history: list[float]) -> Path:
+    path = out / f"{phase}.pt"
+    save_checkpoint(path, model, meta)
+    atomic_write_text(out / f"{phase}.metrics.json", json.dumps(
+        {"arch": meta.arch, "phase": phase, "best_epoch": meta.epoch, "val_auc_history": history,
+         **meta.metrics}, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _up_to_date(path: Path, config_sha256: str) -> CheckpointMeta | None:
+    if not path.is_file():
+        return None
+    try:
+        _, meta = load_checkpoint(path)
+    except CheckpointError:
+        return None
+    return meta if meta.config_sha256 == config_sha256 else None
+
+
+def train_backbone(profile: Profile, arch: str, data: DataSet, device: torch.device,
+                   cache_dir: Path, progress: bool = True, force: bool = False,
+                   log: Log = _stderr) -> TrainResult:
+    """Runs TL then FT for one backbone and writes both checkpoints.
+
+    A phase whose checkpoint already exists for the same profile and data is
+    skipped (so a rerun after an interruption continues where it stopped).
+    """
+    spec = get_backbone(arch)
+    out = Path(profile.out) / arch
+    size = profile.input_size_for(arch)
+    mean, std = spec.imagenet_norm
+    classes = data.classes
+    config_sha = profile.sha256(arch, data.manifest_sha256)
+    atomic_write_text(out / "profile.json", json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n")
+    sets = {s: ImageDataset(data.split(s), size, mean, std) for s in ("train", "val", "test")}
+    bs = profile.batch_size
+
+    def meta(phase: str, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
+        return CheckpointMeta(arch=arch, classes=classes, input_size=size, mean=mean, std=std,
+                              phase=phase, seed=profile.seed,
+                              data_manifest_sha256=data.manifest_sha256, weights=profile.weights,
+                              metrics=metrics, config_sha256=config_sha, epoch=epoch)
+
+    paths, metrics = {}, {}
+    tl_meta = None if force else _up_to_date(out / "tl.pt", config_sha)
+    if tl_meta is not None:
+        log(f"[{arch}] TL checkpoint is up to date ({out / 'tl.pt'}); skipping")
+        model, _ = load_checkpoint(out / "tl.pt", device)
+    else:
+        log(f"[{arch}] TL: frozen body, head on cached features ({size}px, weights={profile.weights})")
+        _seed_all(profile.seed)
+        model = build_classifier(arch, len(classes), imagenet=profile.weights == "imagenet")
+        if profile.weights == "synthetic":
+            load_body_weights(model.body, pretrain_synthetic(
+                arch, profile.pretrain, cache_dir, device, bs, progress, log))
+        elif profile.weights not in ("imagenet", "none"):
+            load_body_weights(model.body, Path(profile.weights))
+        model.to(device)
+        feats = {s: extract_features(model, ds, device, bs, progress, f"features {s}")
+                 for s, ds in sets.items()}
+        epoch, history = train_head(model, feats["train"], feats["val"], profile.tl, bs,
+                                    profile.seed, classes, progress)
+        model.to(device)
+        tl_metrics = {s: _head_metrics(model.head.cpu(), *feats[s], classes) for s in ("val", "test")}
+        model.to(device)
+        tl_meta = meta("tl", epoch, tl_metrics)
+        _write_phase(out, "tl", model, tl_meta, history)
+        log(f"[{arch}] TL done: val macro AUC {tl_metrics['val']['auc_macro']:.4f}, "
+            f"test {tl_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1})")
+    paths["tl"], metrics["tl"] = out / "tl.pt", tl_meta.metrics
+
+    ft_meta = None if force else _up_to_date(out / "ft.pt", config_sha)
+    if ft_meta is not None:
+        log(f"[{arch}] FT checkpoint is up to date ({out / 'ft.pt'}); skipping")
+    else:
+        log(f"[{arch}] FT: all layers from the TL checkpoint, lr {profile.ft.lr:g}")
+        _seed_all(profile.seed + 1)
+        resume = out / "ft.resume.pt"
+        epoch, history = finetune(model, sets["train"], sets["val"], profile.ft, bs,
+                                  profile.seed, device, resume, config_sha, classes, progress, log)
+        ft_metrics = {}
+        for s in ("val", "test"):
+            probs, labels = predict(model, sets[s], device, bs)
+            ft_metrics[s] = classification_metrics(probs, labels, classes)
+        ft_meta = meta("ft", epoch, ft_metrics)
+        _write_phase(out, "ft", model, ft_meta, history)
+        resume.unlink(missing_ok=True)
+        log(f"[{arch}] FT done: val macro AUC {ft_metrics['val']['auc_macro']:.4f}, "
+            f"test {ft_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1})")
+    paths["ft"], metrics["ft"] = out / "ft.pt", ft_meta.metrics
+    return TrainResult(arch, paths, metrics)

@@ -1,0 +1,183 @@
+"""The data loader: manifests, class folders, DICOM, and every error case."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drift_gate.data import ImageDataset, load_dataset, read_image
+from drift_gate.errors import DataError
+from drift_gate.phantoms import CLASSES
+
+
+def _folder(tmp_path: Path, classes: tuple[str, ...] = ("a", "b"), n: int = 12) -> Path:
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_manifest_round_trip(phantom_data) -> None:  # type: ignore[no-untyped-def]
+    assert phantom_data.classes == CLASSES
+    assert len(phantom_data.samples) == 50
+    assert {s.split for s in phantom_data.samples} == {"train", "val", "test"}
+    assert all(s.mask is not None and s.mask.is_file() for s in phantom_data.samples)
+    assert len(phantom_data.manifest_sha256) == 64
+
+
+def test_class_folders_get_hash_based_splits(tmp_path: Path) -> None:
+    ds = load_dataset(_folder(tmp_path, n=30))
+    assert ds.classes == ("a", "b")
+    again = load_dataset(tmp_path / "folder")
+    assert [s.split for s in ds.samples] == [s.split for s in again.samples]
+
+
+def test_split_folders(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for split in ("train", "val", "test"):
+        for c in ("x", "y"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / split / c / "1.png")
+    ds = load_dataset(tmp_path)
+    assert sorted((s.split, ds.classes[s.label]) for s in ds.samples) == sorted(
+        (sp, c) for sp in ("train", "val", "test") for c in ("x", "y"))
+
+
+def test_unknown_label(phantom_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="unknown label"):
+        load_dataset(phantom_root, classes=CLASSES[:4])
+
+
+def test_empty_class_in_a_split(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "1.png")
+    Image.fromarray(np.ones((8, 8), np.uint8)).save(root / "2.png")
+    (root / "manifest.csv").write_text("path,label,split\n1.png,a,train\n2.png,b,train\n")
+    with pytest.raises(DataError, match=r"class\(es\) a, b have no images in the val split"):
+        load_dataset(root)
+
+
+def test_duplicate_image_across_splits(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(root / f"{i}.png")
+    shutil.copy(root / "0.png", root / "dup.png")
+    (root / "manifest.csv").write_text(
+        "path,label,split\n0.png,a,train\n1.png,a,val\n2.png,a,test\ndup.png,a,test\n")
+    with pytest.raises(DataError, match="same image appears in splits test, train"):
+        load_dataset(root)
+
+
+def test_hash_mismatch_names_the_file(phantom_root: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(phantom_root, copy)
+    victim = next((copy / "images" / "covid19").glob("*.png"))
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    with pytest.raises(DataError, match=rf"{victim.name}: sha256 .* does not match"):
+        load_dataset(copy)
+
+
+def test_missing_file_and_source(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data source not found"):
+        load_dataset(tmp_path / "nope")
+    (tmp_path / "manifest.csv").write_text("path,label\nghost.png,a\n")
+    with pytest.raises(DataError, match="ghost.png: image listed in the data set does not exist"):
+        load_dataset(tmp_path)
+
+
+def test_manifest_without_required_columns(tmp_path: Path) -> None:
+    (tmp_path / "manifest.csv").write_text("file,class\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) label, path"):
+        load_dataset(tmp_path)
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (b"", "empty.png", "not a readable image"),
+        (b"this is not a png", "text.png", "not a readable image"),
+        (None, "truncated.png", "not a readable image"),
+    ],
+)
+def test_unreadable_images(tmp_path: Path, content: bytes | None, name: str, message: str) -> None:
+    path = tmp_path / name
+    if content is None:
+        Image.fromarray(np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)).save(path)
+        content = path.read_bytes()[:60]
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_image(path, 16)
+
+
+def test_modes(tmp_path: Path) -> None:
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (8, 8)).save(rgba)
+    with pytest.raises(DataError, match="alpha channel"):
+        read_image(rgba, 8)
+    sixteen = tmp_path / "16.png"
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(sixteen)
+    assert torch.allclose(read_image(sixteen, 8), torch.ones(1, 8, 8))
+    rgb = tmp_path / "rgb.jpg"
+    Image.new("RGB", (10, 10), (255, 255, 255)).save(rgb, quality=100)
+    img = read_image(rgb, 5)
+    assert img.shape == (1, 5, 5) and img.min() > 0.99
+
+
+def _write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2") -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom(tmp_path: Path) -> None:
+    ramp = np.tile(np.arange(16, dtype=np.uint16) * 1000, (16, 1))
+    _write_dicom(tmp_path / "a.dcm", ramp)
+    img = read_image(tmp_path / "a.dcm", 16)[0]
+    assert img[0, 0] == 0 and img[0, -1] == 1
+    _write_dicom(tmp_path / "inv.dcm", ramp, "MONOCHROME1")
+    assert read_image(tmp_path / "inv.dcm", 16)[0, 0, 0] == 1
+    _write_dicom(tmp_path / "nopix.dcm", None)
+    with pytest.raises(DataError, match="DICOM file has no pixel data"):
+        read_image(tmp_path / "nopix.dcm", 16)
+
+
+def test_image_dataset_is_normalised_three_channel(phantom_data) -> None:  # type: ignore[no-untyped-def]
+    ds = ImageDataset(phantom_data.split("val"), 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and torch.equal(x[0], x[2])
+    assert -2.0 <= float(x.min()) and float(x.max()) <= 2.0
+    assert ds.labels.tolist() == [s.label for s in phantom_data.split("val")]
