@@ -35,7 +35,7 @@ class PhantomConfig:
 class PretrainConfig:
     """Synthetic pretraining on the phantom source task (``weights = "synthetic"``)."""
 
-    images: int = 1200
+    images: int = 1000
     epochs: int = 2
     lr: float = 1e-3
     size: int = 96

@@ -29,9 +29,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,8 +46,10 @@ __all__ = [
     "SOURCE_LABELS",
     "Phantom",
     "generate_dataset",
+    "parallel_map",
     "render_phantom",
     "render_source_sample",
+    "render_source_set",
 ]
 
 CLASSES: tuple[str, ...] = (
@@ -72,6 +76,8 @@ SOURCE_LABELS: tuple[str, ...] = (
 _SPLITS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 
 Array = NDArray[np.float64]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -292,7 +298,8 @@ def render_phantom(label: str, seed: int, index: int, size: int = 256) -> Phanto
     return _finish(rng, anatomy, base, findings)
 
 
-def render_source_sample(seed: int, index: int, size: int = 256) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+def render_source_sample(seed: int, index: int, size: int = 256
+                         ) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """Renders one image of the synthetic *source* task used for pretraining.
 
     Findings of every texture appear independently, in random zones and lungs,
@@ -340,8 +347,42 @@ def _plan(n_per_class: int, seed: int) -> Iterator[tuple[str, int, str]]:
             yield label, c * 1_000_000 + i, _split_of(int(order[i]), n_per_class)
 
 
+def _render_pngs(job: tuple[str, int, int, int]) -> tuple[bytes, bytes]:
+    label, seed, index, size = job
+    ph = render_phantom(label, seed, index, size)
+    return _png(ph.image), _png(ph.mask.astype(np.uint8) * 255)
+
+
+def parallel_map(fn: Callable[[T], R], jobs: Sequence[T], workers: int | None,
+                 progress: bool, desc: str) -> list[R]:
+    """``[fn(j) for j in jobs]`` over a process pool, in order, with a progress bar.
+
+    Results do not depend on ``workers``: every job seeds its own generator.
+    """
+    from tqdm import tqdm
+
+    workers = min(os.cpu_count() or 1, 4) if workers is None else workers
+    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress, leave=False)
+    if workers <= 1:
+        out = []
+        for j in jobs:
+            out.append(fn(j))
+            bar.update()
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        results = []
+        for r in pool.map(fn, jobs, chunksize=8):
+            results.append(r)
+            bar.update()
+    bar.close()
+    return results
+
+
 def generate_dataset(out: Path, n_per_class: int, seed: int = 0, size: int = 256,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, workers: int | None = None) -> Path:
     """Writes the phantom data set as a user's data set would look on disk.
 
     Layout: ``out/images/<label>/<id>.png``, ``out/masks/<label>/<id>.png`` and
@@ -352,19 +393,17 @@ def generate_dataset(out: Path, n_per_class: int, seed: int = 0, size: int = 256
     Returns:
         The manifest path.
     """
-    from tqdm import tqdm
-
     if n_per_class < 5:
         raise ValueError("n_per_class must be at least 5 so that every split has every class")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     plan = list(_plan(n_per_class, seed))
-    for label, index, split in tqdm(plan, desc="phantoms", unit="img", disable=not progress):
-        ph = render_phantom(label, seed, index, size)
+    pngs = parallel_map(_render_pngs, [(label, seed, index, size) for label, index, _ in plan],
+                        workers, progress, "phantoms")
+    for (label, index, split), (data, mask) in zip(plan, pngs, strict=True):
         name = f"{label}/{label}-{index % 1_000_000:05d}.png"
-        data = _png(ph.image)
         atomic_write_bytes(out / "images" / name, data)
-        atomic_write_bytes(out / "masks" / name, _png(ph.mask.astype(np.uint8) * 255))
+        atomic_write_bytes(out / "masks" / name, mask)
         rows.append({"path": f"images/{name}", "label": label, "split": split,
                      "sha256": hashlib.sha256(data).hexdigest(), "mask": f"masks/{name}"})
     buf = io.StringIO()
@@ -375,3 +414,15 @@ def generate_dataset(out: Path, n_per_class: int, seed: int = 0, size: int = 256
     manifest = out / "manifest.csv"
     atomic_write_text(manifest, buf.getvalue())
     return manifest
+
+
+def _source_job(job: tuple[int, int, int]) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    return render_source_sample(*job)
+
+
+def render_source_set(seed: int, n: int, size: int, progress: bool = False,
+                      workers: int | None = None) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """Renders ``n`` source-task samples: images ``(n, size, size)`` and targets ``(n, L)``."""
+    pairs = parallel_map(_source_job, [(seed, i, size) for i in range(n)], workers, progress,
+                         "source task")
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

@@ -19,6 +19,7 @@ import io
 import json
 import random
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from .config import PhaseConfig, PretrainConfig, Profile
 from .data import DataSet, ImageDataset
 from .errors import CheckpointError, ConfigError
-from .phantoms import SOURCE_LABELS, render_source_sample
+from .phantoms import SOURCE_LABELS, render_source_set
 from .weights import load_body_weights
 
 __all__ = [
@@ -207,6 +208,7 @@ def finetune(model: Classifier, train: ImageDataset, val: ImageDataset, cfg: Pha
         else:
             log(f"  ignoring {resume.name}: it belongs to another configuration")
     for epoch in range(start, cfg.epochs):
+        tick = time.perf_counter()
         gen = torch.Generator().manual_seed(seed * 1009 + epoch)
         loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
                             drop_last=len(train) > batch_size)
@@ -221,7 +223,8 @@ def finetune(model: Classifier, train: ImageDataset, val: ImageDataset, cfg: Pha
         probs, labels = predict(model, val, device, batch_size)
         auc = classification_metrics(probs, labels, classes)["auc_macro"]
         history.append(auc)
-        log(f"  FT epoch {epoch + 1}/{cfg.epochs}: val macro AUC {auc:.4f}")
+        log(f"  FT epoch {epoch + 1}/{cfg.epochs}: val macro AUC {auc:.4f} "
+            f"({time.perf_counter() - tick:.0f}s)")
         if auc > best_auc:
             best_auc, best_epoch = auc, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -239,12 +242,7 @@ def _source_images(cfg: PretrainConfig, cache_dir: Path, progress: bool) -> tupl
     if path.is_file():
         with np.load(path) as npz:
             return torch.from_numpy(npz["x"]), torch.from_numpy(npz["y"])
-    xs, ys = [], []
-    for i in _tqdm(range(cfg.images), desc="source task", disable=not progress):
-        img, target = render_source_sample(cfg.seed, i, cfg.size)
-        xs.append(img)
-        ys.append(target)
-    x, y = np.stack(xs), np.stack(ys)
+    x, y = render_source_set(cfg.seed, cfg.images, cfg.size, progress)
     buf = io.BytesIO()
     np.savez_compressed(buf, x=x, y=y)
     atomic_write_bytes(path, buf.getvalue())
@@ -270,6 +268,7 @@ def pretrain_synthetic(arch: str, cfg: PretrainConfig, cache_dir: Path, device: 
         return path
     log(f"  synthetic pretraining of {arch}: {cfg.images} source images at {cfg.size}px, "
         f"{cfg.epochs} epoch(s)")
+    start = time.perf_counter()
     x, y = _source_images(cfg, cache_dir, progress)
     spec = get_backbone(arch)
     mean = torch.tensor(spec.imagenet_norm[0]).view(1, 3, 1, 1)
@@ -292,6 +291,7 @@ def pretrain_synthetic(arch: str, cfg: PretrainConfig, cache_dir: Path, device: 
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
     atomic_write_bytes(path, _state_bytes({"body": {k: v.cpu() for k, v in model.body.state_dict().items()}}))
+    log(f"  synthetic pretraining done in {time.perf_counter() - start:.0f}s")
     return path
 
 
@@ -363,6 +363,7 @@ def train_backbone(profile: Profile, arch: str, data: DataSet, device: torch.dev
         elif profile.weights not in ("imagenet", "none"):
             load_body_weights(model.body, Path(profile.weights))
         model.to(device)
+        tick = time.perf_counter()
         feats = {s: extract_features(model, ds, device, bs, progress, f"features {s}")
                  for s, ds in sets.items()}
         epoch, history = train_head(model, feats["train"], feats["val"], profile.tl, bs,
@@ -373,7 +374,8 @@ def train_backbone(profile: Profile, arch: str, data: DataSet, device: torch.dev
         tl_meta = meta("tl", epoch, tl_metrics)
         _write_phase(out, "tl", model, tl_meta, history)
         log(f"[{arch}] TL done: val macro AUC {tl_metrics['val']['auc_macro']:.4f}, "
-            f"test {tl_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1})")
+            f"test {tl_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1}; features and head "
+            f"{time.perf_counter() - tick:.0f}s)")
     paths["tl"], metrics["tl"] = out / "tl.pt", tl_meta.metrics
 
     ft_meta = None if force else _up_to_date(out / "ft.pt", config_sha)

@@ -1,0 +1,221 @@
+"""Drift metrics: definitions, references (scipy), invariances, degenerate maps, properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.stats import pearsonr, spearmanr
+
+from drift_gate.metrics import (
+    METRICS,
+    RANK_METRICS,
+    Direction,
+    concentration,
+    concentration_change,
+    correlation,
+    displacement,
+    drift_metrics,
+    gini,
+    iou,
+    is_degenerate,
+    peak_displacement,
+    select_samples,
+    spearman,
+    summarise,
+)
+
+
+def blob(h: int, w: int, r: float, c: float, sigma: float = 2.0) -> np.ndarray:
+    y, x = np.mgrid[:h, :w]
+    return np.exp(-((y - r) ** 2 + (x - c) ** 2) / (2 * sigma**2))
+
+
+@pytest.fixture()
+def maps() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((6, 16, 20)), rng.random((6, 16, 20))
+
+
+def test_every_metric_declares_its_direction() -> None:
+    assert METRICS["iou"].direction is Direction.HIGHER
+    assert METRICS["correlation"].direction is Direction.HIGHER
+    assert METRICS["displacement"].direction is Direction.LOWER
+    assert METRICS["concentration_change"].direction is Direction.ZERO
+    assert set(RANK_METRICS) <= set(METRICS)
+
+
+def test_identity(maps: tuple[np.ndarray, np.ndarray]) -> None:
+    a, _ = maps
+    m = drift_metrics(a, a, ranks=True)
+    for name, spec in METRICS.items():
+        np.testing.assert_allclose(m[name], spec.ideal, atol=1e-9, err_msg=name)
+
+
+def test_symmetry(maps: tuple[np.ndarray, np.ndarray]) -> None:
+    a, b = maps
+    ab, ba = drift_metrics(a, b, ranks=True), drift_metrics(b, a, ranks=True)
+    for name in ("displacement", "peak_displacement", "iou", "correlation", "spearman"):
+        np.testing.assert_allclose(ab[name], ba[name], atol=1e-12, err_msg=name)
+    for name in ("concentration_change", "gini_change"):
+        np.testing.assert_allclose(ab[name], -ba[name], atol=1e-12, err_msg=name)
+
+
+def test_invariant_to_positive_scaling_and_offset(maps: tuple[np.ndarray, np.ndarray]) -> None:
+    a, b = maps
+    base = drift_metrics(a, b, ranks=True)
+    scaled = drift_metrics(a * 7.5 + 2.0, b * 0.01, ranks=True)
+    for name in METRICS:
+        np.testing.assert_allclose(scaled[name], base[name], atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize(("dr", "dc"), [(0, 5), (3, 4), (6, 0)])
+def test_moved_blob_gives_displacement_d_over_diagonal(dr: int, dc: int) -> None:
+    h, w = 64, 48
+    a = blob(h, w, 20, 15)[None]
+    b = blob(h, w, 20 + dr, 15 + dc)[None]
+    expected = math.hypot(dr, dc) / math.hypot(h, w)
+    np.testing.assert_allclose(displacement(a, b), expected, rtol=1e-6)
+    np.testing.assert_allclose(peak_displacement(a, b), expected, rtol=1e-12)
+
+
+def test_pearson_and_spearman_equal_scipy() -> None:
+    rng = np.random.default_rng(1)
+    a = np.maximum(rng.normal(size=(8, 12, 9)), 0)  # many tied zeros
+    b = np.round(rng.random((8, 12, 9)), 1)  # many ties
+    for i in range(8):
+        assert correlation(a, b)[i] == pytest.approx(pearsonr(a[i].ravel(), b[i].ravel())[0], abs=1e-7)
+        assert spearman(a, b)[i] == pytest.approx(spearmanr(a[i].ravel(), b[i].ravel())[0], abs=1e-7)
+
+
+def test_iou_of_known_masks() -> None:
+    a = np.zeros((1, 10, 10))
+    b = np.zeros((1, 10, 10))
+    a[0, :2, :] = 1  # top 20 % = rows 0-1
+    b[0, 1:3, :] = 1  # top 20 % = rows 1-2
+    assert iou(a, b)[0] == pytest.approx(10 / 30)
+
+
+def test_iou_ties_are_broken_deterministically() -> None:
+    a = np.zeros((1, 5, 5))
+    a[0, 0, 0] = 1.0  # 1 pixel above, 24 tied at zero: the top-5 mask takes 4 tied ones in order
+    b = a.copy()
+    assert iou(a, b)[0] == 1.0
+    assert drift_metrics(a, b)["iou"][0] == 1.0
+
+
+def test_concentration_and_gini() -> None:
+    flat = np.ones((1, 10, 10))
+    flat[0, 0, 0] = 0.0  # nearly uniform after normalisation: 10 % of pixels hold ~10 % of mass
+    assert concentration(flat)[0] == pytest.approx(10 / 99)
+    peak = np.zeros((1, 10, 10))
+    peak[0, 3, 3] = 1.0
+    assert concentration(peak)[0] == pytest.approx(1.0)
+    assert gini(peak)[0] == pytest.approx(1 - 1 / 100)
+    assert concentration_change(flat, peak)[0] == pytest.approx(1 - 10 / 99)
+    rng = np.random.default_rng(2)
+    x = rng.random((1, 7, 7))
+    v = np.sort((x - x.min()) / (x.max() - x.min()), axis=None)
+    expected = np.abs(v[:, None] - v[None, :]).sum() / (2 * v.size**2 * v.mean())
+    assert gini(x)[0] == pytest.approx(expected)
+
+
+def test_degenerate_maps_are_flagged_not_averaged() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.random((4, 8, 8))
+    b = rng.random((4, 8, 8))
+    a[1] = 0.0
+    b[2] = 5.0
+    assert is_degenerate(a).tolist() == [False, True, False, False]
+    m = drift_metrics(a, b, ranks=True)
+    assert m["degenerate"].tolist() == [False, True, True, False]
+    for name in METRICS:
+        assert np.isnan(m[name][1:3]).all() and np.isfinite(m[name][[0, 3]]).all()
+    s = summarise(m, np.ones(4, bool), np.array([0, 0, 1, 1]), ("x", "y"))
+    assert s["iou"]["overall"].n == 2 and s["iou"]["overall"].n_degenerate == 2
+    assert s["iou"]["overall"].mean == pytest.approx(m["iou"][[0, 3]].mean())
+    assert s["iou"]["y"].n == 1 and s["iou"]["y"].n_degenerate == 1
+
+
+def test_nan_and_bad_shapes_are_rejected() -> None:
+    a = np.zeros((1, 4, 4))
+    a[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        drift_metrics(a, np.zeros((1, 4, 4)))
+    with pytest.raises(ValueError, match="map shapes differ"):
+        drift_metrics(np.zeros((1, 4, 4)), np.zeros((1, 4, 5)))
+    with pytest.raises(ValueError, match=r"expected maps of shape \(N, H, W\)"):
+        iou(np.zeros((4, 4)), np.zeros((4, 4)))
+
+
+def test_empty_batch() -> None:
+    m = drift_metrics(np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
+    assert m["iou"].shape == (0,) and m["degenerate"].dtype == bool
+
+
+def test_chunking_does_not_change_results(maps: tuple[np.ndarray, np.ndarray]) -> None:
+    a, b = maps
+    one, many = drift_metrics(a, b, ranks=True, chunk=64), drift_metrics(a, b, ranks=True, chunk=2)
+    for k in one:
+        np.testing.assert_array_equal(one[k], many[k])
+
+
+def test_individual_functions_agree_with_drift_metrics(maps: tuple[np.ndarray, np.ndarray]) -> None:
+    a, b = maps
+    m = drift_metrics(a, b, ranks=True)
+    for fn in (displacement, peak_displacement, iou, correlation, spearman, concentration_change):
+        np.testing.assert_allclose(fn(a, b), m[fn.__name__], atol=1e-6, err_msg=fn.__name__)
+
+
+def test_sample_selection() -> None:
+    y = np.array([0, 1, 2, 1])
+    ref = np.array([0, 1, 0, 1])
+    cand = np.array([0, 2, 2, 1])
+    assert select_samples(y, ref, cand).tolist() == [True, False, False, True]
+    assert select_samples(y, ref, cand, "all").all()
+    with pytest.raises(ValueError, match="unknown sample selection"):
+        select_samples(y, ref, cand, "some")
+
+
+def test_summary_statistics_and_seeded_bootstrap() -> None:
+    rng = np.random.default_rng(4)
+    values = {name: rng.random(50) for name in METRICS} | {"degenerate": np.zeros(50, bool)}
+    labels = np.repeat([0, 1], 25)
+    s1 = summarise(values, np.ones(50, bool), labels, ("a", "b"), seed=7)
+    s2 = summarise(values, np.ones(50, bool), labels, ("a", "b"), seed=7)
+    assert s1 == s2
+    o = s1["iou"]["overall"]
+    v = values["iou"]
+    assert (o.n, o.mean, o.median) == (50, pytest.approx(v.mean()), pytest.approx(np.median(v)))
+    assert o.p10 == pytest.approx(np.percentile(v, 10)) and o.p90 == pytest.approx(np.percentile(v, 90))
+    assert o.std == pytest.approx(v.std(ddof=1))
+    assert o.ci_low is not None and o.ci_high is not None
+    assert o.ci_low < o.mean < o.ci_high
+    empty = summarise(values, np.zeros(50, bool), labels, ("a", "b"))["iou"]["overall"]
+    assert empty.n == 0 and empty.mean is None
+
+
+finite_maps = arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 9), st.integers(2, 9)),
+                     elements=st.floats(0, 1e6, allow_nan=False, allow_subnormal=False))
+
+
+@settings(max_examples=60, deadline=None)
+@given(finite_maps, st.data())
+def test_properties_hold_for_random_maps(a: np.ndarray, data: st.DataObject) -> None:
+    b = data.draw(arrays(np.float64, a.shape, elements=st.floats(0, 1e6, allow_nan=False,
+                                                                   allow_subnormal=False)))
+    m = drift_metrics(a, b, ranks=True)
+    ok = ~m["degenerate"]
+    assert (m["degenerate"] == (is_degenerate(a) | is_degenerate(b))).all()
+    assert ((m["iou"][ok] >= 0) & (m["iou"][ok] <= 1)).all()
+    assert ((m["displacement"][ok] >= 0) & (m["displacement"][ok] <= 1)).all()
+    assert ((m["peak_displacement"][ok] >= 0) & (m["peak_displacement"][ok] <= 1)).all()
+    assert (np.abs(m["correlation"][ok]) <= 1).all() and (np.abs(m["spearman"][ok]) <= 1).all()
+    assert (np.abs(m["concentration_change"][ok]) <= 1).all()
+    same = drift_metrics(a, a)
+    ok_a = ~same["degenerate"]
+    assert (same["iou"][ok_a] == 1).all() and (same["displacement"][ok_a] < 1e-6).all()

@@ -1,0 +1,196 @@
+"""Two-phase training with the tiny backbone: outputs, determinism, resume, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import drift_gate.train as train_mod
+from drift_gate.checkpoint import load_checkpoint
+from drift_gate.cli import main
+from drift_gate.config import Profile
+from drift_gate.data import DataSet
+from drift_gate.train import classification_metrics, pretrain_synthetic, train_backbone
+
+
+def _states_equal(a: Path, b: Path) -> bool:
+    ma, _ = load_checkpoint(a)
+    mb, _ = load_checkpoint(b)
+    return all(torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values(),
+                                                 strict=True))
+
+
+def test_two_phase_run_writes_checkpoints_and_metrics(tiny_profile: Profile, phantom_data: DataSet,
+                                                       tmp_path: Path) -> None:
+    res = train_backbone(tiny_profile, "tiny", phantom_data, torch.device("cpu"), tmp_path / "cache",
+                         progress=False, log=lambda m: None)
+    out = Path(tiny_profile.out) / "tiny"
+    assert res.checkpoints == {"tl": out / "tl.pt", "ft": out / "ft.pt"}
+    for phase in ("tl", "ft"):
+        model, meta = load_checkpoint(out / f"{phase}.pt")
+        assert meta.phase == phase and meta.arch == "tiny" and meta.input_size == 32
+        assert meta.classes == phantom_data.classes
+        assert meta.data_manifest_sha256 == phantom_data.manifest_sha256
+        report = json.loads((out / f"{phase}.metrics.json").read_text())
+        for split in ("val", "test"):
+            assert 0.0 <= report[split]["auc_macro"] <= 1.0
+            assert set(report[split]["auc_per_class"]) == set(phantom_data.classes)
+        assert len(report["val_auc_history"]) == (4 if phase == "tl" else 2)
+    tl, _ = load_checkpoint(out / "tl.pt")
+    ft, _ = load_checkpoint(out / "ft.pt")
+    assert not torch.equal(tl.body[0].weight, ft.body[0].weight), "FT must train the body"
+    assert not (out / "ft.resume.pt").exists()
+
+
+def test_tl_keeps_the_body_frozen(tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path) -> None:
+    torch.manual_seed(tiny_profile.seed)
+    from drift_gate.backbones import build_classifier
+
+    fresh = build_classifier("tiny", len(phantom_data.classes))
+    train_backbone(tiny_profile, "tiny", phantom_data, torch.device("cpu"), tmp_path,
+                   progress=False, log=lambda m: None)
+    tl, _ = load_checkpoint(Path(tiny_profile.out) / "tiny" / "tl.pt")
+    for (name, a), b in zip(fresh.body.state_dict().items(), tl.body.state_dict().values(), strict=True):
+        assert torch.equal(a, b), f"TL changed body weight {name}"
+
+
+def test_training_is_deterministic(tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path) -> None:
+    outs = []
+    for run in ("a", "b"):
+        profile = dataclasses.replace(tiny_profile, out=str(tmp_path / run))
+        train_backbone(profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False,
+                       log=lambda m: None)
+        outs.append(tmp_path / run / "tiny")
+    for phase in ("tl", "ft"):
+        assert _states_equal(outs[0] / f"{phase}.pt", outs[1] / f"{phase}.pt")
+
+
+def test_interrupted_fine_tuning_resumes_to_the_same_weights(
+        tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = dataclasses.replace(tiny_profile, out=str(tmp_path / "ref"))
+    train_backbone(reference, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False,
+                   log=lambda m: None)
+
+    profile = dataclasses.replace(tiny_profile, out=str(tmp_path / "int"))
+    real_predict, calls = train_mod.predict, []
+
+    def interrupt_in_second_epoch(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "predict", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False,
+                       log=lambda m: None)
+    out = tmp_path / "int" / "tiny"
+    assert (out / "tl.pt").is_file() and (out / "ft.resume.pt").is_file()
+    assert not (out / "ft.pt").exists()
+    assert not list(out.glob(".*.tmp")), "no partial files"
+    monkeypatch.setattr(train_mod, "predict", real_predict)
+    messages: list[str] = []
+    train_backbone(profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False,
+                   log=messages.append)
+    assert any("TL checkpoint is up to date" in m for m in messages)
+    assert any("resuming fine-tuning after epoch 1 of 2" in m for m in messages)
+    assert _states_equal(out / "ft.pt", tmp_path / "ref" / "tiny" / "ft.pt")
+
+
+def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp_path: Path) -> None:
+    logs: list[str] = []
+    path = pretrain_synthetic("tiny", tiny_profile.pretrain, tmp_path, torch.device("cpu"), 8,
+                              log=logs.append)
+    again = pretrain_synthetic("tiny", tiny_profile.pretrain, tmp_path, torch.device("cpu"), 8,
+                               log=logs.append)
+    assert path == again and "cached" in logs[-1]
+    profile = dataclasses.replace(tiny_profile, weights="synthetic")
+    from drift_gate.backbones import build_classifier
+    from drift_gate.weights import load_body_weights
+
+    model = build_classifier("tiny", 5)
+    load_body_weights(model.body, path)
+    assert profile.weights == "synthetic"
+
+
+def test_classification_metrics_match_sklearn() -> None:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 10)
+    probs = rng.dirichlet(np.ones(3), size=30)
+    m = classification_metrics(probs, labels, ("a", "b", "c"))
+    assert m["auc_macro"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"))
+    assert m["accuracy"] == pytest.approx((probs.argmax(1) == labels).mean())
+
+
+def _write_profiles(tmp_path: Path, phantom_root: Path, extra: str = "") -> Path:
+    path = tmp_path / "profiles.toml"
+    path.write_text(f"""
+[t]
+data = "{phantom_root}"
+backbones = ["tiny"]
+input_size = 32
+weights = "none"
+batch_size = 8
+tl = {{ epochs = 2, lr = 1e-2 }}
+ft = {{ epochs = 1, lr = 1e-3 }}
+out = "{tmp_path / 'ck'}"
+{extra}
+""")
+    return path
+
+
+def test_cli_train(tmp_path: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    profiles = _write_profiles(tmp_path, phantom_root)
+    assert main(["train", "--profiles", str(profiles), "--profile", "t", "--no-progress",
+                 "--device", "cpu"]) == 0
+    assert "FT val AUC" in capsys.readouterr().out
+    assert (tmp_path / "ck" / "tiny" / "ft.pt").is_file()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("colour = 3", r"\[t\]: unknown key\(s\) colour"),
+    ("seed = 'zero'", r"\[t\]\.seed: expected int, got str"),
+    ("input_size_per_backbone = { tiny = 4 }", "input size 4 is below tiny's minimum of 8"),
+])
+def test_cli_rejects_bad_profiles(tmp_path: Path, phantom_root: Path, extra: str, message: str,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    profiles = _write_profiles(tmp_path, phantom_root, extra)
+    assert main(["train", "--profiles", str(profiles), "--profile", "t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("drift-gate: error: ")
+    import re
+
+    assert re.search(message, err), err
+
+
+def test_cli_usage_errors(tmp_path: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    profiles = _write_profiles(tmp_path, phantom_root)
+    assert main(["train", "--profiles", str(profiles), "--profile", "nope"]) == 2
+    assert "no profile 'nope'; profiles: t" in capsys.readouterr().err
+    assert main(["train", "--profiles", str(profiles), "--profile", "t", "--backbone", "vgg"]) == 2
+    assert "unknown backbone 'vgg'" in capsys.readouterr().err
+    (tmp_path / "broken.toml").write_text("[t\n")
+    assert main(["train", "--profiles", str(tmp_path / "broken.toml"), "--profile", "t"]) == 2
+    assert "line 1" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+    assert main(["--version"]) == 0
+
+
+def test_repository_profiles_are_valid() -> None:
+    from drift_gate.config import load_profile
+
+    root = Path(__file__).resolve().parents[1]
+    demo = load_profile(root / "profiles.toml", "demo")
+    assert demo.backbones == ("densenet201", "resnet50v2", "inception_v3")
+    assert demo.input_size_for("inception_v3") == 160 and demo.weights == "synthetic"
+    paper = load_profile(root / "profiles.toml", "paper")
+    assert paper.input_size == 224 and paper.input_size_for("inception_v3") == 299
+    assert paper.weights == "imagenet"
