@@ -36,11 +36,22 @@ def _env(session: nox.Session) -> dict[str, str]:
         session.run(sys.executable, "-m", "venv", str(ENV), external=True)
     if not stamp.is_file() or stamp.read_text() != want:
         session.log("installing drift-gate and its dependencies (torch once, for every session)")
-        session.run(str(python), "-m", "pip", "install", "--disable-pip-version-check",
-                    "-e", f".[{EXTRAS}]", external=True)
+        session.run(
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-e",
+            f".[{EXTRAS}]",
+            external=True,
+        )
         stamp.write_text(want)
-    return {"PATH": f"{ENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-            "VIRTUAL_ENV": str(ENV), "PYTHONHASHSEED": "0"}
+    return {
+        "PATH": f"{ENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(ENV),
+        "PYTHONHASHSEED": "0",
+    }
 
 
 def _run(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:

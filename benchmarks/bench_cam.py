@@ -22,6 +22,40 @@ from drift_gate.backbones import build_classifier
 from drift_gate.cam import CamEngine
 
 
+def _measure(arch: str, args: argparse.Namespace, device: torch.device) -> None:
+    from pytorch_grad_cam import GradCAMPlusPlus, LayerCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = build_classifier(arch, 5).to(device).eval()
+    size = max(args.size, 75)
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    targets = torch.randint(0, 5, (args.batch,), device=device)
+    engine = CamEngine(model, ["layercam", "gradcam++"])
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def ours() -> None:
+        engine(x, targets)
+
+    def reference() -> None:
+        tg = [ClassifierOutputTarget(int(t)) for t in targets]
+        for cls in (LayerCAM, GradCAMPlusPlus):
+            with cls(model=model, target_layers=[model.target_layer]) as cam:
+                cam(input_tensor=x, targets=tg)
+
+    t_fwd = best_of(forward, args.repeats)
+    t_eng = best_of(ours, args.repeats)
+    t_ref = best_of(reference, args.repeats)
+    n = args.batch
+    print(
+        f"{arch:<14}{n / t_fwd:>8.1f}/s{n / t_eng:>8.1f}/s{n / t_ref:>9.1f}/s"
+        f"{t_ref / t_eng:>8.2f}x{t_fwd / t_eng:>8.2f}x",
+        flush=True,
+    )
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=224)
@@ -32,39 +66,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     setup(args.threads)
-    from pytorch_grad_cam import GradCAMPlusPlus, LayerCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     device = torch.device(args.device)
-    print(f"CAM throughput, {args.device}, {args.threads} threads, batch {args.batch}, "
-          f"{args.size}px, random weights")
+    print(
+        f"CAM throughput, {args.device}, {args.threads} threads, batch {args.batch}, "
+        f"{args.size}px, random weights"
+    )
     print(f"{'backbone':<14}{'forward':>10}{'engine':>10}{'reference':>11}{'eng/ref':>9}{'eng/fwd':>9}")
     for arch in args.backbones:
-        model = build_classifier(arch, 5).to(device).eval()
-        size = max(args.size, 75)
-        x = torch.randn(args.batch, 3, size, size, device=device)
-        targets = torch.randint(0, 5, (args.batch,), device=device)
-        engine = CamEngine(model, ["layercam", "gradcam++"])
-
-        def forward() -> None:
-            with torch.no_grad():
-                model(x)
-
-        def ours() -> None:
-            engine(x, targets)
-
-        def reference() -> None:
-            tg = [ClassifierOutputTarget(int(t)) for t in targets]
-            for cls in (LayerCAM, GradCAMPlusPlus):
-                with cls(model=model, target_layers=[model.target_layer]) as cam:
-                    cam(input_tensor=x, targets=tg)
-
-        t_fwd = best_of(forward, args.repeats)
-        t_eng = best_of(ours, args.repeats)
-        t_ref = best_of(reference, args.repeats)
-        n = args.batch
-        print(f"{arch:<14}{n / t_fwd:>8.1f}/s{n / t_eng:>8.1f}/s{n / t_ref:>9.1f}/s"
-              f"{t_ref / t_eng:>8.2f}x{t_fwd / t_eng:>8.2f}x", flush=True)
+        _measure(arch, args, device)
     return 0
 
 

@@ -45,14 +45,22 @@ def main(argv: list[str]) -> int:
     p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reference-pairs", type=int, default=100,
-                   help="pairs for the (slow) reference loop; its time is scaled to --pairs")
+    p.add_argument(
+        "--reference-pairs",
+        type=int,
+        default=100,
+        help="pairs for the (slow) reference loop; its time is scaled to --pairs",
+    )
     args = p.parse_args(argv)
     setup(args.threads)
     # Realistic maps: native 7x7 CAMs upsampled to the input size (many near-ties).
     native = torch.rand(2, args.pairs, 1, 7, 7)
-    a, b = (torch.nn.functional.interpolate(m, size=(args.size, args.size), mode="bilinear",
-                                            align_corners=False)[:, 0] for m in native)
+    a, b = (
+        torch.nn.functional.interpolate(m, size=(args.size, args.size), mode="bilinear", align_corners=False)[
+            :, 0
+        ]
+        for m in native
+    )
     t_core = best_of(lambda: drift_metrics(a, b), 3)
     t_full = best_of(lambda: drift_metrics(a, b, ranks=True), 1)
     core, full = drift_metrics(a, b), drift_metrics(a, b, ranks=True)
@@ -64,10 +72,14 @@ def main(argv: list[str]) -> int:
     print(f"drift metrics, {args.pairs} pairs at {args.size}x{args.size}, {args.threads} threads")
     print(f"  core metrics (O(P): displacement, peak, IoU, Pearson, concentration): {t_core:.3f}s")
     print(f"  all metrics incl. Spearman and Gini (sorts):                          {t_full:.3f}s")
-    print(f"  reference per-pair NumPy/SciPy loop (IoU, Pearson, Spearman, centroid): {t_ref:.3f}s"
-          f" (timed on {n_ref} pairs)")
-    print(f"  speed-up vs reference: core {t_ref / t_core:.1f}x, all {t_ref / t_full:.1f}x; "
-          f"max |difference| {worst:.2e}")
+    print(
+        f"  reference per-pair NumPy/SciPy loop (IoU, Pearson, Spearman, centroid): {t_ref:.3f}s"
+        f" (timed on {n_ref} pairs)"
+    )
+    print(
+        f"  speed-up vs reference: core {t_ref / t_core:.1f}x, all {t_ref / t_full:.1f}x; "
+        f"max |difference| {worst:.2e}"
+    )
     assert len(core["iou"]) == args.pairs
     return 0
 

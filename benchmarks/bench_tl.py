@@ -60,8 +60,9 @@ def main(argv: list[str]) -> int:
         opt = torch.optim.Adam(naive.head.parameters(), lr=1e-3)
         start = time.perf_counter()
         for epoch in range(args.epochs):
-            loader = DataLoader(train, batch_size=args.batch, shuffle=True,
-                                generator=torch.Generator().manual_seed(epoch))
+            loader = DataLoader(
+                train, batch_size=args.batch, shuffle=True, generator=torch.Generator().manual_seed(epoch)
+            )
             for x, y in loader:
                 opt.zero_grad()
                 nn.functional.cross_entropy(naive(x), y).backward()
@@ -70,8 +71,10 @@ def main(argv: list[str]) -> int:
                 for x, _ in DataLoader(val, batch_size=args.batch):
                     naive(x)
         t_naive = time.perf_counter() - start
-    print(f"TL phase, {args.backbone} at {args.size}px, {len(train)} train + {len(val)} val images, "
-          f"{args.epochs} epochs, {args.threads} threads")
+    print(
+        f"TL phase, {args.backbone} at {args.size}px, {len(train)} train + {len(val)} val images, "
+        f"{args.epochs} epochs, {args.threads} threads"
+    )
     print(f"  naive frozen-backbone loop: {t_naive:.1f}s")
     print(f"  cached features:            {t_cached:.1f}s")
     print(f"  speed-up: {t_naive / t_cached:.1f}x (grows with the number of epochs)")

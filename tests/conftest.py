@@ -46,8 +46,15 @@ def phantom_data(phantom_root: Path) -> DataSet:
 def tiny_profile(tmp_path: Path) -> Profile:
     """A profile that trains the tiny backbone in seconds."""
     return Profile(
-        name="test", data="unused", backbones=("tiny",), input_size=32, weights="none",
-        pretrain=PretrainConfig(images=32, epochs=1, size=32), seed=0, batch_size=8,
-        tl=PhaseConfig(epochs=4, lr=1e-2), ft=PhaseConfig(epochs=2, lr=1e-3),
+        name="test",
+        data="unused",
+        backbones=("tiny",),
+        input_size=32,
+        weights="none",
+        pretrain=PretrainConfig(images=32, epochs=1, size=32),
+        seed=0,
+        batch_size=8,
+        tl=PhaseConfig(epochs=4, lr=1e-2),
+        ft=PhaseConfig(epochs=2, lr=1e-3),
         out=str(tmp_path / "checkpoints"),
     )

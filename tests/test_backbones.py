@@ -14,19 +14,25 @@ from drift_gate.weights import load_body_weights
 
 
 def test_unknown_backbone_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown backbone 'vgg16'; known backbones: densenet201, "
-                                          "inception_v3, resnet50v2, tiny"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown backbone 'vgg16'; known backbones: densenet201, inception_v3, resnet50v2, tiny",
+    ):
         get_backbone("vgg16")
 
 
-@pytest.mark.parametrize(("name", "size", "channels", "target_type"), [
-    ("tiny", 32, 32, nn.ReLU),
-    ("densenet201", 64, 1920, nn.ReLU),
-    ("resnet50v2", 64, 2048, None),
-    ("inception_v3", 80, 2048, None),
-])
-def test_body_ends_at_the_cam_target(name: str, size: int, channels: int,
-                                     target_type: type[nn.Module] | None) -> None:
+@pytest.mark.parametrize(
+    ("name", "size", "channels", "target_type"),
+    [
+        ("tiny", 32, 32, nn.ReLU),
+        ("densenet201", 64, 1920, nn.ReLU),
+        ("resnet50v2", 64, 2048, None),
+        ("inception_v3", 80, 2048, None),
+    ],
+)
+def test_body_ends_at_the_cam_target(
+    name: str, size: int, channels: int, target_type: type[nn.Module] | None
+) -> None:
     torch.manual_seed(0)
     model = build_classifier(name, num_classes=5).eval()
     assert model.target_layer is model.body[-1]
@@ -48,14 +54,18 @@ def test_body_ends_at_the_cam_target(name: str, size: int, channels: int,
 
 def test_imagenet_weights_offline_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(WeightsUnavailableError, match=r"densenet201-c1103571\.pth and put it at .*checkpoints"):
+    with pytest.raises(
+        WeightsUnavailableError, match=r"densenet201-c1103571\.pth and put it at .*checkpoints"
+    ):
         build_classifier("densenet201", 5, imagenet=True)
     with pytest.raises(WeightsUnavailableError, match="inception_v3"):
         build_classifier("inception_v3", 5, imagenet=True)
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    with pytest.raises(WeightsUnavailableError, match="timm/resnetv2_50.a1h_in1k are not in the Hugging Face cache"):
+    with pytest.raises(
+        WeightsUnavailableError, match=r"timm/resnetv2_50\.a1h_in1k are not in the Hugging Face cache"
+    ):
         build_classifier("resnet50v2", 5, imagenet=True)
     with pytest.raises(ConfigError, match="no ImageNet weights"):
         build_classifier("tiny", 5, imagenet=True)

@@ -39,8 +39,9 @@ def assert_equal_to_reference(arch: str, size: int, methods: tuple[str, ...] = M
     ours = CamEngine(model, methods)(x, targets)
     for method in methods:
         mine = minmax(upsample(ours.maps[method], size)).numpy()
-        np.testing.assert_allclose(mine, reference_maps(model, method, x, targets), atol=1e-5,
-                                   err_msg=f"{arch} {method}")
+        np.testing.assert_allclose(
+            mine, reference_maps(model, method, x, targets), atol=1e-5, err_msg=f"{arch} {method}"
+        )
 
 
 def test_all_methods_equal_pytorch_grad_cam_on_tiny() -> None:
@@ -107,7 +108,7 @@ def test_maps_are_non_negative_and_target_specific() -> None:
 
 def test_unknown_method_and_target() -> None:
     model = build_classifier("tiny", 5)
-    with pytest.raises(ConfigError, match="unknown CAM method.*'scorecam'.*known: layercam"):
+    with pytest.raises(ConfigError, match=r"unknown CAM method.*'scorecam'.*known: layercam"):
         CamEngine(model, ["scorecam"])
     with pytest.raises(ConfigError, match="no CAM method"):
         CamEngine(model, [])
@@ -125,8 +126,9 @@ def test_minmax_is_scale_free_and_handles_constants() -> None:
 def test_upsample_matches_opencv() -> None:
     cv2 = pytest.importorskip("cv2")
     small = torch.rand(1, 5, 5)
-    np.testing.assert_allclose(upsample(small, 40)[0].numpy(),
-                               cv2.resize(small[0].numpy(), (40, 40)), atol=1e-6)
+    np.testing.assert_allclose(
+        upsample(small, 40)[0].numpy(), cv2.resize(small[0].numpy(), (40, 40)), atol=1e-6
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

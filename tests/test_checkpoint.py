@@ -16,9 +16,17 @@ from drift_gate.errors import CheckpointError
 
 
 def _meta(**over: object) -> CheckpointMeta:
-    kw: dict[str, object] = dict(arch="tiny", classes=("a", "b", "c"), input_size=32,
-                                 mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2), phase="tl", seed=3,
-                                 data_manifest_sha256="0" * 64, metrics={"val": {"auc_macro": 0.9}})
+    kw: dict[str, object] = dict(
+        arch="tiny",
+        classes=("a", "b", "c"),
+        input_size=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.2, 0.2, 0.2),
+        phase="tl",
+        seed=3,
+        data_manifest_sha256="0" * 64,
+        metrics={"val": {"auc_macro": 0.9}},
+    )
     kw.update(over)
     return CheckpointMeta(**kw)  # type: ignore[arg-type]
 
@@ -72,12 +80,16 @@ class _Exploit:
 
 def test_code_carrying_pickle_is_refused_not_executed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    for name, saver in (("torch.pt", lambda f, o: torch.save(o, f)),
-                        ("raw.pt", lambda f, o: f.write(pickle.dumps(o)))):
+    for name, saver in (
+        ("torch.pt", lambda f, o: torch.save(o, f)),
+        ("raw.pt", lambda f, o: f.write(pickle.dumps(o))),
+    ):
         path = tmp_path / name
         with path.open("wb") as fh:
             saver(fh, {"format": "drift-gate-checkpoint", "payload": _Exploit(marker)})
-        with pytest.raises(CheckpointError, match="would run code when loaded; refused|truncated or corrupt"):
+        with pytest.raises(
+            CheckpointError, match=r"would run code when loaded; refused|truncated or corrupt"
+        ):
             load_checkpoint(path)
         assert not marker.exists()
     with pytest.raises(CheckpointError, match="would run code when loaded; refused"):
@@ -98,7 +110,7 @@ def test_newer_schema(ckpt: Path) -> None:
 
 def test_nan_and_inf_weights(ckpt: Path) -> None:
     _rewrite(ckpt, lambda o: o["state_dict"]["head.weight"].__setitem__((0, 0), float("nan")))
-    with pytest.raises(CheckpointError, match="weight head.weight contains NaN or Inf"):
+    with pytest.raises(CheckpointError, match=r"weight head\.weight contains NaN or Inf"):
         load_checkpoint(ckpt)
 
 

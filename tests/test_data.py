@@ -48,7 +48,8 @@ def test_split_folders(tmp_path: Path) -> None:
             Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / split / c / "1.png")
     ds = load_dataset(tmp_path)
     assert sorted((s.split, ds.classes[s.label]) for s in ds.samples) == sorted(
-        (sp, c) for sp in ("train", "val", "test") for c in ("x", "y"))
+        (sp, c) for sp in ("train", "val", "test") for c in ("x", "y")
+    )
 
 
 def test_unknown_label(phantom_root: Path, tmp_path: Path) -> None:
@@ -73,7 +74,8 @@ def test_duplicate_image_across_splits(tmp_path: Path) -> None:
         Image.fromarray(np.full((8, 8), i, np.uint8)).save(root / f"{i}.png")
     shutil.copy(root / "0.png", root / "dup.png")
     (root / "manifest.csv").write_text(
-        "path,label,split\n0.png,a,train\n1.png,a,val\n2.png,a,test\ndup.png,a,test\n")
+        "path,label,split\n0.png,a,train\n1.png,a,val\n2.png,a,test\ndup.png,a,test\n"
+    )
     with pytest.raises(DataError, match="same image appears in splits test, train"):
         load_dataset(root)
 
@@ -91,7 +93,7 @@ def test_missing_file_and_source(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data source not found"):
         load_dataset(tmp_path / "nope")
     (tmp_path / "manifest.csv").write_text("path,label\nghost.png,a\n")
-    with pytest.raises(DataError, match="ghost.png: image listed in the data set does not exist"):
+    with pytest.raises(DataError, match=r"ghost\.png: image listed in the data set does not exist"):
         load_dataset(tmp_path)
 
 
@@ -177,7 +179,7 @@ def test_dicom(tmp_path: Path) -> None:
 
 def test_image_dataset_is_normalised_three_channel(phantom_data) -> None:  # type: ignore[no-untyped-def]
     ds = ImageDataset(phantom_data.split("val"), 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    x, y = ds[0]
+    x, _y = ds[0]
     assert x.shape == (3, 32, 32) and torch.equal(x[0], x[2])
-    assert -2.0 <= float(x.min()) and float(x.max()) <= 2.0
+    assert float(x.min()) >= -2.0 and float(x.max()) <= 2.0
     assert ds.labels.tolist() == [s.label for s in phantom_data.split("val")]

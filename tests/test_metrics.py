@@ -199,15 +199,19 @@ def test_summary_statistics_and_seeded_bootstrap() -> None:
     assert empty.n == 0 and empty.mean is None
 
 
-finite_maps = arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 9), st.integers(2, 9)),
-                     elements=st.floats(0, 1e6, allow_nan=False, allow_subnormal=False))
+finite_maps = arrays(
+    np.float64,
+    st.tuples(st.integers(1, 4), st.integers(2, 9), st.integers(2, 9)),
+    elements=st.floats(0, 1e6, allow_nan=False, allow_subnormal=False),
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(finite_maps, st.data())
 def test_properties_hold_for_random_maps(a: np.ndarray, data: st.DataObject) -> None:
-    b = data.draw(arrays(np.float64, a.shape, elements=st.floats(0, 1e6, allow_nan=False,
-                                                                   allow_subnormal=False)))
+    b = data.draw(
+        arrays(np.float64, a.shape, elements=st.floats(0, 1e6, allow_nan=False, allow_subnormal=False))
+    )
     m = drift_metrics(a, b, ranks=True)
     ok = ~m["degenerate"]
     assert (m["degenerate"] == (is_degenerate(a) | is_degenerate(b))).all()

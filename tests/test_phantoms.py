@@ -61,6 +61,7 @@ def test_masks_are_inside_the_lungs(label: str) -> None:
 
 def test_findings_sit_where_the_class_says() -> None:
     """Tuberculosis in the upper zones; the pneumonias and COVID-19 in the lower zones."""
+
     def centroid_row(label: str) -> float:
         rows = []
         for index in range(6):

@@ -20,18 +20,27 @@ from drift_gate.train import classification_metrics, pretrain_synthetic, train_b
 def _states_equal(a: Path, b: Path) -> bool:
     ma, _ = load_checkpoint(a)
     mb, _ = load_checkpoint(b)
-    return all(torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values(),
-                                                 strict=True))
+    return all(
+        torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values(), strict=True)
+    )
 
 
-def test_two_phase_run_writes_checkpoints_and_metrics(tiny_profile: Profile, phantom_data: DataSet,
-                                                       tmp_path: Path) -> None:
-    res = train_backbone(tiny_profile, "tiny", phantom_data, torch.device("cpu"), tmp_path / "cache",
-                         progress=False, log=lambda m: None)
+def test_two_phase_run_writes_checkpoints_and_metrics(
+    tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path
+) -> None:
+    res = train_backbone(
+        tiny_profile,
+        "tiny",
+        phantom_data,
+        torch.device("cpu"),
+        tmp_path / "cache",
+        progress=False,
+        log=lambda m: None,
+    )
     out = Path(tiny_profile.out) / "tiny"
     assert res.checkpoints == {"tl": out / "tl.pt", "ft": out / "ft.pt"}
     for phase in ("tl", "ft"):
-        model, meta = load_checkpoint(out / f"{phase}.pt")
+        _model, meta = load_checkpoint(out / f"{phase}.pt")
         assert meta.phase == phase and meta.arch == "tiny" and meta.input_size == 32
         assert meta.classes == phantom_data.classes
         assert meta.data_manifest_sha256 == phantom_data.manifest_sha256
@@ -51,8 +60,9 @@ def test_tl_keeps_the_body_frozen(tiny_profile: Profile, phantom_data: DataSet, 
     from drift_gate.backbones import build_classifier
 
     fresh = build_classifier("tiny", len(phantom_data.classes))
-    train_backbone(tiny_profile, "tiny", phantom_data, torch.device("cpu"), tmp_path,
-                   progress=False, log=lambda m: None)
+    train_backbone(
+        tiny_profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=lambda m: None
+    )
     tl, _ = load_checkpoint(Path(tiny_profile.out) / "tiny" / "tl.pt")
     for (name, a), b in zip(fresh.body.state_dict().items(), tl.body.state_dict().values(), strict=True):
         assert torch.equal(a, b), f"TL changed body weight {name}"
@@ -62,19 +72,21 @@ def test_training_is_deterministic(tiny_profile: Profile, phantom_data: DataSet,
     outs = []
     for run in ("a", "b"):
         profile = dataclasses.replace(tiny_profile, out=str(tmp_path / run))
-        train_backbone(profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False,
-                       log=lambda m: None)
+        train_backbone(
+            profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=lambda m: None
+        )
         outs.append(tmp_path / run / "tiny")
     for phase in ("tl", "ft"):
         assert _states_equal(outs[0] / f"{phase}.pt", outs[1] / f"{phase}.pt")
 
 
 def test_interrupted_fine_tuning_resumes_to_the_same_weights(
-        tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reference = dataclasses.replace(tiny_profile, out=str(tmp_path / "ref"))
-    train_backbone(reference, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False,
-                   log=lambda m: None)
+    train_backbone(
+        reference, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=lambda m: None
+    )
 
     profile = dataclasses.replace(tiny_profile, out=str(tmp_path / "int"))
     real_predict, calls = train_mod.predict, []
@@ -87,16 +99,18 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
 
     monkeypatch.setattr(train_mod, "predict", interrupt_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train_backbone(profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False,
-                       log=lambda m: None)
+        train_backbone(
+            profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=lambda m: None
+        )
     out = tmp_path / "int" / "tiny"
     assert (out / "tl.pt").is_file() and (out / "ft.resume.pt").is_file()
     assert not (out / "ft.pt").exists()
     assert not list(out.glob(".*.tmp")), "no partial files"
     monkeypatch.setattr(train_mod, "predict", real_predict)
     messages: list[str] = []
-    train_backbone(profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False,
-                   log=messages.append)
+    train_backbone(
+        profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=messages.append
+    )
     assert any("TL checkpoint is up to date" in m for m in messages)
     assert any("resuming fine-tuning after epoch 1 of 2" in m for m in messages)
     assert _states_equal(out / "ft.pt", tmp_path / "ref" / "tiny" / "ft.pt")
@@ -104,10 +118,12 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
 
 def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp_path: Path) -> None:
     logs: list[str] = []
-    path = pretrain_synthetic("tiny", tiny_profile.pretrain, tmp_path, torch.device("cpu"), 8,
-                              log=logs.append)
-    again = pretrain_synthetic("tiny", tiny_profile.pretrain, tmp_path, torch.device("cpu"), 8,
-                               log=logs.append)
+    path = pretrain_synthetic(
+        "tiny", tiny_profile.pretrain, tmp_path, torch.device("cpu"), 8, log=logs.append
+    )
+    again = pretrain_synthetic(
+        "tiny", tiny_profile.pretrain, tmp_path, torch.device("cpu"), 8, log=logs.append
+    )
     assert path == again and "cached" in logs[-1]
     profile = dataclasses.replace(tiny_profile, weights="synthetic")
     from drift_gate.backbones import build_classifier
@@ -141,7 +157,7 @@ weights = "none"
 batch_size = 8
 tl = {{ epochs = 2, lr = 1e-2 }}
 ft = {{ epochs = 1, lr = 1e-3 }}
-out = "{tmp_path / 'ck'}"
+out = "{tmp_path / "ck"}"
 {extra}
 """)
     return path
@@ -149,19 +165,25 @@ out = "{tmp_path / 'ck'}"
 
 def test_cli_train(tmp_path: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     profiles = _write_profiles(tmp_path, phantom_root)
-    assert main(["train", "--profiles", str(profiles), "--profile", "t", "--no-progress",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["train", "--profiles", str(profiles), "--profile", "t", "--no-progress", "--device", "cpu"])
+        == 0
+    )
     assert "FT val AUC" in capsys.readouterr().out
     assert (tmp_path / "ck" / "tiny" / "ft.pt").is_file()
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ("colour = 3", r"\[t\]: unknown key\(s\) colour"),
-    ("seed = 'zero'", r"\[t\]\.seed: expected int, got str"),
-    ("input_size_per_backbone = { tiny = 4 }", "input size 4 is below tiny's minimum of 8"),
-])
-def test_cli_rejects_bad_profiles(tmp_path: Path, phantom_root: Path, extra: str, message: str,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("colour = 3", r"\[t\]: unknown key\(s\) colour"),
+        ("seed = 'zero'", r"\[t\]\.seed: expected int, got str"),
+        ("input_size_per_backbone = { tiny = 4 }", "input size 4 is below tiny's minimum of 8"),
+    ],
+)
+def test_cli_rejects_bad_profiles(
+    tmp_path: Path, phantom_root: Path, extra: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     profiles = _write_profiles(tmp_path, phantom_root, extra)
     assert main(["train", "--profiles", str(profiles), "--profile", "t"]) == 2
     err = capsys.readouterr().err

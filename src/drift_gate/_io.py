@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -27,16 +28,18 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically."""
-    atomic_write(path, lambda fh: fh.write(data) and None)
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(data)
+
+    atomic_write(path, write)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -41,7 +42,8 @@ class Classifier(nn.Module):
 
     def forward_head(self, activation: torch.Tensor) -> torch.Tensor:
         """Logits from the target layer's activation ``(B, C, h, w)``."""
-        return self.head(activation.mean(dim=(2, 3)))
+        logits: torch.Tensor = self.head(activation.mean(dim=(2, 3)))
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.body(x))
@@ -82,11 +84,12 @@ def _densenet201(imagenet: bool) -> tuple[nn.Sequential, int]:
 def _resnet50v2(imagenet: bool) -> tuple[nn.Sequential, int]:
     import timm
 
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if imagenet:
         kwargs["pretrained_cfg_overlay"] = {"file": str(timm_weights_file("resnetv2_50.a1h_in1k"))}
     net = timm.create_model("resnetv2_50.a1h_in1k", pretrained=imagenet, num_classes=0, **kwargs)
-    return nn.Sequential(net.stem, net.stages, net.norm), int(net.num_features)
+    parts = [cast(nn.Module, getattr(net, name)) for name in ("stem", "stages", "norm")]
+    return nn.Sequential(*parts), int(cast(int, net.num_features))
 
 
 def _inception_v3(imagenet: bool) -> tuple[nn.Sequential, int]:
@@ -98,9 +101,26 @@ def _inception_v3(imagenet: bool) -> tuple[nn.Sequential, int]:
         net = inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1)
     else:
         net = inception_v3(weights=None, aux_logits=False, init_weights=True)
-    names = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
-             "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
-             "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
+    names = [
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "maxpool1",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "maxpool2",
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6a",
+        "Mixed_6b",
+        "Mixed_6c",
+        "Mixed_6d",
+        "Mixed_6e",
+        "Mixed_7a",
+        "Mixed_7b",
+        "Mixed_7c",
+    ]
     # torchvision's transform_input maps ImageNet-normalised input to (x-0.5)/0.5;
     # the body expects the latter directly (imagenet_norm below).
     return nn.Sequential(*(getattr(net, n) for n in names)), net.fc.in_features
@@ -111,8 +131,7 @@ def _tiny(imagenet: bool) -> tuple[nn.Sequential, int]:
         raise ConfigError("the tiny test backbone has no ImageNet weights; use weights = 'none'")
 
     def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=False)]
+        return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=False)]
 
     return nn.Sequential(*block(3, 16, 2), *block(16, 32, 2), *block(32, 32, 1)), 32
 
@@ -120,8 +139,13 @@ def _tiny(imagenet: bool) -> tuple[nn.Sequential, int]:
 BACKBONES: dict[str, BackboneSpec] = {
     s.name: s
     for s in (
-        BackboneSpec("densenet201", _densenet201, "features -> ReLU (non-inplace copy)", 32,
-                     (IMAGENET_MEAN, IMAGENET_STD)),
+        BackboneSpec(
+            "densenet201",
+            _densenet201,
+            "features -> ReLU (non-inplace copy)",
+            32,
+            (IMAGENET_MEAN, IMAGENET_STD),
+        ),
         BackboneSpec("resnet50v2", _resnet50v2, "norm (BN + ReLU before pooling)", 32, (HALF, HALF)),
         BackboneSpec("inception_v3", _inception_v3, "Mixed_7c", 75, (HALF, HALF)),
         BackboneSpec("tiny", _tiny, "last ReLU (non-inplace)", 8, (IMAGENET_MEAN, IMAGENET_STD)),

@@ -94,8 +94,9 @@ METHODS: tuple[str, ...] = (*GRADIENT_METHODS, "ablationcam")
 def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ConfigError(f"unknown CAM method(s) {', '.join(map(repr, unknown))}; "
-                          f"known: {', '.join(METHODS)}")
+        raise ConfigError(
+            f"unknown CAM method(s) {', '.join(map(repr, unknown))}; known: {', '.join(METHODS)}"
+        )
     if not methods:
         raise ConfigError("no CAM method selected")
     return tuple(dict.fromkeys(methods))
@@ -125,8 +126,9 @@ class CamEngine:
         ablation_chunk: channels ablated per head evaluation (memory bound).
     """
 
-    def __init__(self, model: Classifier, methods: Sequence[str] = ("layercam", "gradcam++"),
-                 ablation_chunk: int = 256) -> None:
+    def __init__(
+        self, model: Classifier, methods: Sequence[str] = ("layercam", "gradcam++"), ablation_chunk: int = 256
+    ) -> None:
         self.model = model.eval()
         self.methods = _check_methods(methods)
         self.ablation_chunk = ablation_chunk
@@ -148,8 +150,11 @@ class CamEngine:
         a = act.detach()
         maps = {}
         for m in self.methods:
-            raw = self._ablation(a, targets, chosen.detach()) if m == "ablationcam" else \
-                GRADIENT_METHODS[m](a, grad)  # type: ignore[arg-type]
+            if m == "ablationcam":
+                raw = self._ablation(a, targets, chosen.detach())
+            else:
+                assert grad is not None
+                raw = GRADIENT_METHODS[m](a, grad)
             maps[m] = raw.clamp(min=0)
         return CamBatch(logits.detach(), targets, maps)
 
@@ -170,8 +175,9 @@ class CamEngine:
 def upsample(maps: Tensor, size: int | tuple[int, int]) -> Tensor:
     """Bilinear upsampling of ``(B, h, w)`` maps to ``size`` (half-pixel centres)."""
     size = (size, size) if isinstance(size, int) else size
-    return torch.nn.functional.interpolate(maps[:, None].float(), size=size, mode="bilinear",
-                                           align_corners=False)[:, 0]
+    return torch.nn.functional.interpolate(
+        maps[:, None].float(), size=size, mode="bilinear", align_corners=False
+    )[:, 0]
 
 
 def minmax(maps: Tensor) -> Tensor:
@@ -203,15 +209,22 @@ class CamResult:
     maps: dict[str, np.ndarray]
 
 
-def _batches(dataset: torch.utils.data.Dataset[tuple[Tensor, int]], batch_size: int
-             ) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(
+    dataset: torch.utils.data.Dataset[tuple[Tensor, int]], batch_size: int
+) -> Iterator[tuple[Tensor, Tensor]]:
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     yield from loader
 
 
-def compute_cams(model: Classifier, dataset: torch.utils.data.Dataset[tuple[Tensor, int]],
-                 methods: Sequence[str], device: torch.device | str = "cpu", batch_size: int = 16,
-                 target: str = "label", progress: bool = False) -> CamResult:
+def compute_cams(
+    model: Classifier,
+    dataset: torch.utils.data.Dataset[tuple[Tensor, int]],
+    methods: Sequence[str],
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    target: str = "label",
+    progress: bool = False,
+) -> CamResult:
     """Runs the engine over a data set in batches of ``batch_size`` (bounded memory).
 
     Args:
@@ -224,7 +237,9 @@ def compute_cams(model: Classifier, dataset: torch.utils.data.Dataset[tuple[Tens
     if target not in ("label", "predicted"):
         raise ConfigError(f"unknown CAM target {target!r}; use 'label' or 'predicted'")
     engine = CamEngine(model.to(device), methods)
-    logits, targets, maps = [], [], {m: [] for m in engine.methods}
+    logits: list[Tensor] = []
+    targets: list[Tensor] = []
+    maps: dict[str, list[Tensor]] = {m: [] for m in engine.methods}
     n = len(dataset)  # type: ignore[arg-type]
     with tqdm(total=n, desc="CAMs", unit="img", disable=not progress, leave=False) as bar:
         for x, y in _batches(dataset, batch_size):
@@ -234,5 +249,8 @@ def compute_cams(model: Classifier, dataset: torch.utils.data.Dataset[tuple[Tens
             for m, t in out.maps.items():
                 maps[m].append(t.float().cpu())
             bar.update(len(x))
-    return CamResult(torch.cat(logits).numpy(), torch.cat(targets).numpy(),
-                     {m: torch.cat(v).numpy() for m, v in maps.items()})
+    return CamResult(
+        torch.cat(logits).numpy(),
+        torch.cat(targets).numpy(),
+        {m: torch.cat(v).numpy() for m, v in maps.items()},
+    )

@@ -25,8 +25,7 @@ from ._io import atomic_write_bytes
 from .backbones import Classifier, build_classifier
 from .errors import CheckpointError
 
-__all__ = ["SCHEMA_VERSION", "CheckpointMeta", "library_versions", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = ["SCHEMA_VERSION", "CheckpointMeta", "library_versions", "load_checkpoint", "save_checkpoint"]
 
 SCHEMA_VERSION = 1
 _FORMAT = "drift-gate-checkpoint"
@@ -39,9 +38,13 @@ def library_versions() -> dict[str, str]:
 
     from . import __version__
 
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-           "drift_gate": __version__}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "drift_gate": __version__,
+    }
     try:
         import timm
 
@@ -100,8 +103,11 @@ class CheckpointMeta:
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{source}: checkpoint metadata is not valid JSON") from exc
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in ("arch", "classes", "input_size", "mean", "std", "phase",
-                                     "seed", "data_manifest_sha256") if n not in raw)
+        missing = sorted(
+            n
+            for n in ("arch", "classes", "input_size", "mean", "std", "phase", "seed", "data_manifest_sha256")
+            if n not in raw
+        )
         if missing:
             raise CheckpointError(f"{source}: checkpoint metadata lacks {', '.join(missing)}")
         raw = {k: v for k, v in raw.items() if k in names}
@@ -114,8 +120,10 @@ def save_checkpoint(path: Path, model: Classifier, meta: CheckpointMeta) -> None
     """Writes ``model`` and ``meta`` to ``path`` atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
-    torch.save({"format": _FORMAT, "schema_version": SCHEMA_VERSION, "meta": meta.to_json(),
-                "state_dict": state}, buf)
+    torch.save(
+        {"format": _FORMAT, "schema_version": SCHEMA_VERSION, "meta": meta.to_json(), "state_dict": state},
+        buf,
+    )
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
@@ -142,12 +150,16 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
             reason = f"not a readable checkpoint, truncated or corrupt ({exc.__class__.__name__})"
         raise CheckpointError(f"{path}: {reason}") from exc
     if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
-        raise CheckpointError(f"{path}: not a drift-gate checkpoint (a bare state dict or another "
-                              "tool's file); train one with `drift-gate train`")
+        raise CheckpointError(
+            f"{path}: not a drift-gate checkpoint (a bare state dict or another "
+            "tool's file); train one with `drift-gate train`"
+        )
     version = obj.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise CheckpointError(f"{path}: checkpoint schema version {version} is newer than this "
-                              f"drift-gate supports ({SCHEMA_VERSION}); upgrade drift-gate")
+        raise CheckpointError(
+            f"{path}: checkpoint schema version {version} is newer than this "
+            f"drift-gate supports ({SCHEMA_VERSION}); upgrade drift-gate"
+        )
     meta = CheckpointMeta.from_json(str(obj.get("meta", "")), path)
     state = obj.get("state_dict")
     if not isinstance(state, dict):
@@ -159,8 +171,9 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit architecture {meta.arch!r} with "
-                              f"{len(meta.classes)} classes") from exc
+        raise CheckpointError(
+            f"{path}: weights do not fit architecture {meta.arch!r} with {len(meta.classes)} classes"
+        ) from exc
     if not math.isfinite(meta.input_size) or meta.input_size <= 0:
         raise CheckpointError(f"{path}: invalid input size {meta.input_size}")
     return model.to(device).eval(), meta

@@ -38,11 +38,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("train", help="train TL and FT checkpoints for a profile's backbones")
     p.add_argument("--profile", default="demo", help="profile name in the profiles file")
     p.add_argument("--profiles", type=Path, default=Path("profiles.toml"), help="profiles file")
-    p.add_argument("--backbone", action="append", dest="backbones",
-                   help="train only this backbone (repeatable)")
+    p.add_argument(
+        "--backbone", action="append", dest="backbones", help="train only this backbone (repeatable)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="cache for synthetic pretraining (default ~/.cache/drift-gate)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="cache for synthetic pretraining (default ~/.cache/drift-gate)",
+    )
     p.add_argument("--force", action="store_true", help="retrain even if checkpoints are current")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
@@ -51,8 +56,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def _cmd_data(args: argparse.Namespace) -> int:
     from .phantoms import generate_dataset
 
-    manifest = generate_dataset(args.out, args.n_per_class, args.seed, args.size,
-                                progress=not args.no_progress)
+    manifest = generate_dataset(
+        args.out, args.n_per_class, args.seed, args.size, progress=not args.no_progress
+    )
     print(f"wrote {manifest}")
     return 0
 
@@ -68,12 +74,23 @@ def _resolve_data(profile: object, progress: bool) -> Path:
     stamp = root / ".phantoms.json"
     import json
 
-    want = json.dumps({"n_per_class": profile.phantoms.n_per_class, "size": profile.phantoms.size,
-                       "seed": profile.phantoms.seed}, sort_keys=True)
+    want = json.dumps(
+        {
+            "n_per_class": profile.phantoms.n_per_class,
+            "size": profile.phantoms.size,
+            "seed": profile.phantoms.seed,
+        },
+        sort_keys=True,
+    )
     if not ((root / "manifest.csv").is_file() and stamp.is_file() and stamp.read_text() == want):
         print(f"generating the phantom data set in {root} ...", file=sys.stderr)
-        generate_dataset(root, profile.phantoms.n_per_class, profile.phantoms.seed,
-                         profile.phantoms.size, progress=progress)
+        generate_dataset(
+            root,
+            profile.phantoms.n_per_class,
+            profile.phantoms.seed,
+            profile.phantoms.size,
+            progress=progress,
+        )
         from ._io import atomic_write_text
 
         atomic_write_text(stamp, want)
@@ -96,18 +113,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     progress = not args.no_progress
     data = load_dataset(_resolve_data(profile, progress))
-    print(f"profile {profile.name}: {len(data.samples)} images, {len(data.classes)} classes, "
-          f"device {device}", file=sys.stderr)
+    print(
+        f"profile {profile.name}: {len(data.samples)} images, {len(data.classes)} classes, device {device}",
+        file=sys.stderr,
+    )
     rows = []
     for arch in backbones:
         start = time.perf_counter()
-        res = train_backbone(profile, arch, data, device, args.cache_dir or _default_cache(),
-                             progress=progress, force=args.force)
-        rows.append((arch, res.metrics["tl"]["val"]["auc_macro"], res.metrics["ft"]["val"]["auc_macro"],
-                     res.metrics["tl"]["test"]["auc_macro"], res.metrics["ft"]["test"]["auc_macro"],
-                     time.perf_counter() - start))
-    print(f"{'backbone':<14}{'TL val AUC':>12}{'FT val AUC':>12}{'TL test AUC':>13}"
-          f"{'FT test AUC':>13}{'time':>9}")
+        res = train_backbone(
+            profile,
+            arch,
+            data,
+            device,
+            args.cache_dir or _default_cache(),
+            progress=progress,
+            force=args.force,
+        )
+        rows.append(
+            (
+                arch,
+                res.metrics["tl"]["val"]["auc_macro"],
+                res.metrics["ft"]["val"]["auc_macro"],
+                res.metrics["tl"]["test"]["auc_macro"],
+                res.metrics["ft"]["test"]["auc_macro"],
+                time.perf_counter() - start,
+            )
+        )
+    print(
+        f"{'backbone':<14}{'TL val AUC':>12}{'FT val AUC':>12}{'TL test AUC':>13}"
+        f"{'FT test AUC':>13}{'time':>9}"
+    )
     for arch, tlv, ftv, tlt, ftt, sec in rows:
         print(f"{arch:<14}{tlv:>12.4f}{ftv:>12.4f}{tlt:>13.4f}{ftt:>13.4f}{sec:>8.0f}s")
     return 0
@@ -116,7 +151,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="drift-gate",
-        description="Regression gate for the evidence (CAMs) behind medical-imaging models.")
+        description="Regression gate for the evidence (CAMs) behind medical-imaging models.",
+    )
     parser.add_argument("--version", action="version", version=f"drift-gate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data(sub)

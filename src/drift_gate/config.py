@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["PhaseConfig", "PhantomConfig", "PretrainConfig", "Profile", "load_profile"]
+__all__ = ["PhantomConfig", "PhaseConfig", "PretrainConfig", "Profile", "load_profile"]
 
 T = TypeVar("T")
 
@@ -117,8 +117,9 @@ def _check(value: Any, tp: Any, key: str) -> Any:
         return {k: _check(v, arm, f"{key}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, float, str, bool) and (not isinstance(value, tp) or
-                                          (tp is int and isinstance(value, bool))):
+    if tp in (int, float, str, bool) and (
+        not isinstance(value, tp) or (tp is int and isinstance(value, bool))
+    ):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
 
@@ -128,8 +129,9 @@ def _build(cls: type[T], table: dict[str, Any], prefix: str) -> T:
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(table) - known)
     if unknown:
-        raise ConfigError(f"{prefix}: unknown key(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(known - {'name'}))}")
+        raise ConfigError(
+            f"{prefix}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known - {'name'}))}"
+        )
     kwargs = {k: _check(v, hints[k], f"{prefix}.{k}") for k, v in table.items()}
     for f in fields(cls):  # type: ignore[arg-type]
         if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
@@ -160,8 +162,9 @@ def load_profile(path: Path, name: str) -> Profile:
         spec = get_backbone(arch)
         size = profile.input_size_for(arch)
         if size < spec.min_input:
-            raise ConfigError(f"{path}: [{name}] input size {size} is below {arch}'s minimum "
-                              f"of {spec.min_input}")
+            raise ConfigError(
+                f"{path}: [{name}] input size {size} is below {arch}'s minimum of {spec.min_input}"
+            )
     for key in ("batch_size", "input_size"):
         if getattr(profile, key) <= 0:
             raise ConfigError(f"{path}: [{name}].{key} must be positive")

@@ -27,6 +27,8 @@ __all__ = ["SPLITS", "DataSet", "ImageDataset", "Sample", "load_dataset", "read_
 
 SPLITS = ("train", "val", "test")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+#: (path, label, split, sha256, mask) as read from a manifest or a folder.
+_Row = tuple[str, str, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def _split_from_hash(digest: str) -> str:
     return "train" if bucket < 6 else ("val" if bucket < 8 else "test")
 
 
-def _from_manifest(manifest: Path) -> tuple[list[tuple[str, str, str | None, str | None, str | None]], Path]:
+def _from_manifest(manifest: Path) -> tuple[list[_Row], Path]:
     root = manifest.parent
     try:
         with manifest.open(newline="", encoding="utf-8") as fh:
@@ -91,28 +93,42 @@ def _from_manifest(manifest: Path) -> tuple[list[tuple[str, str, str | None, str
             missing = {"path", "label"} - set(reader.fieldnames or ())
             if missing:
                 raise DataError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
-            rows = []
+            rows: list[_Row] = []
             for line, row in enumerate(reader, start=2):
                 if not row.get("path") or not row.get("label"):
                     raise DataError(f"{manifest}:{line}: empty path or label")
-                rows.append((row["path"], row["label"].strip(), row.get("split") or None,
-                             row.get("sha256") or None, row.get("mask") or None))
+                rows.append(
+                    (
+                        row["path"],
+                        row["label"].strip(),
+                        row.get("split") or None,
+                        row.get("sha256") or None,
+                        row.get("mask") or None,
+                    )
+                )
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{manifest}: cannot read manifest ({exc})") from exc
     return rows, root
 
 
-def _from_folder(root: Path) -> list[tuple[str, str, str | None, str | None, str | None]]:
+def _from_folder(root: Path) -> list[_Row]:
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     split_layout = bool(subdirs) and {p.name for p in subdirs} <= set(SPLITS)
-    rows = []
+    rows: list[_Row] = []
     for top in subdirs:
         class_dirs = sorted(p for p in top.iterdir() if p.is_dir()) if split_layout else [top]
         for cdir in class_dirs:
             for f in sorted(cdir.iterdir()):
                 if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES:
-                    rows.append((f.relative_to(root).as_posix(), cdir.name,
-                                 top.name if split_layout else None, None, None))
+                    rows.append(
+                        (
+                            f.relative_to(root).as_posix(),
+                            cdir.name,
+                            top.name if split_layout else None,
+                            None,
+                            None,
+                        )
+                    )
     return rows
 
 
@@ -149,8 +165,9 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None) -> DataSet:
     classes = tuple(classes)
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise DataError(f"{source}: unknown label(s) {', '.join(unknown)}; expected one of "
-                        f"{', '.join(classes)}")
+        raise DataError(
+            f"{source}: unknown label(s) {', '.join(unknown)}; expected one of {', '.join(classes)}"
+        )
 
     samples = []
     for rel, label, split, digest, mask in rows:
@@ -159,13 +176,16 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None) -> DataSet:
             raise DataError(f"{path}: image listed in the data set does not exist")
         actual = _sha256(path)
         if digest is not None and digest.lower() != actual:
-            raise DataError(f"{path}: sha256 {actual[:12]}… does not match the manifest's "
-                            f"{digest[:12]}…; the file changed since the manifest was written")
+            raise DataError(
+                f"{path}: sha256 {actual[:12]}… does not match the manifest's "
+                f"{digest[:12]}…; the file changed since the manifest was written"
+            )
         split = split or _split_from_hash(actual)
         if split not in SPLITS:
             raise DataError(f"{path}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-        samples.append(Sample(rel, path, classes.index(label), split, actual,
-                              (root / mask).resolve() if mask else None))
+        samples.append(
+            Sample(rel, path, classes.index(label), split, actual, (root / mask).resolve() if mask else None)
+        )
 
     by_hash: dict[str, set[str]] = defaultdict(set)
     first: dict[str, Sample] = {}
@@ -174,14 +194,15 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None) -> DataSet:
         first.setdefault(s.sha256, s)
     for digest, splits in by_hash.items():
         if len(splits) > 1:
-            raise DataError(f"{first[digest].path}: the same image appears in splits "
-                            f"{', '.join(sorted(splits))}; remove the duplicate")
+            raise DataError(
+                f"{first[digest].path}: the same image appears in splits "
+                f"{', '.join(sorted(splits))}; remove the duplicate"
+            )
     counts = Counter((s.split, s.label) for s in samples)
     for split in SPLITS:
         empty = [c for i, c in enumerate(classes) if counts[(split, i)] == 0]
         if empty:
-            raise DataError(f"{source}: class(es) {', '.join(empty)} have no images in the "
-                            f"{split} split")
+            raise DataError(f"{source}: class(es) {', '.join(empty)} have no images in the {split} split")
     return DataSet(root, classes, tuple(samples))
 
 
@@ -217,8 +238,9 @@ def _read_raster(path: Path) -> NDArray[np.float64]:
             im.load()
             mode = im.mode
             if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-                raise DataError(f"{path}: image has an alpha channel (mode {mode}); "
-                                "save it as grayscale or RGB")
+                raise DataError(
+                    f"{path}: image has an alpha channel (mode {mode}); save it as grayscale or RGB"
+                )
             if mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float64)
                 return arr / (65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0))
@@ -237,14 +259,17 @@ def read_image(path: Path, size: int) -> torch.Tensor:
     """
     path = Path(path)
     with path.open("rb") as fh:
-        is_dicom = path.suffix.lower() in (".dcm", ".dicom") or (fh.seek(128) == 128 and fh.read(4) == b"DICM")
+        is_dicom = path.suffix.lower() in (".dcm", ".dicom") or (
+            fh.seek(128) == 128 and fh.read(4) == b"DICM"
+        )
     arr = _read_dicom(path) if is_dicom else _read_raster(path)
     if arr.size == 0:
         raise DataError(f"{path}: empty image")
     t = torch.from_numpy(arr.astype(np.float32))[None, None]
     if t.shape[-2:] != (size, size):
-        t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear",
-                                            align_corners=False, antialias=True)
+        t = torch.nn.functional.interpolate(
+            t, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
     return t[0].clamp_(0, 1)
 
 
@@ -255,8 +280,9 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
     (3 MB per hundred images at 128 px), so epochs after the first decode nothing.
     """
 
-    def __init__(self, samples: Sequence[Sample], size: int,
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], size: int, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
         self.samples = list(samples)
         self.size = size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)

@@ -75,15 +75,19 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     s.name: s
     for s in (
-        MetricSpec("displacement", Direction.LOWER, 0.0,
-                   "distance between intensity-weighted centroids / image diagonal"),
-        MetricSpec("peak_displacement", Direction.LOWER, 0.0,
-                   "distance between the maps' maxima / image diagonal"),
+        MetricSpec(
+            "displacement",
+            Direction.LOWER,
+            0.0,
+            "distance between intensity-weighted centroids / image diagonal",
+        ),
+        MetricSpec(
+            "peak_displacement", Direction.LOWER, 0.0, "distance between the maps' maxima / image diagonal"
+        ),
         MetricSpec("iou", Direction.HIGHER, 1.0, "IoU of the top-q pixel masks"),
         MetricSpec("correlation", Direction.HIGHER, 1.0, "Pearson correlation of the maps"),
         MetricSpec("spearman", Direction.HIGHER, 1.0, "Spearman rank correlation of the maps"),
-        MetricSpec("concentration_change", Direction.ZERO, 0.0,
-                   "top-10 % mass share of B minus that of A"),
+        MetricSpec("concentration_change", Direction.ZERO, 0.0, "top-10 % mass share of B minus that of A"),
         MetricSpec("gini_change", Direction.ZERO, 0.0, "Gini coefficient of B minus that of A"),
     )
 }
@@ -191,8 +195,8 @@ def _selection(flat: Tensor, q: float) -> tuple[Tensor, Tensor]:
     p = x.shape[1]
     kq, kc = _top_k(p, q), _top_k(p, _TOP_MASS)
     big, small = max(kq, kc), min(kq, kc)
-    top_big = np.partition(x, p - big, axis=1)[:, p - big:]  # the `big` largest, unordered
-    top_small = np.partition(top_big, big - small, axis=1)[:, big - small:]
+    top_big = np.partition(x, p - big, axis=1)[:, p - big :]  # the `big` largest, unordered
+    top_small = np.partition(top_big, big - small, axis=1)[:, big - small :]
     thr_q = (top_big if kq == big else top_small).min(1)  # k-th largest = min of the top k
     mass_c = (top_small if kc == small else top_big).sum(1, dtype=np.float64)
     return torch.from_numpy(thr_q), torch.from_numpy(mass_c)
@@ -202,8 +206,7 @@ def _top(flat: Tensor, q: float) -> tuple[Tensor, Tensor]:
     """Mask of the ``k = round(q * P)`` largest pixels and their sum, in O(P)."""
     p = flat.shape[1]
     k = _top_k(p, q)
-    thr = torch.from_numpy(np.ascontiguousarray(
-        np.partition(flat.numpy(), p - k, axis=1)[:, p - k]))
+    thr = torch.from_numpy(np.ascontiguousarray(np.partition(flat.numpy(), p - k, axis=1)[:, p - k]))
     mask = _mask_at(flat, thr, k)
     return mask, _sum64(torch.where(mask, flat, 0), 1)
 
@@ -264,13 +267,17 @@ def _raw_stats(x: Tensor, q: float) -> _Stats:
     cols = _sum64(x, 1) - lo64[:, None] * h
     mass = rows.sum(1)
     safe = torch.where(mass > 0, mass, 1)
-    centroid = torch.stack([(rows * torch.arange(h, dtype=torch.float64)).sum(1) / safe,
-                            (cols * torch.arange(w, dtype=torch.float64)).sum(1) / safe], 1)
+    centroid = torch.stack(
+        [
+            (rows * torch.arange(h, dtype=torch.float64)).sum(1) / safe,
+            (cols * torch.arange(w, dtype=torch.float64)).sum(1) / safe,
+        ],
+        1,
+    )
     idx = flat.argmax(1)
     thr_q, top_mass = _selection(flat, q)
     top = top_mass - lo64 * _top_k(p, _TOP_MASS)
-    return _Stats(~(hi > lo), centroid, torch.stack([idx // w, idx % w], 1).double(), thr_q,
-                  top / safe)
+    return _Stats(~(hi > lo), centroid, torch.stack([idx // w, idx % w], 1).double(), thr_q, top / safe)
 
 
 def displacement(a: ArrayLike, b: ArrayLike) -> np.ndarray:
@@ -326,8 +333,9 @@ def concentration_change(a: ArrayLike, b: ArrayLike) -> np.ndarray:
 RANK_METRICS = ("spearman", "gini_change")
 
 
-def drift_metrics(a: ArrayLike, b: ArrayLike, q: float = 0.2, ranks: bool = False,
-                  chunk: int = 64) -> dict[str, np.ndarray]:
+def drift_metrics(
+    a: ArrayLike, b: ArrayLike, q: float = 0.2, ranks: bool = False, chunk: int = 64
+) -> dict[str, np.ndarray]:
     """The drift metrics for each pair of maps, in O(P) per map.
 
     Args:
@@ -344,11 +352,12 @@ def drift_metrics(a: ArrayLike, b: ArrayLike, q: float = 0.2, ranks: bool = Fals
     if ta.shape != tb.shape:
         raise ValueError(f"map shapes differ: {tuple(ta.shape)} vs {tuple(tb.shape)}")
     names = [n for n in METRICS if ranks or n not in RANK_METRICS]
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in (*names, "concentration_a",
-                                                           "concentration_b", "degenerate")}
+    parts: dict[str, list[np.ndarray]] = {
+        n: [] for n in (*names, "concentration_a", "concentration_b", "degenerate")
+    }
     for start in range(0, len(ta), chunk):
-        a_raw = _as_tensor(ta[start:start + chunk], check=False)
-        b_raw = _as_tensor(tb[start:start + chunk], check=False)
+        a_raw = _as_tensor(ta[start : start + chunk], check=False)
+        b_raw = _as_tensor(tb[start : start + chunk], check=False)
         sa, sb = _raw_stats(a_raw, q), _raw_stats(b_raw, q)
         deg = sa.degenerate | sb.degenerate
         fa, fb = a_raw.flatten(1), b_raw.flatten(1)
@@ -366,17 +375,21 @@ def drift_metrics(a: ArrayLike, b: ArrayLike, q: float = 0.2, ranks: bool = Fals
         }
         if ranks:
             out["spearman"] = _pearson(_avg_ranks(fa), _avg_ranks(fb))
-            out["gini_change"] = _gini(_normalise(b_raw)[0].flatten(1)) - \
-                _gini(_normalise(a_raw)[0].flatten(1))
+            out["gini_change"] = _gini(_normalise(b_raw)[0].flatten(1)) - _gini(
+                _normalise(a_raw)[0].flatten(1)
+            )
         for key, v in out.items():
             parts[key].append(_nan_where(v, deg))
         parts["degenerate"].append(deg.numpy())
-    return {k: np.concatenate(v) if v else np.empty(0, dtype=bool if k == "degenerate" else float)
-            for k, v in parts.items()}
+    return {
+        k: np.concatenate(v) if v else np.empty(0, dtype=bool if k == "degenerate" else float)
+        for k, v in parts.items()
+    }
 
 
-def select_samples(labels: ArrayLike, reference_pred: ArrayLike, candidate_pred: ArrayLike,
-                   mode: str = "true-positive") -> np.ndarray:
+def select_samples(
+    labels: ArrayLike, reference_pred: ArrayLike, candidate_pred: ArrayLike, mode: str = "true-positive"
+) -> np.ndarray:
     """Which samples enter the drift statistics.
 
     Args:
@@ -388,7 +401,8 @@ def select_samples(labels: ArrayLike, reference_pred: ArrayLike, candidate_pred:
         return np.ones(len(y), dtype=bool)
     if mode != "true-positive":
         raise ValueError(f"unknown sample selection {mode!r}; use 'true-positive' or 'all'")
-    return (np.asarray(reference_pred) == y) & (np.asarray(candidate_pred) == y)
+    chosen: np.ndarray = (np.asarray(reference_pred) == y) & (np.asarray(candidate_pred) == y)
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -416,15 +430,27 @@ def _summary(values: np.ndarray, n_degenerate: int, n_boot: int, rng: np.random.
         return Summary(0, n_degenerate, None, None, None, None, None, None, None)
     boot = values[rng.integers(0, n, size=(n_boot, n))].mean(1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return Summary(n, n_degenerate, float(values.mean()), float(np.median(values)),
-                   float(values.std(ddof=1)) if n > 1 else 0.0,
-                   float(np.percentile(values, 10)), float(np.percentile(values, 90)),
-                   float(lo), float(hi))
+    return Summary(
+        n,
+        n_degenerate,
+        float(values.mean()),
+        float(np.median(values)),
+        float(values.std(ddof=1)) if n > 1 else 0.0,
+        float(np.percentile(values, 10)),
+        float(np.percentile(values, 90)),
+        float(lo),
+        float(hi),
+    )
 
 
-def summarise(values: Mapping[str, np.ndarray], selected: np.ndarray, labels: np.ndarray,
-              classes: Sequence[str], n_boot: int = 1000, seed: int = 0
-              ) -> dict[str, dict[str, Summary]]:
+def summarise(
+    values: Mapping[str, np.ndarray],
+    selected: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Summary]]:
     """Aggregates per-sample metrics overall and per class.
 
     Args:
@@ -449,6 +475,7 @@ def summarise(values: Mapping[str, np.ndarray], selected: np.ndarray, labels: np
         for gi, (group, member) in enumerate(groups.items()):
             use = selected & member
             rng = np.random.default_rng([seed, gi, list(METRICS).index(name)])
-            out[name][group] = _summary(np.asarray(values[name])[use & ~degenerate],
-                                        int((use & degenerate).sum()), n_boot, rng)
+            out[name][group] = _summary(
+                np.asarray(values[name])[use & ~degenerate], int((use & degenerate).sum()), n_boot, rng
+            )
     return out

@@ -167,9 +167,7 @@ def _anatomy(rng: np.random.Generator, size: int) -> tuple[_Anatomy, Array]:
     # Spine, mediastinum and heart.
     img += 0.08 * _soft(np.abs(u) - 0.035, 0.006) * body
     img += 0.20 * _soft(np.abs(u - 0.01) - 0.055, 0.01) * _soft(-(v + 0.42), 0.02) * body
-    heart = _soft(
-        _ellipse(u, v, 0.05 + rng.normal(0, 0.01), 0.13, rng.uniform(0.14, 0.18), 0.12), 0.03
-    )
+    heart = _soft(_ellipse(u, v, 0.05 + rng.normal(0, 0.01), 0.13, rng.uniform(0.14, 0.18), 0.12), 0.03)
     img += 0.26 * heart
     # Below the diaphragm: liver and stomach soft tissue.
     img += 0.18 * _soft(-(v - 0.24 + 0.8 * u**2), 0.015) * body
@@ -177,8 +175,16 @@ def _anatomy(rng: np.random.Generator, size: int) -> tuple[_Anatomy, Array]:
     return anatomy, img
 
 
-def _blob(rng: np.random.Generator, a: _Anatomy, cu: float, cv: float, au: float, av: float,
-          edge: float, lumpiness: float) -> Array:
+def _blob(
+    rng: np.random.Generator,
+    a: _Anatomy,
+    cu: float,
+    cv: float,
+    au: float,
+    av: float,
+    edge: float,
+    lumpiness: float,
+) -> Array:
     """A lumpy, soft-edged opacity with values in ``[0, 1]``."""
     size = a.u.shape[0]
     lumps = ndimage.gaussian_filter(rng.normal(size=a.u.shape), 6.0 * size / 256)
@@ -188,30 +194,48 @@ def _blob(rng: np.random.Generator, a: _Anatomy, cu: float, cv: float, au: float
 
 def _consolidation(rng: np.random.Generator, a: _Anatomy, side: float, zone: str) -> Array:
     cv = rng.normal(0.09, 0.025) if zone == "lower" else rng.normal(-0.2, 0.03)
-    blob = _blob(rng, a, side * rng.uniform(0.16, 0.22), cv, rng.uniform(0.07, 0.10),
-                 rng.uniform(0.06, 0.09), 0.015, 1.0)
+    blob = _blob(
+        rng,
+        a,
+        side * rng.uniform(0.16, 0.22),
+        cv,
+        rng.uniform(0.07, 0.10),
+        rng.uniform(0.06, 0.09),
+        0.015,
+        1.0,
+    )
     # Air bronchograms: thin lucent branches inside the dense opacity.
     size = a.u.shape[0]
     tubes = np.abs(ndimage.gaussian_filter(rng.normal(size=a.u.shape), 1.5 * size / 256))
     tubes = (tubes < np.quantile(tubes, 0.06)).astype(np.float64)
-    return blob * (0.32 - 0.10 * tubes)
+    out: Array = blob * (0.32 - 0.10 * tubes)
+    return out
 
 
 def _ground_glass(rng: np.random.Generator, a: _Anatomy, side: float, zone: str) -> Array:
     out = np.zeros_like(a.u)
     for _ in range(int(rng.integers(1, 3))):
         cv = rng.normal(0.07, 0.04) if zone == "lower" else rng.normal(-0.2, 0.04)
-        out = np.maximum(out, _blob(rng, a, side * rng.uniform(0.24, 0.29), cv,
-                                    rng.uniform(0.05, 0.07), rng.uniform(0.08, 0.12), 0.03, 0.6))
+        out = np.maximum(
+            out,
+            _blob(
+                rng,
+                a,
+                side * rng.uniform(0.24, 0.29),
+                cv,
+                rng.uniform(0.05, 0.07),
+                rng.uniform(0.08, 0.12),
+                0.03,
+                0.6,
+            ),
+        )
     return 0.14 * out
 
 
 def _reticular(rng: np.random.Generator, a: _Anatomy, side: float, zone: str) -> Array:
     size = a.u.shape[0]
     noise = rng.normal(size=a.u.shape)
-    band = ndimage.gaussian_filter(noise, 1.2 * size / 256) - ndimage.gaussian_filter(
-        noise, 3.0 * size / 256
-    )
+    band = ndimage.gaussian_filter(noise, 1.2 * size / 256) - ndimage.gaussian_filter(noise, 3.0 * size / 256)
     lines = _soft(np.abs(band) / (band.std() + 1e-9) - 0.35, 0.08)
     cv = 0.02 if zone == "lower" else -0.18
     region = np.exp(-(((a.u - side * 0.14) / 0.11) ** 2 + ((a.v - cv) / 0.16) ** 2))
@@ -298,8 +322,9 @@ def render_phantom(label: str, seed: int, index: int, size: int = 256) -> Phanto
     return _finish(rng, anatomy, base, findings)
 
 
-def render_source_sample(seed: int, index: int, size: int = 256
-                         ) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+def render_source_sample(
+    seed: int, index: int, size: int = 256
+) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """Renders one image of the synthetic *source* task used for pretraining.
 
     Findings of every texture appear independently, in random zones and lungs,
@@ -310,7 +335,7 @@ def render_source_sample(seed: int, index: int, size: int = 256
     anatomy, base = _anatomy(rng, size)
     target = np.zeros(len(SOURCE_LABELS), dtype=np.float32)
     findings = np.zeros_like(base)
-    for t, (name, draw) in enumerate(_TEXTURES.items()):
+    for t, (_name, draw) in enumerate(_TEXTURES.items()):
         if rng.random() < 0.35:
             zone = str(rng.choice(["upper", "lower"]))
             sides = _sides(rng, "one_or_both")
@@ -353,8 +378,9 @@ def _render_pngs(job: tuple[str, int, int, int]) -> tuple[bytes, bytes]:
     return _png(ph.image), _png(ph.mask.astype(np.uint8) * 255)
 
 
-def parallel_map(fn: Callable[[T], R], jobs: Sequence[T], workers: int | None,
-                 progress: bool, desc: str) -> list[R]:
+def parallel_map(
+    fn: Callable[[T], R], jobs: Sequence[T], workers: int | None, progress: bool, desc: str
+) -> list[R]:
     """``[fn(j) for j in jobs]`` over a process pool, in order, with a progress bar.
 
     Results do not depend on ``workers``: every job seeds its own generator.
@@ -381,8 +407,14 @@ def parallel_map(fn: Callable[[T], R], jobs: Sequence[T], workers: int | None,
     return results
 
 
-def generate_dataset(out: Path, n_per_class: int, seed: int = 0, size: int = 256,
-                     progress: bool = True, workers: int | None = None) -> Path:
+def generate_dataset(
+    out: Path,
+    n_per_class: int,
+    seed: int = 0,
+    size: int = 256,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
     """Writes the phantom data set as a user's data set would look on disk.
 
     Layout: ``out/images/<label>/<id>.png``, ``out/masks/<label>/<id>.png`` and
@@ -398,17 +430,24 @@ def generate_dataset(out: Path, n_per_class: int, seed: int = 0, size: int = 256
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     plan = list(_plan(n_per_class, seed))
-    pngs = parallel_map(_render_pngs, [(label, seed, index, size) for label, index, _ in plan],
-                        workers, progress, "phantoms")
+    pngs = parallel_map(
+        _render_pngs, [(label, seed, index, size) for label, index, _ in plan], workers, progress, "phantoms"
+    )
     for (label, index, split), (data, mask) in zip(plan, pngs, strict=True):
         name = f"{label}/{label}-{index % 1_000_000:05d}.png"
         atomic_write_bytes(out / "images" / name, data)
         atomic_write_bytes(out / "masks" / name, mask)
-        rows.append({"path": f"images/{name}", "label": label, "split": split,
-                     "sha256": hashlib.sha256(data).hexdigest(), "mask": f"masks/{name}"})
+        rows.append(
+            {
+                "path": f"images/{name}",
+                "label": label,
+                "split": split,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "mask": f"masks/{name}",
+            }
+        )
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["path", "label", "split", "sha256", "mask"],
-                            lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=["path", "label", "split", "sha256", "mask"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     manifest = out / "manifest.csv"
@@ -420,9 +459,9 @@ def _source_job(job: tuple[int, int, int]) -> tuple[NDArray[np.uint8], NDArray[n
     return render_source_sample(*job)
 
 
-def render_source_set(seed: int, n: int, size: int, progress: bool = False,
-                      workers: int | None = None) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+def render_source_set(
+    seed: int, n: int, size: int, progress: bool = False, workers: int | None = None
+) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """Renders ``n`` source-task samples: images ``(n, size, size)`` and targets ``(n, L)``."""
-    pairs = parallel_map(_source_job, [(seed, i, size) for i in range(n)], workers, progress,
-                         "source task")
+    pairs = parallel_map(_source_job, [(seed, i, size) for i in range(n)], workers, progress, "source task")
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

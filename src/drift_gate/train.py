@@ -85,8 +85,7 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray,
-                           classes: Sequence[str]) -> dict[str, Any]:
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Macro one-vs-rest AUC, accuracy and per-class AUC.
 
     Classes absent from ``labels`` get no AUC and are left out of the macro mean.
@@ -99,13 +98,23 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray,
         if positive.any() and not positive.all():
             per_class[name] = float(roc_auc_score(positive, probs[:, c]))
     macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
-    return {"auc_macro": macro, "accuracy": float((probs.argmax(1) == labels).mean()),
-            "auc_per_class": per_class, "n": int(len(labels))}
+    return {
+        "auc_macro": macro,
+        "accuracy": float((probs.argmax(1) == labels).mean()),
+        "auc_per_class": per_class,
+        "n": len(labels),
+    }
 
 
 @torch.inference_mode()
-def predict(model: Classifier, dataset: ImageDataset, device: torch.device, batch_size: int,
-            progress: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: Classifier,
+    dataset: ImageDataset,
+    device: torch.device,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "predict",
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and labels for a data set, in eval mode."""
     model.eval()
     probs, labels = [], []
@@ -117,9 +126,14 @@ def predict(model: Classifier, dataset: ImageDataset, device: torch.device, batc
 
 
 @torch.inference_mode()
-def extract_features(model: Classifier, dataset: ImageDataset, device: torch.device,
-                     batch_size: int, progress: bool = False,
-                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    model: Classifier,
+    dataset: ImageDataset,
+    device: torch.device,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled body activations ``(N, C)`` and labels, computed once in eval mode."""
     model.eval()
     feats, labels = [], []
@@ -130,16 +144,24 @@ def extract_features(model: Classifier, dataset: ImageDataset, device: torch.dev
     return torch.cat(feats), torch.cat(labels)
 
 
-def _head_metrics(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
-                  classes: Sequence[str]) -> dict[str, Any]:
+def _head_metrics(
+    head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
+) -> dict[str, Any]:
     with torch.inference_mode():
         probs = torch.softmax(head(feats), dim=1).numpy()
     return classification_metrics(probs, labels.numpy(), classes)
 
 
-def train_head(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
-               val: tuple[torch.Tensor, torch.Tensor], cfg: PhaseConfig, batch_size: int,
-               seed: int, classes: Sequence[str], progress: bool = False) -> tuple[int, list[float]]:
+def train_head(
+    model: Classifier,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    cfg: PhaseConfig,
+    batch_size: int,
+    seed: int,
+    classes: Sequence[str],
+    progress: bool = False,
+) -> tuple[int, list[float]]:
     """Trains ``model.head`` on cached features; keeps the best validation epoch.
 
     Returns:
@@ -155,7 +177,7 @@ def train_head(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
         head.train()
         for fx, y in loader:
             opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(head(fx), y).backward()
+            nn.functional.cross_entropy(head(fx), y).backward()  # type: ignore[no-untyped-call]
             opt.step()
         head.eval()
         auc = _head_metrics(head, *val, classes)["auc_macro"]
@@ -173,9 +195,20 @@ def _state_bytes(obj: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def finetune(model: Classifier, train: ImageDataset, val: ImageDataset, cfg: PhaseConfig,
-             batch_size: int, seed: int, device: torch.device, resume: Path, config_sha256: str,
-             classes: Sequence[str], progress: bool = False, log: Log = _stderr) -> tuple[int, list[float]]:
+def finetune(
+    model: Classifier,
+    train: ImageDataset,
+    val: ImageDataset,
+    cfg: PhaseConfig,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    resume: Path,
+    config_sha256: str,
+    classes: Sequence[str],
+    progress: bool = False,
+    log: Log = _stderr,
+) -> tuple[int, list[float]]:
     """Trains every layer; saves a resumable state after each epoch to ``resume``.
 
     Shuffling is seeded per epoch, so a resumed run follows the same path as an
@@ -196,8 +229,9 @@ def finetune(model: Classifier, train: ImageDataset, val: ImageDataset, cfg: Pha
         try:
             state = torch.load(resume, map_location=device, weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"{resume}: unreadable resume state; delete it to restart "
-                                  "fine-tuning") from exc
+            raise CheckpointError(
+                f"{resume}: unreadable resume state; delete it to restart fine-tuning"
+            ) from exc
         if state.get("config_sha256") == config_sha256:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -210,28 +244,42 @@ def finetune(model: Classifier, train: ImageDataset, val: ImageDataset, cfg: Pha
     for epoch in range(start, cfg.epochs):
         tick = time.perf_counter()
         gen = torch.Generator().manual_seed(seed * 1009 + epoch)
-        loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
-                            drop_last=len(train) > batch_size)
+        loader = DataLoader(
+            train, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(train) > batch_size
+        )
         model.train()
         bar = _tqdm(loader, desc=f"FT epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         for x, y in bar:
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         probs, labels = predict(model, val, device, batch_size)
         auc = classification_metrics(probs, labels, classes)["auc_macro"]
         history.append(auc)
-        log(f"  FT epoch {epoch + 1}/{cfg.epochs}: val macro AUC {auc:.4f} "
-            f"({time.perf_counter() - tick:.0f}s)")
+        log(
+            f"  FT epoch {epoch + 1}/{cfg.epochs}: val macro AUC {auc:.4f} "
+            f"({time.perf_counter() - tick:.0f}s)"
+        )
         if auc > best_auc:
             best_auc, best_epoch = auc, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        atomic_write_bytes(resume, _state_bytes({
-            "config_sha256": config_sha256, "epoch": epoch, "history": history,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "best_auc": best_auc, "best_epoch": best_epoch, "best_state": best_state}))
+        atomic_write_bytes(
+            resume,
+            _state_bytes(
+                {
+                    "config_sha256": config_sha256,
+                    "epoch": epoch,
+                    "history": history,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "best_auc": best_auc,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                }
+            ),
+        )
     model.load_state_dict(best_state)
     return best_epoch, history
 
@@ -249,8 +297,15 @@ def _source_images(cfg: PretrainConfig, cache_dir: Path, progress: bool) -> tupl
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def pretrain_synthetic(arch: str, cfg: PretrainConfig, cache_dir: Path, device: torch.device,
-                       batch_size: int, progress: bool = False, log: Log = _stderr) -> Path:
+def pretrain_synthetic(
+    arch: str,
+    cfg: PretrainConfig,
+    cache_dir: Path,
+    device: torch.device,
+    batch_size: int,
+    progress: bool = False,
+    log: Log = _stderr,
+) -> Path:
     """Pretrains a body on the phantom source task (multi-label); cached on disk.
 
     The source task (:func:`drift_gate.phantoms.render_source_sample`) asks which
@@ -266,8 +321,10 @@ def pretrain_synthetic(arch: str, cfg: PretrainConfig, cache_dir: Path, device: 
     if path.is_file():
         log(f"  synthetic pretraining: cached ({path})")
         return path
-    log(f"  synthetic pretraining of {arch}: {cfg.images} source images at {cfg.size}px, "
-        f"{cfg.epochs} epoch(s)")
+    log(
+        f"  synthetic pretraining of {arch}: {cfg.images} source images at {cfg.size}px, "
+        f"{cfg.epochs} epoch(s)"
+    )
     start = time.perf_counter()
     x, y = _source_images(cfg, cache_dir, progress)
     spec = get_backbone(arch)
@@ -283,11 +340,11 @@ def pretrain_synthetic(arch: str, cfg: PretrainConfig, cache_dir: Path, device: 
         steps = range(0, len(order) - batch_size + 1, batch_size)
         bar = _tqdm(steps, desc=f"pretrain {epoch + 1}/{cfg.epochs}", disable=not progress)
         for start in bar:
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             xb = (x[idx].float().div(255).unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.binary_cross_entropy_with_logits(model(xb.to(device)), y[idx].to(device))
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
     atomic_write_bytes(path, _state_bytes({"body": {k: v.cpu() for k, v in model.body.state_dict().items()}}))
@@ -304,13 +361,26 @@ class TrainResult:
     metrics: dict[str, dict[str, Any]]
 
 
-def _write_phase(out: Path, phase: str, model: Classifier, meta: CheckpointMeta,
-                 history: list[float]) -> Path:
+def _write_phase(
+    out: Path, phase: str, model: Classifier, meta: CheckpointMeta, history: list[float]
+) -> Path:
     path = out / f"{phase}.pt"
     save_checkpoint(path, model, meta)
-    atomic_write_text(out / f"{phase}.metrics.json", json.dumps(
-        {"arch": meta.arch, "phase": phase, "best_epoch": meta.epoch, "val_auc_history": history,
-         **meta.metrics}, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(
+        out / f"{phase}.metrics.json",
+        json.dumps(
+            {
+                "arch": meta.arch,
+                "phase": phase,
+                "best_epoch": meta.epoch,
+                "val_auc_history": history,
+                **meta.metrics,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n",
+    )
     return path
 
 
@@ -324,9 +394,16 @@ def _up_to_date(path: Path, config_sha256: str) -> CheckpointMeta | None:
     return meta if meta.config_sha256 == config_sha256 else None
 
 
-def train_backbone(profile: Profile, arch: str, data: DataSet, device: torch.device,
-                   cache_dir: Path, progress: bool = True, force: bool = False,
-                   log: Log = _stderr) -> TrainResult:
+def train_backbone(
+    profile: Profile,
+    arch: str,
+    data: DataSet,
+    device: torch.device,
+    cache_dir: Path,
+    progress: bool = True,
+    force: bool = False,
+    log: Log = _stderr,
+) -> TrainResult:
     """Runs TL then FT for one backbone and writes both checkpoints.
 
     A phase whose checkpoint already exists for the same profile and data is
@@ -343,10 +420,20 @@ def train_backbone(profile: Profile, arch: str, data: DataSet, device: torch.dev
     bs = profile.batch_size
 
     def meta(phase: str, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
-        return CheckpointMeta(arch=arch, classes=classes, input_size=size, mean=mean, std=std,
-                              phase=phase, seed=profile.seed,
-                              data_manifest_sha256=data.manifest_sha256, weights=profile.weights,
-                              metrics=metrics, config_sha256=config_sha, epoch=epoch)
+        return CheckpointMeta(
+            arch=arch,
+            classes=classes,
+            input_size=size,
+            mean=mean,
+            std=std,
+            phase=phase,
+            seed=profile.seed,
+            data_manifest_sha256=data.manifest_sha256,
+            weights=profile.weights,
+            metrics=metrics,
+            config_sha256=config_sha,
+            epoch=epoch,
+        )
 
     paths, metrics = {}, {}
     tl_meta = None if force else _up_to_date(out / "tl.pt", config_sha)
@@ -358,24 +445,29 @@ def train_backbone(profile: Profile, arch: str, data: DataSet, device: torch.dev
         _seed_all(profile.seed)
         model = build_classifier(arch, len(classes), imagenet=profile.weights == "imagenet")
         if profile.weights == "synthetic":
-            load_body_weights(model.body, pretrain_synthetic(
-                arch, profile.pretrain, cache_dir, device, bs, progress, log))
+            load_body_weights(
+                model.body, pretrain_synthetic(arch, profile.pretrain, cache_dir, device, bs, progress, log)
+            )
         elif profile.weights not in ("imagenet", "none"):
             load_body_weights(model.body, Path(profile.weights))
         model.to(device)
         tick = time.perf_counter()
-        feats = {s: extract_features(model, ds, device, bs, progress, f"features {s}")
-                 for s, ds in sets.items()}
-        epoch, history = train_head(model, feats["train"], feats["val"], profile.tl, bs,
-                                    profile.seed, classes, progress)
+        feats = {
+            s: extract_features(model, ds, device, bs, progress, f"features {s}") for s, ds in sets.items()
+        }
+        epoch, history = train_head(
+            model, feats["train"], feats["val"], profile.tl, bs, profile.seed, classes, progress
+        )
         model.to(device)
         tl_metrics = {s: _head_metrics(model.head.cpu(), *feats[s], classes) for s in ("val", "test")}
         model.to(device)
         tl_meta = meta("tl", epoch, tl_metrics)
         _write_phase(out, "tl", model, tl_meta, history)
-        log(f"[{arch}] TL done: val macro AUC {tl_metrics['val']['auc_macro']:.4f}, "
+        log(
+            f"[{arch}] TL done: val macro AUC {tl_metrics['val']['auc_macro']:.4f}, "
             f"test {tl_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1}; features and head "
-            f"{time.perf_counter() - tick:.0f}s)")
+            f"{time.perf_counter() - tick:.0f}s)"
+        )
     paths["tl"], metrics["tl"] = out / "tl.pt", tl_meta.metrics
 
     ft_meta = None if force else _up_to_date(out / "ft.pt", config_sha)
@@ -385,8 +477,20 @@ def train_backbone(profile: Profile, arch: str, data: DataSet, device: torch.dev
         log(f"[{arch}] FT: all layers from the TL checkpoint, lr {profile.ft.lr:g}")
         _seed_all(profile.seed + 1)
         resume = out / "ft.resume.pt"
-        epoch, history = finetune(model, sets["train"], sets["val"], profile.ft, bs,
-                                  profile.seed, device, resume, config_sha, classes, progress, log)
+        epoch, history = finetune(
+            model,
+            sets["train"],
+            sets["val"],
+            profile.ft,
+            bs,
+            profile.seed,
+            device,
+            resume,
+            config_sha,
+            classes,
+            progress,
+            log,
+        )
         ft_metrics = {}
         for s in ("val", "test"):
             probs, labels = predict(model, sets[s], device, bs)
@@ -394,7 +498,9 @@ def train_backbone(profile: Profile, arch: str, data: DataSet, device: torch.dev
         ft_meta = meta("ft", epoch, ft_metrics)
         _write_phase(out, "ft", model, ft_meta, history)
         resume.unlink(missing_ok=True)
-        log(f"[{arch}] FT done: val macro AUC {ft_metrics['val']['auc_macro']:.4f}, "
-            f"test {ft_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1})")
+        log(
+            f"[{arch}] FT done: val macro AUC {ft_metrics['val']['auc_macro']:.4f}, "
+            f"test {ft_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1})"
+        )
     paths["ft"], metrics["ft"] = out / "ft.pt", ft_meta.metrics
     return TrainResult(arch, paths, metrics)

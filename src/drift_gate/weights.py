@@ -33,7 +33,7 @@ def torchvision_weights_file(arch: str) -> Path:
     import torchvision.models as tvm
 
     weights = getattr(tvm, _TORCHVISION[arch]).IMAGENET1K_V1
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    path: Path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(str(weights.url))
     if not path.is_file():
         raise WeightsUnavailableError(
             f"ImageNet weights for {arch} are not in the local cache and this tool does not "
