@@ -54,8 +54,10 @@ def _env(session: nox.Session) -> dict[str, str]:
     }
 
 
-def _run(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:
-    session.run(*args, env={**_env(session), **(env or {})}, external=True)
+def _run(session: nox.Session, program: str, *args: str) -> None:
+    """Runs ``program`` from the shared environment's ``bin`` folder."""
+    env = _env(session)
+    session.run(str(ENV / "bin" / program), *args, env=env, external=True)
 
 
 @nox.session(python=False)
@@ -83,6 +85,17 @@ def train(session: nox.Session) -> None:
     """Trains TL and FT checkpoints for every backbone of a profile (default: demo)."""
     args = session.posargs or ["--profile", "demo"]
     _run(session, "drift-gate", "train", *args)
+
+
+@nox.session(python=False)
+def gate(session: nox.Session) -> None:
+    """Gates every FT checkpoint of a profile (default: demo) against baselines/.
+
+    Missing baselines are created from the TL checkpoints (and the session says so).
+    Exits 1 when a rule is violated or the evidence is inconclusive.
+    """
+    args = session.posargs or ["--profile", "demo"]
+    _run(session, "drift-gate", "gate", "--create-missing-baselines", *args)
 
 
 @nox.session(python=False)

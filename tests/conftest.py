@@ -51,7 +51,7 @@ def tiny_profile(tmp_path: Path) -> Profile:
         backbones=("tiny",),
         input_size=32,
         weights="none",
-        pretrain=PretrainConfig(images=32, epochs=1, size=32),
+        pretrain=PretrainConfig(images=32, epochs=1, scale=1.0),
         seed=0,
         batch_size=8,
         tl=PhaseConfig(epochs=4, lr=1e-2),

@@ -119,10 +119,10 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
 def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp_path: Path) -> None:
     logs: list[str] = []
     path = pretrain_synthetic(
-        "tiny", tiny_profile.pretrain, tmp_path, torch.device("cpu"), 8, log=logs.append
+        "tiny", tiny_profile.pretrain, 32, tmp_path, torch.device("cpu"), 8, log=logs.append
     )
     again = pretrain_synthetic(
-        "tiny", tiny_profile.pretrain, tmp_path, torch.device("cpu"), 8, log=logs.append
+        "tiny", tiny_profile.pretrain, 32, tmp_path, torch.device("cpu"), 8, log=logs.append
     )
     assert path == again and "cached" in logs[-1]
     profile = dataclasses.replace(tiny_profile, weights="synthetic")
@@ -178,7 +178,11 @@ def test_cli_train(tmp_path: Path, phantom_root: Path, capsys: pytest.CaptureFix
     [
         ("colour = 3", r"\[t\]: unknown key\(s\) colour"),
         ("seed = 'zero'", r"\[t\]\.seed: expected int, got str"),
-        ("input_size_per_backbone = { tiny = 4 }", "input size 4 is below tiny's minimum of 8"),
+        ("per_backbone = { tiny = { input_size = 4 } }", "input size 4 is below tiny's minimum of 8"),
+        (
+            "per_backbone = { tiny = { ft = { epochs = 'x', lr = 1 } } }",
+            r"per_backbone\.tiny\.ft\.epochs: expected int",
+        ),
     ],
 )
 def test_cli_rejects_bad_profiles(

@@ -53,6 +53,175 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=_cmd_train)
 
 
+def _add_baseline(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("baseline", help="store a reference checkpoint's CAMs on a fixed audit set")
+    p.add_argument("--reference", type=Path, required=True, help="reference checkpoint (e.g. tl.pt)")
+    p.add_argument("--data", type=Path, required=True, help="data set (folder or manifest)")
+    p.add_argument("--out", type=Path, default=None, help="baseline folder (default baselines/<arch>)")
+    p.add_argument(
+        "--thresholds",
+        type=Path,
+        default=Path("thresholds.toml"),
+        help="its [gate] methods are the methods stored",
+    )
+    p.add_argument("--per-class", type=int, default=10, help="audit images per class")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_cmd_baseline)
+
+
+def _add_gate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("gate", help="gate candidate checkpoints against the stored baselines")
+    p.add_argument(
+        "--candidate",
+        type=Path,
+        action="append",
+        default=[],
+        help="candidate checkpoint (repeatable; several backbones allowed)",
+    )
+    p.add_argument(
+        "--profile", default=None, help="gate every FT checkpoint that `train --profile NAME` wrote"
+    )
+    p.add_argument("--profiles", type=Path, default=Path("profiles.toml"))
+    p.add_argument(
+        "--create-missing-baselines",
+        action="store_true",
+        help="with --profile: make missing baselines from the TL checkpoints",
+    )
+    p.add_argument("--baselines", type=Path, default=Path("baselines"), help="baselines root")
+    p.add_argument("--thresholds", type=Path, default=Path("thresholds.toml"))
+    p.add_argument("--data", type=Path, default=None, help="data root holding the audit images")
+    p.add_argument(
+        "--reference", type=Path, default=None, help="check that the baseline was made from this checkpoint"
+    )
+    p.add_argument("--reports", type=Path, default=Path("reports"), help="report folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_cmd_gate)
+
+
+def _add_approve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("approve", help="record a reviewed gate result as the approved one")
+    p.add_argument("--result", type=Path, default=Path("reports/gate.json"), help="gate.json to approve")
+    p.add_argument("--candidate", default=None, help="only this candidate of the result")
+    p.set_defaults(func=_cmd_approve)
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from .baseline import create_baseline
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+    from .thresholds import load_thresholds
+    from .train import resolve_device
+
+    thresholds = load_thresholds(args.thresholds)
+    _, meta = load_checkpoint(args.reference)
+    out = args.out or Path("baselines") / meta.arch
+    data = load_dataset(args.data, meta.classes)
+    path = create_baseline(
+        args.reference,
+        data,
+        out,
+        thresholds.methods,
+        args.per_class,
+        resolve_device(args.device),
+        args.batch_size,
+        not args.no_progress,
+    )
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"wrote baseline {path.parent} ({size / 1024:.0f} KiB)")
+    return 0
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from .baseline import create_baseline
+    from .checkpoint import library_versions
+    from .data import load_dataset
+    from .gate import GateResult, run_gate
+    from .report import console_table, write_reports
+    from .thresholds import load_thresholds
+    from .train import resolve_device
+
+    thresholds = load_thresholds(args.thresholds)
+    device = resolve_device(args.device)
+    candidates = list(args.candidate)
+    data_root = args.data
+    if args.profile:
+        from .config import load_profile
+
+        profile = load_profile(args.profiles, args.profile)
+        data_root = data_root or _resolve_data(profile, not args.no_progress)
+        for arch in profile.backbones:
+            ft = Path(profile.out) / arch / "ft.pt"
+            if not ft.is_file():
+                from .errors import DataError
+
+                raise DataError(
+                    f"{ft}: no FT checkpoint; run `drift-gate train --profile "
+                    f"{profile.name}` (or `nox -s train`) first"
+                )
+            base = args.baselines / arch
+            if not (base / "baseline.json").is_file() and args.create_missing_baselines:
+                print(f"baseline {base} is missing: creating it from {ft.parent / 'tl.pt'}", file=sys.stderr)
+                data = load_dataset(data_root)
+                create_baseline(
+                    ft.parent / "tl.pt",
+                    data,
+                    base,
+                    thresholds.methods,
+                    device=device,
+                    progress=not args.no_progress,
+                )
+            candidates.append(ft)
+    if not candidates:
+        from .errors import ConfigError
+
+        raise ConfigError("nothing to gate: give --candidate CKPT or --profile NAME")
+    if data_root is None:
+        from .errors import ConfigError
+
+        raise ConfigError("--data is required (the data root that holds the audit images)")
+    results, artifacts = [], {}
+    for ckpt in candidates:
+        res, art = run_gate(
+            ckpt,
+            args.baselines,
+            thresholds,
+            data_root,
+            device,
+            args.batch_size,
+            args.reference,
+            not args.no_progress,
+        )
+        results.append(res)
+        artifacts[res.candidate] = art
+    result = GateResult(results, thresholds.as_dict(), str(args.thresholds), library_versions())
+    print(console_table(result))
+    paths = write_reports(result, args.reports, artifacts)
+    print(f"reports: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return result.exit_code
+
+
+def _cmd_approve(args: argparse.Namespace) -> int:
+    import json
+
+    from .baseline import approve
+    from .errors import DataError
+
+    try:
+        result = json.loads(args.result.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{args.result}: cannot read gate result ({exc})") from exc
+    chosen = [
+        c for c in result.get("candidates", []) if args.candidate is None or c["candidate"] == args.candidate
+    ]
+    if not chosen:
+        raise DataError(f"{args.result}: no candidate to approve")
+    for c in chosen:
+        print("\n".join(approve(result, c)))
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from .phantoms import generate_dataset
 
@@ -157,6 +326,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data(sub)
     _add_train(sub)
+    _add_baseline(sub)
+    _add_gate(sub)
+    _add_approve(sub)
     for p in sub.choices.values():
         if not any(a.dest == "no_progress" for a in p._actions):
             p.add_argument("--no-progress", action="store_true", help="no progress bars")

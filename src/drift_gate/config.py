@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["PhantomConfig", "PhaseConfig", "PretrainConfig", "Profile", "load_profile"]
+__all__ = ["BackboneOverrides", "PhantomConfig", "PhaseConfig", "PretrainConfig", "Profile", "load_profile"]
 
 T = TypeVar("T")
 
@@ -33,13 +33,22 @@ class PhantomConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Synthetic pretraining on the phantom source task (``weights = "synthetic"``)."""
+    """Synthetic pretraining on the phantom source task (``weights = "synthetic"``).
+
+    ``scale`` sets the source images' side as a fraction of each backbone's input
+    size, so the target layer sees structures at a similar scale in both tasks
+    (InceptionV3's unpadded stem turns 96 px into a 1x1 map but 120 px into 2x2).
+    """
 
     images: int = 1000
     epochs: int = 2
     lr: float = 1e-3
-    size: int = 96
+    scale: float = 0.75
     seed: int = 1
+
+    def size_for(self, input_size: int) -> int:
+        """Source image side for a backbone with this input size."""
+        return max(8, round(self.scale * input_size))
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,15 @@ class PhaseConfig:
 
 
 @dataclass(frozen=True)
+class BackboneOverrides:
+    """Per-backbone settings that replace the profile's."""
+
+    input_size: int | None = None
+    tl: PhaseConfig | None = None
+    ft: PhaseConfig | None = None
+
+
+@dataclass(frozen=True)
 class Profile:
     """A training profile.
 
@@ -60,7 +78,8 @@ class Profile:
         data: ``"phantoms"`` for the embedded generator, else a folder or manifest.
         data_dir: where phantoms are written (ignored for user data).
         backbones: registry names to train.
-        input_size: square input side; ``input_size_per_backbone`` overrides it.
+        input_size: square input side.
+        per_backbone: overrides of ``input_size``, ``tl`` and ``ft`` for one backbone.
         weights: ``"synthetic"``, ``"imagenet"``, ``"none"`` or a path to a body's
             weights file.
         out: checkpoint folder (``out/<arch>/{tl,ft}.pt``).
@@ -72,18 +91,25 @@ class Profile:
     phantoms: PhantomConfig = field(default_factory=PhantomConfig)
     backbones: tuple[str, ...] = ("densenet201", "resnet50v2", "inception_v3")
     input_size: int = 128
-    input_size_per_backbone: dict[str, int] = field(default_factory=dict)
+    per_backbone: dict[str, BackboneOverrides] = field(default_factory=dict)
     weights: str = "synthetic"
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     seed: int = 0
     batch_size: int = 16
-    tl: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=60, lr=3e-3))
+    tl: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=100, lr=1e-3))
     ft: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=3, lr=1e-4))
     out: str = "checkpoints"
 
     def input_size_for(self, arch: str) -> int:
         """The input size of one backbone."""
-        return self.input_size_per_backbone.get(arch, self.input_size)
+        o = self.per_backbone.get(arch)
+        return o.input_size if o is not None and o.input_size is not None else self.input_size
+
+    def phase_for(self, arch: str, phase: str) -> PhaseConfig:
+        """The ``tl`` or ``ft`` settings of one backbone."""
+        o = self.per_backbone.get(arch)
+        override = getattr(o, phase) if o is not None else None
+        return override if override is not None else getattr(self, phase)
 
     def sha256(self, *extra: str) -> str:
         """Hash of the profile (and ``extra`` strings), for resuming safely."""
@@ -98,13 +124,18 @@ def _check(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table")
         return _build(tp, value, key)  # type: ignore[arg-type]
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: unexpected value {value!r}")
+        return None
     if origin in (typing.Union, types.UnionType):
+        errors = []
         for arm in typing.get_args(tp):
             try:
                 return _check(value, arm, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: unexpected value {value!r}")
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list")
@@ -158,7 +189,7 @@ def load_profile(path: Path, name: str) -> Profile:
     profile = _build(Profile, {"name": name, **doc[name]}, f"{path}: [{name}]")
     from .backbones import get_backbone
 
-    for arch in (*profile.backbones, *profile.input_size_per_backbone):
+    for arch in (*profile.backbones, *profile.per_backbone):
         spec = get_backbone(arch)
         size = profile.input_size_for(arch)
         if size < spec.min_input:

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from .errors import DataError
 
-__all__ = ["SPLITS", "DataSet", "ImageDataset", "Sample", "load_dataset", "read_image"]
+__all__ = ["SPLITS", "DataSet", "ImageDataset", "Sample", "decode_image", "load_dataset", "read_image"]
 
 SPLITS = ("train", "val", "test")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
@@ -251,20 +251,33 @@ def _read_raster(path: Path) -> NDArray[np.float64]:
         raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
 
 
+def decode_image(path: Path) -> NDArray[np.float64]:
+    """Decodes a radiograph to a 2-D float array in ``[0, 1]`` at its own size.
+
+    Raises:
+        DataError: unreadable, truncated or unsupported files.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            is_dicom = path.suffix.lower() in (".dcm", ".dicom") or (
+                fh.seek(128) == 128 and fh.read(4) == b"DICM"
+            )
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror})") from exc
+    arr = _read_dicom(path) if is_dicom else _read_raster(path)
+    if arr.size == 0:
+        raise DataError(f"{path}: empty image")
+    return arr
+
+
 def read_image(path: Path, size: int) -> torch.Tensor:
     """Reads a radiograph as a ``(1, size, size)`` float tensor in ``[0, 1]``.
 
     Raises:
         DataError: unreadable, truncated or unsupported files.
     """
-    path = Path(path)
-    with path.open("rb") as fh:
-        is_dicom = path.suffix.lower() in (".dcm", ".dicom") or (
-            fh.seek(128) == 128 and fh.read(4) == b"DICM"
-        )
-    arr = _read_dicom(path) if is_dicom else _read_raster(path)
-    if arr.size == 0:
-        raise DataError(f"{path}: empty image")
+    arr = decode_image(path)
     t = torch.from_numpy(arr.astype(np.float32))[None, None]
     if t.shape[-2:] != (size, size):
         t = torch.nn.functional.interpolate(

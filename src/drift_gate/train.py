@@ -164,14 +164,32 @@ def train_head(
 ) -> tuple[int, list[float]]:
     """Trains ``model.head`` on cached features; keeps the best validation epoch.
 
+    The features are standardised for the optimisation (pooled activations of a
+    frozen body can differ in scale by orders of magnitude between channels), and
+    the standardisation is folded back into the linear layer afterwards, so the
+    head still takes raw pooled activations: ``W' = W / s``, ``b' = b - W' m``.
+
     Returns:
         The best epoch (0-based) and the validation macro AUC of every epoch.
     """
-    head = model.head.cpu()
+    fx_train, y_train = train
+    mean = fx_train.mean(0)
+    scale = fx_train.std(0).clamp_min(1e-6)
+    head = nn.Linear(fx_train.shape[1], model.head.out_features)
+    head.load_state_dict(
+        {
+            "weight": model.head.weight.detach().cpu() * scale,
+            "bias": model.head.bias.detach().cpu() + model.head.weight.detach().cpu() @ mean,
+        }
+    )
+    val_std = ((val[0] - mean) / scale, val[1])
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True, generator=gen)
-    best_auc, best_epoch, best_state = -1.0, -1, head.state_dict()
+    loader = DataLoader(
+        TensorDataset((fx_train - mean) / scale, y_train), batch_size=batch_size, shuffle=True, generator=gen
+    )
+    best_auc, best_epoch = -1.0, -1
+    best_state = {k: v.clone() for k, v in head.state_dict().items()}
     history = []
     for epoch in _tqdm(range(cfg.epochs), desc="TL head", disable=not progress):
         head.train()
@@ -180,12 +198,16 @@ def train_head(
             nn.functional.cross_entropy(head(fx), y).backward()  # type: ignore[no-untyped-call]
             opt.step()
         head.eval()
-        auc = _head_metrics(head, *val, classes)["auc_macro"]
+        auc = _head_metrics(head, *val_std, classes)["auc_macro"]
         history.append(auc)
         if auc > best_auc:
             best_auc, best_epoch = auc, epoch
             best_state = {k: v.clone() for k, v in head.state_dict().items()}
-    head.load_state_dict(best_state)
+    weight = best_state["weight"] / scale
+    bias = best_state["bias"] - weight @ mean
+    with torch.no_grad():
+        model.head.weight.copy_(weight.to(model.head.weight.device))
+        model.head.bias.copy_(bias.to(model.head.bias.device))
     return best_epoch, history
 
 
@@ -284,13 +306,15 @@ def finetune(
     return best_epoch, history
 
 
-def _source_images(cfg: PretrainConfig, cache_dir: Path, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    key = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+def _source_images(
+    cfg: PretrainConfig, size: int, cache_dir: Path, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    key = hashlib.sha256(f"{json.dumps(asdict(cfg), sort_keys=True)}|{size}".encode()).hexdigest()[:16]
     path = cache_dir / f"source-{key}.npz"
     if path.is_file():
         with np.load(path) as npz:
             return torch.from_numpy(npz["x"]), torch.from_numpy(npz["y"])
-    x, y = render_source_set(cfg.seed, cfg.images, cfg.size, progress)
+    x, y = render_source_set(cfg.seed, cfg.images, size, progress)
     buf = io.BytesIO()
     np.savez_compressed(buf, x=x, y=y)
     atomic_write_bytes(path, buf.getvalue())
@@ -300,6 +324,7 @@ def _source_images(cfg: PretrainConfig, cache_dir: Path, progress: bool) -> tupl
 def pretrain_synthetic(
     arch: str,
     cfg: PretrainConfig,
+    input_size: int,
     cache_dir: Path,
     device: torch.device,
     batch_size: int,
@@ -316,17 +341,17 @@ def pretrain_synthetic(
     Returns:
         Path of a file holding ``{"body": state_dict}``.
     """
-    key = hashlib.sha256(f"{arch}|{json.dumps(asdict(cfg), sort_keys=True)}|v1".encode()).hexdigest()[:16]
+    size = cfg.size_for(input_size)
+    key = hashlib.sha256(f"{arch}|{json.dumps(asdict(cfg), sort_keys=True)}|{size}|v1".encode()).hexdigest()[
+        :16
+    ]
     path = cache_dir / f"synthetic-{arch}-{key}.pt"
     if path.is_file():
         log(f"  synthetic pretraining: cached ({path})")
         return path
-    log(
-        f"  synthetic pretraining of {arch}: {cfg.images} source images at {cfg.size}px, "
-        f"{cfg.epochs} epoch(s)"
-    )
-    start = time.perf_counter()
-    x, y = _source_images(cfg, cache_dir, progress)
+    log(f"  synthetic pretraining of {arch}: {cfg.images} source images at {size}px, {cfg.epochs} epoch(s)")
+    began = time.perf_counter()
+    x, y = _source_images(cfg, size, cache_dir, progress)
     spec = get_backbone(arch)
     mean = torch.tensor(spec.imagenet_norm[0]).view(1, 3, 1, 1)
     std = torch.tensor(spec.imagenet_norm[1]).view(1, 3, 1, 1)
@@ -339,8 +364,8 @@ def pretrain_synthetic(
         model.train()
         steps = range(0, len(order) - batch_size + 1, batch_size)
         bar = _tqdm(steps, desc=f"pretrain {epoch + 1}/{cfg.epochs}", disable=not progress)
-        for start in bar:
-            idx = order[start : start + batch_size]
+        for first in bar:
+            idx = order[first : first + batch_size]
             xb = (x[idx].float().div(255).unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.binary_cross_entropy_with_logits(model(xb.to(device)), y[idx].to(device))
@@ -348,7 +373,7 @@ def pretrain_synthetic(
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
     atomic_write_bytes(path, _state_bytes({"body": {k: v.cpu() for k, v in model.body.state_dict().items()}}))
-    log(f"  synthetic pretraining done in {time.perf_counter() - start:.0f}s")
+    log(f"  synthetic pretraining done in {time.perf_counter() - began:.0f}s")
     return path
 
 
@@ -446,7 +471,8 @@ def train_backbone(
         model = build_classifier(arch, len(classes), imagenet=profile.weights == "imagenet")
         if profile.weights == "synthetic":
             load_body_weights(
-                model.body, pretrain_synthetic(arch, profile.pretrain, cache_dir, device, bs, progress, log)
+                model.body,
+                pretrain_synthetic(arch, profile.pretrain, size, cache_dir, device, bs, progress, log),
             )
         elif profile.weights not in ("imagenet", "none"):
             load_body_weights(model.body, Path(profile.weights))
@@ -456,7 +482,14 @@ def train_backbone(
             s: extract_features(model, ds, device, bs, progress, f"features {s}") for s, ds in sets.items()
         }
         epoch, history = train_head(
-            model, feats["train"], feats["val"], profile.tl, bs, profile.seed, classes, progress
+            model,
+            feats["train"],
+            feats["val"],
+            profile.phase_for(arch, "tl"),
+            bs,
+            profile.seed,
+            classes,
+            progress,
         )
         model.to(device)
         tl_metrics = {s: _head_metrics(model.head.cpu(), *feats[s], classes) for s in ("val", "test")}
@@ -474,14 +507,14 @@ def train_backbone(
     if ft_meta is not None:
         log(f"[{arch}] FT checkpoint is up to date ({out / 'ft.pt'}); skipping")
     else:
-        log(f"[{arch}] FT: all layers from the TL checkpoint, lr {profile.ft.lr:g}")
+        log(f"[{arch}] FT: all layers from the TL checkpoint, lr {profile.phase_for(arch, 'ft').lr:g}")
         _seed_all(profile.seed + 1)
         resume = out / "ft.resume.pt"
         epoch, history = finetune(
             model,
             sets["train"],
             sets["val"],
-            profile.ft,
+            profile.phase_for(arch, "ft"),
             bs,
             profile.seed,
             device,

@@ -1,0 +1,342 @@
+"""Audit sets and baselines: the stored reference evidence a candidate is gated against.
+
+**Audit set.** A fixed list of test-split samples, balanced across classes. Each
+sample is identified by its id (path relative to the data root), label and the
+sha256 of its *decoded pixels* (not of the file's bytes), so re-encoding a PNG or
+re-writing a DICOM header leaves it valid, while any change to the image itself
+is caught. The gate refuses to run when an image no longer matches.
+
+**Baseline** (``baselines/<arch>/``), written only by ``drift-gate baseline`` and
+``drift-gate approve``:
+
+* ``baseline.json``: schema version, arch, classes, input size, normalisation,
+  sha256 of the reference checkpoint, of the audit set and of ``maps.npz``,
+  the reference's AUC on the audit set, methods, library versions, and the
+  approved candidate's results (if any) for relative rules;
+* ``audit.json``: the audit set;
+* ``maps.npz`` (compressed): each method's reference maps at the target layer's
+  native resolution (float16), the reference logits and the labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._io import atomic_write_bytes, atomic_write_text
+from .cam import compute_cams
+from .checkpoint import CheckpointMeta, library_versions, load_checkpoint
+from .data import DataSet, ImageDataset, Sample, decode_image
+from .errors import DataError, DriftGateError
+from .train import classification_metrics
+
+__all__ = [
+    "BASELINE_SCHEMA",
+    "AuditSample",
+    "AuditSet",
+    "Baseline",
+    "StaleBaselineError",
+    "approve",
+    "build_audit_set",
+    "check_compatible",
+    "create_baseline",
+    "file_sha256",
+    "load_baseline",
+    "pixel_sha256",
+]
+
+BASELINE_SCHEMA = 1
+
+
+class StaleBaselineError(DriftGateError):
+    """A baseline that is missing, damaged, tampered or does not fit the candidate."""
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pixel_sha256(path: Path) -> str:
+    """sha256 of an image's decoded pixels (float32, with its shape)."""
+    arr = np.ascontiguousarray(decode_image(path), dtype=np.float32)
+    h = hashlib.sha256(f"{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditSample:
+    """One audit image: id (relative path), class name, decoded-pixel hash."""
+
+    id: str
+    label: str
+    pixels: str
+
+
+@dataclass(frozen=True)
+class AuditSet:
+    """The audit samples, in a fixed order."""
+
+    samples: tuple[AuditSample, ...]
+
+    @property
+    def sha256(self) -> str:
+        """Identifies the audit set (ids, labels, pixel hashes)."""
+        return hashlib.sha256(json.dumps([asdict(s) for s in self.samples]).encode()).hexdigest()
+
+    def to_json(self) -> str:
+        return (
+            json.dumps({"sha256": self.sha256, "samples": [asdict(s) for s in self.samples]}, indent=1) + "\n"
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> AuditSet:
+        raw = json.loads(text)
+        return cls(tuple(AuditSample(**s) for s in raw["samples"]))
+
+    def resolve(self, root: Path, classes: tuple[str, ...]) -> list[Sample]:
+        """The audit images under data root ``root``, verified pixel by pixel.
+
+        Raises:
+            DataError: an audit image is missing, has an unknown label, or its
+                pixels changed.
+        """
+        out = []
+        missing_classes = sorted(set(classes) - {a.label for a in self.samples})
+        if missing_classes:
+            raise DataError(f"the audit set has no image of class(es) {', '.join(missing_classes)}")
+        for a in self.samples:
+            path = (Path(root) / a.id).resolve()
+            if not path.is_file():
+                raise DataError(f"audit image {a.id} not found under {root}")
+            if a.label not in classes:
+                raise DataError(f"audit image {a.id} has label {a.label!r}, not one of the classes")
+            digest = pixel_sha256(path)
+            if digest != a.pixels:
+                raise DataError(
+                    f"{path}: pixels no longer match the audit set; the gate only "
+                    "runs on the audited images (refresh the baseline to audit new ones)"
+                )
+            out.append(Sample(a.id, path, classes.index(a.label), "test", digest))
+        return out
+
+
+def build_audit_set(data: DataSet, per_class: int) -> AuditSet:
+    """Takes ``per_class`` test images of every class (fewer if a class has fewer:
+    every class then gets the same number), in a stable order (by pixel hash)."""
+    test = data.split("test")
+    chosen = []
+    pools = {
+        c: sorted((s for s in test if s.label == c), key=lambda s: s.sha256) for c in range(len(data.classes))
+    }
+    n = min(per_class, *(len(p) for p in pools.values()))
+    if n == 0:
+        raise DataError("cannot build an audit set: a class has no test images")
+    for c, pool in pools.items():
+        chosen.extend(AuditSample(s.id, data.classes[c], pixel_sha256(s.path)) for s in pool[:n])
+    return AuditSet(tuple(chosen))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A loaded, verified baseline."""
+
+    path: Path
+    meta: dict[str, Any]
+    audit: AuditSet
+    maps: dict[str, np.ndarray]
+    logits: np.ndarray
+    labels: np.ndarray
+    approved: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.meta["classes"])
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _meta_view(meta: CheckpointMeta) -> dict[str, Any]:
+    return {
+        "arch": meta.arch,
+        "classes": list(meta.classes),
+        "input_size": meta.input_size,
+        "mean": list(meta.mean),
+        "std": list(meta.std),
+    }
+
+
+def create_baseline(
+    reference: Path,
+    data: DataSet,
+    out: Path,
+    methods: tuple[str, ...],
+    per_class: int = 10,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> Path:
+    """Computes and writes a baseline for ``reference`` (atomically, file by file,
+    ``baseline.json`` last, so a partial baseline is never mistaken for a whole one).
+
+    Returns:
+        The ``baseline.json`` path.
+    """
+    model, meta = load_checkpoint(reference, device)
+    if tuple(data.classes) != tuple(meta.classes):
+        raise DataError(
+            f"data classes {list(data.classes)} differ from the checkpoint's {list(meta.classes)}"
+        )
+    audit = build_audit_set(data, per_class)
+    samples = audit.resolve(data.root, data.classes)
+    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std)
+    cams = compute_cams(model, ds, methods, device, batch_size, progress=progress)
+    labels = np.array([s.label for s in samples])
+    probs = torch.softmax(torch.from_numpy(cams.logits), 1).numpy()
+    metrics = classification_metrics(probs, labels, meta.classes)
+    arrays = {f"map_{m}": v.astype(np.float16) for m, v in cams.maps.items()}
+    arrays.update(logits=cams.logits.astype(np.float32), labels=labels)
+    npz = _npz_bytes(arrays)
+    out.mkdir(parents=True, exist_ok=True)
+    old = out / "baseline.json"
+    old.unlink(missing_ok=True)  # a half-replaced baseline must not look complete
+    atomic_write_bytes(out / "maps.npz", npz)
+    atomic_write_text(out / "audit.json", audit.to_json())
+    doc = {
+        "schema_version": BASELINE_SCHEMA,
+        **_meta_view(meta),
+        "reference": {"path": str(reference), "sha256": file_sha256(reference), "phase": meta.phase},
+        "audit": {"sha256": audit.sha256, "n": len(samples), "per_class": len(samples) // len(meta.classes)},
+        "maps": {
+            "sha256": hashlib.sha256(npz).hexdigest(),
+            "methods": list(cams.maps),
+            "shape": list(next(iter(cams.maps.values())).shape[1:]),
+        },
+        "auc": metrics["auc_macro"],
+        "accuracy": metrics["accuracy"],
+        "versions": library_versions(),
+        "approved": {},
+    }
+    atomic_write_text(old, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return old
+
+
+def load_baseline(path: Path) -> Baseline:
+    """Loads ``path`` (a folder or its ``baseline.json``) and verifies its integrity.
+
+    Raises:
+        StaleBaselineError: missing or partial baselines, schema mismatches and
+            files whose hashes differ from those recorded (tampering); the
+            message names the file and says how to refresh it.
+    """
+    folder = Path(path).parent if Path(path).suffix == ".json" else Path(path)
+    how = f"refresh it with `drift-gate baseline --reference CKPT --out {folder}`"
+    meta_path = folder / "baseline.json"
+    if not meta_path.is_file():
+        raise StaleBaselineError(f"{meta_path}: no baseline (missing or partially written); {how}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StaleBaselineError(f"{meta_path}: unreadable baseline ({exc}); {how}") from exc
+    if meta.get("schema_version") != BASELINE_SCHEMA:
+        raise StaleBaselineError(
+            f"{meta_path}: baseline schema {meta.get('schema_version')} but this "
+            f"drift-gate reads schema {BASELINE_SCHEMA}; {how}"
+        )
+    for name in ("maps.npz", "audit.json"):
+        if not (folder / name).is_file():
+            raise StaleBaselineError(f"{folder / name}: missing from the baseline; {how}")
+    npz = (folder / "maps.npz").read_bytes()
+    if hashlib.sha256(npz).hexdigest() != meta["maps"]["sha256"]:
+        raise StaleBaselineError(
+            f"{folder / 'maps.npz'}: hash differs from baseline.json (modified or corrupted); {how}"
+        )
+    audit = AuditSet.from_json((folder / "audit.json").read_text(encoding="utf-8"))
+    if audit.sha256 != meta["audit"]["sha256"]:
+        raise StaleBaselineError(
+            f"{folder / 'audit.json'}: hash differs from baseline.json (modified); {how}"
+        )
+    with np.load(io.BytesIO(npz)) as z:
+        maps = {m: z[f"map_{m}"].astype(np.float32) for m in meta["maps"]["methods"]}
+        logits, labels = z["logits"], z["labels"]
+    return Baseline(folder, meta, audit, maps, logits, labels, meta.get("approved") or {})
+
+
+def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path) -> None:
+    """Raises :class:`StaleBaselineError` when the candidate's architecture, classes or
+    preprocessing differ from the baseline's."""
+    want, got = (
+        {k: baseline.meta[k] for k in ("arch", "classes", "input_size", "mean", "std")},
+        _meta_view(meta),
+    )
+    diff = [f"{k} {got[k]!r} (baseline {want[k]!r})" for k in want if got[k] != want[k]]
+    if diff:
+        raise StaleBaselineError(
+            f"{candidate}: does not match the baseline in {baseline.path}: {'; '.join(diff)}; "
+            f"refresh it with `drift-gate baseline --reference CKPT --out {baseline.path}`"
+        )
+
+
+def approve(result: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
+    """Records one candidate of a gate result (``gate.json``) as the approved one in
+    its baseline (atomically); returns the lines describing what changed.
+
+    Raises:
+        StaleBaselineError: the baseline changed since the gate ran (other
+            reference, audit set or maps), so the result no longer applies.
+    """
+    base = load_baseline(Path(candidate["baseline"]))
+    if (
+        candidate["reference_sha256"] != base.meta["reference"]["sha256"]
+        or candidate["audit_sha256"] != base.audit.sha256
+    ):
+        raise StaleBaselineError(
+            f"{base.path}: the baseline changed since this gate result was "
+            "made; run the gate again before approving"
+        )
+    statistic = result["thresholds"]["gate"]["statistic"]
+    key = {"mean": "mean", "median": "median", "ci": "mean"}[statistic]
+    stats = {
+        m: {metric: groups["overall"][key] for metric, groups in per.items()}
+        for m, per in candidate["summaries"].items()
+    }
+    new = {
+        "candidate": candidate["candidate"],
+        "candidate_sha256": candidate["candidate_sha256"],
+        "auc": candidate["auc"],
+        "statistic": key,
+        "statistics": stats,
+    }
+    old = base.approved
+    changes = [
+        f"{base.path}: approved {Path(candidate['candidate']).name} "
+        f"(sha256 {candidate['candidate_sha256'][:12]}…)"
+    ]
+    if old.get("auc") != new["auc"]:
+        changes.append(f"  auc: {old.get('auc', '—')} -> {new['auc']:.4f}")
+    for m, per in stats.items():
+        for metric, value in per.items():
+            before = (old.get("statistics") or {}).get(m, {}).get(metric)
+            if value is not None and before != value:
+                shown = "—" if before is None else f"{before:.4f}"
+                changes.append(f"  {m}/{metric} ({key}): {shown} -> {value:.4f}")
+    meta = dict(base.meta)
+    meta["approved"] = new
+    atomic_write_text(base.path / "baseline.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return changes

@@ -1,0 +1,356 @@
+"""The gate: candidate CAMs vs stored reference maps -> metrics -> rules -> verdict.
+
+:func:`evaluate_rules` is pure (summaries and thresholds in, rule results out);
+:func:`run_gate` does the I/O around it: loads the baseline and the candidate,
+verifies the audit images, computes the candidate's CAMs and predictions, and
+returns one :class:`GateResult` from which every report is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .baseline import Baseline, StaleBaselineError, check_compatible, file_sha256, load_baseline
+from .cam import compute_cams, upsample
+from .checkpoint import load_checkpoint
+from .data import ImageDataset
+from .metrics import METRICS, Direction, Summary, drift_metrics, select_samples, summarise
+from .thresholds import Thresholds
+from .train import classification_metrics
+
+__all__ = ["RESULT_SCHEMA", "CandidateResult", "GateResult", "RuleResult", "evaluate_rules", "run_gate"]
+
+RESULT_SCHEMA = 1
+PASS, FAIL, INCONCLUSIVE, SKIPPED = "pass", "fail", "inconclusive", "skipped"
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule's outcome.
+
+    Attributes:
+        rule: a stable name, e.g. ``densenet201/layercam/iou.min``.
+        status: ``pass``, ``fail``, ``inconclusive`` or ``skipped``.
+        observed: the value compared (``None`` when there was nothing to compare).
+        bound: the bound it was compared with.
+        direction: how the comparison reads, e.g. ``>= 0.3``.
+        message: one line for people.
+        source: where the bound was set (``thresholds.toml:12``).
+    """
+
+    rule: str
+    status: str
+    observed: float | None
+    bound: float | None
+    direction: str
+    message: str
+    source: str = ""
+
+
+@dataclass
+class CandidateResult:
+    """Everything the gate found for one candidate."""
+
+    candidate: str
+    candidate_sha256: str
+    arch: str
+    baseline: str
+    reference_sha256: str
+    audit_sha256: str
+    classes: tuple[str, ...]
+    auc: float
+    reference_auc: float
+    n_audit: int
+    n_selected: int
+    summaries: dict[str, dict[str, dict[str, dict[str, Any]]]]  # method -> metric -> group -> stats
+    rules: list[RuleResult]
+    verdict: str = PASS
+    label: str = ""
+    per_sample: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    sample_ids: list[str] = field(default_factory=list)
+    selected: list[bool] = field(default_factory=list)
+    provider: str = "torch"
+
+
+@dataclass
+class GateResult:
+    """The result of one gate run (one or more candidates)."""
+
+    candidates: list[CandidateResult]
+    thresholds: dict[str, Any]
+    thresholds_path: str
+    versions: dict[str, str]
+    schema_version: int = RESULT_SCHEMA
+
+    @property
+    def verdict(self) -> str:
+        """``fail`` if any candidate failed, else ``inconclusive`` if any was, else ``pass``."""
+        verdicts = {c.verdict for c in self.candidates}
+        return FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 otherwise (a gate that checked nothing never passes)."""
+        return 0 if self.candidates and self.verdict == PASS else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "verdict": self.verdict,
+            "thresholds_path": self.thresholds_path,
+            "thresholds": self.thresholds,
+            "versions": self.versions,
+            "candidates": [asdict(c) for c in self.candidates],
+        }
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _statistic(s: Summary, statistic: str, direction: Direction, kind: str) -> float | None:
+    """The value a bound is compared with; ``ci`` takes the conservative end."""
+    if statistic == "mean":
+        return s.mean
+    if statistic == "median":
+        return s.median
+    if s.ci_low is None or s.ci_high is None:
+        return None
+    if kind == "abs_max":
+        return max(abs(s.ci_low), abs(s.ci_high))
+    # The end of the interval that is worse for this bound.
+    return s.ci_low if kind in ("min", "max_drop") else s.ci_high
+
+
+def _check(kind: str, observed: float, value: float, approved: float | None) -> tuple[bool, str, float]:
+    """(passed, direction text, effective bound)."""
+    if kind == "min":
+        return observed >= value, f">= {value:g}", value
+    if kind == "max":
+        return observed <= value, f"<= {value:g}", value
+    if kind == "abs_max":
+        return abs(observed) <= value, f"|x| <= {value:g}", value
+    assert approved is not None
+    if kind == "max_drop":
+        return observed >= approved - value, f">= approved {approved:.4f} - {value:g}", approved - value
+    return observed <= approved + value, f"<= approved {approved:.4f} + {value:g}", approved + value
+
+
+def evaluate_rules(
+    arch: str,
+    method: str,
+    summaries: dict[str, dict[str, Summary]],
+    thresholds: Thresholds,
+    approved: dict[str, Any],
+) -> list[RuleResult]:
+    """Applies the drift bounds of one backbone x method to its overall summaries.
+
+    Args:
+        summaries: metric -> group -> :class:`Summary` (from :func:`summarise`).
+        approved: the approved candidate's statistics, ``{method: {metric: value}}``,
+            for relative bounds; relative bounds without one are skipped.
+    """
+    out = []
+    for b in thresholds.bounds(arch, method):
+        name = f"{arch}/{method}/{b.metric}.{b.kind}"
+        s = summaries.get(b.metric, {}).get("overall")
+        spec = METRICS[b.metric]
+        if s is None:
+            out.append(RuleResult(name, SKIPPED, None, b.value, b.kind, f"{b.metric} not computed", b.source))
+            continue
+        if s.n < thresholds.min_samples:
+            out.append(
+                RuleResult(
+                    name,
+                    INCONCLUSIVE,
+                    None,
+                    b.value,
+                    b.kind,
+                    f"only {s.n} usable samples ({s.n_degenerate} degenerate), min_samples is "
+                    f"{thresholds.min_samples}: inconclusive, not a pass",
+                    b.source,
+                )
+            )
+            continue
+        observed = _statistic(s, thresholds.statistic, spec.direction, b.kind)
+        approved_value = (approved.get(method) or {}).get(b.metric)
+        if b.kind in ("max_drop", "max_rise") and approved_value is None:
+            out.append(
+                RuleResult(
+                    name,
+                    SKIPPED,
+                    observed,
+                    None,
+                    b.kind,
+                    "no approved result yet (run `drift-gate approve`)",
+                    b.source,
+                )
+            )
+            continue
+        assert observed is not None
+        ok, direction, bound = _check(b.kind, observed, b.value, approved_value)
+        word = "ok" if ok else "violated"
+        out.append(
+            RuleResult(
+                name,
+                PASS if ok else FAIL,
+                observed,
+                bound,
+                direction,
+                f"{b.metric} {thresholds.statistic} {observed:.4f} {word}: must be {direction} "
+                f"({spec.direction.value} is better)",
+                b.source,
+            )
+        )
+    return out
+
+
+def _auc_rules(arch: str, auc: float, baseline_auc: float, thresholds: Thresholds) -> list[RuleResult]:
+    out = []
+    if thresholds.auc_min is not None:
+        ok = auc >= thresholds.auc_min
+        out.append(
+            RuleResult(
+                f"{arch}/auc.min",
+                PASS if ok else FAIL,
+                auc,
+                thresholds.auc_min,
+                f">= {thresholds.auc_min:g}",
+                f"macro AUC {auc:.4f} {'ok' if ok else 'violated'}: must be >= {thresholds.auc_min:g}",
+                f"{thresholds.path} [auc]",
+            )
+        )
+    if thresholds.auc_max_drop is not None:
+        bound = baseline_auc - thresholds.auc_max_drop
+        ok = auc >= bound
+        out.append(
+            RuleResult(
+                f"{arch}/auc.max_drop",
+                PASS if ok else FAIL,
+                auc,
+                bound,
+                f">= {baseline_auc:.4f} - {thresholds.auc_max_drop:g}",
+                f"macro AUC {auc:.4f} {'ok' if ok else 'violated'}: may drop at most "
+                f"{thresholds.auc_max_drop:g} below {baseline_auc:.4f}",
+                f"{thresholds.path} [auc]",
+            )
+        )
+    return out
+
+
+def _verdict(rules: list[RuleResult]) -> tuple[str, str]:
+    statuses = {r.status for r in rules}
+    checked = statuses & {PASS, FAIL, INCONCLUSIVE}
+    if not checked:
+        return INCONCLUSIVE, "no rule could be checked"
+    auc_failed = any(r.status == FAIL and "/auc." in r.rule for r in rules)
+    drift_failed = any(r.status == FAIL and "/auc." not in r.rule for r in rules)
+    if drift_failed and not auc_failed:
+        return FAIL, "evidence drift despite stable AUC"
+    if drift_failed:
+        return FAIL, "evidence drift and AUC regression"
+    if auc_failed:
+        return FAIL, "AUC regression"
+    if INCONCLUSIVE in statuses:
+        return INCONCLUSIVE, "too few usable samples to judge the evidence"
+    return PASS, "evidence and AUC within bounds"
+
+
+def _summary_dict(s: dict[str, dict[str, Summary]]) -> dict[str, dict[str, dict[str, Any]]]:
+    return {metric: {g: asdict(v) for g, v in groups.items()} for metric, groups in s.items()}
+
+
+def _none_if_nan(values: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(float(v)) else float(v) for v in values]
+
+
+def run_gate(
+    candidate: Path,
+    baselines: Path,
+    thresholds: Thresholds,
+    data_root: Path,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    reference: Path | None = None,
+    progress: bool = False,
+) -> tuple[CandidateResult, dict[str, Any]]:
+    """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``.
+
+    Returns:
+        The result, and the arrays the HTML overlays need (native-resolution
+        maps, image paths, input size).
+
+    Raises:
+        StaleBaselineError: the baseline is missing, damaged, lacks a configured
+            method, does not fit the candidate, or ``reference`` is not the file
+            it was made from.
+        CheckpointError, DataError: unusable candidate or audit images.
+    """
+    model, meta = load_checkpoint(candidate, device)
+    base: Baseline = load_baseline(Path(baselines) / meta.arch)
+    if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
+        raise StaleBaselineError(
+            f"{reference}: sha256 differs from the reference the baseline in {base.path} was made "
+            f"from; refresh it with `drift-gate baseline --reference {reference} --out {base.path}`"
+        )
+    missing = [m for m in thresholds.methods if m not in base.maps]
+    if missing:
+        raise StaleBaselineError(
+            f"{base.path}: baseline has no maps for {', '.join(missing)}; "
+            f"refresh it with `drift-gate baseline --out {base.path}`"
+        )
+    check_compatible(base, meta, candidate)
+    samples = base.audit.resolve(data_root, base.classes)
+    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std)
+    cams = compute_cams(model, ds, thresholds.methods, device, batch_size, progress=progress)
+    labels = np.array([s.label for s in samples])
+    probs = torch.softmax(torch.from_numpy(cams.logits), 1).numpy()
+    auc = classification_metrics(probs, labels, meta.classes)["auc_macro"]
+    selected = select_samples(labels, base.logits.argmax(1), cams.logits.argmax(1), thresholds.samples)
+    approved = base.approved.get("statistics", {})
+    baseline_auc = float(base.approved.get("auc", base.meta["auc"]))
+    rules = _auc_rules(meta.arch, auc, baseline_auc, thresholds)
+    summaries, per_sample = {}, {}
+    size = meta.input_size
+    for method in thresholds.methods:
+        ref = upsample(torch.from_numpy(base.maps[method]), size)
+        cand = upsample(torch.from_numpy(cams.maps[method]), size)
+        values = drift_metrics(ref, cand, ranks=True)
+        summary = summarise(values, selected, labels, meta.classes)
+        rules += evaluate_rules(meta.arch, method, summary, thresholds, approved)
+        summaries[method] = _summary_dict(summary)
+        per_sample[method] = {k: _none_if_nan(v) for k, v in values.items() if k != "degenerate"}
+        per_sample[method]["degenerate"] = [float(x) for x in values["degenerate"]]
+    verdict, label = _verdict(rules)
+    artifacts = {
+        "size": size,
+        "paths": [s.path for s in samples],
+        "reference": base.maps,
+        "candidate": cams.maps,
+    }
+    return CandidateResult(
+        candidate=str(candidate),
+        candidate_sha256=file_sha256(candidate),
+        arch=meta.arch,
+        baseline=str(base.path),
+        reference_sha256=base.meta["reference"]["sha256"],
+        audit_sha256=base.audit.sha256,
+        classes=tuple(meta.classes),
+        auc=auc,
+        reference_auc=baseline_auc,
+        n_audit=len(samples),
+        n_selected=int(selected.sum()),
+        summaries=summaries,
+        rules=rules,
+        verdict=verdict,
+        label=label,
+        per_sample=per_sample,
+        sample_ids=[s.id for s in samples],
+        selected=[bool(x) for x in selected],
+    ), artifacts
