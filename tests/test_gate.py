@@ -413,3 +413,38 @@ def test_html_report_renders_in_headless_chromium(env: dict[str, Path], tmp_path
 
     pixels = Image.open(shot).convert("L")
     assert pixels.getextrema()[0] < 100, "the screenshot shows dark content (text, plots)"
+
+
+def test_profile_mode_creates_missing_baselines_and_gates_every_backbone(
+    tmp_path: Path, trained: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `nox -s gate` runs: FT checkpoints of a profile, baselines made from TL when missing."""
+    out = trained.parent
+    (tmp_path / "profiles.toml").write_text(
+        f'[t]\ndata = "{phantom_root}"\nbackbones = ["tiny"]\ninput_size = 32\nweights = "none"\n'
+        f'out = "{out}"\n'
+    )
+    (tmp_path / "thresholds.toml").write_text(RULES.format(drift="iou.min = 0.0"))
+    args = [
+        "gate",
+        "--profile",
+        "t",
+        "--profiles",
+        str(tmp_path / "profiles.toml"),
+        "--thresholds",
+        str(tmp_path / "thresholds.toml"),
+        "--baselines",
+        str(tmp_path / "b"),
+        "--reports",
+        str(tmp_path / "r"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(args) == 2  # no baseline and no permission to create one
+    assert "no baseline" in capsys.readouterr().err
+    assert main([*args, "--create-missing-baselines"]) == 0
+    assert "is missing: creating it from" in capsys.readouterr().err
+    assert (tmp_path / "b" / "tiny" / "baseline.json").is_file()
+    (c,) = json.loads((tmp_path / "r" / "gate.json").read_text())["candidates"]
+    assert c["candidate"].endswith("ft.pt") and c["verdict"] == "pass"

@@ -137,7 +137,7 @@ def build_audit_set(data: DataSet, per_class: int) -> AuditSet:
     """Takes ``per_class`` test images of every class (fewer if a class has fewer:
     every class then gets the same number), in a stable order (by pixel hash)."""
     test = data.split("test")
-    chosen = []
+    chosen: list[AuditSample] = []
     pools = {
         c: sorted((s for s in test if s.label == c), key=lambda s: s.sha256) for c in range(len(data.classes))
     }
@@ -168,7 +168,7 @@ class Baseline:
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, allow_pickle=False, **arrays)
     return buf.getvalue()
 
 

@@ -108,8 +108,9 @@ class Profile:
     def phase_for(self, arch: str, phase: str) -> PhaseConfig:
         """The ``tl`` or ``ft`` settings of one backbone."""
         o = self.per_backbone.get(arch)
-        override = getattr(o, phase) if o is not None else None
-        return override if override is not None else getattr(self, phase)
+        override: PhaseConfig | None = getattr(o, phase) if o is not None else None
+        default: PhaseConfig = getattr(self, phase)
+        return override if override is not None else default
 
     def sha256(self, *extra: str) -> str:
         """Hash of the profile (and ``extra`` strings), for resuming safely."""

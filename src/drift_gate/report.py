@@ -42,14 +42,16 @@ def _f(x: Any) -> str:
 def console_table(result: GateResult) -> str:
     """The verdict table: one block per candidate, one line per rule."""
     lines = []
+    width = max([len(r.rule) for c in result.candidates for r in c.rules] + [4]) + 2
     for c in result.candidates:
         lines.append(
             f"{c.arch}  {c.candidate}  AUC {c.auc:.4f} (reference {c.reference_auc:.4f})  "
             f"samples {c.n_selected}/{c.n_audit}  ->  {_MARK[c.verdict]}: {c.label}"
         )
-        lines.append(f"  {'rule':<44}{'status':<14}{'observed':>10}  bound")
+        lines.append(f"  {'rule':<{width}}{'status':<14}{'observed':>10}  bound")
         for r in c.rules:
-            lines.append(f"  {r.rule:<44}{_MARK[r.status]:<14}{_f(r.observed):>10}  {r.direction}")
+            bound = r.message if r.status == "skipped" else r.direction
+            lines.append(f"  {r.rule:<{width}}{_MARK[r.status]:<14}{_f(r.observed):>10}  {bound}")
     lines.append(f"verdict: {_MARK[result.verdict]}")
     return "\n".join(lines)
 
