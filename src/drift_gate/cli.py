@@ -13,9 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import DriftGateError
+from .errors import ConfigError, DataError, DriftGateError
+
+if TYPE_CHECKING:
+    from .config import Profile
 
 __all__ = ["main"]
 
@@ -154,8 +158,6 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         for arch in profile.backbones:
             ft = Path(profile.out) / arch / "ft.pt"
             if not ft.is_file():
-                from .errors import DataError
-
                 raise DataError(
                     f"{ft}: no FT checkpoint; run `drift-gate train --profile "
                     f"{profile.name}` (or `nox -s train`) first"
@@ -174,12 +176,8 @@ def _cmd_gate(args: argparse.Namespace) -> int:
                 )
             candidates.append(ft)
     if not candidates:
-        from .errors import ConfigError
-
         raise ConfigError("nothing to gate: give --candidate CKPT or --profile NAME")
     if data_root is None:
-        from .errors import ConfigError
-
         raise ConfigError("--data is required (the data root that holds the audit images)")
     results, artifacts = [], {}
     for ckpt in candidates:
@@ -206,7 +204,6 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     import json
 
     from .baseline import approve
-    from .errors import DataError
 
     try:
         result = json.loads(args.result.read_text(encoding="utf-8"))
@@ -232,11 +229,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_data(profile: object, progress: bool) -> Path:
-    from .config import Profile
+def _resolve_data(profile: Profile, progress: bool) -> Path:
+    """The profile's data root; the embedded phantoms are (re)generated when missing."""
     from .phantoms import generate_dataset
 
-    assert isinstance(profile, Profile)
     if profile.data != "phantoms":
         return Path(profile.data)
     root = Path(profile.data_dir)

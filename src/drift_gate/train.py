@@ -107,6 +107,23 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Seque
 
 
 @torch.inference_mode()
+def _collect(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    dataset: ImageDataset,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn`` over the data set in batches, in order; returns outputs and labels."""
+    outs, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, y in _tqdm(loader, desc=desc, disable=not progress):
+        outs.append(fn(x.to(device)).float().cpu())
+        labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
+
+
 def predict(
     model: Classifier,
     dataset: ImageDataset,
@@ -117,15 +134,12 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and labels for a data set, in eval mode."""
     model.eval()
-    probs, labels = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for x, y in _tqdm(loader, desc=desc, disable=not progress):
-        probs.append(torch.softmax(model(x.to(device)), dim=1).float().cpu())
-        labels.append(y)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    probs, labels = _collect(
+        lambda x: torch.softmax(model(x), dim=1), dataset, device, batch_size, progress, desc
+    )
+    return probs.numpy(), labels.numpy()
 
 
-@torch.inference_mode()
 def extract_features(
     model: Classifier,
     dataset: ImageDataset,
@@ -136,12 +150,7 @@ def extract_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled body activations ``(N, C)`` and labels, computed once in eval mode."""
     model.eval()
-    feats, labels = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for x, y in _tqdm(loader, desc=desc, disable=not progress):
-        feats.append(model.body(x.to(device)).mean(dim=(2, 3)).float().cpu())
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+    return _collect(lambda x: model.body(x).mean(dim=(2, 3)), dataset, device, batch_size, progress, desc)
 
 
 def _head_metrics(
