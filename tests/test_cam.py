@@ -31,11 +31,11 @@ def reference_maps(model: torch.nn.Module, method: str, x: torch.Tensor, targets
         return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
 
 
-def assert_equal_to_reference(arch: str, size: int, methods: tuple[str, ...] = METHODS) -> None:
+def assert_equal_to_reference(arch: str, size: int, n: int = 3, methods: tuple[str, ...] = METHODS) -> None:
     torch.manual_seed(0)
     model = build_classifier(arch, 5).eval()
-    x = torch.randn(3, 3, size, size)
-    targets = torch.tensor([0, 3, 4])
+    x = torch.randn(n, 3, size, size)
+    targets = torch.tensor([0, 3, 4, 1])[:n]
     ours = CamEngine(model, methods)(x, targets)
     for method in methods:
         mine = minmax(upsample(ours.maps[method], size)).numpy()
@@ -49,9 +49,12 @@ def test_all_methods_equal_pytorch_grad_cam_on_tiny() -> None:
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize(("arch", "size"), [("densenet201", 64), ("resnet50v2", 64), ("inception_v3", 96)])
+@pytest.mark.parametrize(("arch", "size"), [("densenet201", 96), ("resnet50v2", 96), ("inception_v3", 160)])
 def test_all_methods_equal_pytorch_grad_cam_on_real_backbones(arch: str, size: int) -> None:
-    assert_equal_to_reference(arch, size)
+    """Small inputs with 3x3 maps (InceptionV3's unpadded stem needs 160 px for that; at
+    96 px its map is 1x1, i.e. degenerate, and at 128 px a 2x2 map lets min-max
+    normalisation amplify the reference's float32 rounding past 1e-5)."""
+    assert_equal_to_reference(arch, size, n=2)
 
 
 def test_every_reference_method_is_covered() -> None:

@@ -147,7 +147,10 @@ class CamEngine:
             grad = None
             if any(m in GRADIENT_METHODS for m in self.methods):
                 (grad,) = torch.autograd.grad(chosen.sum(), act)
-        a = act.detach()
+        # The channel reductions run in float64: they cost little next to the forward
+        # pass, and min-max normalisation of small maps amplifies float32 rounding.
+        a = act.detach().double()
+        grad = None if grad is None else grad.double()
         maps = {}
         for m in self.methods:
             if m == "ablationcam":
@@ -155,7 +158,7 @@ class CamEngine:
             else:
                 assert grad is not None
                 raw = GRADIENT_METHODS[m](a, grad)
-            maps[m] = raw.clamp(min=0)
+            maps[m] = raw.clamp(min=0).to(act.dtype)
         return CamBatch(logits.detach(), targets, maps)
 
     @torch.no_grad()
@@ -167,7 +170,7 @@ class CamEngine:
                 channels = torch.arange(start, min(start + self.ablation_chunk, k), device=a.device)
                 ablated = a[i].expand(len(channels), -1, -1, -1).clone()
                 ablated[torch.arange(len(channels), device=a.device), channels] = 0.0
-                out = self.model.forward_head(ablated)[:, int(targets[i])]
+                out = self.model.forward_head(ablated.to(scores.dtype))[:, int(targets[i])].double()
                 weights[i, channels] = (scores[i] - out) / scores[i]
         return (weights[:, :, None, None] * a).sum(1)
 
