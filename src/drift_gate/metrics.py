@@ -352,39 +352,58 @@ def drift_metrics(
     if ta.shape != tb.shape:
         raise ValueError(f"map shapes differ: {tuple(ta.shape)} vs {tuple(tb.shape)}")
     names = [n for n in METRICS if ranks or n not in RANK_METRICS]
-    parts: dict[str, list[np.ndarray]] = {
-        n: [] for n in (*names, "concentration_a", "concentration_b", "degenerate")
-    }
-    for start in range(0, len(ta), chunk):
-        a_raw = _as_tensor(ta[start : start + chunk], check=False)
-        b_raw = _as_tensor(tb[start : start + chunk], check=False)
-        sa, sb = _raw_stats(a_raw, q), _raw_stats(b_raw, q)
-        deg = sa.degenerate | sb.degenerate
-        fa, fb = a_raw.flatten(1), b_raw.flatten(1)
-        k = _top_k(fa.shape[1], q)
-        inter = _sum64(_mask_at(fa, sa.thr_q, k) & _mask_at(fb, sb.thr_q, k), 1)
-        diag = _diag(a_raw)
-        out = {
-            "displacement": (sa.centroid - sb.centroid).norm(dim=1) / diag,
-            "peak_displacement": (sa.peak - sb.peak).norm(dim=1) / diag,
-            "iou": inter / (2 * k - inter),
-            "correlation": _pearson(fa, fb),
-            "concentration_change": sb.concentration - sa.concentration,
-            "concentration_a": sa.concentration,
-            "concentration_b": sb.concentration,
-        }
-        if ranks:
-            out["spearman"] = _pearson(_avg_ranks(fa), _avg_ranks(fb))
-            out["gini_change"] = _gini(_normalise(b_raw)[0].flatten(1)) - _gini(
-                _normalise(a_raw)[0].flatten(1)
-            )
-        for key, v in out.items():
-            parts[key].append(_nan_where(v, deg))
-        parts["degenerate"].append(deg.numpy())
+    keys = (*names, "concentration_a", "concentration_b", "degenerate")
+    starts = range(0, len(ta), chunk)
+    workers = min(torch.get_num_threads(), len(starts))
+    if workers > 1:
+        # Chunks are independent: process them on a thread pool with single-threaded
+        # ops (torch and numpy.partition release the GIL). This scales better than
+        # per-op threading, and each chunk's arithmetic is the same either way.
+        from concurrent.futures import ThreadPoolExecutor
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                done = list(
+                    pool.map(lambda i: _chunk_metrics(ta[i : i + chunk], tb[i : i + chunk], q, ranks), starts)
+                )
+        finally:
+            torch.set_num_threads(previous)
+    else:
+        done = [_chunk_metrics(ta[i : i + chunk], tb[i : i + chunk], q, ranks) for i in starts]
     return {
-        k: np.concatenate(v) if v else np.empty(0, dtype=bool if k == "degenerate" else float)
-        for k, v in parts.items()
+        k: np.concatenate([d[k] for d in done])
+        if done
+        else np.empty(0, dtype=bool if k == "degenerate" else float)
+        for k in keys
     }
+
+
+def _chunk_metrics(a: Tensor, b: Tensor, q: float, ranks: bool) -> dict[str, np.ndarray]:
+    a_raw = _as_tensor(a, check=False)
+    b_raw = _as_tensor(b, check=False)
+    sa, sb = _raw_stats(a_raw, q), _raw_stats(b_raw, q)
+    deg = sa.degenerate | sb.degenerate
+    fa, fb = a_raw.flatten(1), b_raw.flatten(1)
+    k = _top_k(fa.shape[1], q)
+    inter = _sum64(_mask_at(fa, sa.thr_q, k) & _mask_at(fb, sb.thr_q, k), 1)
+    diag = _diag(a_raw)
+    out = {
+        "displacement": (sa.centroid - sb.centroid).norm(dim=1) / diag,
+        "peak_displacement": (sa.peak - sb.peak).norm(dim=1) / diag,
+        "iou": inter / (2 * k - inter),
+        "correlation": _pearson(fa, fb),
+        "concentration_change": sb.concentration - sa.concentration,
+        "concentration_a": sa.concentration,
+        "concentration_b": sb.concentration,
+    }
+    if ranks:
+        out["spearman"] = _pearson(_avg_ranks(fa), _avg_ranks(fb))
+        out["gini_change"] = _gini(_normalise(b_raw)[0].flatten(1)) - _gini(_normalise(a_raw)[0].flatten(1))
+    result = {key: _nan_where(v, deg) for key, v in out.items()}
+    result["degenerate"] = deg.numpy()
+    return result
 
 
 def select_samples(
