@@ -334,7 +334,7 @@ RANK_METRICS = ("spearman", "gini_change")
 
 
 def drift_metrics(
-    a: ArrayLike, b: ArrayLike, q: float = 0.2, ranks: bool = False, chunk: int = 64
+    a: ArrayLike, b: ArrayLike, q: float = 0.2, ranks: bool = False, chunk: int = 16
 ) -> dict[str, np.ndarray]:
     """The drift metrics for each pair of maps, in O(P) per map.
 
