@@ -110,10 +110,6 @@ class GateResult:
         }
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
 def _statistic(s: Summary, statistic: str, direction: Direction, kind: str) -> float | None:
     """The value a bound is compared with; ``ci`` takes the conservative end."""
     if statistic == "mean":
