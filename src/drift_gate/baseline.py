@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_bytes, atomic_write_text
+from ._io import atomic_write_bytes, atomic_write_text, file_sha256
 from .cam import compute_cams
 from .checkpoint import CheckpointMeta, library_versions, load_checkpoint
 from .data import DataSet, ImageDataset, Sample, decode_image
@@ -47,7 +47,6 @@ __all__ = [
     "build_audit_set",
     "check_compatible",
     "create_baseline",
-    "file_sha256",
     "load_baseline",
     "pixel_sha256",
 ]
@@ -57,15 +56,6 @@ BASELINE_SCHEMA = 1
 
 class StaleBaselineError(DriftGateError):
     """A baseline that is missing, damaged, tampered or does not fit the candidate."""
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pixel_sha256(path: Path) -> str:

@@ -29,7 +29,7 @@ layer last in the body the result is the same for non-negative activations
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,13 +212,6 @@ class CamResult:
     maps: dict[str, np.ndarray]
 
 
-def _batches(
-    dataset: torch.utils.data.Dataset[tuple[Tensor, int]], batch_size: int
-) -> Iterator[tuple[Tensor, Tensor]]:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    yield from loader
-
-
 def compute_cams(
     model: Classifier,
     dataset: torch.utils.data.Dataset[tuple[Tensor, int]],
@@ -245,7 +238,7 @@ def compute_cams(
     maps: dict[str, list[Tensor]] = {m: [] for m in engine.methods}
     n = len(dataset)  # type: ignore[arg-type]
     with tqdm(total=n, desc="CAMs", unit="img", disable=not progress, leave=False) as bar:
-        for x, y in _batches(dataset, batch_size):
+        for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
             out = engine(x.to(device), y if target == "label" else None)
             logits.append(out.logits.float().cpu())
             targets.append(out.targets.cpu())

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from ._io import file_sha256
 from .errors import DataError
 
 __all__ = ["SPLITS", "DataSet", "ImageDataset", "Sample", "decode_image", "load_dataset", "read_image"]
@@ -75,7 +76,7 @@ class DataSet:
 
 def _sha256(path: Path) -> str:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.strerror})") from exc
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .baseline import Baseline, StaleBaselineError, check_compatible, file_sha256, load_baseline
+from ._io import file_sha256
+from .baseline import Baseline, StaleBaselineError, check_compatible, load_baseline
 from .cam import compute_cams, upsample
 from .checkpoint import load_checkpoint
 from .data import ImageDataset
@@ -75,7 +76,6 @@ class CandidateResult:
     per_sample: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     sample_ids: list[str] = field(default_factory=list)
     selected: list[bool] = field(default_factory=list)
-    provider: str = "torch"
 
 
 @dataclass

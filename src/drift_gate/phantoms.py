@@ -99,11 +99,7 @@ class Phantom:
 class _Anatomy:
     u: Array
     v: Array
-    body: Array
     lungs: NDArray[np.bool_]
-    right_lung: NDArray[np.bool_]
-    left_lung: NDArray[np.bool_]
-    px: float  # one pixel in patient units
 
 
 def _soft(d: Array, width: float) -> Array:
@@ -126,7 +122,6 @@ def _anatomy(rng: np.random.Generator, size: int) -> tuple[_Anatomy, Array]:
     x, y = x - cu, y - cv
     u = (np.cos(angle) * x + np.sin(angle) * y) / scale
     v = (-np.sin(angle) * x + np.cos(angle) * y) / scale
-    px = 1.0 / (size * scale)
 
     body_d = np.sqrt((u / rng.uniform(0.42, 0.47)) ** 4 + ((v - 0.03) / 0.56) ** 4) ** 0.25 - 1
     body = _soft(body_d, 0.01)
@@ -171,7 +166,7 @@ def _anatomy(rng: np.random.Generator, size: int) -> tuple[_Anatomy, Array]:
     img += 0.26 * heart
     # Below the diaphragm: liver and stomach soft tissue.
     img += 0.18 * _soft(-(v - 0.24 + 0.8 * u**2), 0.015) * body
-    anatomy = _Anatomy(u, v, body, lungs, lung_r, lung_l, px)
+    anatomy = _Anatomy(u, v, lungs)
     return anatomy, img
 
 

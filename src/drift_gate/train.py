@@ -418,14 +418,17 @@ def _write_phase(
     return path
 
 
-def _up_to_date(path: Path, config_sha256: str) -> CheckpointMeta | None:
+def _up_to_date(
+    path: Path, config_sha256: str, device: torch.device
+) -> tuple[Classifier, CheckpointMeta] | None:
+    """The checkpoint at ``path`` if it was trained with this configuration."""
     if not path.is_file():
         return None
     try:
-        _, meta = load_checkpoint(path)
+        model, meta = load_checkpoint(path, device)
     except CheckpointError:
         return None
-    return meta if meta.config_sha256 == config_sha256 else None
+    return (model, meta) if meta.config_sha256 == config_sha256 else None
 
 
 def train_backbone(
@@ -470,10 +473,10 @@ def train_backbone(
         )
 
     paths, metrics = {}, {}
-    tl_meta = None if force else _up_to_date(out / "tl.pt", config_sha)
-    if tl_meta is not None:
+    current = None if force else _up_to_date(out / "tl.pt", config_sha, device)
+    if current is not None:
         log(f"[{arch}] TL checkpoint is up to date ({out / 'tl.pt'}); skipping")
-        model, _ = load_checkpoint(out / "tl.pt", device)
+        model, tl_meta = current
     else:
         log(f"[{arch}] TL: frozen body, head on cached features ({size}px, weights={profile.weights})")
         _seed_all(profile.seed)
@@ -512,8 +515,9 @@ def train_backbone(
         )
     paths["tl"], metrics["tl"] = out / "tl.pt", tl_meta.metrics
 
-    ft_meta = None if force else _up_to_date(out / "ft.pt", config_sha)
-    if ft_meta is not None:
+    current = None if force else _up_to_date(out / "ft.pt", config_sha, device)
+    if current is not None:
+        ft_meta = current[1]
         log(f"[{arch}] FT checkpoint is up to date ({out / 'ft.pt'}); skipping")
     else:
         log(f"[{arch}] FT: all layers from the TL checkpoint, lr {profile.phase_for(arch, 'ft').lr:g}")
