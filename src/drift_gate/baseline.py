@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_bytes, atomic_write_text, file_sha256
+from ._io import atomic_write_bytes, atomic_write_text, file_sha256, uninterrupted
 from .cam import compute_cams
 from .checkpoint import CheckpointMeta, library_versions, load_checkpoint
 from .data import DataSet, ImageDataset, Sample, decode_image
@@ -38,6 +38,7 @@ from .errors import DataError, DriftGateError
 from .train import classification_metrics
 
 __all__ = [
+    "APPROVED_STATISTIC",
     "BASELINE_SCHEMA",
     "AuditSample",
     "AuditSet",
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 BASELINE_SCHEMA = 1
+#: Which per-candidate statistic ``approve`` records for each ``[gate] statistic``
+#: (relative bounds compare like with like; ``ci`` compares against the mean).
+APPROVED_STATISTIC = {"mean": "mean", "median": "median", "ci": "mean"}
 
 
 class StaleBaselineError(DriftGateError):
@@ -103,6 +107,8 @@ class AuditSet:
             DataError: an audit image is missing, has an unknown label, or its
                 pixels changed.
         """
+        if not self.samples:
+            raise DataError("the audit set is empty: nothing could be checked")
         out = []
         missing_classes = sorted(set(classes) - {a.label for a in self.samples})
         if missing_classes:
@@ -195,7 +201,7 @@ def create_baseline(
         )
     audit = build_audit_set(data, per_class)
     samples = audit.resolve(data.root, data.classes)
-    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std)
+    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std, cache=False)
     cams = compute_cams(model, ds, methods, device, batch_size, progress=progress)
     labels = np.array([s.label for s in samples])
     probs = torch.softmax(torch.from_numpy(cams.logits), 1).numpy()
@@ -203,11 +209,6 @@ def create_baseline(
     arrays = {f"map_{m}": v.astype(np.float16) for m, v in cams.maps.items()}
     arrays.update(logits=cams.logits.astype(np.float32), labels=labels)
     npz = _npz_bytes(arrays)
-    out.mkdir(parents=True, exist_ok=True)
-    old = out / "baseline.json"
-    old.unlink(missing_ok=True)  # a half-replaced baseline must not look complete
-    atomic_write_bytes(out / "maps.npz", npz)
-    atomic_write_text(out / "audit.json", audit.to_json())
     doc = {
         "schema_version": BASELINE_SCHEMA,
         **_meta_view(meta),
@@ -223,7 +224,15 @@ def create_baseline(
         "versions": library_versions(),
         "approved": {},
     }
-    atomic_write_text(old, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    old = out / "baseline.json"
+    # Ctrl-C or SIGTERM waits for the three files; if the process dies anyway, the
+    # missing baseline.json says "partially written" rather than a mix looking whole.
+    with uninterrupted():
+        old.unlink(missing_ok=True)
+        atomic_write_bytes(out / "maps.npz", npz)
+        atomic_write_text(out / "audit.json", audit.to_json())
+        atomic_write_text(old, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return old
 
 
@@ -249,6 +258,11 @@ def load_baseline(path: Path) -> Baseline:
             f"{meta_path}: baseline schema {meta.get('schema_version')} but this "
             f"drift-gate reads schema {BASELINE_SCHEMA}; {how}"
         )
+    try:
+        meta["maps"]["sha256"], meta["maps"]["methods"], meta["audit"]["sha256"], meta["classes"]
+        meta["reference"]["sha256"], meta["auc"]
+    except (KeyError, TypeError) as exc:
+        raise StaleBaselineError(f"{meta_path}: baseline.json lacks the field {exc}; {how}") from None
     for name in ("maps.npz", "audit.json"):
         if not (folder / name).is_file():
             raise StaleBaselineError(f"{folder / name}: missing from the baseline; {how}")
@@ -257,7 +271,10 @@ def load_baseline(path: Path) -> Baseline:
         raise StaleBaselineError(
             f"{folder / 'maps.npz'}: hash differs from baseline.json (modified or corrupted); {how}"
         )
-    audit = AuditSet.from_json((folder / "audit.json").read_text(encoding="utf-8"))
+    try:
+        audit = AuditSet.from_json((folder / "audit.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StaleBaselineError(f"{folder / 'audit.json'}: unreadable audit set ({exc}); {how}") from exc
     if audit.sha256 != meta["audit"]["sha256"]:
         raise StaleBaselineError(
             f"{folder / 'audit.json'}: hash differs from baseline.json (modified); {how}"
@@ -301,7 +318,7 @@ def approve(result: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
             "made; run the gate again before approving"
         )
     statistic = result["thresholds"]["gate"]["statistic"]
-    key = {"mean": "mean", "median": "median", "ci": "mean"}[statistic]
+    key = APPROVED_STATISTIC[statistic]
     stats = {
         m: {metric: groups["overall"][key] for metric, groups in per.items()}
         for m, per in candidate["summaries"].items()

@@ -24,6 +24,17 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _default_cache() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "drift-gate"
@@ -32,8 +43,8 @@ def _default_cache() -> Path:
 def _add_data(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("data", help="write the embedded phantom data set to a folder")
     p.add_argument("--out", type=Path, default=Path("data/phantoms"), help="output folder")
-    p.add_argument("--n-per-class", type=int, default=100, help="images per class")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p.add_argument("--n-per-class", type=_positive, default=100, help="images per class")
+    p.add_argument("--size", type=_positive, default=256, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.set_defaults(func=_cmd_data)
 
@@ -68,9 +79,9 @@ def _add_baseline(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=Path("thresholds.toml"),
         help="its [gate] methods are the methods stored",
     )
-    p.add_argument("--per-class", type=int, default=10, help="audit images per class")
+    p.add_argument("--per-class", type=_positive, default=10, help="audit images per class")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_positive, default=16)
     p.set_defaults(func=_cmd_baseline)
 
 
@@ -100,7 +111,7 @@ def _add_gate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     )
     p.add_argument("--reports", type=Path, default=Path("reports"), help="report folder")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_positive, default=16)
     p.set_defaults(func=_cmd_gate)
 
 
@@ -328,6 +339,9 @@ def _parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():
         if not any(a.dest == "no_progress" for a in p._actions):
             p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--threads", type=_positive, default=None, help="CPU threads for torch (default: torch's choice)"
+        )
     return parser
 
 
@@ -344,6 +358,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if args.threads is not None:
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(args.threads)
+            try:
+                return int(args.func(args))
+            finally:
+                torch.set_num_threads(threads)  # main() is also called in-process
         return int(args.func(args))
     except DriftGateError as exc:
         print(f"drift-gate: error: {exc}", file=sys.stderr)

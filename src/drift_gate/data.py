@@ -290,14 +290,22 @@ def read_image(path: Path, size: int) -> torch.Tensor:
 class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
     """Normalised 3-channel tensors and labels for a list of samples.
 
-    Images are decoded once and kept in memory as float16 single-channel tensors
-    (3 MB per hundred images at 128 px), so epochs after the first decode nothing.
+    With ``cache=True`` (for training) images are decoded once and kept in memory as
+    float16 single-channel tensors (3 MB per hundred images at 128 px), so epochs
+    after the first decode nothing. A single pass (the gate, baselines) uses
+    ``cache=False`` and holds only the current batch.
     """
 
     def __init__(
-        self, samples: Sequence[Sample], size: int, mean: Sequence[float], std: Sequence[float]
+        self,
+        samples: Sequence[Sample],
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        cache: bool = True,
     ) -> None:
         self.samples = list(samples)
+        self.cache = cache
         self.size = size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -310,7 +318,8 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         raw = self._cache.get(i)
         if raw is None:
             raw = read_image(self.samples[i].path, self.size).half()
-            self._cache[i] = raw
+            if self.cache:
+                self._cache[i] = raw
         x = raw.float().expand(3, -1, -1)
         return (x - self.mean) / self.std, self.samples[i].label
 

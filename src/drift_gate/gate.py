@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from ._io import file_sha256
-from .baseline import Baseline, StaleBaselineError, check_compatible, load_baseline
+from .baseline import APPROVED_STATISTIC, Baseline, StaleBaselineError, check_compatible, load_baseline
 from .cam import compute_cams, upsample
 from .checkpoint import load_checkpoint
 from .data import ImageDataset
+from .errors import CheckpointError
 from .metrics import METRICS, Direction, Summary, drift_metrics, select_samples, summarise
 from .thresholds import Thresholds
 from .train import classification_metrics
@@ -266,6 +267,20 @@ def _none_if_nan(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(float(v)) else float(v) for v in values]
 
 
+def _streamed_metrics(ref: np.ndarray, cand: np.ndarray, size: int, block: int = 64) -> dict[str, np.ndarray]:
+    """Drift metrics of native-resolution maps, upsampled to ``size`` ``block`` pairs
+    at a time, so that only one block of full-size maps is ever in memory."""
+    parts = [
+        drift_metrics(
+            upsample(torch.from_numpy(ref[i : i + block]), size),
+            upsample(torch.from_numpy(cand[i : i + block]), size),
+            ranks=True,
+        )
+        for i in range(0, max(len(ref), 1), block)
+    ]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def run_gate(
     candidate: Path,
     baselines: Path,
@@ -303,21 +318,30 @@ def run_gate(
         )
     check_compatible(base, meta, candidate)
     samples = base.audit.resolve(data_root, base.classes)
-    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std)
+    # One pass, nothing cached: memory stays flat as the audit set grows.
+    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std, cache=False)
     cams = compute_cams(model, ds, thresholds.methods, device, batch_size, progress=progress)
     labels = np.array([s.label for s in samples])
     probs = torch.softmax(torch.from_numpy(cams.logits), 1).numpy()
     auc = classification_metrics(probs, labels, meta.classes)["auc_macro"]
     selected = select_samples(labels, base.logits.argmax(1), cams.logits.argmax(1), thresholds.samples)
     approved = base.approved.get("statistics", {})
+    recorded = base.approved.get("statistic")
+    if approved and recorded != APPROVED_STATISTIC[thresholds.statistic]:
+        raise StaleBaselineError(
+            f"{base.path / 'baseline.json'}: the approved result was recorded as the {recorded}, "
+            f"but the thresholds now use statistic {thresholds.statistic!r}; gate and "
+            "`drift-gate approve` the candidate again under these thresholds"
+        )
     baseline_auc = float(base.approved.get("auc", base.meta["auc"]))
     rules = _auc_rules(meta.arch, auc, baseline_auc, thresholds)
     summaries, per_sample = {}, {}
     size = meta.input_size
     for method in thresholds.methods:
-        ref = upsample(torch.from_numpy(base.maps[method]), size)
-        cand = upsample(torch.from_numpy(cams.maps[method]), size)
-        values = drift_metrics(ref, cand, ranks=True)
+        try:
+            values = _streamed_metrics(base.maps[method], cams.maps[method], size)
+        except ValueError as exc:  # non-finite or absurd CAM values from this candidate
+            raise CheckpointError(f"{candidate}: its {method} maps cannot be compared ({exc})") from exc
         summary = summarise(values, selected, labels, meta.classes)
         rules += evaluate_rules(meta.arch, method, summary, thresholds, approved)
         summaries[method] = _summary_dict(summary)

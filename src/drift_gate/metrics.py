@@ -105,7 +105,9 @@ def _as_tensor(maps: ArrayLike, check: bool = True) -> Tensor:
     if check and t.numel():
         lo, hi = torch.aminmax(t)  # NaN and Inf propagate into the extremes
         if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-            raise ValueError("maps contain NaN or Inf")
+            raise ValueError("maps contain NaN or Inf (or values beyond the float32 range)")
+        if max(-float(lo), float(hi)) > _MAX_ABS:
+            raise ValueError(f"maps contain values beyond ±{_MAX_ABS:g}; rescale them")
     return t
 
 
@@ -163,9 +165,20 @@ def _diag(m: Tensor) -> float:
     return math.hypot(m.shape[1], m.shape[2])
 
 
-def _pearson(fa: Tensor, fb: Tensor) -> Tensor:
+#: Largest map magnitude accepted: sums over a 1e6-pixel map stay within float32.
+_MAX_ABS = 1e30
+#: Above this value range, maps are rescaled before products are formed in float32.
+_SAFE_SPAN = 1e15
+
+
+def _pearson(fa: Tensor, fb: Tensor, span_a: Tensor | None = None, span_b: Tensor | None = None) -> Tensor:
+    """Pearson r per row. ``span_*`` (max - min per row), when given, lets rows with a
+    huge range be rescaled first (r is scale-invariant), so squares cannot overflow."""
     da = fa - fa.mean(1, keepdim=True)  # centred first: robust to large offsets
     db = fb - fb.mean(1, keepdim=True)
+    for d, span in ((da, span_a), (db, span_b)):
+        if span is not None and float(span.max()) > _SAFE_SPAN:
+            d /= span.clamp_min(1).to(d.dtype)[:, None]
     den = (_sum64(da * da, 1) * _sum64(db * db, 1)).sqrt().clamp_min(1e-300)
     return (_sum64(da * db, 1) / den).clamp(-1, 1)
 
@@ -249,6 +262,7 @@ class _Stats:
     """
 
     degenerate: Tensor
+    span: Tensor
     centroid: Tensor
     peak: Tensor
     thr_q: Tensor
@@ -261,7 +275,9 @@ def _raw_stats(x: Tensor, q: float) -> _Stats:
     flat = x.view(n, p)
     lo, hi = torch.aminmax(flat, dim=1)
     if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
-        raise ValueError("maps contain NaN or Inf")
+        raise ValueError("maps contain NaN or Inf (or values beyond the float32 range)")
+    if bool((hi > _MAX_ABS).any() | (lo < -_MAX_ABS).any()):
+        raise ValueError(f"maps contain values beyond ±{_MAX_ABS:g}; rescale them")
     lo64 = lo.double()
     rows = _sum64(x, 2) - lo64[:, None] * w  # mass of (x - lo) per row
     cols = _sum64(x, 1) - lo64[:, None] * h
@@ -277,7 +293,14 @@ def _raw_stats(x: Tensor, q: float) -> _Stats:
     idx = flat.argmax(1)
     thr_q, top_mass = _selection(flat, q)
     top = top_mass - lo64 * _top_k(p, _TOP_MASS)
-    return _Stats(~(hi > lo), centroid, torch.stack([idx // w, idx % w], 1).double(), thr_q, top / safe)
+    return _Stats(
+        ~(hi > lo),
+        hi.double() - lo64,
+        centroid,
+        torch.stack([idx // w, idx % w], 1).double(),
+        thr_q,
+        top / safe,
+    )
 
 
 def displacement(a: ArrayLike, b: ArrayLike) -> np.ndarray:
@@ -393,7 +416,7 @@ def _chunk_metrics(a: Tensor, b: Tensor, q: float, ranks: bool) -> dict[str, np.
         "displacement": (sa.centroid - sb.centroid).norm(dim=1) / diag,
         "peak_displacement": (sa.peak - sb.peak).norm(dim=1) / diag,
         "iou": inter / (2 * k - inter),
-        "correlation": _pearson(fa, fb),
+        "correlation": _pearson(fa, fb, sa.span, sb.span),
         "concentration_change": sb.concentration - sa.concentration,
         "concentration_a": sa.concentration,
         "concentration_b": sb.concentration,

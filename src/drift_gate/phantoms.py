@@ -422,6 +422,7 @@ def generate_dataset(
     """
     if n_per_class < 5:
         raise ValueError("n_per_class must be at least 5 so that every split has every class")
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     plan = list(_plan(n_per_class, seed))

@@ -9,7 +9,9 @@
 * ``gate.html``: self-contained (images inlined), metric distributions,
   per-class tables and overlays of the samples that drifted most and least.
 
-Every file is written atomically.
+Every file is written atomically, and the set of them under a folder lock
+(concurrent runs into one folder take turns; the files found afterwards all come
+from one run).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, uninterrupted, write_lock
 from .gate import FAIL, INCONCLUSIVE, PASS, CandidateResult, GateResult
 
 __all__ = ["console_table", "markdown", "write_reports"]
@@ -286,9 +288,15 @@ def write_reports(
         "junit": out / f"{name}.junit.xml",
         "html": out / f"{name}.html",
     }
-    atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
-    atomic_write_text(paths["markdown"], md)
-    atomic_write_text(paths["junit"], junit(result))
-    atomic_write_text(paths["html"], html_report(result, artifacts))
+    texts = {
+        "json": json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n",
+        "markdown": md,
+        "junit": junit(result),
+        "html": html_report(result, artifacts),
+    }
+    # Concurrent runs into one folder take turns, and an interrupt cannot split the set.
+    with write_lock(out), uninterrupted():
+        for kind, text in texts.items():
+            atomic_write_text(paths[kind], text)
     _github(result, md, env)
     return paths
