@@ -58,3 +58,48 @@ def tiny_profile(tmp_path: Path) -> Profile:
         ft=PhaseConfig(epochs=2, lr=1e-3),
         out=str(tmp_path / "checkpoints"),
     )
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, phantom_data: DataSet) -> Path:
+    """TL and FT checkpoints of the tiny backbone (``tl.pt``, ``ft.pt``), trained once."""
+    from drift_gate.train import train_backbone
+
+    out = tmp_path_factory.mktemp("ck")
+    profile = Profile(
+        name="t",
+        data="unused",
+        backbones=("tiny",),
+        input_size=32,
+        weights="none",
+        pretrain=PretrainConfig(images=8, epochs=1, scale=1.0),
+        batch_size=8,
+        tl=PhaseConfig(epochs=4, lr=1e-2),
+        ft=PhaseConfig(epochs=2, lr=3e-3),
+        out=str(out),
+    )
+    train_backbone(
+        profile, "tiny", phantom_data, torch.device("cpu"), out / "cache", progress=False, log=lambda m: None
+    )
+    return out / "tiny"
+
+
+@pytest.fixture()
+def env(tmp_path: Path, trained: Path, phantom_root: Path) -> dict[str, Path]:
+    """A fresh baselines folder made from the TL checkpoint, and a thresholds file."""
+    from drift_gate.cli import main
+    from gatekit import RULES, baseline_args
+
+    thresholds = tmp_path / "thresholds.toml"
+    thresholds.write_text(RULES.format(drift="iou.min = 0.3"))
+    out = {
+        "baselines": tmp_path / "baselines",
+        "thresholds": thresholds,
+        "reports": tmp_path / "reports",
+        "data": phantom_root,
+        "tl": trained / "tl.pt",
+        "ft": trained / "ft.pt",
+        "tmp": tmp_path,
+    }
+    assert main(baseline_args(out, out["tl"])) == 0
+    return out

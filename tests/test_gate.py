@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -16,115 +15,7 @@ import torch
 
 from drift_gate.checkpoint import load_checkpoint, save_checkpoint
 from drift_gate.cli import main
-from drift_gate.config import Profile
-from drift_gate.data import DataSet
-from drift_gate.train import train_backbone
-
-RULES = """
-[gate]
-methods = ["layercam", "gradcam++"]
-samples = "all"
-min_samples = 2
-statistic = "mean"
-[auc]
-min = 0.0
-max_drop = 0.2
-[drift]
-{drift}
-"""
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, phantom_data: DataSet) -> Path:
-    from drift_gate.config import PhaseConfig, PretrainConfig
-
-    out = tmp_path_factory.mktemp("ck")
-    profile = Profile(
-        name="t",
-        data="unused",
-        backbones=("tiny",),
-        input_size=32,
-        weights="none",
-        pretrain=PretrainConfig(images=8, epochs=1, scale=1.0),
-        batch_size=8,
-        tl=PhaseConfig(epochs=4, lr=1e-2),
-        ft=PhaseConfig(epochs=2, lr=3e-3),
-        out=str(out),
-    )
-    train_backbone(
-        profile, "tiny", phantom_data, torch.device("cpu"), out / "cache", progress=False, log=lambda m: None
-    )
-    return out / "tiny"
-
-
-@pytest.fixture()
-def env(tmp_path: Path, trained: Path, phantom_root: Path) -> dict[str, Path]:
-    """A fresh baselines folder made from the TL checkpoint, and a thresholds file."""
-    root = tmp_path / "baselines"
-    thresholds = tmp_path / "thresholds.toml"
-    thresholds.write_text(RULES.format(drift="iou.min = 0.3"))
-    code = main(
-        [
-            "baseline",
-            "--reference",
-            str(trained / "tl.pt"),
-            "--data",
-            str(phantom_root),
-            "--out",
-            str(root / "tiny"),
-            "--thresholds",
-            str(thresholds),
-            "--per-class",
-            "2",
-            "--device",
-            "cpu",
-            "--no-progress",
-        ]
-    )
-    assert code == 0
-    return {
-        "baselines": root,
-        "thresholds": thresholds,
-        "reports": tmp_path / "reports",
-        "data": phantom_root,
-        "tl": trained / "tl.pt",
-        "ft": trained / "ft.pt",
-        "tmp": tmp_path,
-    }
-
-
-def gate(env: dict[str, Path], candidate: Path, *extra: str) -> int:
-    return main(
-        [
-            "gate",
-            "--candidate",
-            str(candidate),
-            "--baselines",
-            str(env["baselines"]),
-            "--thresholds",
-            str(env["thresholds"]),
-            "--data",
-            str(env["data"]),
-            "--reports",
-            str(env["reports"]),
-            "--device",
-            "cpu",
-            "--no-progress",
-            *extra,
-        ]
-    )
-
-
-def result(env: dict[str, Path]) -> dict:  # type: ignore[type-arg]
-    return json.loads((env["reports"] / "gate.json").read_text())
-
-
-def tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(p.name.encode() + p.read_bytes())
-    return h.hexdigest()
+from gatekit import RULES, baseline_args, gate, result, tree_digest
 
 
 def test_reference_against_itself_passes_at_ideal_values(env: dict[str, Path]) -> None:
@@ -172,27 +63,7 @@ def test_auc_drop(env: dict[str, Path]) -> None:
     train_head(model, feats, feats, PhaseConfig(epochs=300, lr=1e-2), 10, 0, meta.classes)
     fitted = env["tmp"] / "fitted.pt"
     save_checkpoint(fitted, model, meta)
-    assert (
-        main(
-            [
-                "baseline",
-                "--reference",
-                str(fitted),
-                "--data",
-                str(env["data"]),
-                "--out",
-                str(env["baselines"] / "tiny"),
-                "--thresholds",
-                str(env["thresholds"]),
-                "--per-class",
-                "2",
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(baseline_args(env, fitted)) == 0
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.zero_()
@@ -206,117 +77,6 @@ def test_auc_drop(env: dict[str, Path]) -> None:
     assert c["reference_auc"] > 0.9 and c["auc"] == pytest.approx(0.5)
     assert c["label"] == "AUC regression"
     assert any(r["rule"] == "tiny/auc.max_drop" and r["status"] == "fail" for r in c["rules"])
-
-
-def test_too_few_true_positives_is_inconclusive(env: dict[str, Path]) -> None:
-    env["thresholds"].write_text(
-        RULES.format(drift="iou.min = 0.0")
-        .replace('samples = "all"', 'samples = "true-positive"')
-        .replace("min_samples = 2", "min_samples = 500")
-    )
-    assert gate(env, env["tl"]) == 1
-    (c,) = result(env)["candidates"]
-    assert c["verdict"] == "inconclusive"
-    assert any(r["status"] == "inconclusive" and "min_samples is 500" in r["message"] for r in c["rules"])
-
-
-def _resaved(env: dict[str, Path], name: str, **changes: object) -> Path:
-    model, meta = load_checkpoint(env["tl"])
-    path = env["tmp"] / name
-    save_checkpoint(path, model, dataclasses.replace(meta, **changes))  # type: ignore[arg-type]
-    return path
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"classes": ("a", "b", "c", "d", "e")}, "does not match the baseline in .* classes"),
-        ({"input_size": 48}, "input_size 48 \\(baseline 32\\)"),
-        ({"mean": (0.1, 0.1, 0.1)}, "mean"),
-    ],
-)
-def test_stale_baseline_is_a_usage_error(
-    env: dict[str, Path], changes: dict[str, object], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import re
-
-    candidate = _resaved(env, "changed.pt", **changes)
-    assert gate(env, candidate) == 2
-    err = capsys.readouterr().err
-    assert re.search(message, err) and "refresh it with `drift-gate baseline" in err
-
-
-def test_explicit_reference_with_another_hash(
-    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert gate(env, env["tl"], "--reference", str(env["tl"])) == 0
-    assert gate(env, env["tl"], "--reference", str(env["ft"])) == 2
-    assert "sha256 differs from the reference" in capsys.readouterr().err
-
-
-def test_audit_image_changed(
-    env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = tmp_path / "data"
-    shutil.copytree(env["data"], data)
-    audit = json.loads((env["baselines"] / "tiny" / "audit.json").read_text())
-    victim = data / audit["samples"][0]["id"]
-    from PIL import Image
-
-    img = Image.open(victim)
-    img.point(lambda v: 255 - v).save(victim)
-    env["data"] = data
-    assert gate(env, env["tl"]) == 2
-    assert "pixels no longer match the audit set" in capsys.readouterr().err
-
-
-def test_reencoded_audit_image_still_matches(env: dict[str, Path], tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    shutil.copytree(env["data"], data)
-    audit = json.loads((env["baselines"] / "tiny" / "audit.json").read_text())
-    victim = data / audit["samples"][0]["id"]
-    from PIL import Image
-
-    before = victim.read_bytes()
-    Image.open(victim).save(victim, compress_level=0)
-    assert victim.read_bytes() != before
-    env["data"] = data
-    assert gate(env, env["tl"]) == 0
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ("[drift]\niou.mni = 0.3\n", r"thresholds\.toml:2: drift\.iou\.mni: unknown bound"),
-        ("[drift]\niuo.min = 0.3\n", r"thresholds\.toml:2: drift\.iuo: unknown metric"),
-        (
-            "[gate]\nmethods = ['layercm']\n[drift]\niou.min = 0.3\n",
-            r"thresholds\.toml:2: gate\.methods: unknown method",
-        ),
-        ("[drift]\niou.min = 'high'\n", r"thresholds\.toml:2: drift\.iou\.min: expected a finite number"),
-        ("[drift]\niou.min = 0.6\niou.max = 0.4\n", "contradictory bounds"),
-        ("[gate]\nstatistic = 'mean'\n", "no rules"),
-        ("[drift\n", r"invalid TOML: .*line 1"),
-    ],
-)
-def test_invalid_thresholds(
-    env: dict[str, Path], body: str, message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import re
-
-    env["thresholds"].write_text(body)
-    assert gate(env, env["tl"]) == 2
-    assert re.search(message, capsys.readouterr().err)
-
-
-def test_missing_or_tampered_baseline(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    maps = env["baselines"] / "tiny" / "maps.npz"
-    maps.write_bytes(maps.read_bytes()[:-10] + b"0123456789")
-    assert gate(env, env["tl"]) == 2
-    assert "maps.npz: hash differs from baseline.json" in capsys.readouterr().err
-    shutil.rmtree(env["baselines"] / "tiny")
-    assert gate(env, env["tl"]) == 2
-    assert "no baseline (missing or partially written)" in capsys.readouterr().err
 
 
 def test_reports(env: dict[str, Path], tmp_path: Path) -> None:
@@ -363,11 +123,6 @@ def test_approve_records_results_and_enables_relative_rules(
     assert gate(env, env["ft"]) == 0  # same candidate: exactly at the approved value
     rel = [r for r in result(env)["candidates"][0]["rules"] if r["rule"].endswith("iou.max_drop")]
     assert rel and all(r["status"] == "pass" for r in rel)
-
-
-def test_nothing_to_gate(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["gate", "--thresholds", str(env["thresholds"])]) == 2
-    assert "nothing to gate" in capsys.readouterr().err
 
 
 def _chromium() -> str | None:

@@ -6,9 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 from scipy.stats import pearsonr, spearmanr
 
 from drift_gate.metrics import (
@@ -141,17 +138,6 @@ def test_degenerate_maps_are_flagged_not_averaged() -> None:
     assert s["iou"]["y"].n == 1 and s["iou"]["y"].n_degenerate == 1
 
 
-def test_nan_and_bad_shapes_are_rejected() -> None:
-    a = np.zeros((1, 4, 4))
-    a[0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        drift_metrics(a, np.zeros((1, 4, 4)))
-    with pytest.raises(ValueError, match="map shapes differ"):
-        drift_metrics(np.zeros((1, 4, 4)), np.zeros((1, 4, 5)))
-    with pytest.raises(ValueError, match=r"expected maps of shape \(N, H, W\)"):
-        iou(np.zeros((4, 4)), np.zeros((4, 4)))
-
-
 def test_empty_batch() -> None:
     m = drift_metrics(np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
     assert m["iou"].shape == (0,) and m["degenerate"].dtype == bool
@@ -197,29 +183,3 @@ def test_summary_statistics_and_seeded_bootstrap() -> None:
     assert o.ci_low < o.mean < o.ci_high
     empty = summarise(values, np.zeros(50, bool), labels, ("a", "b"))["iou"]["overall"]
     assert empty.n == 0 and empty.mean is None
-
-
-finite_maps = arrays(
-    np.float64,
-    st.tuples(st.integers(1, 4), st.integers(2, 9), st.integers(2, 9)),
-    elements=st.floats(0, 1e6, allow_nan=False, allow_subnormal=False),
-)
-
-
-@settings(max_examples=60, deadline=None)
-@given(finite_maps, st.data())
-def test_properties_hold_for_random_maps(a: np.ndarray, data: st.DataObject) -> None:
-    b = data.draw(
-        arrays(np.float64, a.shape, elements=st.floats(0, 1e6, allow_nan=False, allow_subnormal=False))
-    )
-    m = drift_metrics(a, b, ranks=True)
-    ok = ~m["degenerate"]
-    assert (m["degenerate"] == (is_degenerate(a) | is_degenerate(b))).all()
-    assert ((m["iou"][ok] >= 0) & (m["iou"][ok] <= 1)).all()
-    assert ((m["displacement"][ok] >= 0) & (m["displacement"][ok] <= 1)).all()
-    assert ((m["peak_displacement"][ok] >= 0) & (m["peak_displacement"][ok] <= 1)).all()
-    assert (np.abs(m["correlation"][ok]) <= 1).all() and (np.abs(m["spearman"][ok]) <= 1).all()
-    assert (np.abs(m["concentration_change"][ok]) <= 1).all()
-    same = drift_metrics(a, a)
-    ok_a = ~same["degenerate"]
-    assert (same["iou"][ok_a] == 1).all() and (same["displacement"][ok_a] < 1e-6).all()

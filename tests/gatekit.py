@@ -1,0 +1,140 @@
+"""Helpers shared by the gate tests and the reliability suite (``tests`` is on pythonpath).
+
+The fixtures built on them (``trained``, ``env``) live in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from drift_gate.checkpoint import load_checkpoint, save_checkpoint
+from drift_gate.cli import main
+
+RULES = """
+[gate]
+methods = ["layercam", "gradcam++"]
+samples = "all"
+min_samples = 2
+statistic = "mean"
+[auc]
+min = 0.0
+max_drop = 0.2
+[drift]
+{drift}
+"""
+
+
+def baseline_args(env: dict[str, Path], reference: Path) -> list[str]:
+    """``drift-gate baseline`` arguments that (re)make ``env``'s tiny baseline."""
+    return [
+        "baseline",
+        "--reference",
+        str(reference),
+        "--data",
+        str(env["data"]),
+        "--out",
+        str(env["baselines"] / "tiny"),
+        "--thresholds",
+        str(env["thresholds"]),
+        "--per-class",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+
+
+def gate_args(env: dict[str, Path], candidate: Path, *extra: str) -> list[str]:
+    return [
+        "gate",
+        "--candidate",
+        str(candidate),
+        "--baselines",
+        str(env["baselines"]),
+        "--thresholds",
+        str(env["thresholds"]),
+        "--data",
+        str(env["data"]),
+        "--reports",
+        str(env["reports"]),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def gate(env: dict[str, Path], candidate: Path, *extra: str) -> int:
+    """Runs ``drift-gate gate`` in-process on ``env``; returns the exit code."""
+    return main(gate_args(env, candidate, *extra))
+
+
+def result(env: dict[str, Path]) -> dict[str, Any]:
+    return json.loads((env["reports"] / "gate.json").read_text())  # type: ignore[no-any-return]
+
+
+def tree_digest(root: Path) -> str:
+    """One hash over every file's name and bytes under ``root``."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def resaved(env: dict[str, Path], name: str, **changes: object) -> Path:
+    """The TL checkpoint saved again with changed metadata."""
+    model, meta = load_checkpoint(env["tl"])
+    path = env["tmp"] / name
+    save_checkpoint(path, model, dataclasses.replace(meta, **changes))  # type: ignore[arg-type]
+    return path
+
+
+def write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2") -> None:
+    """A minimal 16-bit DICOM file; ``pixels=None`` writes one without pixel data."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def assert_error(code: int, capsys: pytest.CaptureFixture[str], pattern: str, exit_code: int = 2) -> str:
+    """The command exited with ``exit_code`` after printing exactly one
+    ``drift-gate: error:`` line, matching ``pattern``, and no traceback. Returns the line."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("drift-gate: error:")]
+    assert code == exit_code, err
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+    collect = os.environ.get("DRIFT_GATE_COLLECT_ERRORS")  # to write the README's failure table
+    if collect:
+        with open(collect, "a", encoding="utf-8") as fh:
+            fh.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}\t{exit_code}\t{lines[0]}\n")
+    return lines[0]

@@ -1,0 +1,146 @@
+"""Bad candidate checkpoints: each is refused with one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from drift_gate.backbones import build_classifier
+from drift_gate.checkpoint import SCHEMA_VERSION
+from gatekit import assert_error, gate, resaved
+
+
+def _rewritten(env: dict[str, Path], mutate: Callable[[dict], None]) -> Path:  # type: ignore[type-arg]
+    obj = torch.load(env["tl"], weights_only=True)
+    mutate(obj)
+    path = env["tmp"] / "edited.pt"
+    torch.save(obj, path)
+    return path
+
+
+def _bytes(env: dict[str, Path], data: bytes) -> Path:
+    path = env["tmp"] / "bad.pt"
+    path.write_bytes(data)
+    return path
+
+
+class _Exploit:
+    """Unpickling this runs ``touch MARKER``: a checkpoint that would execute code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _exploit(env: dict[str, Path], raw: bool) -> Path:
+    path = env["tmp"] / "exploit.pt"
+    payload = {"format": "drift-gate-checkpoint", "payload": _Exploit(env["tmp"] / "pwned")}
+    with path.open("wb") as fh:
+        if raw:
+            fh.write(pickle.dumps(payload))
+        else:
+            torch.save(payload, fh)
+    return path
+
+
+def _set_weight(value: float) -> Callable[[dict], None]:  # type: ignore[type-arg]
+    return lambda o: o["state_dict"]["head.weight"].__setitem__((0, 0), value)
+
+
+def _wrong_arch_baseline(env: dict[str, Path]) -> Path:
+    meta_path = env["baselines"] / "tiny" / "baseline.json"
+    meta = json.loads(meta_path.read_text())
+    meta["arch"] = "resnet50v2"
+    meta_path.write_text(json.dumps(meta))
+    return env["tl"]
+
+
+CASES: dict[str, tuple[Callable[[dict[str, Path]], Path], str]] = {
+    "missing": (lambda e: e["tmp"] / "nope.pt", r"nope\.pt: checkpoint not found"),
+    "empty": (lambda e: _bytes(e, b""), r"bad\.pt: checkpoint file is empty"),
+    "truncated": (
+        lambda e: _bytes(e, e["tl"].read_bytes()[: e["tl"].stat().st_size // 2]),
+        "not a readable checkpoint, truncated or corrupt",
+    ),
+    "text": (lambda e: _bytes(e, b"hello"), "not a readable checkpoint, truncated or corrupt"),
+    "bare state dict": (
+        lambda e: (
+            torch.save(build_classifier("tiny", 5).state_dict(), e["tmp"] / "sd.pt"),
+            e["tmp"] / "sd.pt",
+        )[1],
+        "not a drift-gate checkpoint",
+    ),
+    "code pickle (torch.save)": (
+        lambda e: _exploit(e, raw=False),
+        "contains Python objects that would run code when loaded; refused",
+    ),
+    "code pickle (raw)": (
+        lambda e: _exploit(e, raw=True),
+        "would run code when loaded; refused|truncated or corrupt",
+    ),
+    "newer schema": (
+        lambda e: _rewritten(e, lambda o: o.update(schema_version=SCHEMA_VERSION + 1)),
+        f"schema version {SCHEMA_VERSION + 1} is newer than this drift-gate supports",
+    ),
+    "NaN weight": (
+        lambda e: _rewritten(e, _set_weight(float("nan"))),
+        r"weight head\.weight contains NaN or Inf",
+    ),
+    "Inf weight": (
+        lambda e: _rewritten(e, _set_weight(float("inf"))),
+        r"weight head\.weight contains NaN or Inf",
+    ),
+    "metadata not JSON": (
+        lambda e: _rewritten(e, lambda o: o.update(meta="{")),
+        "metadata is not valid JSON",
+    ),
+    "metadata incomplete": (
+        lambda e: _rewritten(e, lambda o: o.update(meta='{"arch": "tiny"}')),
+        "metadata lacks classes",
+    ),
+    "more classes than weights": (
+        lambda e: resaved(e, "six.pt", classes=("a", "b", "c", "d", "e", "f")),
+        "do not fit architecture 'tiny' with 6 classes",
+    ),
+    "other class names": (
+        lambda e: resaved(e, "names.pt", classes=("a", "b", "c", "d", "e")),
+        r"does not match the baseline in .*: classes \['a', .*refresh it",
+    ),
+    "other input size": (
+        lambda e: resaved(e, "size.pt", input_size=48),
+        r"input_size 48 \(baseline 32\).*refresh it",
+    ),
+    "other normalisation": (
+        lambda e: resaved(e, "norm.pt", mean=(0.1, 0.1, 0.1)),
+        r"mean \[0\.1, 0\.1, 0\.1\]",
+    ),
+    "wrong architecture for the baseline": (
+        _wrong_arch_baseline,
+        r"arch 'tiny' \(baseline 'resnet50v2'\).*refresh it with `drift-gate baseline",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_checkpoint(env: dict[str, Path], case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    make, message = CASES[case]
+    candidate = make(env)
+    assert_error(gate(env, candidate), capsys, message)
+    assert not (env["tmp"] / "pwned").exists(), "the pickle's code ran"
+    assert not (env["reports"] / "gate.json").exists(), "no report for a refused candidate"
+
+
+def test_refused_pickle_payload_would_have_run(env: dict[str, Path]) -> None:
+    """The exploit is real: plain ``pickle.load`` runs it (so the test above can fail)."""
+    path = _exploit(env, raw=True)
+    with path.open("rb") as fh:
+        pickle.load(fh)
+    assert (env["tmp"] / "pwned").exists()

@@ -1,0 +1,79 @@
+"""Bad thresholds files: one line naming the file, line and key; never a silent pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from drift_gate.errors import ConfigError
+from drift_gate.thresholds import parse_thresholds
+from gatekit import assert_error, gate
+
+CASES = {
+    "syntax error": ("[drift\n", r"invalid TOML: .*\(at line 1, column \d+\)"),
+    "bad value syntax": ("[drift]\niou.min = 0.3.1\n", r"invalid TOML: .*line 2, column"),
+    "unknown table": ("[gates]\n", r"thresholds\.toml:1: gates: unknown table"),
+    "unknown key in [gate]": (
+        "[gate]\nmetods = ['layercam']\n[drift]\niou.min = 0.3\n",
+        r"thresholds\.toml:2: gate\.metods: unknown key",
+    ),
+    "unknown key in [auc]": ("[auc]\nminimum = 0.9\n", r"thresholds\.toml:2: auc\.minimum: unknown key"),
+    "misspelled metric": ("[drift]\niuo.min = 0.3\n", r"thresholds\.toml:2: drift\.iuo: unknown metric"),
+    "misspelled bound": ("[drift]\niou.mni = 0.3\n", r"thresholds\.toml:2: drift\.iou\.mni: unknown bound"),
+    "misspelled method": (
+        "[gate]\nmethods = ['layercm']\n[drift]\niou.min = 0.3\n",
+        r"thresholds\.toml:2: gate\.methods: unknown method 'layercm'",
+    ),
+    "misspelled method table": (
+        "[drift.tiny.layercm]\niou.min = 0.3\n",
+        r"thresholds\.toml:1: .*unknown metric 'layercm'",
+    ),
+    "wrong type (string)": (
+        "[drift]\niou.min = 'high'\n",
+        r"thresholds\.toml:2: drift\.iou\.min: expected a finite number, got str",
+    ),
+    "wrong type (bool)": ("[drift]\niou.min = true\n", "expected a finite number, got bool"),
+    "wrong type (methods)": (
+        "[gate]\nmethods = 'layercam'\n[drift]\niou.min = 0.3\n",
+        "expected a non-empty list",
+    ),
+    "NaN bound": ("[drift]\niou.min = nan\n", "expected a finite number"),
+    "contradictory bounds": (
+        "[drift]\n\n\niou.min = 0.6\niou.max = 0.4\n",
+        r"thresholds\.toml:4: drift\.iou\.min: contradictory",
+    ),
+    "negative relative bound": ("[drift]\niou.max_drop = -0.1\n", "max_drop must be >= 0"),
+    "AUC bound outside [0, 1]": (
+        "[auc]\nmin = 1.5\n",
+        r"thresholds\.toml:2: auc\.min: an AUC bound must lie in",
+    ),
+    "bad sample selection": (
+        "[gate]\nsamples = 'some'\n[drift]\niou.min=0.1\n",
+        r"gate\.samples: expected one of",
+    ),
+    "min_samples 0": ("[gate]\nmin_samples = 0\n[drift]\niou.min=0.1\n", "expected an integer >= 1"),
+    "no rules": ("[gate]\nstatistic = 'mean'\n", "no rules"),
+    "empty file": ("", "no rules"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parser(case: str) -> None:
+    text, message = CASES[case]
+    with pytest.raises(ConfigError, match=message):
+        parse_thresholds(text)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gate_refuses(env: dict[str, Path], case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    text, message = CASES[case]
+    env["thresholds"].write_text(text)
+    line = assert_error(gate(env, env["tl"]), capsys, message)
+    assert str(env["thresholds"].name) in line
+    assert not (env["reports"] / "gate.json").exists()
+
+
+def test_missing_file(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    env["thresholds"] = env["tmp"] / "nope.toml"
+    assert_error(gate(env, env["tl"]), capsys, r"nope\.toml: thresholds file not found")
