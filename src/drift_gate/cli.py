@@ -345,6 +345,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fixed_mmap_threshold() -> None:
+    """Keeps glibc from growing the heap batch after batch.
+
+    glibc raises its mmap threshold after a large block is freed, so later large
+    tensors come from the heap, which fragments and is not returned: a gate's
+    peak RSS then grows with the number of batches (measured: +37 MiB per 100
+    audit images). A fixed threshold keeps each large buffer in its own mapping,
+    returned to the system when freed. No effect outside glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # musl, or no libc.so.6
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -356,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
+    _fixed_mmap_threshold()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.threads is not None:

@@ -98,6 +98,10 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], Path], str]] = {
         lambda e: _rewritten(e, _set_weight(float("inf"))),
         r"weight head\.weight contains NaN or Inf",
     ),
+    "CAMs beyond range": (
+        lambda e: _rewritten(e, lambda o: o["state_dict"]["head.weight"].mul_(1e36)),
+        r"its layercam maps cannot be compared \(maps contain values beyond",
+    ),
     "metadata not JSON": (
         lambda e: _rewritten(e, lambda o: o.update(meta="{")),
         "metadata is not valid JSON",
