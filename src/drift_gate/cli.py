@@ -112,7 +112,42 @@ def _add_gate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--reports", type=Path, default=Path("reports"), help="report folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=_positive, default=16)
+    p.add_argument(
+        "--no-onnx", action="store_true", help="predict with the checkpoint even if <stem>.onnx is beside it"
+    )
     p.set_defaults(func=_cmd_gate)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "export",
+        help="export checkpoints to ONNX (<stem>.onnx beside each), checked for parity on the audit images",
+    )
+    p.add_argument("--checkpoint", type=Path, action="append", default=[], help="checkpoint (repeatable)")
+    p.add_argument(
+        "--profile", default=None, help="export the TL and FT checkpoints of `train --profile NAME`"
+    )
+    p.add_argument("--profiles", type=Path, default=Path("profiles.toml"))
+    p.add_argument(
+        "--backbone",
+        action="append",
+        dest="backbones",
+        help="with --profile: only this backbone (repeatable)",
+    )
+    p.add_argument("--data", type=Path, default=None, help="data set (default: the profile's)")
+    p.add_argument(
+        "--baselines",
+        type=Path,
+        default=Path("baselines"),
+        help="use baselines/<arch>'s audit set when there is one (else --per-class test images)",
+    )
+    p.add_argument(
+        "--per-class", type=_positive, default=10, help="audit images per class without a baseline"
+    )
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max relative logit difference allowed")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_positive, default=16)
+    p.set_defaults(func=_cmd_export)
 
 
 def _add_approve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -201,6 +236,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
             args.batch_size,
             args.reference,
             not args.no_progress,
+            use_onnx=not args.no_onnx,
         )
         results.append(res)
         artifacts[res.candidate] = art
@@ -209,6 +245,54 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     paths = write_reports(result, args.reports, artifacts)
     print(f"reports: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return result.exit_code
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .baseline import AuditSet, build_audit_set
+    from .checkpoint import load_checkpoint
+    from .data import ImageDataset, load_dataset
+    from .export import export_onnx
+    from .train import resolve_device
+
+    checkpoints = list(args.checkpoint)
+    data_root = args.data
+    if args.profile:
+        from .config import load_profile
+
+        profile = load_profile(args.profiles, args.profile)
+        data_root = data_root or _resolve_data(profile, not args.no_progress)
+        for arch in args.backbones or profile.backbones:
+            for phase in ("tl", "ft"):
+                ckpt = Path(profile.out) / arch / f"{phase}.pt"
+                if not ckpt.is_file():
+                    raise DataError(
+                        f"{ckpt}: no checkpoint; run `drift-gate train --profile {profile.name}` first"
+                    )
+                checkpoints.append(ckpt)
+    if not checkpoints:
+        raise ConfigError("nothing to export: give --checkpoint CKPT or --profile NAME")
+    if data_root is None:
+        raise ConfigError("--data is required (the audit images the parity is checked on)")
+    if not args.tolerance >= 0:
+        raise ConfigError(f"--tolerance must be >= 0, got {args.tolerance}")
+    device = resolve_device(args.device)
+    for ckpt in checkpoints:
+        _, meta = load_checkpoint(ckpt)
+        audit_file = args.baselines / meta.arch / "audit.json"
+        if audit_file.is_file():
+            audit = AuditSet.from_json(audit_file.read_text(encoding="utf-8"))
+        else:
+            audit = build_audit_set(load_dataset(data_root, meta.classes), args.per_class)
+        samples = audit.resolve(data_root, meta.classes)
+        ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std, cache=False)
+        out, p = export_onnx(
+            ckpt, ds, args.tolerance, device=device, batch_size=args.batch_size, audit_sha256=audit.sha256
+        )
+        print(
+            f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): ONNX Runtime ({p.provider}) vs torch on "
+            f"{p.n} audit images, max relative logit difference {p.max_rel_diff:.2g}"
+        )
+    return 0
 
 
 def _cmd_approve(args: argparse.Namespace) -> int:
@@ -335,6 +419,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_baseline(sub)
     _add_gate(sub)
+    _add_export(sub)
     _add_approve(sub)
     for p in sub.choices.values():
         if not any(a.dest == "no_progress" for a in p._actions):

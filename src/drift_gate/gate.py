@@ -22,6 +22,7 @@ from .cam import compute_cams, upsample
 from .checkpoint import load_checkpoint
 from .data import ImageDataset
 from .errors import CheckpointError
+from .export import OnnxModel, Parity, onnx_path, parity
 from .metrics import METRICS, Direction, Summary, drift_metrics, select_samples, summarise
 from .thresholds import Thresholds
 from .train import classification_metrics
@@ -77,6 +78,10 @@ class CandidateResult:
     per_sample: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     sample_ids: list[str] = field(default_factory=list)
     selected: list[bool] = field(default_factory=list)
+    #: what computed the predictions: ``onnxruntime (<provider>)`` or ``torch (<device>)``
+    predictions: str = ""
+    #: the exported model's path, sha256 and parity (empty without one)
+    onnx: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -246,17 +251,38 @@ def _verdict(rules: list[RuleResult]) -> tuple[str, str]:
     checked = statuses & {PASS, FAIL, INCONCLUSIVE}
     if not checked:
         return INCONCLUSIVE, "no rule could be checked"
-    auc_failed = any(r.status == FAIL and "/auc." in r.rule for r in rules)
-    drift_failed = any(r.status == FAIL and "/auc." not in r.rule for r in rules)
-    if drift_failed and not auc_failed:
-        return FAIL, "evidence drift despite stable AUC"
+    failed = [r.rule for r in rules if r.status == FAIL]
+    auc_failed = any("/auc." in r for r in failed)
+    onnx_failed = any("/onnx." in r for r in failed)
+    drift_failed = any("/auc." not in r and "/onnx." not in r for r in failed)
+    labels = []
     if drift_failed:
-        return FAIL, "evidence drift and AUC regression"
-    if auc_failed:
-        return FAIL, "AUC regression"
+        labels.append(
+            "evidence drift despite stable AUC" if not auc_failed else "evidence drift and AUC regression"
+        )
+    elif auc_failed:
+        labels.append("AUC regression")
+    if onnx_failed:
+        labels.append("the exported ONNX model differs from the audited checkpoint")
+    if labels:
+        return FAIL, "; ".join(labels)
     if INCONCLUSIVE in statuses:
         return INCONCLUSIVE, "too few usable samples to judge the evidence"
     return PASS, "evidence and AUC within bounds"
+
+
+def _parity_rule(arch: str, p: Parity, thresholds: Thresholds) -> RuleResult:
+    ok = p.ok(thresholds.onnx_max_rel_diff)
+    return RuleResult(
+        f"{arch}/onnx.parity",
+        PASS if ok else FAIL,
+        p.max_rel_diff,
+        thresholds.onnx_max_rel_diff,
+        f"<= {thresholds.onnx_max_rel_diff:g}",
+        f"ONNX Runtime ({p.provider}) vs the audited checkpoint: max relative logit difference "
+        f"{p.max_rel_diff:.3g} {'ok' if ok else 'violated'} on {p.n} audit images",
+        f"{thresholds.path} [onnx]",
+    )
 
 
 def _summary_dict(s: dict[str, dict[str, Summary]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -290,8 +316,14 @@ def run_gate(
     batch_size: int = 16,
     reference: Path | None = None,
     progress: bool = False,
+    use_onnx: bool = True,
 ) -> tuple[CandidateResult, dict[str, Any]]:
     """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``.
+
+    When ``<candidate stem>.onnx`` exists beside the candidate (and ``use_onnx``),
+    predictions (AUC, true-positive selection) come from ONNX Runtime and a parity
+    rule checks its logits against the checkpoint's; the CAMs always come from the
+    checkpoint (they need gradients).
 
     Returns:
         The result, and the arrays the HTML overlays need (native-resolution
@@ -321,10 +353,19 @@ def run_gate(
     # One pass, nothing cached: memory stays flat as the audit set grows.
     ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std, cache=False)
     cams = compute_cams(model, ds, thresholds.methods, device, batch_size, progress=progress)
+    # Predictions come from what is deployed: the exported model when there is one.
+    logits, onnx_info, parity_rules = cams.logits, {}, []
+    exported = onnx_path(candidate)
+    if use_onnx and exported.is_file():
+        session = OnnxModel(exported, device)
+        logits = session.logits(ds, batch_size)
+        p = parity(cams.logits, logits, session.provider)
+        parity_rules.append(_parity_rule(meta.arch, p, thresholds))
+        onnx_info = {"path": str(exported), "sha256": file_sha256(exported), **asdict(p)}
     labels = np.array([s.label for s in samples])
-    probs = torch.softmax(torch.from_numpy(cams.logits), 1).numpy()
+    probs = torch.softmax(torch.from_numpy(logits.astype(np.float32)), 1).numpy()
     auc = classification_metrics(probs, labels, meta.classes)["auc_macro"]
-    selected = select_samples(labels, base.logits.argmax(1), cams.logits.argmax(1), thresholds.samples)
+    selected = select_samples(labels, base.logits.argmax(1), logits.argmax(1), thresholds.samples)
     approved = base.approved.get("statistics", {})
     recorded = base.approved.get("statistic")
     if approved and recorded != APPROVED_STATISTIC[thresholds.statistic]:
@@ -334,7 +375,7 @@ def run_gate(
             "`drift-gate approve` the candidate again under these thresholds"
         )
     baseline_auc = float(base.approved.get("auc", base.meta["auc"]))
-    rules = _auc_rules(meta.arch, auc, baseline_auc, thresholds)
+    rules = parity_rules + _auc_rules(meta.arch, auc, baseline_auc, thresholds)
     summaries, per_sample = {}, {}
     size = meta.input_size
     for method in thresholds.methods:
@@ -373,4 +414,8 @@ def run_gate(
         per_sample=per_sample,
         sample_ids=[s.id for s in samples],
         selected=[bool(x) for x in selected],
+        predictions=f"onnxruntime ({onnx_info['provider']})"
+        if onnx_info
+        else f"torch ({torch.device(device).type})",
+        onnx=onnx_info,
     ), artifacts

@@ -38,7 +38,11 @@ _MARK = {PASS: "PASS", FAIL: "FAIL", INCONCLUSIVE: "INCONCLUSIVE", "skipped": "s
 
 
 def _f(x: Any) -> str:
-    return "—" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.2e}" if 0 < abs(x) < 1e-3 else f"{x:.4f}"
+    return str(x)
 
 
 def console_table(result: GateResult) -> str:
@@ -50,6 +54,7 @@ def console_table(result: GateResult) -> str:
             f"{c.arch}  {c.candidate}  AUC {c.auc:.4f} (reference {c.reference_auc:.4f})  "
             f"samples {c.n_selected}/{c.n_audit}  ->  {_MARK[c.verdict]}: {c.label}"
         )
+        lines.append(f"  predictions: {c.predictions}")
         lines.append(f"  {'rule':<{width}}{'status':<14}{'observed':>10}  bound")
         for r in c.rules:
             bound = r.message if r.status == "skipped" else r.direction
@@ -61,11 +66,14 @@ def console_table(result: GateResult) -> str:
 def markdown(result: GateResult) -> str:
     """A Markdown summary (GitHub job summary)."""
     out = [f"## drift-gate: {_MARK[result.verdict]}", ""]
-    out += ["| backbone | candidate | AUC | reference AUC | samples | verdict |", "|---|---|---|---|---|---|"]
+    out += [
+        "| backbone | candidate | predictions | AUC | reference AUC | samples | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in result.candidates:
         out.append(
-            f"| {c.arch} | `{Path(c.candidate).name}` | {c.auc:.4f} | {c.reference_auc:.4f} | "
-            f"{c.n_selected}/{c.n_audit} | **{_MARK[c.verdict]}** {c.label} |"
+            f"| {c.arch} | `{Path(c.candidate).name}` | {c.predictions} | {c.auc:.4f} | "
+            f"{c.reference_auc:.4f} | {c.n_selected}/{c.n_audit} | **{_MARK[c.verdict]}** {c.label} |"
         )
     failed = [(c, r) for c in result.candidates for r in c.rules if r.status in (FAIL, INCONCLUSIVE)]
     if failed:
@@ -224,7 +232,7 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
         parts.append(
             f"<p class='{c.verdict}'><b>{_MARK[c.verdict]}</b>: {html.escape(c.label)}. "
             f"AUC {c.auc:.4f} (reference {c.reference_auc:.4f}); {c.n_selected} of "
-            f"{c.n_audit} audit samples selected.</p>"
+            f"{c.n_audit} audit samples selected. Predictions: {html.escape(c.predictions)}.</p>"
         )
         parts.append(
             "<table><tr><th>rule</th><th>status</th><th>observed</th><th>bound</th><th>source</th></tr>"

@@ -20,6 +20,9 @@ Shape::
     [drift.resnet50v2]             # per backbone, every method
     [drift.resnet50v2."gradcam++"] # per backbone and method (most specific wins)
     iou.min = 0.20
+
+    [onnx]                         # when a candidate has an exported model.onnx beside it
+    max_rel_diff = 1e-4            # ONNX Runtime vs torch logits, relative to the largest logit
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ from .cam import METHODS
 from .errors import ConfigError
 from .metrics import METRICS
 
-__all__ = ["BOUND_KINDS", "Bound", "Thresholds", "load_thresholds", "parse_thresholds"]
+__all__ = ["BOUND_KINDS", "ONNX_MAX_REL_DIFF", "Bound", "Thresholds", "load_thresholds", "parse_thresholds"]
 
 #: Bound kinds: absolute (min, max, abs_max) and relative to the approved value.
 BOUND_KINDS = ("min", "max", "abs_max", "max_drop", "max_rise")
 _GATE_KEYS = {"methods", "samples", "min_samples", "statistic"}
 _AUC_KEYS = {"min", "max_drop"}
+_ONNX_KEYS = {"max_rel_diff"}
+#: Default bound on ONNX Runtime vs torch logits (relative to the largest |logit|).
+ONNX_MAX_REL_DIFF = 1e-4
 _STATISTICS = ("mean", "median", "ci")
 _SAMPLES = ("true-positive", "all")
 
@@ -71,6 +77,7 @@ class Thresholds:
     #: (backbone, method, "metric.kind") -> "file:line" where the value was set
     sources: dict[tuple[str | None, str | None, str], str] = field(default_factory=dict)
     path: str = "thresholds.toml"
+    onnx_max_rel_diff: float = ONNX_MAX_REL_DIFF
 
     def bounds(self, arch: str, method: str) -> list[Bound]:
         """Bounds for one backbone x method: defaults, then backbone, then backbone+method."""
@@ -97,6 +104,7 @@ class Thresholds:
                 f"{a or '*'}/{m or '*'}": dict(v)
                 for (a, m), v in sorted(self.tables.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or ""))
             },
+            "onnx": {"max_rel_diff": self.onnx_max_rel_diff},
         }
 
 
@@ -191,9 +199,9 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     ctx = _Ctx(text, path)
-    unknown = sorted(set(doc) - {"gate", "auc", "drift"})
+    unknown = sorted(set(doc) - {"gate", "auc", "drift", "onnx"})
     if unknown:
-        raise ctx.fail([unknown[0]], None, "unknown table; expected [gate], [auc] and [drift]")
+        raise ctx.fail([unknown[0]], None, "unknown table; expected [gate], [auc], [drift] and [onnx]")
     gate = doc.get("gate", {})
     for key in gate:
         if key not in _GATE_KEYS:
@@ -225,6 +233,14 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
     if auc_drop is not None and auc_drop < 0:
         raise ctx.fail(["auc"], "max_drop", f"max_drop must be >= 0, got {auc_drop}")
 
+    onnx = doc.get("onnx", {})
+    for key in onnx:
+        if key not in _ONNX_KEYS:
+            raise ctx.fail(["onnx"], key, f"unknown key; known: {', '.join(sorted(_ONNX_KEYS))}")
+    onnx_rel = _number(ctx, ["onnx"], "max_rel_diff", onnx.get("max_rel_diff", ONNX_MAX_REL_DIFF))
+    if onnx_rel < 0:
+        raise ctx.fail(["onnx"], "max_rel_diff", f"max_rel_diff must be >= 0, got {onnx_rel}")
+
     drift_raw = doc.get("drift", {})
     tables: dict[tuple[str | None, str | None], dict[str, float]] = {}
     sources: dict[tuple[str | None, str | None, str], str] = {}
@@ -255,6 +271,7 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
         tables,
         sources,
         path,
+        onnx_rel,
     )
     # Contradictions are judged on what applies to each backbone x method.
     for arch in BACKBONES:
