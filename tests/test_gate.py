@@ -79,34 +79,38 @@ def test_auc_drop(env: dict[str, Path]) -> None:
     assert any(r["rule"] == "tiny/auc.max_drop" and r["status"] == "fail" for r in c["rules"])
 
 
-def test_reports(env: dict[str, Path], tmp_path: Path) -> None:
-    summary, output = tmp_path / "summary.md", tmp_path / "output.txt"
-    os.environ.update(GITHUB_STEP_SUMMARY=str(summary), GITHUB_OUTPUT=str(output))
-    try:
-        env["thresholds"].write_text(RULES.format(drift="iou.min = 0.999"))
-        assert gate(env, env["ft"]) == 1
-    finally:
-        del os.environ["GITHUB_STEP_SUMMARY"], os.environ["GITHUB_OUTPUT"]
-    assert "## drift-gate: FAIL" in summary.read_text() and "`tiny/layercam/iou.min`" in summary.read_text()
-    assert "verdict=fail" in output.read_text()
-    suites = ET.parse(env["reports"] / "gate.junit.xml").getroot()
-    cases = suites.findall(".//testcase")
-    rules = result(env)["candidates"][0]["rules"]
-    assert len(cases) == len(rules)
-    assert {c.get("name") for c in cases if c.find("failure") is not None} == {
-        r["rule"] for r in rules if r["status"] == "fail"
-    }
-    page = (env["reports"] / "gate.html").read_text()
-    assert page.count("<img") >= 6 and "data:image/png;base64," in page and "<table>" in page
-
-
-def test_github_annotations(
-    env: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_reports_and_github_integration(
+    env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """What a GitHub job sees: the step summary, outputs and error annotations."""
+    summary, output = tmp_path / "summary.md", tmp_path / "output.txt"
+    summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
     env["thresholds"].write_text(RULES.format(drift="iou.min = 0.999"))
     assert gate(env, env["ft"]) == 1
-    assert "::error title=drift-gate tiny/layercam/iou.min::" in capsys.readouterr().out
+    rules = result(env)["candidates"][0]["rules"]
+    failed = [r for r in rules if r["status"] == "fail"]
+    assert failed
+    text = summary.read_text()
+    assert text.startswith("earlier step\n## drift-gate: FAIL"), "the summary is appended, not overwritten"
+    assert "| backbone | candidate | predictions | AUC | reference AUC | samples | verdict |" in text
+    assert "| tiny | `ft.pt` | torch (cpu) |" in text and "**FAIL** evidence drift despite stable AUC" in text
+    for r in failed:
+        assert f"| `{r['rule']}` | FAIL |" in text
+    assert output.read_text() == "verdict=fail\nexit_code=1\n"
+    annotations = [line for line in capsys.readouterr().out.splitlines() if line.startswith("::error")]
+    assert sorted(a.split("::")[1] for a in annotations) == sorted(
+        f"error title=drift-gate {r['rule']}" for r in failed
+    )
+    assert all("thresholds.toml:" in a for a in annotations), "each annotation says where the bound was set"
+    suites = ET.parse(env["reports"] / "gate.junit.xml").getroot()
+    cases = suites.findall(".//testcase")
+    assert len(cases) == len(rules)
+    assert {c.get("name") for c in cases if c.find("failure") is not None} == {r["rule"] for r in failed}
+    page = (env["reports"] / "gate.html").read_text()
+    assert page.count("<img") >= 6 and "data:image/png;base64," in page and "<table>" in page
 
 
 def test_approve_records_results_and_enables_relative_rules(
