@@ -126,6 +126,17 @@ def gate(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def torchrun(session: nox.Session) -> None:
+    """Runs a drift-gate command under torchrun on this machine: ``nox -s torchrun -- gate
+    --profile demo`` (``NPROC`` processes, default 2; gloo on the CPU, NCCL on GPUs)."""
+    if not session.posargs:
+        session.error("give the command: nox -s torchrun -- train|gate ...")
+    nproc = os.environ.get("NPROC", "2")
+    _run(session, "python", "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+         "-m", "drift_gate", *session.posargs)  # fmt: skip
+
+
+@nox.session(python=False)
 def container(session: nox.Session) -> None:
     """Builds the Docker image from the Dockerfile and runs `docker run … --candidate …`.
 

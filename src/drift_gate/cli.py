@@ -20,6 +20,7 @@ from .errors import ConfigError, DataError, DriftGateError
 
 if TYPE_CHECKING:
     from .config import Profile
+    from .distributed import Dist
 
 __all__ = ["main"]
 
@@ -184,43 +185,60 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
+    from .distributed import init, shutdown
+    from .train import resolve_device
+
+    dist = init(resolve_device(args.device))
+    try:
+        return _gate(args, dist)
+    finally:
+        shutdown(dist)
+
+
+def _gate(args: argparse.Namespace, dist: Dist) -> int:
     from .baseline import create_baseline
     from .checkpoint import library_versions
     from .data import load_dataset
+    from .distributed import barrier, main_first
     from .gate import GateResult, run_gate
     from .report import console_table, write_reports
     from .thresholds import load_thresholds
-    from .train import resolve_device
 
     thresholds = load_thresholds(args.thresholds)
-    device = resolve_device(args.device)
     candidates = list(args.candidate)
     data_root = args.data
     if args.profile:
         from .config import load_profile
 
         profile = load_profile(args.profiles, args.profile)
-        data_root = data_root or _resolve_data(profile, not args.no_progress)
-        for arch in profile.backbones:
-            ft = Path(profile.out) / arch / "ft.pt"
-            if not ft.is_file():
-                raise DataError(
-                    f"{ft}: no FT checkpoint; run `drift-gate train --profile "
-                    f"{profile.name}` (or `nox -s train`) first"
-                )
-            base = args.baselines / arch
-            if not (base / "baseline.json").is_file() and args.create_missing_baselines:
-                print(f"baseline {base} is missing: creating it from {ft.parent / 'tl.pt'}", file=sys.stderr)
-                data = load_dataset(data_root)
-                create_baseline(
-                    ft.parent / "tl.pt",
-                    data,
-                    base,
-                    thresholds.methods,
-                    device=device,
-                    progress=not args.no_progress,
-                )
-            candidates.append(ft)
+
+        def prepare() -> Path:
+            root = data_root or _resolve_data(profile, not args.no_progress and dist.main)
+            for arch in profile.backbones:
+                ft = Path(profile.out) / arch / "ft.pt"
+                if not ft.is_file():
+                    raise DataError(
+                        f"{ft}: no FT checkpoint; run `drift-gate train --profile "
+                        f"{profile.name}` (or `nox -s train`) first"
+                    )
+                base = args.baselines / arch
+                if not (base / "baseline.json").is_file() and args.create_missing_baselines and dist.main:
+                    print(
+                        f"baseline {base} is missing: creating it from {ft.parent / 'tl.pt'}", file=sys.stderr
+                    )
+                    create_baseline(
+                        ft.parent / "tl.pt",
+                        load_dataset(root),
+                        base,
+                        thresholds.methods,
+                        device=dist.device,
+                        progress=not args.no_progress,
+                    )
+            return Path(root)
+
+        # rank 0 makes the data and the baselines; the other ranks then find them
+        data_root = main_first(dist, prepare)
+        candidates += [Path(profile.out) / arch / "ft.pt" for arch in profile.backbones]
     if not candidates:
         raise ConfigError("nothing to gate: give --candidate CKPT or --profile NAME")
     if data_root is None:
@@ -232,18 +250,21 @@ def _cmd_gate(args: argparse.Namespace) -> int:
             args.baselines,
             thresholds,
             data_root,
-            device,
+            dist.device,
             args.batch_size,
             args.reference,
             not args.no_progress,
             use_onnx=not args.no_onnx,
+            dist=dist,
         )
         results.append(res)
         artifacts[res.candidate] = art
     result = GateResult(results, thresholds.as_dict(), str(args.thresholds), library_versions())
-    print(console_table(result))
-    paths = write_reports(result, args.reports, artifacts)
-    print(f"reports: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    if dist.main:  # every rank holds the same result; one writes it
+        print(console_table(result))
+        paths = write_reports(result, args.reports, artifacts)
+        print(f"reports: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    barrier(dist)
     return result.exit_code
 
 
@@ -358,25 +379,35 @@ def _resolve_data(profile: Profile, progress: bool) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import init, shutdown
+    from .train import resolve_device
+
+    dist = init(resolve_device(args.device))
+    try:
+        return _train(args, dist)
+    finally:
+        shutdown(dist)
+
+
+def _train(args: argparse.Namespace, dist: Dist) -> int:
     import time
 
+    from .backbones import get_backbone
     from .config import load_profile
     from .data import load_dataset
-    from .train import resolve_device, train_backbone
+    from .distributed import main_first
+    from .train import train_backbone
 
     profile = load_profile(args.profiles, args.profile)
     backbones = tuple(args.backbones or profile.backbones)
-    from .backbones import get_backbone
-
     for arch in backbones:
         get_backbone(arch)
-    device = resolve_device(args.device)
-    progress = not args.no_progress
-    data = load_dataset(_resolve_data(profile, progress))
-    print(
-        f"profile {profile.name}: {len(data.samples)} images, {len(data.classes)} classes, device {device}",
-        file=sys.stderr,
-    )
+    progress = not args.no_progress and dist.main
+    data = load_dataset(main_first(dist, lambda: _resolve_data(profile, progress)))
+    if dist.main:
+        where = f"device {dist.device}" + (f", {dist.world} processes" if dist.enabled else "")
+        print(f"profile {profile.name}: {len(data.samples)} images, {len(data.classes)} classes, {where}",
+              file=sys.stderr)  # fmt: skip
     rows = []
     for arch in backbones:
         start = time.perf_counter()
@@ -384,10 +415,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             profile,
             arch,
             data,
-            device,
+            dist.device,
             args.cache_dir or _default_cache(),
             progress=progress,
             force=args.force,
+            dist=dist,
         )
         rows.append(
             (
@@ -399,12 +431,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 time.perf_counter() - start,
             )
         )
-    print(
-        f"{'backbone':<14}{'TL val AUC':>12}{'FT val AUC':>12}{'TL test AUC':>13}"
-        f"{'FT test AUC':>13}{'time':>9}"
-    )
-    for arch, tlv, ftv, tlt, ftt, sec in rows:
-        print(f"{arch:<14}{tlv:>12.4f}{ftv:>12.4f}{tlt:>13.4f}{ftt:>13.4f}{sec:>8.0f}s")
+    if dist.main:
+        print(
+            f"{'backbone':<14}{'TL val AUC':>12}{'FT val AUC':>12}{'TL test AUC':>13}"
+            f"{'FT test AUC':>13}{'time':>9}"
+        )
+        for arch, tlv, ftv, tlt, ftt, sec in rows:
+            print(f"{arch:<14}{tlv:>12.4f}{ftv:>12.4f}{tlt:>13.4f}{ftt:>13.4f}{sec:>8.0f}s")
     return 0
 
 

@@ -9,6 +9,7 @@ returns one :class:`GateResult` from which every report is written.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from .baseline import APPROVED_STATISTIC, Baseline, StaleBaselineError, check_co
 from .cam import compute_cams, upsample
 from .checkpoint import load_checkpoint
 from .data import ImageDataset
+from .distributed import Dist, gather_shards
 from .errors import CheckpointError
 from .export import OnnxModel, Parity, onnx_path, parity
 from .metrics import METRICS, Direction, Summary, drift_metrics, select_samples, summarise
@@ -109,6 +111,7 @@ class GateResult:
         return {
             "schema_version": self.schema_version,
             "verdict": self.verdict,
+            "exit_code": self.exit_code,
             "thresholds_path": self.thresholds_path,
             "thresholds": self.thresholds,
             "versions": self.versions,
@@ -317,6 +320,7 @@ def run_gate(
     reference: Path | None = None,
     progress: bool = False,
     use_onnx: bool = True,
+    dist: Dist | None = None,
 ) -> tuple[CandidateResult, dict[str, Any]]:
     """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``.
 
@@ -324,6 +328,10 @@ def run_gate(
     predictions (AUC, true-positive selection) come from ONNX Runtime and a parity
     rule checks its logits against the checkpoint's; the CAMs always come from the
     checkpoint (they need gradients).
+
+    Under ``torchrun`` (``dist``), each rank computes its batches of the audit set
+    and the per-sample results are gathered on every rank, so every rank returns
+    the same result, equal to the single-process one.
 
     Returns:
         The result, and the arrays the HTML overlays need (native-resolution
@@ -335,7 +343,8 @@ def run_gate(
             it was made from.
         CheckpointError, DataError: unusable candidate or audit images.
     """
-    model, meta = load_checkpoint(candidate, device)
+    dist = dist or Dist(0, 1, torch.device(device))
+    model, meta = load_checkpoint(candidate, dist.device)
     base: Baseline = load_baseline(Path(baselines) / meta.arch)
     if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
         raise StaleBaselineError(
@@ -350,18 +359,52 @@ def run_gate(
         )
     check_compatible(base, meta, candidate)
     samples = base.audit.resolve(data_root, base.classes)
-    # One pass, nothing cached: memory stays flat as the audit set grows.
-    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std, cache=False)
-    cams = compute_cams(model, ds, thresholds.methods, device, batch_size, progress=progress)
-    # Predictions come from what is deployed: the exported model when there is one.
-    logits, onnx_info, parity_rules = cams.logits, {}, []
     exported = onnx_path(candidate)
-    if use_onnx and exported.is_file():
-        session = OnnxModel(exported, device)
-        logits = session.logits(ds, batch_size)
-        p = parity(cams.logits, logits, session.provider)
-        parity_rules.append(_parity_rule(meta.arch, p, thresholds))
-        onnx_info = {"path": str(exported), "sha256": file_sha256(exported), **asdict(p)}
+    session = OnnxModel(exported, dist.device) if use_onnx and exported.is_file() else None
+    size = meta.input_size
+
+    def shard(indices: Sequence[int]) -> dict[str, Any] | None:
+        """CAMs, predictions and per-sample metrics of some audit images (one rank's batches)."""
+        if not indices:
+            return None
+        # One pass, nothing cached: memory stays flat as the audit set grows.
+        ds = ImageDataset([samples[i] for i in indices], size, meta.mean, meta.std, cache=False)
+        cams = compute_cams(
+            model, ds, thresholds.methods, dist.device, batch_size, progress=progress and dist.main
+        )
+        out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
+        if session is not None:
+            out["onnx"] = session.logits(ds, batch_size)
+        for method in thresholds.methods:
+            try:
+                out["metrics"][method] = _streamed_metrics(
+                    base.maps[method][list(indices)], cams.maps[method], size
+                )
+            except ValueError as exc:  # non-finite or absurd CAM values from this candidate
+                raise CheckpointError(f"{candidate}: its {method} maps cannot be compared ({exc})") from exc
+        return out
+
+    parts = [
+        (idx, part) for idx, part in gather_shards(dist, len(samples), batch_size, shard) if part is not None
+    ]
+    order = np.concatenate([np.asarray(idx) for idx, _ in parts])
+
+    def joined(get: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
+        """Concatenates one array of every shard and puts it back in audit order."""
+        stacked = np.concatenate([get(part) for _, part in parts])
+        out = np.empty_like(stacked)
+        out[order] = stacked
+        return out
+
+    torch_logits = joined(lambda p: p["logits"])
+    maps = {m: joined(lambda p, m=m: p["maps"][m]) for m in thresholds.methods}  # type: ignore[misc]
+    # Predictions come from what is deployed: the exported model when there is one.
+    logits, onnx_info, parity_rules = torch_logits, {}, []
+    if session is not None:
+        logits = joined(lambda p: p["onnx"])
+        par = parity(torch_logits, logits, session.provider)
+        parity_rules.append(_parity_rule(meta.arch, par, thresholds))
+        onnx_info = {"path": str(exported), "sha256": file_sha256(exported), **asdict(par)}
     labels = np.array([s.label for s in samples])
     probs = torch.softmax(torch.from_numpy(logits.astype(np.float32)), 1).numpy()
     auc = classification_metrics(probs, labels, meta.classes)["auc_macro"]
@@ -377,12 +420,11 @@ def run_gate(
     baseline_auc = float(base.approved.get("auc", base.meta["auc"]))
     rules = parity_rules + _auc_rules(meta.arch, auc, baseline_auc, thresholds)
     summaries, per_sample = {}, {}
-    size = meta.input_size
     for method in thresholds.methods:
-        try:
-            values = _streamed_metrics(base.maps[method], cams.maps[method], size)
-        except ValueError as exc:  # non-finite or absurd CAM values from this candidate
-            raise CheckpointError(f"{candidate}: its {method} maps cannot be compared ({exc})") from exc
+        values = {
+            k: joined(lambda p, m=method, k=k: p["metrics"][m][k])  # type: ignore[misc]
+            for k in parts[0][1]["metrics"][method]
+        }
         summary = summarise(values, selected, labels, meta.classes)
         rules += evaluate_rules(meta.arch, method, summary, thresholds, approved)
         summaries[method] = _summary_dict(summary)
@@ -393,7 +435,7 @@ def run_gate(
         "size": size,
         "paths": [s.path for s in samples],
         "reference": base.maps,
-        "candidate": cams.maps,
+        "candidate": maps,
     }
     return CandidateResult(
         candidate=str(candidate),
@@ -414,8 +456,6 @@ def run_gate(
         per_sample=per_sample,
         sample_ids=[s.id for s in samples],
         selected=[bool(x) for x in selected],
-        predictions=f"onnxruntime ({onnx_info['provider']})"
-        if onnx_info
-        else f"torch ({torch.device(device).type})",
+        predictions=f"onnxruntime ({onnx_info['provider']})" if onnx_info else f"torch ({dist.device.type})",
         onnx=onnx_info,
     ), artifacts

@@ -20,7 +20,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from .backbones import Classifier, build_classifier, get_backbone
 from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from .config import PhaseConfig, PretrainConfig, Profile
 from .data import DataSet, ImageDataset
+from .distributed import Dist, barrier, gather_shards, global_batchnorm, main_first
 from .errors import CheckpointError, ConfigError
 from .phantoms import SOURCE_LABELS, render_source_set
 from .weights import load_body_weights
@@ -153,6 +154,68 @@ def extract_features(
     return _collect(lambda x: model.body(x).mean(dim=(2, 3)), dataset, device, batch_size, progress, desc)
 
 
+def _sharded_features(
+    dist: Dist,
+    model: Classifier,
+    dataset: ImageDataset,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`extract_features`, each rank computing its batches; every rank gets all of them."""
+    if not dist.enabled:
+        return extract_features(model, dataset, device, batch_size, progress, desc)
+    n = len(dataset)
+
+    def shard(idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not idx:
+            return None
+        sub = ImageDataset([dataset.samples[i] for i in idx], dataset.size, dataset.mean[:, 0, 0].tolist(),
+                           dataset.std[:, 0, 0].tolist(), cache=False)  # fmt: skip
+        return extract_features(model, sub, device, batch_size, progress and dist.main, desc)
+
+    parts = [(i, p) for i, p in gather_shards(dist, n, batch_size, shard) if p is not None]
+    order = torch.as_tensor([i for idx, _ in parts for i in idx])
+    feats = torch.cat([p[0] for _, p in parts])
+    labels = torch.cat([p[1] for _, p in parts])
+    out_f, out_y = torch.empty_like(feats), torch.empty_like(labels)
+    out_f[order], out_y[order] = feats, labels
+    return out_f, out_y
+
+
+class _GlobalBatchSampler(torch.utils.data.Sampler[int]):
+    """This rank's share of each global batch of the single-process shuffle.
+
+    The global batches are drawn by the very ``DataLoader(shuffle=True, generator=…)``
+    a single-process run uses (over indices only), so global batch k holds the same
+    samples in both runs; rank r takes its ``b = G / N`` consecutive samples of it.
+    With gradients averaged over the ranks, each update sees what the single-process
+    update with batch size G sees.
+    """
+
+    def __init__(self, n: int, global_batch: int, dist: Dist, seed: int) -> None:
+        if n < global_batch:
+            raise ConfigError(f"{n} training images: fewer than one global batch of {global_batch}")
+        self.n, self.global_batch, self.dist, self.seed = n, global_batch, dist, seed
+
+    def __len__(self) -> int:
+        return (self.n // self.global_batch) * (self.global_batch // self.dist.world)
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed)
+        b = self.global_batch // self.dist.world
+        batches = DataLoader(
+            TensorDataset(torch.arange(self.n)),
+            batch_size=self.global_batch,
+            shuffle=True,
+            generator=gen,
+            drop_last=self.n > self.global_batch,
+        )
+        for (batch,) in batches:
+            yield from batch.tolist()[self.dist.rank * b : (self.dist.rank + 1) * b]
+
+
 def _head_metrics(
     head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
 ) -> dict[str, Any]:
@@ -220,6 +283,18 @@ def train_head(
     return best_epoch, history
 
 
+def _broadcast(dist: Dist, module: nn.Module) -> None:
+    """Copies rank 0's parameters and buffers of ``module`` to every rank."""
+    if not dist.enabled:
+        return
+    import torch.distributed
+
+    for t in [*module.parameters(), *module.buffers()]:
+        data = t.data.to(dist.device)
+        torch.distributed.broadcast(data, src=0)
+        t.data.copy_(data)
+
+
 def _state_bytes(obj: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -239,8 +314,15 @@ def finetune(
     classes: Sequence[str],
     progress: bool = False,
     log: Log = _stderr,
+    dist: Dist | None = None,
 ) -> tuple[int, list[float]]:
     """Trains every layer; saves a resumable state after each epoch to ``resume``.
+
+    Under ``torchrun`` (``dist``) the model is wrapped in DistributedDataParallel,
+    ``batch_size`` stays the *global* batch (each of N ranks takes ``batch_size / N``
+    of it, see :class:`_GlobalBatchSampler`), BatchNorm statistics cover the global
+    batch (SyncBatchNorm on GPUs, :class:`~drift_gate.distributed.GlobalBatchNorm2d`
+    on the CPU), and only rank 0 writes the resume state.
 
     Shuffling is seeded per epoch, so a resumed run follows the same path as an
     uninterrupted one. The resume file is removed by the caller once the final
@@ -249,9 +331,21 @@ def finetune(
     Returns:
         The best epoch (0-based) and the validation macro AUC of every epoch.
     """
+    dist = dist or Dist(0, 1, device)
     model.to(device)
     for p in model.parameters():
         p.requires_grad_(True)
+    net: nn.Module = model
+    if dist.enabled:
+        if batch_size % dist.world:
+            raise ConfigError(f"batch_size {batch_size} must be divisible by the {dist.world} processes")
+        if device.type == "cuda":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+        else:
+            global_batchnorm(model)
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
     best_auc, best_epoch = -1.0, -1
@@ -274,15 +368,19 @@ def finetune(
             log(f"  ignoring {resume.name}: it belongs to another configuration")
     for epoch in range(start, cfg.epochs):
         tick = time.perf_counter()
-        gen = torch.Generator().manual_seed(seed * 1009 + epoch)
-        loader = DataLoader(
-            train, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(train) > batch_size
-        )
-        model.train()
+        if dist.enabled:
+            sampler = _GlobalBatchSampler(len(train), batch_size, dist, seed * 1009 + epoch)
+            loader = DataLoader(train, batch_size=batch_size // dist.world, sampler=sampler)
+        else:
+            gen = torch.Generator().manual_seed(seed * 1009 + epoch)
+            loader = DataLoader(
+                train, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(train) > batch_size
+            )
+        net.train()
         bar = _tqdm(loader, desc=f"FT epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         for x, y in bar:
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+            loss = nn.functional.cross_entropy(net(x.to(device)), y.to(device))
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -296,21 +394,25 @@ def finetune(
         if auc > best_auc:
             best_auc, best_epoch = auc, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        atomic_write_bytes(
-            resume,
-            _state_bytes(
-                {
-                    "config_sha256": config_sha256,
-                    "epoch": epoch,
-                    "history": history,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "best_auc": best_auc,
-                    "best_epoch": best_epoch,
-                    "best_state": best_state,
-                }
-            ),
-        )
+        if dist.main:
+            atomic_write_bytes(
+                resume,
+                _state_bytes(
+                    {
+                        "config_sha256": config_sha256,
+                        "epoch": epoch,
+                        "history": history,
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "best_auc": best_auc,
+                        "best_epoch": best_epoch,
+                        "best_state": best_state,
+                    }
+                ),
+            )
+        barrier(dist)
+    if dist.enabled and device.type != "cuda":
+        global_batchnorm(model, enable=False)
     model.load_state_dict(best_state)
     return best_epoch, history
 
@@ -440,19 +542,30 @@ def train_backbone(
     progress: bool = True,
     force: bool = False,
     log: Log = _stderr,
+    dist: Dist | None = None,
 ) -> TrainResult:
     """Runs TL then FT for one backbone and writes both checkpoints.
 
     A phase whose checkpoint already exists for the same profile and data is
     skipped (so a rerun after an interruption continues where it stopped).
+
+    Under ``torchrun`` (``dist``): features are computed batch-wise across the
+    ranks and gathered, the head is trained on every rank and rank 0's copy
+    broadcast, fine-tuning runs with DistributedDataParallel (:func:`finetune`),
+    and only rank 0 writes files and logs.
     """
+    dist = dist or Dist(0, 1, device)
+    device = dist.device
+    if not dist.main:
+        progress, log = False, lambda message: None
     spec = get_backbone(arch)
     out = Path(profile.out) / arch
     size = profile.input_size_for(arch)
     mean, std = spec.imagenet_norm
     classes = data.classes
     config_sha = profile.sha256(arch, data.manifest_sha256)
-    atomic_write_text(out / "profile.json", json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n")
+    if dist.main:
+        atomic_write_text(out / "profile.json", json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n")
     sets = {s: ImageDataset(data.split(s), size, mean, std) for s in ("train", "val", "test")}
     bs = profile.batch_size
 
@@ -482,16 +595,21 @@ def train_backbone(
         _seed_all(profile.seed)
         model = build_classifier(arch, len(classes), imagenet=profile.weights == "imagenet")
         if profile.weights == "synthetic":
-            load_body_weights(
-                model.body,
-                pretrain_synthetic(arch, profile.pretrain, size, cache_dir, device, bs, progress, log),
+            # rank 0 pretrains (or finds the cache); the others then load the cached result
+            state = main_first(
+                dist,
+                lambda: pretrain_synthetic(
+                    arch, profile.pretrain, size, cache_dir, device, bs, progress, log
+                ),
             )
+            load_body_weights(model.body, state)
         elif profile.weights not in ("imagenet", "none"):
             load_body_weights(model.body, Path(profile.weights))
         model.to(device)
         tick = time.perf_counter()
         feats = {
-            s: extract_features(model, ds, device, bs, progress, f"features {s}") for s, ds in sets.items()
+            s: _sharded_features(dist, model, ds, device, bs, progress, f"features {s}")
+            for s, ds in sets.items()
         }
         epoch, history = train_head(
             model,
@@ -503,11 +621,14 @@ def train_backbone(
             classes,
             progress,
         )
+        _broadcast(dist, model.head)  # every rank continues from rank 0's head
         model.to(device)
         tl_metrics = {s: _head_metrics(model.head.cpu(), *feats[s], classes) for s in ("val", "test")}
         model.to(device)
         tl_meta = meta("tl", epoch, tl_metrics)
-        _write_phase(out, "tl", model, tl_meta, history)
+        if dist.main:
+            _write_phase(out, "tl", model, tl_meta, history)
+        barrier(dist)
         log(
             f"[{arch}] TL done: val macro AUC {tl_metrics['val']['auc_macro']:.4f}, "
             f"test {tl_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1}; features and head "
@@ -536,14 +657,17 @@ def train_backbone(
             classes,
             progress,
             log,
+            dist,
         )
         ft_metrics = {}
         for s in ("val", "test"):
             probs, labels = predict(model, sets[s], device, bs)
             ft_metrics[s] = classification_metrics(probs, labels, classes)
         ft_meta = meta("ft", epoch, ft_metrics)
-        _write_phase(out, "ft", model, ft_meta, history)
-        resume.unlink(missing_ok=True)
+        if dist.main:
+            _write_phase(out, "ft", model, ft_meta, history)
+            resume.unlink(missing_ok=True)
+        barrier(dist)
         log(
             f"[{arch}] FT done: val macro AUC {ft_metrics['val']['auc_macro']:.4f}, "
             f"test {ft_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1})"
