@@ -29,6 +29,7 @@ layer last in the body the result is the same for non-negative activations
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,9 +43,11 @@ from .errors import ConfigError
 __all__ = [
     "GRADIENT_METHODS",
     "METHODS",
+    "PRECISIONS",
     "CamBatch",
     "CamEngine",
     "CamResult",
+    "autocast",
     "compute_cams",
     "minmax",
     "upsample",
@@ -124,20 +127,31 @@ class CamEngine:
         model: the classifier (its ``body`` ends at the target layer).
         methods: names from :data:`METHODS`.
         ablation_chunk: channels ablated per head evaluation (memory bound).
+        precision: ``fp32``, or ``bf16``: the body's forward pass runs under bfloat16
+            autocast (the costly part, on GPUs); the target activation is then taken
+            to float32, and the head, its gradients and the maps are computed as in
+            ``fp32``.
     """
 
     def __init__(
-        self, model: Classifier, methods: Sequence[str] = ("layercam", "gradcam++"), ablation_chunk: int = 256
+        self,
+        model: Classifier,
+        methods: Sequence[str] = ("layercam", "gradcam++"),
+        ablation_chunk: int = 256,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.model = model.eval()
         self.methods = _check_methods(methods)
         self.ablation_chunk = ablation_chunk
+        self.precision = precision
 
     def __call__(self, x: Tensor, targets: Tensor | None = None) -> CamBatch:
         """CAMs for a batch ``x`` and target classes (default: the predicted class)."""
-        with torch.no_grad():
+        with torch.no_grad(), autocast(x.device, self.precision):
             act = self.model.body(x)
-        act = act.detach().clone().requires_grad_(True)
+        act = act.detach().float().clone().requires_grad_(True)
         with torch.enable_grad():
             logits = self.model.forward_head(act)
             if targets is None:
@@ -212,6 +226,17 @@ class CamResult:
     maps: dict[str, np.ndarray]
 
 
+#: Numeric precisions for the forward pass (``bf16``: bfloat16 autocast).
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """bfloat16 autocast on ``device`` for ``bf16``; a no-op for ``fp32``."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def compute_cams(
     model: Classifier,
     dataset: torch.utils.data.Dataset[tuple[Tensor, int]],
@@ -220,6 +245,7 @@ def compute_cams(
     batch_size: int = 16,
     target: str = "label",
     progress: bool = False,
+    precision: str = "fp32",
 ) -> CamResult:
     """Runs the engine over a data set in batches of ``batch_size`` (bounded memory).
 
@@ -232,7 +258,7 @@ def compute_cams(
 
     if target not in ("label", "predicted"):
         raise ConfigError(f"unknown CAM target {target!r}; use 'label' or 'predicted'")
-    engine = CamEngine(model.to(device), methods)
+    engine = CamEngine(model.to(device), methods, precision=precision)
     logits: list[Tensor] = []
     targets: list[Tensor] = []
     maps: dict[str, list[Tensor]] = {m: [] for m in engine.methods}

@@ -65,6 +65,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="cache for synthetic pretraining (default ~/.cache/drift-gate)",
     )
     p.add_argument("--force", action="store_true", help="retrain even if checkpoints are current")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: fine-tune under bfloat16 autocast (for GPUs)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
@@ -115,6 +121,12 @@ def _add_gate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--batch-size", type=_positive, default=16)
     p.add_argument(
         "--no-onnx", action="store_true", help="predict with the checkpoint even if <stem>.onnx is beside it"
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: the CAM forward pass under bfloat16 autocast (for GPUs; check the verdict against fp32)",
     )
     p.set_defaults(func=_cmd_gate)
 
@@ -256,6 +268,7 @@ def _gate(args: argparse.Namespace, dist: Dist) -> int:
             not args.no_progress,
             use_onnx=not args.no_onnx,
             dist=dist,
+            precision=args.precision,
         )
         results.append(res)
         artifacts[res.candidate] = art
@@ -420,6 +433,7 @@ def _train(args: argparse.Namespace, dist: Dist) -> int:
             progress=progress,
             force=args.force,
             dist=dist,
+            precision=args.precision,
         )
         rows.append(
             (

@@ -84,6 +84,8 @@ class CandidateResult:
     predictions: str = ""
     #: the exported model's path, sha256 and parity (empty without one)
     onnx: dict[str, Any] = field(default_factory=dict)
+    #: numeric precision of the CAM forward pass (``fp32`` or ``bf16``)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -321,6 +323,7 @@ def run_gate(
     progress: bool = False,
     use_onnx: bool = True,
     dist: Dist | None = None,
+    precision: str = "fp32",
 ) -> tuple[CandidateResult, dict[str, Any]]:
     """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``.
 
@@ -370,7 +373,13 @@ def run_gate(
         # One pass, nothing cached: memory stays flat as the audit set grows.
         ds = ImageDataset([samples[i] for i in indices], size, meta.mean, meta.std, cache=False)
         cams = compute_cams(
-            model, ds, thresholds.methods, dist.device, batch_size, progress=progress and dist.main
+            model,
+            ds,
+            thresholds.methods,
+            dist.device,
+            batch_size,
+            progress=progress and dist.main,
+            precision=precision,
         )
         out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
         if session is not None:
@@ -458,4 +467,5 @@ def run_gate(
         selected=[bool(x) for x in selected],
         predictions=f"onnxruntime ({onnx_info['provider']})" if onnx_info else f"torch ({dist.device.type})",
         onnx=onnx_info,
+        precision=precision,
     ), artifacts

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ._io import atomic_write_bytes, atomic_write_text
 from .backbones import Classifier, build_classifier, get_backbone
+from .cam import autocast
 from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from .config import PhaseConfig, PretrainConfig, Profile
 from .data import DataSet, ImageDataset
@@ -315,8 +316,12 @@ def finetune(
     progress: bool = False,
     log: Log = _stderr,
     dist: Dist | None = None,
+    precision: str = "fp32",
 ) -> tuple[int, list[float]]:
     """Trains every layer; saves a resumable state after each epoch to ``resume``.
+
+    ``precision="bf16"`` runs the forward pass and the loss under bfloat16 autocast
+    (weights, gradients and the optimiser stay in float32; no loss scaling is needed).
 
     Under ``torchrun`` (``dist``) the model is wrapped in DistributedDataParallel,
     ``batch_size`` stays the *global* batch (each of N ranks takes ``batch_size / N``
@@ -380,7 +385,8 @@ def finetune(
         bar = _tqdm(loader, desc=f"FT epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         for x, y in bar:
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(net(x.to(device)), y.to(device))
+            with autocast(device, precision):
+                loss = nn.functional.cross_entropy(net(x.to(device)).float(), y.to(device))
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -543,6 +549,7 @@ def train_backbone(
     force: bool = False,
     log: Log = _stderr,
     dist: Dist | None = None,
+    precision: str = "fp32",
 ) -> TrainResult:
     """Runs TL then FT for one backbone and writes both checkpoints.
 
@@ -658,6 +665,7 @@ def train_backbone(
             progress,
             log,
             dist,
+            precision,
         )
         ft_metrics = {}
         for s in ("val", "test"):
