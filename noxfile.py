@@ -126,6 +126,14 @@ def gate(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def study(session: nox.Session) -> None:
+    """The study's protocol table for a profile's TL and FT checkpoints (default: demo;
+    run `nox -s train` first): reports/study/{study.md,study.json,study.png,study.html}."""
+    args = session.posargs or ["--profile", "demo"]
+    _run(session, "drift-gate", "study", *args)
+
+
+@nox.session(python=False)
 def torchrun(session: nox.Session) -> None:
     """Runs a drift-gate command under torchrun on this machine: ``nox -s torchrun -- gate
     --profile demo`` (``NPROC`` processes, default 2; gloo on the CPU, NCCL on GPUs)."""

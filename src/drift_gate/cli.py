@@ -66,6 +66,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument("--force", action="store_true", help="retrain even if checkpoints are current")
     p.add_argument(
+        "--keep-epochs",
+        action="store_true",
+        help="also keep ft.epoch<k>.pt after every FT epoch (for `track`)",
+    )
+    p.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
         default="fp32",
@@ -161,6 +166,88 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=_positive, default=16)
     p.set_defaults(func=_cmd_export)
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("study", help="the study's protocol table (TL vs FT drift, rankings) for a profile")
+    p.add_argument("--profile", default="demo", help="profile whose TL and FT checkpoints are studied")
+    p.add_argument("--profiles", type=Path, default=Path("profiles.toml"))
+    p.add_argument(
+        "--methods",
+        default="layercam,gradcam++,ablationcam",
+        help="comma-separated CAM methods (default includes the gradient-free Ablation-CAM)",
+    )
+    p.add_argument("--per-class", type=_positive, default=1000, help="test images per class (default: all)")
+    p.add_argument("--out", type=Path, default=Path("reports/study"), help="output folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_positive, default=16)
+    p.set_defaults(func=_cmd_study)
+
+
+def _add_track(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "track", help="drift of every fine-tuning epoch (train --keep-epochs) vs TL and vs the last"
+    )
+    p.add_argument(
+        "--checkpoints", type=Path, required=True, help="a backbone's folder (tl.pt, ft.epoch<k>.pt)"
+    )
+    p.add_argument("--data", type=Path, required=True, help="data set (folder or manifest)")
+    p.add_argument(
+        "--thresholds", type=Path, default=Path("thresholds.toml"), help="methods and sample selection"
+    )
+    p.add_argument("--baselines", type=Path, default=None, help="baselines root made from this TL checkpoint")
+    p.add_argument(
+        "--per-class", type=_positive, default=10, help="audit images per class for a new baseline"
+    )
+    p.add_argument("--out", type=Path, default=Path("reports/track"), help="output folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_positive, default=16)
+    p.set_defaults(func=_cmd_track)
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .cam import METHODS
+    from .config import load_profile
+    from .data import load_dataset
+    from .study import run_study, study_markdown
+    from .train import resolve_device
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown) or '(none)'}; known: {', '.join(METHODS)}")
+    profile = load_profile(args.profiles, args.profile)
+    folders = {arch: Path(profile.out) / arch for arch in profile.backbones}
+    for folder in folders.values():
+        for phase in ("tl", "ft"):
+            if not (folder / f"{phase}.pt").is_file():
+                raise DataError(
+                    f"{folder / phase}.pt: missing; run `drift-gate train --profile {profile.name}`"
+                )
+    data = load_dataset(_resolve_data(profile, not args.no_progress))
+    result = run_study(folders, data, methods, args.out, args.per_class, resolve_device(args.device),
+                       args.batch_size, not args.no_progress)  # fmt: skip
+    print(study_markdown(result))
+    print(f"wrote {args.out}/study.md, study.json, study.png, study.html", file=sys.stderr)
+    return 0
+
+
+def _cmd_track(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+    from .study import run_track
+    from .thresholds import load_thresholds
+    from .train import resolve_device
+
+    thresholds = load_thresholds(args.thresholds)
+    _, meta = load_checkpoint(args.checkpoints / "tl.pt")
+    data = load_dataset(args.data, meta.classes)
+    device = resolve_device(args.device)
+    result = run_track(args.checkpoints, data, thresholds, args.out, args.per_class, device, args.batch_size,
+                       args.baselines, not args.no_progress)  # fmt: skip
+    print((args.out / "track.md").read_text(), end="")
+    print(f"wrote {args.out}/track.md, track.json, track.png ({len(result.rows)} epochs)", file=sys.stderr)
+    return 0
 
 
 def _add_approve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -434,6 +521,7 @@ def _train(args: argparse.Namespace, dist: Dist) -> int:
             force=args.force,
             dist=dist,
             precision=args.precision,
+            keep_epochs=args.keep_epochs,
         )
         rows.append(
             (
@@ -467,6 +555,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_baseline(sub)
     _add_gate(sub)
     _add_export(sub)
+    _add_study(sub)
+    _add_track(sub)
     _add_approve(sub)
     for p in sub.choices.values():
         if not any(a.dest == "no_progress" for a in p._actions):

@@ -317,8 +317,12 @@ def finetune(
     log: Log = _stderr,
     dist: Dist | None = None,
     precision: str = "fp32",
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[int, list[float]]:
     """Trains every layer; saves a resumable state after each epoch to ``resume``.
+
+    ``on_epoch(epoch, val_auc)`` is called on rank 0 after each epoch (``train
+    --keep-epochs`` saves a checkpoint there).
 
     ``precision="bf16"`` runs the forward pass and the loss under bfloat16 autocast
     (weights, gradients and the optimiser stay in float32; no loss scaling is needed).
@@ -400,6 +404,8 @@ def finetune(
         if auc > best_auc:
             best_auc, best_epoch = auc, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if dist.main and on_epoch is not None:
+            on_epoch(epoch, auc)
         if dist.main:
             atomic_write_bytes(
                 resume,
@@ -550,6 +556,7 @@ def train_backbone(
     log: Log = _stderr,
     dist: Dist | None = None,
     precision: str = "fp32",
+    keep_epochs: bool = False,
 ) -> TrainResult:
     """Runs TL then FT for one backbone and writes both checkpoints.
 
@@ -651,6 +658,13 @@ def train_backbone(
         log(f"[{arch}] FT: all layers from the TL checkpoint, lr {profile.phase_for(arch, 'ft').lr:g}")
         _seed_all(profile.seed + 1)
         resume = out / "ft.resume.pt"
+
+        def keep(epoch: int, auc: float) -> None:
+            """One checkpoint per epoch, for `drift-gate track` (1-based file names)."""
+            save_checkpoint(
+                out / f"ft.epoch{epoch + 1}.pt", model, meta("ft", epoch, {"val": {"auc_macro": auc}})
+            )
+
         epoch, history = finetune(
             model,
             sets["train"],
@@ -666,6 +680,7 @@ def train_backbone(
             log,
             dist,
             precision,
+            keep if keep_epochs else None,
         )
         ft_metrics = {}
         for s in ("val", "test"):

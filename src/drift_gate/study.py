@@ -1,0 +1,434 @@
+"""The study's protocol on your data (``drift-gate study``) and drift across epochs
+(``drift-gate track``).
+
+**study**: for each backbone, a baseline of the TL checkpoint's maps on the test
+images (every configured method, the gradient-free Ablation-CAM included), then
+the FT checkpoint gated against it. That gives, per backbone x method, TL and FT
+AUC and the four drift metrics on the true positives of both checkpoints, with
+bootstrap 95 % CIs, overall and per class, and the inter-sample spread. The
+backbones are ranked by stability under each method (mean rank over the four
+metrics), and rankings are compared between methods: the paper's headline
+finding was that they can reverse. The paper's qualitative statements are
+printed as checks on the data at hand, not asserted.
+
+**track**: with ``train --keep-epochs``, fine-tuning keeps ``ft.epoch<k>.pt``;
+``track`` gates every epoch against the TL baseline (exactly what ``gate``
+computes for that checkpoint) and against the previous epoch, and plots each
+metric's trajectory with the AUC on the same epoch axis.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._io import atomic_write_bytes, atomic_write_text
+from .baseline import create_baseline
+from .cam import upsample
+from .data import DataSet
+from .gate import CandidateResult, run_gate
+from .metrics import drift_metrics
+from .thresholds import Thresholds
+
+__all__ = ["CORE", "StudyResult", "TrackResult", "run_study", "run_track"]
+
+#: The study's four metrics and whether higher means more stable.
+CORE = {"displacement": False, "iou": True, "correlation": True, "concentration_change": False}
+
+
+def _plain_rules(methods: tuple[str, ...], min_samples: int = 1) -> Thresholds:
+    """Rules that only select true positives: the study measures, it does not judge."""
+    return Thresholds(methods=methods, samples="true-positive", min_samples=min_samples, statistic="mean")
+
+
+@dataclass
+class StudyResult:
+    """Per backbone x method rows, rankings and the printed checks."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rankings: dict[str, list[str]] = field(default_factory=dict)
+    reversals: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    per_class: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+
+
+def _stability_ranking(rows: list[dict[str, Any]], method: str) -> list[str]:
+    """Backbones from most to least stable under ``method``: mean rank over the four
+    metrics (higher IoU and correlation, lower displacement and |concentration change|)."""
+    mine = [r for r in rows if r["method"] == method and r["n"] > 0]
+    ranks: dict[str, list[int]] = {r["backbone"]: [] for r in mine}
+    for metric, higher in CORE.items():
+
+        def instability(r: dict[str, Any], metric: str = metric, higher: bool = higher) -> float:
+            value = float(r[metric]["mean"])
+            return -value if higher else abs(value)
+
+        for i, r in enumerate(sorted(mine, key=instability)):
+            ranks[r["backbone"]].append(i + 1)
+    return sorted(ranks, key=lambda b: (float(np.mean(ranks[b])), b))
+
+
+def _row(arch: str, method: str, c: CandidateResult, tl_test: float, ft_test: float) -> dict[str, Any]:
+    s = c.summaries[method]
+    out: dict[str, Any] = {
+        "backbone": arch,
+        "method": method,
+        "tl_auc": c.reference_auc,
+        "ft_auc": c.auc,
+        "tl_test_auc": tl_test,
+        "ft_test_auc": ft_test,
+        "n": s["iou"]["overall"]["n"],
+        "n_audit": c.n_audit,
+    }
+    for metric in CORE:
+        o = s[metric]["overall"]
+        out[metric] = {k: o[k] for k in ("mean", "ci_low", "ci_high", "std", "n_degenerate")}
+    return out
+
+
+def _checks(result: StudyResult, histories: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+    checks = []
+    converged = {
+        f"{arch}/{phase}": (max(h[-3:]) - min(h[-3:]) <= 0.02 if len(h) >= 2 else None)
+        for arch, phases in histories.items()
+        for phase, h in phases.items()
+    }
+    checks.append(
+        {
+            "check": "AUC converged for every backbone (last 3 epochs' validation AUC within 0.02)",
+            "holds": all(v for v in converged.values() if v is not None),
+            "detail": converged,
+        }
+    )
+    measured = [r for r in result.rows if r["n"] > 0]
+    low_disp = all(r["displacement"]["mean"] < 0.1 for r in measured)
+    iou_drift = all(r["iou"]["mean"] < 0.7 for r in measured)
+    checks.append(
+        {
+            "check": "displacement stays low (< 0.1 of the diagonal) while IoU drifts (< 0.7)",
+            "holds": bool(measured) and low_disp and iou_drift,
+            "detail": {
+                f"{r['backbone']}/{r['method']}": [r["displacement"]["mean"], r["iou"]["mean"]]
+                for r in measured
+            },
+        }
+    )
+    checks.append(
+        {
+            "check": "the stability ranking of the backbones reverses between methods",
+            "holds": bool(result.reversals),
+            "detail": result.reversals,
+        }
+    )
+    return checks
+
+
+def run_study(
+    checkpoints: dict[str, Path],
+    data: DataSet,
+    methods: tuple[str, ...],
+    out: Path,
+    per_class: int = 1000,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> StudyResult:
+    """Runs the protocol for every ``arch -> checkpoint folder`` (with ``tl.pt`` and ``ft.pt``)
+    and writes ``study.json``, ``study.md``, ``study.png`` and ``study.html`` into ``out``."""
+    result = StudyResult()
+    histories: dict[str, dict[str, list[float]]] = {}
+    for arch, folder in checkpoints.items():
+        base = out / "baselines" / arch
+        create_baseline(folder / "tl.pt", data, base, methods, per_class, device, batch_size, progress)
+        c, _ = run_gate(folder / "ft.pt", out / "baselines", _plain_rules(methods), data.root, device,
+                        batch_size, progress=progress, use_onnx=False)  # fmt: skip
+        metrics = {p: json.loads((folder / f"{p}.metrics.json").read_text()) for p in ("tl", "ft")}
+        histories[arch] = {p: metrics[p].get("val_auc_history", []) for p in ("tl", "ft")}
+        for method in methods:
+            result.rows.append(
+                _row(arch, method, c, metrics["tl"]["test"]["auc_macro"], metrics["ft"]["test"]["auc_macro"])
+            )
+            result.per_class.setdefault(arch, {})[method] = {
+                metric: {g: v for g, v in c.summaries[method][metric].items() if g != "overall"}
+                for metric in CORE
+            }
+    for method in methods:
+        result.rankings[method] = _stability_ranking(result.rows, method)
+    for a, b in itertools.combinations(methods, 2):
+        ra, rb = result.rankings[a], result.rankings[b]
+        flipped = [
+            (x, y)
+            for x, y in itertools.combinations(ra, 2)
+            if x in rb and y in rb and rb.index(x) > rb.index(y)
+        ]
+        if flipped:
+            result.reversals.append({"methods": [a, b], "pairs": flipped})
+    result.checks = _checks(result, histories)
+    _write_study(result, out)
+    return result
+
+
+def _fmt(s: dict[str, Any]) -> str:
+    if s["mean"] is None:
+        return "—"
+    ci = "" if s["ci_low"] is None else f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+    return f"{s['mean']:.3f}{ci}"
+
+
+def study_markdown(result: StudyResult) -> str:
+    out = [
+        "| backbone | method | TL AUC | FT AUC | n (TP) | displacement | IoU | correlation "
+        "| concentration change |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result.rows:
+        out.append(
+            f"| {r['backbone']} | {r['method']} | {r['tl_auc']:.3f} | {r['ft_auc']:.3f} | {r['n']} | "
+            + " | ".join(_fmt(r[m]) for m in CORE)
+            + " |"
+        )
+    out += ["", "AUC on the study's test images; metrics: mean [bootstrap 95 % CI] over true positives.", ""]
+    out += ["| method | stability ranking (most stable first) |", "|---|---|"]
+    out += [f"| {m} | {' > '.join(r)} |" for m, r in result.rankings.items()]
+    out += ["", "| inter-sample spread (std) | " + " | ".join(CORE) + " |", "|---|" + "---|" * len(CORE)]
+    for r in result.rows:
+        out.append(
+            f"| {r['backbone']} / {r['method']} | "
+            + " | ".join("—" if r[m]["std"] is None else f"{r[m]['std']:.3f}" for m in CORE)
+            + " |"
+        )
+    out += ["", "Checks (on this data; not assertions):", ""]
+    for c in result.checks:
+        line = f"- {'yes' if c['holds'] else 'no'}: {c['check']}"
+        detail = c["detail"]
+        if not c["holds"] and isinstance(detail, dict):
+            if all(isinstance(v, (bool, type(None))) for v in detail.values()):
+                misses = [k for k, v in detail.items() if v is False]
+            else:
+                misses = [k for k, (disp, iou) in detail.items() if not (disp < 0.1 and iou < 0.7)]
+            if misses:
+                line += f" (not for {', '.join(misses)})"
+        elif c["holds"] and isinstance(detail, list):
+            line += "".join(f" ({' vs '.join(d['methods'])}: {d['pairs']})" for d in detail)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _study_plot(result: StudyResult) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CORE), figsize=(4.2 * len(CORE), 3.6))
+    labels = [f"{r['backbone']}\n{r['method']}" for r in result.rows]
+    for ax, metric in zip(axes, CORE, strict=True):
+        means = [np.nan if r[metric]["mean"] is None else r[metric]["mean"] for r in result.rows]
+        lo = [
+            0 if r[metric]["ci_low"] is None else r[metric]["mean"] - r[metric]["ci_low"] for r in result.rows
+        ]
+        hi = [
+            0 if r[metric]["ci_high"] is None else r[metric]["ci_high"] - r[metric]["mean"]
+            for r in result.rows
+        ]
+        ax.bar(range(len(means)), means, yerr=[lo, hi], capsize=3, color="#4c72b0")
+        ax.set_xticks(range(len(means)), labels, rotation=90, fontsize=7)
+        ax.set_title(metric.replace("_", " "))
+        ax.axhline(0, color="black", lw=0.5)
+    fig.suptitle("TL -> FT evidence drift (true positives, mean with bootstrap 95 % CI)", y=1.04)
+    return _png(fig)
+
+
+def _html(title: str, markdown_text: str, images: list[bytes]) -> str:
+    """A self-contained page: the Markdown's tables as HTML tables, its other lines as
+    paragraphs, the plots inline."""
+    parts: list[str] = []
+    table: list[str] = []
+
+    def flush() -> None:
+        if table:
+            parts.append("<table>" + "".join(table) + "</table>")
+            table.clear()
+
+    for line in markdown_text.splitlines():
+        if line.startswith("|"):
+            if set(line) <= {"|", "-"}:
+                continue
+            cells = "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|"))
+            table.append(f"<tr>{cells}</tr>")
+        else:
+            flush()
+            if line.strip():
+                parts.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    parts += [
+        f"<p><img alt='plot' src='data:image/png;base64,{base64.b64encode(i).decode()}'></p>" for i in images
+    ]
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td{border:1px solid #ccc;padding:2px 6px}"
+        "table{border-collapse:collapse;margin:1em 0}img{max-width:100%}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n"
+    )
+
+
+def _write_study(result: StudyResult, out: Path) -> None:
+    md = study_markdown(result)
+    plot = _study_plot(result)
+    doc = {
+        "rows": result.rows,
+        "rankings": result.rankings,
+        "reversals": result.reversals,
+        "checks": result.checks,
+        "per_class": result.per_class,
+    }
+    atomic_write_text(out / "study.json", json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(out / "study.md", md)
+    atomic_write_bytes(out / "study.png", plot)
+    atomic_write_text(out / "study.html", _html("drift-gate study", md, [plot]))
+
+
+@dataclass
+class TrackResult:
+    """One row per fine-tuning epoch."""
+
+    arch: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def epoch_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """``ft.epoch<k>.pt`` files of a checkpoint folder, by epoch."""
+    found = []
+    for p in folder.glob("ft.epoch*.pt"):
+        m = re.fullmatch(r"ft\.epoch(\d+)\.pt", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def run_track(
+    folder: Path,
+    data: DataSet,
+    thresholds: Thresholds,
+    out: Path,
+    per_class: int = 10,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    baselines: Path | None = None,
+    progress: bool = False,
+) -> TrackResult:
+    """Drift of every FT epoch's maps against the TL maps (as ``gate`` computes it) and
+    against the previous epoch; writes ``track.json``, ``track.md`` and ``track.png``.
+
+    Args:
+        baselines: a baselines root holding ``<arch>`` made from this TL checkpoint;
+            by default one is made in ``out/baselines``.
+    """
+    from .checkpoint import load_checkpoint
+    from .errors import DataError
+
+    epochs = epoch_checkpoints(folder)
+    if not epochs:
+        raise DataError(
+            f"{folder}: no ft.epoch<k>.pt checkpoints; train with `drift-gate train --keep-epochs`"
+        )
+    _, meta = load_checkpoint(folder / "tl.pt")
+    if baselines is None:
+        baselines = out / "baselines"
+        create_baseline(folder / "tl.pt", data, baselines / meta.arch, thresholds.methods, per_class, device,
+                        batch_size, progress)  # fmt: skip
+    result = TrackResult(meta.arch)
+    previous: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+    for epoch, ckpt in epochs:
+        c, art = run_gate(
+            ckpt, baselines, thresholds, data.root, device, batch_size, progress=progress, use_onnx=False
+        )
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "checkpoint": str(ckpt),
+            "auc": c.auc,
+            "n": c.n_selected,
+            "vs_tl": {},
+        }
+        for method in thresholds.methods:
+            row["vs_tl"][method] = {m: c.summaries[method][m]["overall"]["mean"] for m in CORE}
+        selected = np.array(c.selected, dtype=bool)
+        if previous is not None:
+            # Samples selected for both epochs (true positives of TL and of both epochs).
+            maps_prev, selected_prev = previous
+            both = selected & selected_prev
+            row["vs_previous"] = {}
+            for method in thresholds.methods:
+                v = drift_metrics(
+                    upsample(torch.from_numpy(maps_prev[method]), art["size"]),
+                    upsample(torch.from_numpy(art["candidate"][method]), art["size"]),
+                )
+                ok = both & ~v["degenerate"]
+                row["vs_previous"][method] = {m: float(np.mean(v[m][ok])) if ok.any() else None for m in CORE}
+        previous = ({m: art["candidate"][m] for m in thresholds.methods}, selected)
+        result.rows.append(row)
+    _write_track(result, thresholds.methods, out)
+    return result
+
+
+def _write_track(result: TrackResult, methods: tuple[str, ...], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in result.rows]
+    fig, axes = plt.subplots(1, len(CORE), figsize=(4.2 * len(CORE), 3.4))
+    for ax, metric in zip(axes, CORE, strict=True):
+        for method in methods:
+            ax.plot(
+                epochs, [r["vs_tl"][method][metric] for r in result.rows], marker="o", label=f"{method} vs TL"
+            )
+            if len(result.rows) > 1:
+                ax.plot(
+                    epochs[1:],
+                    [r["vs_previous"][method][metric] for r in result.rows[1:]],
+                    marker="x",
+                    ls="--",
+                    label=f"{method} vs previous",
+                )
+        twin = ax.twinx()
+        twin.plot(epochs, [r["auc"] for r in result.rows], color="black", lw=1, label="AUC")
+        twin.set_ylabel("macro AUC", fontsize=8)
+        ax.set_title(metric.replace("_", " "))
+        ax.set_xlabel("FT epoch")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{result.arch}: evidence drift per fine-tuning epoch (true positives, mean)", y=1.04)
+    lines = ["| epoch | AUC | n | " + " | ".join(f"{m} {k}" for m in methods for k in CORE) + " |"]
+    lines.append("|---|---|---|" + "---|" * (len(methods) * len(CORE)))
+    for r in result.rows:
+        vals = [r["vs_tl"][m][k] for m in methods for k in CORE]
+        lines.append(
+            f"| {r['epoch']} | {r['auc']:.4f} | {r['n']} | "
+            + " | ".join("—" if v is None else f"{v:.4f}" for v in vals)
+            + " |"
+        )
+    atomic_write_text(
+        out / "track.json", json.dumps({"arch": result.arch, "rows": result.rows}, indent=2) + "\n"
+    )
+    atomic_write_text(out / "track.md", "\n".join(lines) + "\n")
+    atomic_write_bytes(out / "track.png", _png(fig))
