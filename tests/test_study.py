@@ -102,3 +102,28 @@ def test_track_without_epoch_checkpoints(
         "no ft.epoch<k>.pt checkpoints; train with `drift-gate train --keep-epochs`"
         in capsys.readouterr().err
     )
+
+
+def test_stability_ranking_and_reversal() -> None:
+    from drift_gate.study import CORE, _stability_ranking
+
+    def row(backbone: str, method: str, iou: float, disp: float) -> dict[str, object]:
+        stats = {"mean": 0.0, "ci_low": None, "ci_high": None, "std": None, "n_degenerate": 0}
+        out: dict[str, object] = {"backbone": backbone, "method": method, "n": 10}
+        for metric in CORE:
+            out[metric] = dict(stats)
+        out["iou"] = {**stats, "mean": iou}
+        out["correlation"] = {**stats, "mean": iou}
+        out["displacement"] = {**stats, "mean": disp}
+        return out
+
+    rows = [
+        row("a", "m1", 0.9, 0.01),
+        row("b", "m1", 0.5, 0.05),
+        row("c", "m1", 0.2, 0.09),
+        row("a", "m2", 0.2, 0.09),
+        row("b", "m2", 0.5, 0.05),
+        row("c", "m2", 0.9, 0.01),
+    ]
+    assert _stability_ranking(rows, "m1") == ["a", "b", "c"]
+    assert _stability_ranking(rows, "m2") == ["c", "b", "a"]
