@@ -397,8 +397,10 @@ def _write_track(result: TrackResult, methods: tuple[str, ...], out: Path) -> No
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in result.rows]
-    fig, axes = plt.subplots(1, len(CORE), figsize=(4.2 * len(CORE), 3.4))
+    fig, axes = plt.subplots(1, len(CORE), figsize=(4.8 * len(CORE), 3.4))
+    fig.subplots_adjust(wspace=0.55)
     for ax, metric in zip(axes, CORE, strict=True):
+        ax.set_xticks(epochs)
         for method in methods:
             ax.plot(
                 epochs, [r["vs_tl"][method][metric] for r in result.rows], marker="o", label=f"{method} vs TL"
@@ -412,8 +414,9 @@ def _write_track(result: TrackResult, methods: tuple[str, ...], out: Path) -> No
                     label=f"{method} vs previous",
                 )
         twin = ax.twinx()
-        twin.plot(epochs, [r["auc"] for r in result.rows], color="black", lw=1, label="AUC")
-        twin.set_ylabel("macro AUC", fontsize=8)
+        twin.plot(epochs, [r["auc"] for r in result.rows], color="black", lw=1, ls=":", label="AUC")
+        twin.set_ylabel("macro AUC (dotted)", fontsize=8)
+        twin.tick_params(labelsize=7)
         ax.set_title(metric.replace("_", " "))
         ax.set_xlabel("FT epoch")
     axes[0].legend(fontsize=7)
