@@ -28,10 +28,12 @@ RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
     && python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # torch first, from its own index, so that the package's requirement is already met.
+# SC2086: PIP_EXTRA_ARGS holds several options and must split; DL3013: versions are pinned.
 # hadolint ignore=SC2086,DL3013
 RUN pip install --extra-index-url "$TORCH_INDEX_URL" $PIP_EXTRA_ARGS torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md /src/
 COPY src /src/src
+# SC2086 as above; DL3013: /src is this package (its dependencies are bounded in pyproject.toml).
 # hadolint ignore=SC2086,DL3013
 RUN pip install $PIP_EXTRA_ARGS /src && rm -rf /src
 
