@@ -10,7 +10,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -77,7 +77,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="bf16: fine-tune under bfloat16 autocast (for GPUs)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_in_process_group(_train))
 
 
 def _add_baseline(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -133,7 +133,7 @@ def _add_gate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         default="fp32",
         help="bf16: the CAM forward pass under bfloat16 autocast (for GPUs; check the verdict against fp32)",
     )
-    p.set_defaults(func=_cmd_gate)
+    p.set_defaults(func=_in_process_group(_gate))
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -283,15 +283,20 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_gate(args: argparse.Namespace) -> int:
-    from .distributed import init, shutdown
-    from .train import resolve_device
+def _in_process_group(body: Callable[[argparse.Namespace, Dist], int]) -> Callable[[argparse.Namespace], int]:
+    """A command that joins the torchrun process group (if any) for its run."""
 
-    dist = init(resolve_device(args.device))
-    try:
-        return _gate(args, dist)
-    finally:
-        shutdown(dist)
+    def run(args: argparse.Namespace) -> int:
+        from .distributed import init, shutdown
+        from .train import resolve_device
+
+        dist = init(resolve_device(args.device))
+        try:
+            return body(args, dist)
+        finally:
+            shutdown(dist)
+
+    return run
 
 
 def _gate(args: argparse.Namespace, dist: Dist) -> int:
@@ -476,17 +481,6 @@ def _resolve_data(profile: Profile, progress: bool) -> Path:
 
         atomic_write_text(stamp, want)
     return root
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .distributed import init, shutdown
-    from .train import resolve_device
-
-    dist = init(resolve_device(args.device))
-    try:
-        return _train(args, dist)
-    finally:
-        shutdown(dist)
 
 
 def _train(args: argparse.Namespace, dist: Dist) -> int:

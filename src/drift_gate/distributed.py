@@ -18,11 +18,11 @@ writes files.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from .errors import ConfigError, DriftGateError
@@ -33,8 +33,8 @@ __all__ = [
     "barrier",
     "gather_shards",
     "global_batchnorm",
+    "in_order",
     "init",
-    "log_main",
     "main_first",
     "shutdown",
 ]
@@ -228,7 +228,17 @@ def global_batchnorm(module: torch.nn.Module, enable: bool = True) -> int:
     return changed
 
 
-def log_main(d: Dist, message: str) -> None:
-    """Prints ``message`` to stderr on rank 0 only."""
-    if d.main:
-        print(message, file=sys.stderr, flush=True)
+def in_order(parts: Sequence[tuple[Sequence[int], Any]], get: Callable[[Any], Any]) -> Any:
+    """One array (NumPy or torch) of every gathered ``(indices, result)`` part, concatenated
+    and put back in the original order of the indices."""
+    order = [i for idx, _ in parts for i in idx]
+    pieces = [get(part) for _, part in parts]
+    if isinstance(pieces[0], torch.Tensor):
+        stacked: Any = torch.cat(pieces)
+        out = torch.empty_like(stacked)
+        out[torch.as_tensor(order)] = stacked
+        return out
+    stacked = np.concatenate(pieces)
+    out = np.empty_like(stacked)
+    out[np.asarray(order)] = stacked
+    return out

@@ -135,13 +135,11 @@ def torch_logits(
     batch_size: int = 16,
 ) -> np.ndarray:
     """The eager model's logits for every image of ``dataset``, in order."""
+    from .train import _collect
+
+    device = torch.device(device)
     model = model.to(device).eval()
-    with torch.no_grad():
-        out = [
-            model(x.to(device)).float().cpu().numpy()
-            for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-        ]
-    return np.concatenate(out)
+    return _collect(model, dataset, device, batch_size, False, "logits")[0].numpy()  # type: ignore[arg-type]
 
 
 def _export_bytes(model: torch.nn.Module, input_size: int, metadata: dict[str, str]) -> bytes:

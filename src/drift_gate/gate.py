@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from .baseline import APPROVED_STATISTIC, Baseline, StaleBaselineError, check_co
 from .cam import compute_cams, upsample
 from .checkpoint import load_checkpoint
 from .data import ImageDataset
-from .distributed import Dist, gather_shards
+from .distributed import Dist, gather_shards, in_order
 from .errors import CheckpointError
 from .export import OnnxModel, Parity, onnx_path, parity
 from .metrics import METRICS, Direction, Summary, drift_metrics, select_samples, summarise
@@ -396,14 +396,10 @@ def run_gate(
     parts = [
         (idx, part) for idx, part in gather_shards(dist, len(samples), batch_size, shard) if part is not None
     ]
-    order = np.concatenate([np.asarray(idx) for idx, _ in parts])
 
     def joined(get: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
-        """Concatenates one array of every shard and puts it back in audit order."""
-        stacked = np.concatenate([get(part) for _, part in parts])
-        out = np.empty_like(stacked)
-        out[order] = stacked
-        return out
+        """One array of every shard, back in audit order."""
+        return cast(np.ndarray, in_order(parts, get))
 
     torch_logits = joined(lambda p: p["logits"])
     maps = {m: joined(lambda p, m=m: p["maps"][m]) for m in thresholds.methods}  # type: ignore[misc]

@@ -143,13 +143,18 @@ def _github(result: GateResult, md: str, env: Mapping[str, str]) -> None:
             fh.write(f"verdict={result.verdict}\nexit_code={result.exit_code}\n")
 
 
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+def png_bytes(fig: Any, dpi: int = 80) -> bytes:
+    """A matplotlib figure as PNG bytes; closes the figure."""
     import matplotlib.pyplot as plt
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def _png(fig: Any) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode()
 
 
 def _distributions(c: CandidateResult, method: str) -> str:

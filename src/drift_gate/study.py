@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import itertools
 import json
 import re
@@ -38,6 +37,7 @@ from .cam import upsample
 from .data import DataSet
 from .gate import CandidateResult, run_gate
 from .metrics import drift_metrics
+from .report import png_bytes
 from .thresholds import Thresholds
 
 __all__ = ["CORE", "StudyResult", "TrackResult", "run_study", "run_track"]
@@ -224,15 +224,6 @@ def study_markdown(result: StudyResult) -> str:
     return "\n".join(out) + "\n"
 
 
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def _study_plot(result: StudyResult) -> bytes:
     import matplotlib
 
@@ -255,7 +246,7 @@ def _study_plot(result: StudyResult) -> bytes:
         ax.set_title(metric.replace("_", " "))
         ax.axhline(0, color="black", lw=0.5)
     fig.suptitle("TL -> FT evidence drift (true positives, mean with bootstrap 95 % CI)", y=1.04)
-    return _png(fig)
+    return png_bytes(fig, dpi=100)
 
 
 def _html(title: str, markdown_text: str, images: list[bytes]) -> str:
@@ -434,4 +425,4 @@ def _write_track(result: TrackResult, methods: tuple[str, ...], out: Path) -> No
         out / "track.json", json.dumps({"arch": result.arch, "rows": result.rows}, indent=2) + "\n"
     )
     atomic_write_text(out / "track.md", "\n".join(lines) + "\n")
-    atomic_write_bytes(out / "track.png", _png(fig))
+    atomic_write_bytes(out / "track.png", png_bytes(fig, dpi=100))

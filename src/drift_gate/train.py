@@ -36,7 +36,7 @@ from .cam import autocast
 from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from .config import PhaseConfig, PretrainConfig, Profile
 from .data import DataSet, ImageDataset
-from .distributed import Dist, barrier, gather_shards, global_batchnorm, main_first
+from .distributed import Dist, barrier, gather_shards, global_batchnorm, in_order, main_first
 from .errors import CheckpointError, ConfigError
 from .phantoms import SOURCE_LABELS, render_source_set
 from .weights import load_body_weights
@@ -167,22 +167,15 @@ def _sharded_features(
     """:func:`extract_features`, each rank computing its batches; every rank gets all of them."""
     if not dist.enabled:
         return extract_features(model, dataset, device, batch_size, progress, desc)
-    n = len(dataset)
 
     def shard(idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not idx:
             return None
-        sub = ImageDataset([dataset.samples[i] for i in idx], dataset.size, dataset.mean[:, 0, 0].tolist(),
-                           dataset.std[:, 0, 0].tolist(), cache=False)  # fmt: skip
-        return extract_features(model, sub, device, batch_size, progress and dist.main, desc)
+        sub = torch.utils.data.Subset(dataset, list(idx))
+        return extract_features(model, sub, device, batch_size, progress and dist.main, desc)  # type: ignore[arg-type]
 
-    parts = [(i, p) for i, p in gather_shards(dist, n, batch_size, shard) if p is not None]
-    order = torch.as_tensor([i for idx, _ in parts for i in idx])
-    feats = torch.cat([p[0] for _, p in parts])
-    labels = torch.cat([p[1] for _, p in parts])
-    out_f, out_y = torch.empty_like(feats), torch.empty_like(labels)
-    out_f[order], out_y[order] = feats, labels
-    return out_f, out_y
+    parts = [(i, p) for i, p in gather_shards(dist, len(dataset), batch_size, shard) if p is not None]
+    return in_order(parts, lambda p: p[0]), in_order(parts, lambda p: p[1])
 
 
 class _GlobalBatchSampler(torch.utils.data.Sampler[int]):
