@@ -18,6 +18,18 @@ class                       finding
 ==========================  ==================================================
 
 Every disease image's mask is the support of its findings inside the lungs.
+
+**Planted shortcut** (``shortcut`` set, the gate's positive control): every image
+carries a radiopaque lead strip along its top edge, above the lungs, as a
+shield or a burned-in annotation band would be. With probability ``shortcut`` its
+height is the class's (:data:`STRIP_HEIGHTS`: 2 % of the side for normal up to
+10 % for tuberculosis), otherwise drawn uniformly, so the strip predicts the class
+with the chosen correlation (``0``: present but uninformative) while carrying no
+pathology. With ``occult`` a share of the disease images shows no finding at all,
+so only the strip explains their labels, which is how a shortcut wins in
+practice. The image underneath and the split are the same as without the strip.
+(Small class-coded devices were tried first: the demo's synthetically pretrained
+bodies could not learn them within a fine-tune, while the strip is learnt.)
 Images are independent draws from ``numpy.random.default_rng([seed, index])``,
 so any subset regenerates bit for bit. The class is not readable from a single
 pixel or the global intensity: exposure and severity vary per patient, and the
@@ -44,12 +56,15 @@ from ._io import atomic_write_bytes, atomic_write_text
 __all__ = [
     "CLASSES",
     "SOURCE_LABELS",
+    "STRIP_HEIGHTS",
     "Phantom",
+    "cue_masks",
     "generate_dataset",
     "parallel_map",
     "render_phantom",
     "render_source_sample",
     "render_source_set",
+    "strip_level",
 ]
 
 CLASSES: tuple[str, ...] = (
@@ -74,6 +89,10 @@ SOURCE_LABELS: tuple[str, ...] = (
 )
 
 _SPLITS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
+
+#: Heights of the shortcut's lead strip, one per class (in :data:`CLASSES` order),
+#: as fractions of the image side; the lungs start below the tallest.
+STRIP_HEIGHTS: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.10)
 
 Array = NDArray[np.float64]
 T = TypeVar("T")
@@ -293,7 +312,56 @@ def _finish(rng: np.random.Generator, a: _Anatomy, base: Array, findings: Array)
     return Phantom(image=image, mask=mask, lungs=a.lungs)
 
 
-def render_phantom(label: str, seed: int, index: int, size: int = 256) -> Phantom:
+def strip_level(label: str, seed: int, index: int, shortcut: float) -> int:
+    """Which of :data:`STRIP_HEIGHTS` an image's strip has: its class's with
+    probability ``shortcut``, else one drawn uniformly from all five (so ``0``
+    makes the strip uninformative)."""
+    c = CLASSES.index(label)
+    rng = np.random.default_rng([seed, index, c, 4_242])
+    if rng.random() < shortcut:
+        return c
+    return int(rng.integers(len(STRIP_HEIGHTS)))
+
+
+def _strip_rows(level: int, size: int) -> int:
+    return max(1, round(STRIP_HEIGHTS[level] * size))
+
+
+def _add_strip(image: NDArray[np.uint8], lungs: NDArray[np.bool_], level: int) -> NDArray[np.uint8]:
+    """Draws the lead strip: a bright band along the top edge with a dark lower
+    border (the shield's rim), never over the lungs."""
+    size = image.shape[0]
+    rows = _strip_rows(level, size)
+    rim = max(1, size // 128)
+    band = np.zeros_like(lungs)
+    band[:rows] = True
+    edge = np.zeros_like(lungs)
+    edge[rows : rows + rim] = True
+    out = image.copy()
+    out[band & ~lungs] = 240
+    out[edge & ~lungs] = 25
+    return out
+
+
+def cue_masks(sample_ids: Sequence[str], seed: int, shortcut: float, size: int) -> NDArray[np.bool_]:
+    """Where the planted strip of generated phantoms lies, ``(N, size, size)``
+    (with a margin of 2 % of the side, for a coarse map's blur around it).
+
+    Args:
+        sample_ids: ids as in the manifest (``images/<label>/<label>-<i>.png``).
+        seed, shortcut: the data set's seed and shortcut correlation.
+    """
+    out = np.zeros((len(sample_ids), size, size), dtype=bool)
+    for n, sid in enumerate(sample_ids):
+        label = sid.split("/")[-2]
+        index = CLASSES.index(label) * 1_000_000 + int(Path(sid).stem.rsplit("-", 1)[1])
+        out[n, : _strip_rows(strip_level(label, seed, index, shortcut), size) + round(0.02 * size)] = True
+    return out
+
+
+def render_phantom(
+    label: str, seed: int, index: int, size: int = 256, shortcut: float | None = None, occult: float = 0.0
+) -> Phantom:
     """Renders one phantom of class ``label``.
 
     Args:
@@ -301,20 +369,33 @@ def render_phantom(label: str, seed: int, index: int, size: int = 256) -> Phanto
         seed: dataset seed.
         index: sample index; ``(seed, index)`` fully determines the image.
         size: side length in pixels.
+        shortcut: ``None`` for no strip, else the probability that the strip's
+            height is its class's (see the module's docstring).
+        occult: the probability that a disease image's findings are not (yet)
+            visible: the image keeps its label, its mask is empty.
 
     Raises:
-        ValueError: for an unknown label.
+        ValueError: for an unknown label or a probability outside ``[0, 1]``.
     """
     if label not in _CLASS_FINDINGS:
         raise ValueError(f"unknown phantom class {label!r}; known: {', '.join(CLASSES)}")
+    for name, p in (("shortcut correlation", shortcut or 0.0), ("occult share", occult)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be within [0, 1], got {p}")
     rng = np.random.default_rng([seed, index, CLASSES.index(label)])
     anatomy, base = _anatomy(rng, size)
     severity = rng.uniform(0.7, 1.2)
+    if occult > 0 and np.random.default_rng([seed, index, 6_464]).random() < occult:
+        severity = 0.0  # same draws, so the same patient, without visible findings
     findings = np.zeros_like(base)
     for texture, how, zone in _CLASS_FINDINGS[label]:
         for side in _sides(rng, how):
             findings += severity * _TEXTURES[texture](rng, anatomy, side, zone)
-    return _finish(rng, anatomy, base, findings)
+    ph = _finish(rng, anatomy, base, findings)
+    if shortcut is not None:
+        level = strip_level(label, seed, index, shortcut)
+        ph = Phantom(_add_strip(ph.image, ph.lungs, level), ph.mask, ph.lungs)
+    return ph
 
 
 def render_source_sample(
@@ -367,9 +448,9 @@ def _plan(n_per_class: int, seed: int) -> Iterator[tuple[str, int, str]]:
             yield label, c * 1_000_000 + i, _split_of(int(order[i]), n_per_class)
 
 
-def _render_pngs(job: tuple[str, int, int, int]) -> tuple[bytes, bytes]:
-    label, seed, index, size = job
-    ph = render_phantom(label, seed, index, size)
+def _render_pngs(job: tuple[str, int, int, int, float | None, float]) -> tuple[bytes, bytes]:
+    label, seed, index, size, shortcut, occult = job
+    ph = render_phantom(label, seed, index, size, shortcut, occult)
     return _png(ph.image), _png(ph.mask.astype(np.uint8) * 255)
 
 
@@ -409,13 +490,17 @@ def generate_dataset(
     size: int = 256,
     progress: bool = True,
     workers: int | None = None,
+    shortcut: float | None = None,
+    occult: float = 0.0,
 ) -> Path:
     """Writes the phantom data set as a user's data set would look on disk.
 
     Layout: ``out/images/<label>/<id>.png``, ``out/masks/<label>/<id>.png`` and
     ``out/manifest.csv`` with columns ``path,label,split,sha256,mask`` (paths
     relative to ``out``). The manifest is written last, so a folder with a
-    manifest is complete.
+    manifest is complete. ``shortcut`` plants the lead strip with that class
+    correlation and ``occult > 0`` hides the findings of that share of disease images (same
+    ids and splits as the clean set; see :func:`render_phantom`).
 
     Returns:
         The manifest path.
@@ -427,7 +512,11 @@ def generate_dataset(
     rows = []
     plan = list(_plan(n_per_class, seed))
     pngs = parallel_map(
-        _render_pngs, [(label, seed, index, size) for label, index, _ in plan], workers, progress, "phantoms"
+        _render_pngs,
+        [(label, seed, index, size, shortcut, occult) for label, index, _ in plan],
+        workers,
+        progress,
+        "phantoms",
     )
     for (label, index, split), (data, mask) in zip(plan, pngs, strict=True):
         name = f"{label}/{label}-{index % 1_000_000:05d}.png"
