@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from drift_gate.metrics import (
+    LOCALISATION_METRICS,
     METRICS,
     RANK_METRICS,
     Direction,
@@ -20,6 +21,7 @@ from drift_gate.metrics import (
     gini,
     iou,
     is_degenerate,
+    localisation,
     peak_displacement,
     select_samples,
     spearman,
@@ -50,6 +52,9 @@ def test_identity(maps: tuple[np.ndarray, np.ndarray]) -> None:
     a, _ = maps
     m = drift_metrics(a, a, ranks=True)
     for name, spec in METRICS.items():
+        if name in LOCALISATION_METRICS:
+            continue
+        assert spec.ideal is not None
         np.testing.assert_allclose(m[name], spec.ideal, atol=1e-9, err_msg=name)
 
 
@@ -183,3 +188,42 @@ def test_summary_statistics_and_seeded_bootstrap() -> None:
     assert o.ci_low < o.mean < o.ci_high
     empty = summarise(values, np.zeros(50, bool), labels, ("a", "b"))["iou"]["overall"]
     assert empty.n == 0 and empty.mean is None
+
+
+def test_localisation_against_hand_computed_values() -> None:
+    maps = np.zeros((4, 4, 4), np.float32)
+    masks = np.zeros((4, 4, 4), bool)
+    masks[:, :2, :2] = True  # the top-left quarter is the finding
+    maps[0, 0, 0] = 3.0  # all mass inside, peak inside
+    maps[1, 3, 3], maps[1, 0, 1] = 4.0, 1.0  # peak outside, 1/5 of the mass inside
+    maps[2] = 1.0  # constant: degenerate
+    maps[3, 0, 0] = 1.0
+    masks[3] = False  # no finding (a normal image): nothing to point at
+    out = localisation(maps, masks)
+    np.testing.assert_array_equal(out["pointing_game"][:2], [1.0, 0.0])
+    np.testing.assert_allclose(out["mask_energy"][:2], [1.0, 0.25 / 1.25])
+    assert np.isnan(out["pointing_game"][2:]).all() and np.isnan(out["mask_energy"][2:]).all()
+
+
+def test_localisation_is_invariant_to_min_max_normalisation() -> None:
+    rng = np.random.default_rng(0)
+    maps = rng.random((5, 8, 8)).astype(np.float32)
+    masks = rng.random((5, 8, 8)) < 0.3
+    a, b = localisation(maps, masks), localisation(maps * 7 + 2, masks)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5)
+    with pytest.raises(ValueError, match="mask shape"):
+        localisation(maps, masks[:, :4])
+
+
+def test_samples_without_a_mask_leave_the_localisation_summary_only() -> None:
+    values = {
+        "iou": np.array([0.5, 0.7, 0.9]),
+        "mask_energy": np.array([0.2, np.nan, 0.6]),
+        "degenerate": np.zeros(3, bool),
+    }
+    s = summarise(values, np.ones(3, bool), np.array([0, 1, 0]), ["a", "b"])
+    assert s["iou"]["overall"].n == 3 and s["mask_energy"]["overall"].n == 2
+    assert s["mask_energy"]["overall"].mean == pytest.approx(0.4)
+    assert s["mask_energy"]["b"].n == 0 and s["mask_energy"]["overall"].n_degenerate == 0
+    assert set(LOCALISATION_METRICS) <= set(METRICS)

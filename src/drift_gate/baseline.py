@@ -15,7 +15,8 @@ is caught. The gate refuses to run when an image no longer matches.
   approved candidate's results (if any) for relative rules;
 * ``audit.json``: the audit set;
 * ``maps.npz`` (compressed): each method's reference maps at the target layer's
-  native resolution (float16), the reference logits and the labels.
+  native resolution (float32: at 4x4 to 10x10 cells per map, float16 would save
+  little and could flip near-tied pixels), the reference logits and the labels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,11 +74,18 @@ def pixel_sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class AuditSample:
-    """One audit image: id (relative path), class name, decoded-pixel hash."""
+    """One audit image: id (relative path), class name, decoded-pixel hash, and its
+    ground-truth finding mask (relative path and pixel hash) when the data has one."""
 
     id: str
     label: str
     pixels: str
+    mask: str | None = None
+    mask_pixels: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        """The fields that are set (an audit set without masks reads as before masks existed)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -88,11 +97,12 @@ class AuditSet:
     @property
     def sha256(self) -> str:
         """Identifies the audit set (ids, labels, pixel hashes)."""
-        return hashlib.sha256(json.dumps([asdict(s) for s in self.samples]).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([s.as_dict() for s in self.samples]).encode()).hexdigest()
 
     def to_json(self) -> str:
         return (
-            json.dumps({"sha256": self.sha256, "samples": [asdict(s) for s in self.samples]}, indent=1) + "\n"
+            json.dumps({"sha256": self.sha256, "samples": [s.as_dict() for s in self.samples]}, indent=1)
+            + "\n"
         )
 
     @classmethod
@@ -125,7 +135,17 @@ class AuditSet:
                     f"{path}: pixels no longer match the audit set; the gate only "
                     "runs on the audited images (refresh the baseline to audit new ones)"
                 )
-            out.append(Sample(a.id, path, classes.index(a.label), "test", digest))
+            mask = None
+            if a.mask is not None:
+                mask = (Path(root) / a.mask).resolve()
+                if not mask.is_file():
+                    raise DataError(f"mask {a.mask} of audit image {a.id} not found under {root}")
+                if pixel_sha256(mask) != a.mask_pixels:
+                    raise DataError(
+                        f"{mask}: the ground-truth mask no longer matches the audit set; "
+                        "refresh the baseline to audit the new masks"
+                    )
+            out.append(Sample(a.id, path, classes.index(a.label), "test", digest, mask))
         return out
 
 
@@ -140,8 +160,19 @@ def build_audit_set(data: DataSet, per_class: int) -> AuditSet:
     n = min(per_class, *(len(p) for p in pools.values()))
     if n == 0:
         raise DataError("cannot build an audit set: a class has no test images")
+    root = Path(data.root).resolve()
     for c, pool in pools.items():
-        chosen.extend(AuditSample(s.id, data.classes[c], pixel_sha256(s.path)) for s in pool[:n])
+        for s in pool[:n]:
+            mask = None if s.mask is None else Path(os.path.relpath(s.mask, root)).as_posix()
+            chosen.append(
+                AuditSample(
+                    s.id,
+                    data.classes[c],
+                    pixel_sha256(s.path),
+                    mask,
+                    None if s.mask is None else pixel_sha256(s.mask),
+                )
+            )
     return AuditSet(tuple(chosen))
 
 
@@ -206,7 +237,7 @@ def create_baseline(
     labels = np.array([s.label for s in samples])
     probs = torch.softmax(torch.from_numpy(cams.logits), 1).numpy()
     metrics = classification_metrics(probs, labels, meta.classes)
-    arrays = {f"map_{m}": v.astype(np.float16) for m, v in cams.maps.items()}
+    arrays = {f"map_{m}": v.astype(np.float32) for m, v in cams.maps.items()}
     arrays.update(logits=cams.logits.astype(np.float32), labels=labels)
     npz = _npz_bytes(arrays)
     doc = {

@@ -21,15 +21,23 @@ from ._io import file_sha256
 from .baseline import APPROVED_STATISTIC, Baseline, StaleBaselineError, check_compatible, load_baseline
 from .cam import compute_cams, upsample
 from .checkpoint import load_checkpoint
-from .data import ImageDataset
+from .data import ImageDataset, Sample, read_image
 from .distributed import Dist, gather_shards, in_order
 from .errors import CheckpointError
 from .export import OnnxModel, Parity, onnx_path, parity
-from .metrics import METRICS, Direction, Summary, drift_metrics, select_samples, summarise
+from .metrics import METRICS, Direction, Summary, drift_metrics, localisation, select_samples, summarise
 from .thresholds import Thresholds
 from .train import classification_metrics
 
-__all__ = ["RESULT_SCHEMA", "CandidateResult", "GateResult", "RuleResult", "evaluate_rules", "run_gate"]
+__all__ = [
+    "RESULT_SCHEMA",
+    "CandidateResult",
+    "GateResult",
+    "RuleResult",
+    "evaluate_rules",
+    "load_masks",
+    "run_gate",
+]
 
 RESULT_SCHEMA = 1
 PASS, FAIL, INCONCLUSIVE, SKIPPED = "pass", "fail", "inconclusive", "skipped"
@@ -298,17 +306,39 @@ def _none_if_nan(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(float(v)) else float(v) for v in values]
 
 
-def _streamed_metrics(ref: np.ndarray, cand: np.ndarray, size: int, block: int = 64) -> dict[str, np.ndarray]:
+def load_masks(samples: Sequence[Sample], size: int) -> np.ndarray:
+    """Ground-truth finding masks at the model's input size (resized like the images,
+    then thresholded at one half). A sample without a mask gets an empty one, so its
+    localisation metrics are undefined (NaN)."""
+    out = np.zeros((len(samples), size, size), dtype=bool)
+    for i, s in enumerate(samples):
+        if s.mask is not None:
+            out[i] = read_image(s.mask, size)[0].numpy() >= 0.5
+    return out
+
+
+def _streamed_metrics(
+    ref: np.ndarray, cand: np.ndarray, size: int, masks: np.ndarray | None = None, block: int = 64
+) -> dict[str, np.ndarray]:
     """Drift metrics of native-resolution maps, upsampled to ``size`` ``block`` pairs
-    at a time, so that only one block of full-size maps is ever in memory."""
-    parts = [
-        drift_metrics(
-            upsample(torch.from_numpy(ref[i : i + block]), size),
-            upsample(torch.from_numpy(cand[i : i + block]), size),
-            ranks=True,
-        )
-        for i in range(0, max(len(ref), 1), block)
-    ]
+    at a time, so that only one block of full-size maps is ever in memory; with
+    ``masks``, also the localisation of both maps against them."""
+    parts = []
+    for i in range(0, max(len(ref), 1), block):
+        a = upsample(torch.from_numpy(ref[i : i + block]), size)
+        b = upsample(torch.from_numpy(cand[i : i + block]), size)
+        part = drift_metrics(a, b, ranks=True)
+        if masks is not None:
+            ka = localisation(a, masks[i : i + block])
+            kb = localisation(b, masks[i : i + block])
+            part.update(
+                pointing_game=kb["pointing_game"],
+                mask_energy=kb["mask_energy"],
+                reference_pointing_game=ka["pointing_game"],
+                reference_mask_energy=ka["mask_energy"],
+                mask_energy_change=kb["mask_energy"] - ka["mask_energy"],
+            )
+        parts.append(part)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -365,13 +395,15 @@ def run_gate(
     exported = onnx_path(candidate)
     session = OnnxModel(exported, dist.device) if use_onnx and exported.is_file() else None
     size = meta.input_size
+    with_masks = any(s.mask is not None for s in samples)
 
     def shard(indices: Sequence[int]) -> dict[str, Any] | None:
         """CAMs, predictions and per-sample metrics of some audit images (one rank's batches)."""
         if not indices:
             return None
         # One pass, nothing cached: memory stays flat as the audit set grows.
-        ds = ImageDataset([samples[i] for i in indices], size, meta.mean, meta.std, cache=False)
+        chosen = [samples[i] for i in indices]
+        ds = ImageDataset(chosen, size, meta.mean, meta.std, cache=False)
         cams = compute_cams(
             model,
             ds,
@@ -382,12 +414,13 @@ def run_gate(
             precision=precision,
         )
         out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
+        masks = load_masks(chosen, size) if with_masks else None
         if session is not None:
             out["onnx"] = session.logits(ds, batch_size)
         for method in thresholds.methods:
             try:
                 out["metrics"][method] = _streamed_metrics(
-                    base.maps[method][list(indices)], cams.maps[method], size
+                    base.maps[method][list(indices)], cams.maps[method], size, masks
                 )
             except ValueError as exc:  # non-finite or absurd CAM values from this candidate
                 raise CheckpointError(f"{candidate}: its {method} maps cannot be compared ({exc})") from exc

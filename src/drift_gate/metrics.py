@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "LOCALISATION_METRICS",
     "METRICS",
     "RANK_METRICS",
     "Direction",
@@ -38,6 +39,7 @@ __all__ = [
     "gini",
     "iou",
     "is_degenerate",
+    "localisation",
     "peak_displacement",
     "select_samples",
     "spearman",
@@ -62,13 +64,14 @@ class MetricSpec:
     Attributes:
         name: the metric's key in results and in ``thresholds.toml``.
         direction: which way is better.
-        ideal: the value for identical maps.
+        ideal: the value for identical maps (``None`` where it depends on the
+            maps themselves, as for the reference-based localisation metrics).
         description: one line for reports.
     """
 
     name: str
     direction: Direction
-    ideal: float
+    ideal: float | None
     description: str
 
 
@@ -89,8 +92,45 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("spearman", Direction.HIGHER, 1.0, "Spearman rank correlation of the maps"),
         MetricSpec("concentration_change", Direction.ZERO, 0.0, "top-10 % mass share of B minus that of A"),
         MetricSpec("gini_change", Direction.ZERO, 0.0, "Gini coefficient of B minus that of A"),
+        # Reference-based: need a ground-truth finding mask per sample (NaN without one).
+        MetricSpec(
+            "pointing_game",
+            Direction.HIGHER,
+            None,
+            "1 if the candidate map's maximum lies inside the ground-truth mask, else 0",
+        ),
+        MetricSpec(
+            "mask_energy", Direction.HIGHER, None, "share of the candidate map's mass inside the mask"
+        ),
+        MetricSpec(
+            "reference_pointing_game",
+            Direction.HIGHER,
+            None,
+            "1 if the reference map's maximum lies inside the ground-truth mask, else 0",
+        ),
+        MetricSpec(
+            "reference_mask_energy",
+            Direction.HIGHER,
+            None,
+            "share of the reference map's mass inside the mask",
+        ),
+        MetricSpec(
+            "mask_energy_change",
+            Direction.HIGHER,
+            0.0,
+            "mask_energy minus reference_mask_energy (negative: evidence left the finding)",
+        ),
     )
 }
+
+#: Metrics that compare each map with a ground-truth mask rather than with each other.
+LOCALISATION_METRICS = (
+    "pointing_game",
+    "mask_energy",
+    "reference_pointing_game",
+    "reference_mask_energy",
+    "mask_energy_change",
+)
 
 _TOP_MASS = 0.10
 
@@ -374,7 +414,7 @@ def drift_metrics(
     ta, tb = torch.as_tensor(a), torch.as_tensor(b)
     if ta.shape != tb.shape:
         raise ValueError(f"map shapes differ: {tuple(ta.shape)} vs {tuple(tb.shape)}")
-    names = [n for n in METRICS if ranks or n not in RANK_METRICS]
+    names = [n for n in METRICS if n not in LOCALISATION_METRICS and (ranks or n not in RANK_METRICS)]
     keys = (*names, "concentration_a", "concentration_b", "degenerate")
     starts = range(0, len(ta), chunk)
     workers = min(torch.get_num_threads(), len(starts))
@@ -427,6 +467,33 @@ def _chunk_metrics(a: Tensor, b: Tensor, q: float, ranks: bool) -> dict[str, np.
     result = {key: _nan_where(v, deg) for key, v in out.items()}
     result["degenerate"] = deg.numpy()
     return result
+
+
+def localisation(maps: ArrayLike, masks: ArrayLike) -> dict[str, np.ndarray]:
+    """Reference-based checks of maps against ground-truth finding masks.
+
+    * ``pointing_game``: 1 if the map's (first, row-major) maximum lies inside the
+      mask, else 0 (the pointing game of Zhang et al., 2016, without tolerance);
+    * ``mask_energy``: the share of the min-max normalised map's mass inside the
+      mask (Quantus calls this relevance mass accuracy).
+
+    Args:
+        maps: ``(N, H, W)`` non-negative maps.
+        masks: ``(N, H, W)`` booleans of the same size.
+
+    Returns:
+        both names -> ``(N,)`` float64; NaN where the mask is empty (nothing to
+        point at, e.g. a normal image) or the map is degenerate.
+    """
+    m, deg = _normalise(_as_tensor(maps))
+    k = torch.as_tensor(np.asarray(masks, dtype=bool))
+    if k.shape != m.shape:
+        raise ValueError(f"mask shape {tuple(k.shape)} differs from the maps' {tuple(m.shape)}")
+    flat, kflat = m.flatten(1), k.flatten(1)
+    undefined = deg | ~kflat.any(1)
+    hit = kflat.gather(1, flat.argmax(1, keepdim=True))[:, 0].double()
+    energy = _sum64(torch.where(kflat, flat, 0), 1) / _sum64(flat, 1).clamp_min(1e-300)
+    return {"pointing_game": _nan_where(hit, undefined), "mask_energy": _nan_where(energy, undefined)}
 
 
 def select_samples(
@@ -502,6 +569,9 @@ def summarise(
         n_boot: bootstrap resamples for the 95 % CI of the mean.
         seed: bootstrap seed (results are reproducible).
 
+    Samples whose value is NaN without being degenerate (localisation metrics of
+    an image without a ground-truth mask) do not enter that metric's summary.
+
     Returns:
         metric -> group (``overall`` or a class name) -> :class:`Summary`.
     """
@@ -517,7 +587,8 @@ def summarise(
         for gi, (group, member) in enumerate(groups.items()):
             use = selected & member
             rng = np.random.default_rng([seed, gi, list(METRICS).index(name)])
+            v = np.asarray(values[name], dtype=np.float64)
             out[name][group] = _summary(
-                np.asarray(values[name])[use & ~degenerate], int((use & degenerate).sum()), n_boot, rng
+                v[use & ~degenerate & ~np.isnan(v)], int((use & degenerate).sum()), n_boot, rng
             )
     return out

@@ -98,7 +98,28 @@ def markdown(result: GateResult) -> str:
                     f"| {metric} | {_f(s['mean'])} | {_f(s['median'])} | "
                     f"[{_f(s['ci_low'])}, {_f(s['ci_high'])}] | {s['n_degenerate']} |"
                 )
+            out += _localisation_rows(c.summaries[m])
     return "\n".join(out) + "\n"
+
+
+def _localisation_rows(summaries: Mapping[str, Any]) -> list[str]:
+    """Reference-based localisation (means over true positives with a finding mask)."""
+    if "mask_energy" not in summaries:
+        return []
+
+    def mean(metric: str) -> str:
+        return _f(summaries[metric]["overall"]["mean"])
+
+    n = summaries["mask_energy"]["overall"]["n"]
+    return [
+        "",
+        f"| against the ground-truth masks ({n} samples with a finding) | reference | candidate |",
+        "|---|---|---|",
+        f"| pointing game (maximum inside the mask) | {mean('reference_pointing_game')} | "
+        f"{mean('pointing_game')} |",
+        f"| mask energy (share of the map inside the mask) | {mean('reference_mask_energy')} | "
+        f"{mean('mask_energy')} |",
+    ]
 
 
 def junit(result: GateResult) -> str:
@@ -256,6 +277,17 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
                 f"<img alt='metric distributions {html.escape(method)}' src='{_distributions(c, method)}'>"
             )
             parts.append(_class_table(c, method))
+            loc = c.summaries[method]
+            if "mask_energy" in loc:
+                cells = "".join(
+                    f"<tr><td>{label}</td><td>{_f(loc['reference_' + k]['overall']['mean'])}</td>"
+                    f"<td>{_f(loc[k]['overall']['mean'])}</td></tr>"
+                    for k, label in (("pointing_game", "pointing game"), ("mask_energy", "mask energy"))
+                )
+                parts.append(
+                    "<table><tr><th>against the ground-truth masks</th><th>reference</th>"
+                    f"<th>candidate</th></tr>{cells}</table>"
+                )
             iou = np.array([np.nan if v is None else v for v in c.per_sample[method]["iou"]], float)
             usable = np.flatnonzero(np.array(c.selected, bool) & ~np.isnan(iou))
             if art is not None and len(usable):
