@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ._io import atomic_write_bytes, atomic_write_text
+from ._io import atomic_write_bytes, atomic_write_text, file_sha256
 from .backbones import Classifier, build_classifier, get_backbone
 from .cam import autocast
-from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointMeta, library_versions, load_checkpoint, save_checkpoint
 from .config import PhaseConfig, PretrainConfig, Profile
 from .data import DataSet, ImageDataset
 from .distributed import Dist, barrier, gather_shards, global_batchnorm, in_order, main_first
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError
 from .phantoms import SOURCE_LABELS, render_source_set
 from .weights import load_body_weights
 
@@ -45,6 +45,7 @@ __all__ = [
     "TrainResult",
     "classification_metrics",
     "extract_features",
+    "finetune_from",
     "predict",
     "pretrain_synthetic",
     "resolve_device",
@@ -550,8 +551,10 @@ def train_backbone(
     dist: Dist | None = None,
     precision: str = "fp32",
     keep_epochs: bool = False,
+    phases: tuple[str, ...] = ("tl", "ft"),
 ) -> TrainResult:
-    """Runs TL then FT for one backbone and writes both checkpoints.
+    """Runs TL then FT for one backbone and writes both checkpoints (``phases=("tl",)``:
+    the TL checkpoint only).
 
     A phase whose checkpoint already exists for the same profile and data is
     skipped (so a rerun after an interruption continues where it stopped).
@@ -642,6 +645,8 @@ def train_backbone(
             f"{time.perf_counter() - tick:.0f}s)"
         )
     paths["tl"], metrics["tl"] = out / "tl.pt", tl_meta.metrics
+    if "ft" not in phases:
+        return TrainResult(arch, paths, metrics)
 
     current = None if force else _up_to_date(out / "ft.pt", config_sha, device)
     if current is not None:
@@ -690,3 +695,73 @@ def train_backbone(
         )
     paths["ft"], metrics["ft"] = out / "ft.pt", ft_meta.metrics
     return TrainResult(arch, paths, metrics)
+
+
+def finetune_from(
+    reference: Path,
+    data: DataSet,
+    cfg: PhaseConfig,
+    out: Path,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = True,
+    log: Log = _stderr,
+) -> Path:
+    """Fine-tunes every layer of checkpoint ``reference`` (normally a TL one) on
+    ``data`` with ``seed`` and writes checkpoint ``out`` (phase ``ft``).
+
+    This is :func:`train_backbone`'s FT phase for a given starting point, seed and
+    data set: the controls and ``drift-gate calibrate`` use it for seed-to-seed
+    runs and for the planted-shortcut candidate. A checkpoint already at ``out``
+    for the same reference, data, settings and seed is kept; an interrupted run
+    resumes from ``<out>.resume.pt``.
+    """
+    out = Path(out)
+    config_sha = hashlib.sha256(
+        json.dumps(
+            {
+                "reference": file_sha256(reference),
+                "data": data.manifest_sha256,
+                "cfg": asdict(cfg),
+                "seed": seed,
+                "batch_size": batch_size,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    if _up_to_date(out, config_sha, device) is not None:
+        log(f"  {out} is up to date; skipping")
+        return out
+    model, ref_meta = load_checkpoint(reference, device)
+    if tuple(data.classes) != tuple(ref_meta.classes):
+        raise DataError(
+            f"data classes {list(data.classes)} differ from {reference}'s {list(ref_meta.classes)}"
+        )
+    sets = {
+        s: ImageDataset(data.split(s), ref_meta.input_size, ref_meta.mean, ref_meta.std)
+        for s in ("train", "val", "test")
+    }
+    _seed_all(seed + 1)
+    resume = out.with_name(out.name + ".resume.pt")
+    epoch, _ = finetune(
+        model, sets["train"], sets["val"], cfg, batch_size, seed, device, resume, config_sha,
+        data.classes, progress, log,
+    )  # fmt: skip
+    metrics = {}
+    for s in ("val", "test"):
+        probs, labels = predict(model, sets[s], device, batch_size)
+        metrics[s] = classification_metrics(probs, labels, data.classes)
+    meta = replace(
+        ref_meta,
+        phase="ft",
+        seed=seed,
+        data_manifest_sha256=data.manifest_sha256,
+        metrics=metrics,
+        config_sha256=config_sha,
+        epoch=epoch,
+        versions=library_versions(),
+    )
+    save_checkpoint(out, model, meta)
+    resume.unlink(missing_ok=True)
+    return out
