@@ -134,6 +134,25 @@ def study(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def calibrate(session: nox.Session) -> None:
+    """Noise of every metric from seed-to-seed fine-tunes of a profile (default: demo; run
+    `nox -s train` first) and the thresholds it implies:
+    reports/calibrate/{thresholds.proposed.toml,calibration.md,calibration.json}."""
+    args = session.posargs or ["--profile", "demo"]
+    _run(session, "drift-gate", "calibrate", *args)
+
+
+@nox.session(python=False)
+def validate(session: nox.Session) -> None:
+    """The gate's controls end to end on the demo profile: the reference against itself,
+    a channel-permuted twin, a fine-tune with another seed (each must pass) and a planted
+    shortcut (must fail); trains the demo first if needed, then runs the heavy test that
+    checks the verdicts. Table in reports/validate/validate.md."""
+    _run(session, "drift-gate", "train", "--profile", "demo")
+    _run(session, "drift-gate", "validate", "--profile", "demo", *session.posargs)
+
+
+@nox.session(python=False)
 def torchrun(session: nox.Session) -> None:
     """Runs a drift-gate command under torchrun on this machine: ``nox -s torchrun -- gate
     --profile demo`` (``NPROC`` processes, default 2; gloo on the CPU, NCCL on GPUs)."""

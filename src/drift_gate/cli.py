@@ -250,6 +250,153 @@ def _cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unit_interval(text: str) -> float:
+    """argparse type: a probability."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "calibrate",
+        help="measure each metric's noise (seed-to-seed fine-tunes, bootstrap) and propose thresholds",
+    )
+    p.add_argument("--profile", default="demo", help="profile whose TL checkpoints are the references")
+    p.add_argument("--profiles", type=Path, default=Path("profiles.toml"))
+    p.add_argument(
+        "--thresholds",
+        type=Path,
+        default=Path("thresholds.toml"),
+        help="methods, sample selection and statistic to calibrate for ([gate], [auc] are copied)",
+    )
+    p.add_argument(
+        "--runs",
+        type=_positive,
+        default=3,
+        help="fine-tuning runs per backbone, seeds = profile seed, +1, ... (the profile's ft.pt is the "
+        "first); 1 = bootstrap over audit samples only",
+    )
+    p.add_argument("--k", type=_positive_float, default=3.0, help="noise widths between centre and bound")
+    p.add_argument("--per-class", type=_positive, default=10, help="audit images per class")
+    p.add_argument("--out", type=Path, default=Path("reports/calibrate"), help="output folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_positive, default=16)
+    p.set_defaults(func=_cmd_calibrate)
+
+
+#: validate.CONTROLS, spelled out so that building the parser imports no torch.
+_CONTROLS = ("self", "permuted", "seed", "shortcut")
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "validate",
+        help="run the gate on controls with known verdicts (self, permuted, another seed, planted shortcut)",
+    )
+    p.add_argument("--profile", default="demo", help="profile whose TL checkpoints are the references")
+    p.add_argument("--profiles", type=Path, default=Path("profiles.toml"))
+    p.add_argument("--thresholds", type=Path, default=Path("thresholds.toml"), help="the rules under test")
+    p.add_argument(
+        "--controls",
+        default=",".join(_CONTROLS),
+        help=f"comma-separated subset of {','.join(_CONTROLS)}",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the 'seed' control (default: profile seed + 10, unused by `calibrate`'s runs)",
+    )
+    p.add_argument("--shortcut", type=_unit_interval, default=0.95, help="device-class correlation")
+    p.add_argument(
+        "--occult",
+        type=_unit_interval,
+        default=0.5,
+        help="share of the biased set's disease images without visible findings",
+    )
+    p.add_argument("--per-class", type=_positive, default=20, help="audit images per class")
+    p.add_argument("--out", type=Path, default=Path("reports/validate"), help="output folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_positive, default=16)
+    p.set_defaults(func=_cmd_validate)
+
+
+def _trained_profile(args: argparse.Namespace) -> tuple[Profile, Path]:
+    """The profile and its data root; every backbone's TL checkpoint must exist."""
+    from .config import load_profile
+
+    profile = load_profile(args.profiles, args.profile)
+    for arch in profile.backbones:
+        tl = Path(profile.out) / arch / "tl.pt"
+        if not tl.is_file():
+            raise DataError(
+                f"{tl}: missing; run `drift-gate train --profile {profile.name}` (or `nox -s train`)"
+            )
+    return profile, _resolve_data(profile, not args.no_progress)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibration_markdown, run_calibration
+    from .data import load_dataset
+    from .thresholds import load_thresholds
+    from .train import resolve_device
+
+    thresholds = load_thresholds(args.thresholds)
+    profile, root = _trained_profile(args)
+    seeds = [profile.seed + i for i in range(args.runs)]
+    cal = run_calibration(
+        profile, load_dataset(root), thresholds, args.out, seeds, args.k, args.per_class,
+        resolve_device(args.device), args.batch_size, not args.no_progress, _log,
+    )  # fmt: skip
+    print(calibration_markdown(cal))
+    print(f"wrote {args.out}/thresholds.proposed.toml, calibration.md, calibration.json", file=sys.stderr)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .thresholds import load_thresholds
+    from .train import resolve_device
+    from .validate import CONTROLS, run_validation, validation_markdown
+
+    controls = tuple(c.strip() for c in args.controls.split(",") if c.strip())
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown or not controls:
+        raise ConfigError(
+            f"unknown control(s) {', '.join(unknown) or '(none)'}; known: {', '.join(CONTROLS)}"
+        )
+    thresholds = load_thresholds(args.thresholds)
+    profile, root = _trained_profile(args)
+    seed = profile.seed + 10 if args.seed is None else args.seed
+    result = run_validation(
+        profile, load_dataset(root), thresholds, args.out, seed, args.shortcut, args.occult, args.per_class,
+        resolve_device(args.device), args.batch_size, not args.no_progress, _log, controls,
+    )  # fmt: skip
+    print(validation_markdown(result))
+    print(f"wrote {args.out}/validate.md, validate.json", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
 def _add_approve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("approve", help="record a reviewed gate result as the approved one")
     p.add_argument("--result", type=Path, default=Path("reports/gate.json"), help="gate.json to approve")
@@ -551,6 +698,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_study(sub)
     _add_track(sub)
+    _add_calibrate(sub)
+    _add_validate(sub)
     _add_approve(sub)
     for p in sub.choices.values():
         if not any(a.dest == "no_progress" for a in p._actions):

@@ -1,0 +1,212 @@
+"""`drift-gate calibrate` and `drift-gate validate`: the reduced run with the tiny
+backbone (default suite) and the demo run (marker ``heavy``, `nox -s validate`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from drift_gate.calibrate import CALIBRATED, propose_bound, run_calibration, thresholds_text
+from drift_gate.cli import _CONTROLS, main
+from drift_gate.config import PhantomConfig, PhaseConfig, PretrainConfig, Profile
+from drift_gate.data import DataSet
+from drift_gate.gate import run_gate
+from drift_gate.metrics import Direction
+from drift_gate.thresholds import load_thresholds, parse_thresholds
+from drift_gate.validate import CONTROLS, run_validation, validation_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RULES = """
+[gate]
+methods = ["layercam", "gradcam++"]
+samples = "all"             # the tiny model is too weak for true positives on 10 images
+min_samples = 3
+statistic = "mean"
+[auc]
+min = 0.0
+max_drop = 0.5
+[drift]
+iou.min = 0.0
+"""
+
+
+@pytest.fixture()
+def tiny(trained: Path, phantom_root: Path, tmp_path: Path) -> tuple[Profile, Path]:
+    """A profile whose checkpoints are the session's tiny TL and FT (phantoms: 10 per class,
+    64 px, seed 3, as in ``phantom_root``), and a thresholds file."""
+    profile = Profile(
+        name="tiny",
+        data="phantoms",
+        data_dir=str(phantom_root),
+        phantoms=PhantomConfig(n_per_class=10, size=64, seed=3),
+        backbones=("tiny",),
+        input_size=32,
+        weights="none",
+        pretrain=PretrainConfig(images=8, epochs=1, scale=1.0),
+        batch_size=8,
+        tl=PhaseConfig(epochs=4, lr=1e-2),
+        ft=PhaseConfig(epochs=2, lr=3e-3),
+        out=str(trained.parent),
+    )
+    rules = tmp_path / "thresholds.toml"
+    rules.write_text(TINY_RULES)
+    return profile, rules
+
+
+@pytest.mark.parametrize(
+    ("direction", "centre", "noise", "want"),
+    [
+        (Direction.HIGHER, 0.456, 0.02, ("min", 0.39)),  # 0.396 rounded down
+        (Direction.LOWER, 0.051, 0.01, ("max", 0.09)),  # 0.081 rounded up
+        (Direction.ZERO, -0.03, 0.01, ("abs_max", 0.06)),
+        (Direction.HIGHER, 0.5, 0.0, ("min", 0.5)),  # exact values stay
+    ],
+)
+def test_bounds_lie_k_noise_widths_out_on_the_worse_side(
+    direction: Direction, centre: float, noise: float, want: tuple[str, float]
+) -> None:
+    kind, bound = propose_bound(direction, centre, noise, 3.0)
+    assert kind == want[0] and bound == pytest.approx(want[1])
+
+
+def test_calibration_proposes_thresholds_every_run_passes(
+    tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
+) -> None:
+    profile, rules = tiny
+    thresholds = load_thresholds(rules)
+    out = tmp_path / "cal"
+    cal = run_calibration(profile, phantom_data, thresholds, out, seeds=[0, 1, 2], k=3.0, per_class=2)
+    text = (out / "thresholds.proposed.toml").read_text()
+    assert text == thresholds_text(cal, thresholds)
+    proposed = parse_thresholds(text, "proposed")
+    assert {r.metric for r in cal.rows} == set(CALIBRATED) - {"mask_energy_change"} or {
+        r.metric for r in cal.rows
+    } == set(CALIBRATED)
+    for r in cal.rows:
+        assert len(r.values) == 3 and r.seed_sd is not None and r.noise >= r.seed_sd
+        assert f"{r.metric}.{r.kind} = {r.bound:.2f}" in text, "each bound is written"
+        assert " ".join(f"{v:.3f}" for v in r.values) in text, "with the runs it came from"
+    # The profile's own ft.pt is the seed-0 run; the others were fine-tuned afresh.
+    runs = [Path(x["checkpoint"]) for x in cal.runs["tiny"]]
+    assert runs[0] == Path(profile.out) / "tiny" / "ft.pt"
+    assert runs[1:] == [out / "runs" / "tiny" / f"ft.seed{s}.pt" for s in (1, 2)]
+    # By construction every calibration run lies within k noise widths of the centre.
+    for run in runs:
+        c, _ = run_gate(run, out / "baselines", proposed, phantom_data.root, use_onnx=False)
+        drift = [r for r in c.rules if "/auc." not in r.rule and r.status != "inconclusive"]
+        assert drift and all(r.status == "pass" for r in drift), [r.message for r in drift]
+    assert "| tiny | layercam | iou |" in (out / "calibration.md").read_text()
+    assert json.loads((out / "calibration.json").read_text())["source"] == "seeds"
+
+
+def test_bootstrap_calibration_from_one_run(
+    tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
+) -> None:
+    profile, rules = tiny
+    cal = run_calibration(profile, phantom_data, load_thresholds(rules), tmp_path, seeds=[0], per_class=2)
+    assert cal.source == "bootstrap" and cal.rows
+    assert all(r.seed_sd is None and r.noise == r.bootstrap_sd > 0 for r in cal.rows)
+    assert "bootstrap over audit samples" in (tmp_path / "thresholds.proposed.toml").read_text()
+
+
+def test_reduced_validation_with_the_tiny_backbone(
+    tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
+) -> None:
+    profile, rules = tiny
+    res = run_validation(profile, phantom_data, load_thresholds(rules), tmp_path, seed=10, per_class=2)
+    rows = {r.control: r for r in res.rows}
+    assert tuple(rows) == CONTROLS == _CONTROLS
+    # The exact controls hold whatever the backbone.
+    assert rows["self"].ok and rows["self"].verdict == "pass"
+    assert rows["self"].detail["max_deviation_from_ideal"] <= 1e-3
+    assert rows["permuted"].ok and rows["permuted"].detail["max_map_difference"] <= 1e-4
+    assert rows["seed"].verdict in ("pass", "fail", "inconclusive")
+    cue = rows["shortcut"].detail["cue_energy"]
+    assert 0 < cue["strip_area"] < 1 and set(cue["candidate"]) == {"layercam", "gradcam++"}
+    assert res.ok == all(r.ok for r in res.rows)
+    saved = json.loads((tmp_path / "validate.json").read_text())
+    assert [r["control"] for r in saved["rows"]] == list(CONTROLS)
+    md = (tmp_path / "validate.md").read_text()
+    assert md == validation_markdown(res) and "reference gated against itself" in md
+    # The shortcut's reference was trained on phantoms whose strip is uninformative.
+    assert (tmp_path / "shortcut-reference" / "tiny" / "tl.pt").is_file()
+    assert not (tmp_path / "shortcut-reference" / "tiny" / "ft.pt").exists()
+
+
+def test_validate_cli_exit_code_says_whether_every_control_held(
+    tiny: tuple[Profile, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    profile, rules = tiny
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(
+        f"""[tiny]
+data = "phantoms"
+data_dir = {json.dumps(profile.data_dir)}
+phantoms = {{ n_per_class = 10, size = 64, seed = 3 }}
+backbones = ["tiny"]
+input_size = 32
+weights = "none"
+batch_size = 8
+tl = {{ epochs = 4, lr = 1e-2 }}
+ft = {{ epochs = 2, lr = 3e-3 }}
+out = {json.dumps(profile.out)}
+"""
+    )
+    common = ["--profile", "tiny", "--profiles", str(profiles), "--thresholds", str(rules), "--device", "cpu"]
+    out = tmp_path / "v"
+    code = main(["validate", *common, "--controls", "self,permuted", "--per-class", "2", "--out", str(out),
+                 "--no-progress"])  # fmt: skip
+    assert code == 0, "the exact controls must pass"
+    assert "| reference gated against itself | tiny | pass | **PASS**" in capsys.readouterr().out
+    # A rule the tiny model cannot meet (AUC >= 0.999) fails a negative control: exit 1.
+    strict = tmp_path / "strict.toml"
+    strict.write_text(TINY_RULES.replace("min = 0.0", "min = 0.999"))
+    code = main(["validate", *common[:4], "--thresholds", str(strict), "--device", "cpu", "--controls",
+                 "permuted", "--per-class", "2", "--out", str(out), "--no-progress"])  # fmt: skip
+    assert code == 1
+    assert main(["validate", *common, "--controls", "selfie", "--no-progress"]) == 2
+    assert main(["validate", *common, "--shortcut", "1.5", "--no-progress"]) == 2
+
+
+@pytest.mark.heavy
+def test_demo_controls_get_their_expected_verdicts(tmp_path: Path) -> None:
+    """`nox -s validate`'s check: on the demo profile (trained by `nox -s train`) every
+    negative control passes and the planted shortcut fails, under thresholds.toml."""
+    for arch in ("densenet201", "resnet50v2", "inception_v3"):
+        if not (ROOT / "checkpoints" / arch / "tl.pt").is_file():
+            pytest.skip("run `nox -s train` first")
+    out = tmp_path / "validate"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "drift_gate",
+            "validate",
+            "--profile",
+            "demo",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        capture_output=True,
+        text=True,
+    )
+    print(proc.stdout)
+    rows = json.loads((out / "validate.json").read_text())["rows"]
+    bad = [(r["control"], r["arch"], r["verdict"], r["label"]) for r in rows if not r["ok"]]
+    assert proc.returncode == 0 and not bad, bad
+    for arch in ("densenet201", "resnet50v2", "inception_v3"):
+        shortcut = next(r for r in rows if r["control"] == "shortcut" and r["arch"] == arch)
+        assert shortcut["label"] == "evidence drift despite stable AUC"
+        cue = shortcut["detail"]["cue_energy"]
+        assert any(cue["candidate"][m] > cue["reference"][m] for m in cue["candidate"])
+    assert not math.isnan(torch.tensor(0.0).item())
