@@ -16,12 +16,20 @@ def setup(threads: int) -> None:
     torch.manual_seed(0)
 
 
+def _sync() -> None:
+    """Waits for queued GPU work, so that a timing covers the kernels, not their launch."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def best_of(fn: Callable[[], object], repeats: int) -> float:
     """Best wall time of ``repeats`` calls after one warm-up call (seconds)."""
     fn()
+    _sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return min(times)

@@ -30,7 +30,7 @@ def _measure(arch: str, args: argparse.Namespace, device: torch.device) -> None:
     size = max(args.size, 75)
     x = torch.randn(args.batch, 3, size, size, device=device)
     targets = torch.randint(0, 5, (args.batch,), device=device)
-    engine = CamEngine(model, ["layercam", "gradcam++"])
+    engine = CamEngine(model, ["layercam", "gradcam++"], precision=args.precision)
 
     def forward() -> None:
         with torch.no_grad():
@@ -64,12 +64,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--backbones", nargs="+", default=["densenet201", "resnet50v2", "inception_v3"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the engine's forward pass")
     args = p.parse_args(argv)
     setup(args.threads)
     device = torch.device(args.device)
     print(
         f"CAM throughput, {args.device}, {args.threads} threads, batch {args.batch}, "
-        f"{args.size}px, random weights"
+        f"{args.size}px, random weights, engine {args.precision}"
     )
     print(f"{'backbone':<14}{'forward':>10}{'engine':>10}{'reference':>11}{'eng/ref':>9}{'eng/fwd':>9}")
     for arch in args.backbones:
