@@ -146,8 +146,9 @@ def calibrate(session: nox.Session) -> None:
 def validate(session: nox.Session) -> None:
     """The gate's controls end to end on the demo profile: the reference against itself,
     a channel-permuted twin, a fine-tune with another seed (each must pass) and a planted
-    shortcut (must fail); trains the demo first if needed, then runs the heavy test that
-    checks the verdicts. Table in reports/validate/validate.md."""
+    shortcut (must fail). Trains the demo first if needed; exits 1 unless every control
+    gets its expected verdict; table in reports/validate/validate.md. The heavy test
+    `test_demo_controls_get_their_expected_verdicts` checks the same (`nox -s heavy`)."""
     _run(session, "drift-gate", "train", "--profile", "demo")
     _run(session, "drift-gate", "validate", "--profile", "demo", *session.posargs)
 

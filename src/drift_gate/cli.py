@@ -47,6 +47,18 @@ def _add_data(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--n-per-class", type=_positive, default=100, help="images per class")
     p.add_argument("--size", type=_positive, default=256, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument(
+        "--shortcut",
+        type=_unit_interval,
+        default=None,
+        help="plant a lead strip whose height follows the class with this probability (0: uninformative)",
+    )
+    p.add_argument(
+        "--occult",
+        type=_unit_interval,
+        default=0.0,
+        help="share of disease images without visible findings (their masks are empty)",
+    )
     p.set_defaults(func=_cmd_data)
 
 
@@ -591,7 +603,13 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from .phantoms import generate_dataset
 
     manifest = generate_dataset(
-        args.out, args.n_per_class, args.seed, args.size, progress=not args.no_progress
+        args.out,
+        args.n_per_class,
+        args.seed,
+        args.size,
+        progress=not args.no_progress,
+        shortcut=args.shortcut,
+        occult=args.occult,
     )
     print(f"wrote {manifest}")
     return 0

@@ -93,6 +93,10 @@ def _row(arch: str, method: str, c: CandidateResult, tl_test: float, ft_test: fl
     for metric in CORE:
         o = s[metric]["overall"]
         out[metric] = {k: o[k] for k in ("mean", "ci_low", "ci_high", "std", "n_degenerate")}
+    # The reference-based check the paper lacked, when the data has finding masks.
+    for metric in ("reference_pointing_game", "pointing_game", "reference_mask_energy", "mask_energy"):
+        if metric in s:
+            out[metric] = s[metric]["overall"]["mean"]
     return out
 
 
@@ -207,6 +211,22 @@ def study_markdown(result: StudyResult) -> str:
             + " | ".join("—" if r[m]["std"] is None else f"{r[m]['std']:.3f}" for m in CORE)
             + " |"
         )
+    loc = [r for r in result.rows if r.get("mask_energy") is not None]
+    if loc:
+        out += [
+            "",
+            "| against the ground-truth masks | pointing game TL → FT | mask energy TL → FT |",
+            "|---|---|---|",
+        ]
+
+        def f(x: float | None) -> str:
+            return "—" if x is None else f"{x:.3f}"
+
+        out += [
+            f"| {r['backbone']} / {r['method']} | {f(r.get('reference_pointing_game'))} → "
+            f"{f(r.get('pointing_game'))} | {f(r.get('reference_mask_energy'))} → {f(r.get('mask_energy'))} |"
+            for r in loc
+        ]
     out += ["", "Checks (on this data; not assertions):", ""]
     for c in result.checks:
         line = f"- {'yes' if c['holds'] else 'no'}: {c['check']}"
