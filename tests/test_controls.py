@@ -163,3 +163,23 @@ def test_a_changed_mask_is_refused(env: dict[str, Path], tmp_path: Path) -> None
     Image.fromarray(arr).save(mask)
     env["data"] = data
     assert gate(env, env["ft"]) == 2
+
+
+def test_data_command_plants_the_shortcut(tmp_path: Path) -> None:
+    from drift_gate.cli import main
+    from drift_gate.data import load_dataset
+
+    args = ["data", "--n-per-class", "5", "--size", "48", "--seed", "2", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "clean")]) == 0
+    assert main([*args, "--out", str(tmp_path / "biased"), "--shortcut", "1", "--occult", "1"]) == 0
+    clean, biased = load_dataset(tmp_path / "clean"), load_dataset(tmp_path / "biased")
+    assert [s.id for s in clean.samples] == [s.id for s in biased.samples]
+    assert [s.split for s in clean.samples] == [s.split for s in biased.samples]
+    assert all(a.sha256 != b.sha256 for a, b in zip(clean.samples, biased.samples, strict=True))
+    from PIL import Image
+
+    sick = [s for s in biased.samples if s.label != 0]
+    assert sick and all(not np.asarray(Image.open(s.mask)).any() for s in sick), (
+        "--occult 1 hides every finding"
+    )
+    assert main([*args, "--out", str(tmp_path / "x"), "--shortcut", "2"]) == 2
