@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from drift_gate.calibrate import CALIBRATED, propose_bound, run_calibration, thresholds_text
+from drift_gate.calibrate import CALIBRATED, OPT_IN, propose_bound, run_calibration, thresholds_text
 from drift_gate.cli import _CONTROLS, main
 from drift_gate.config import PhantomConfig, PhaseConfig, PretrainConfig, Profile
 from drift_gate.data import DataSet
@@ -84,13 +84,14 @@ def test_calibration_proposes_thresholds_every_run_passes(
     text = (out / "thresholds.proposed.toml").read_text()
     assert text == thresholds_text(cal, thresholds)
     proposed = parse_thresholds(text, "proposed")
-    assert {r.metric for r in cal.rows} == set(CALIBRATED) - {"mask_energy_change"} or {
-        r.metric for r in cal.rows
-    } == set(CALIBRATED)
+    assert {r.metric for r in cal.rows} == set(CALIBRATED) | set(OPT_IN), "the phantoms have masks"
     for r in cal.rows:
         assert len(r.values) == 3 and r.seed_sd is not None and r.noise >= r.seed_sd
-        assert f"{r.metric}.{r.kind} = {r.bound:.2f}" in text, "each bound is written"
+        line = f"{r.metric}.{r.kind} = {r.bound:.2f}"
+        assert line in text, "each bound is written"
+        assert (f"# {line}" in text) == (r.metric in OPT_IN), "opt-in bounds are commented out"
         assert " ".join(f"{v:.3f}" for v in r.values) in text, "with the runs it came from"
+    assert not any(b.metric in OPT_IN for b in proposed.bounds("tiny", "layercam"))
     # The profile's own ft.pt is the seed-0 run; the others were fine-tuned afresh.
     runs = [Path(x["checkpoint"]) for x in cal.runs["tiny"]]
     assert runs[0] == Path(profile.out) / "tiny" / "ft.pt"

@@ -14,6 +14,10 @@ every backbone x method x metric it records
 * ``noise = max(seed sd, bootstrap sd)``, so that a handful of seeds cannot
   make the noise look smaller than the audit set's own sampling noise.
 
+Bounds are proposed for the study's four metrics (:data:`CALIBRATED`); the
+localisation change against ground-truth masks gets a calibrated bound written
+as a comment, to switch on by hand (:data:`OPT_IN`).
+
 The proposed bound is ``centre -/+ k x noise`` (``centre``: the mean over runs),
 on the side that is worse for the metric (``abs_max = |centre| + k x noise`` for
 metrics best at 0), rounded outwards to 0.01. It is written as a
@@ -47,6 +51,7 @@ from .train import finetune_from
 
 __all__ = [
     "CALIBRATED",
+    "OPT_IN",
     "Calibration",
     "NoiseRow",
     "propose_bound",
@@ -55,9 +60,13 @@ __all__ = [
     "thresholds_text",
 ]
 
-#: Metrics that calibration proposes bounds for (when computed): the four of the
-#: study, and the reference-based localisation change (with ground-truth masks).
-CALIBRATED = ("displacement", "iou", "correlation", "concentration_change", "mask_energy_change")
+#: Metrics that calibration proposes bounds for: the four of the study.
+CALIBRATED = ("displacement", "iou", "correlation", "concentration_change")
+#: Metrics whose calibrated bound is written commented out, to switch on by hand:
+#: the reference-based localisation change needs finding masks, and counts only
+#: samples that have one, so a default rule on it could leave a small audit set
+#: inconclusive.
+OPT_IN = ("mask_energy_change",)
 _Z95 = 1.959963984540054
 Log = Callable[[str], None]
 
@@ -255,7 +264,7 @@ def run_calibration(
                     'images (--per-class) or [gate] samples = "all"'
                 )
             cal.all_rows += every
-            cal.rows += [r for r in every if r.metric in CALIBRATED]
+            cal.rows += [r for r in every if r.metric in CALIBRATED + OPT_IN]
     _write(cal, thresholds, out)
     return cal
 
@@ -302,6 +311,8 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
     # Backbones that were not calibrated fall back to the loosest bound seen.
     loosest: dict[str, tuple[str, float]] = {}
     for r in cal.rows:
+        if r.metric in OPT_IN:
+            continue
         have = loosest.get(r.metric)
         looser = have is None or (r.bound < have[1] if r.kind == "min" else r.bound > have[1])
         if looser:
@@ -317,7 +328,10 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
             width = max(len(f"{r.metric}.{r.kind} = {_fmt(r.bound)}") for r in rows) + 2
             for r in rows:
                 left = f"{r.metric}.{r.kind} = {_fmt(r.bound)}"
-                lines.append(f"{left:<{width}}# {r.comment(cal.k)}")
+                if r.metric in OPT_IN:
+                    lines.append(f"# {left:<{width - 2}}# opt-in (needs masks): {r.comment(cal.k)}")
+                else:
+                    lines.append(f"{left:<{width}}# {r.comment(cal.k)}")
     text = "\n".join(lines) + "\n"
     parse_thresholds(text, "proposed thresholds")  # what calibrate writes must load
     return text
@@ -333,7 +347,13 @@ def calibration_markdown(cal: Calibration) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in cal.all_rows:
-        proposed = f"{r.kind} {r.bound:.2f}" if r.metric in CALIBRATED else "(not calibrated)"
+        proposed = (
+            f"{r.kind} {r.bound:.2f}"
+            if r.metric in CALIBRATED
+            else f"{r.kind} {r.bound:.2f} (opt-in)"
+            if r.metric in OPT_IN
+            else "(not calibrated)"
+        )
         seed = "—" if r.seed_sd is None else f"{r.seed_sd:.4f}"
         out.append(
             f"| {r.arch} | {r.method} | {r.metric} | {' '.join(f'{v:.3f}' for v in r.values)} | "
