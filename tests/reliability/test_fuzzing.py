@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from drift_gate.errors import ConfigError
-from drift_gate.metrics import METRICS, drift_metrics, iou, is_degenerate
+from drift_gate.metrics import LOCALISATION_METRICS, METRICS, drift_metrics, iou, is_degenerate, localisation
 from drift_gate.thresholds import parse_thresholds
+
+PAIRWISE = [name for name in METRICS if name not in LOCALISATION_METRICS]
 
 
 @settings(max_examples=80, deadline=None)
@@ -68,6 +70,19 @@ finite_maps = arrays(
 
 @settings(max_examples=60, deadline=None)
 @given(finite_maps, st.data())
+def test_localisation_is_a_share_or_undefined(a: np.ndarray, data: st.DataObject) -> None:
+    masks = data.draw(arrays(np.bool_, a.shape))
+    out = localisation(a, masks)
+    undefined = is_degenerate(a) | ~masks.reshape(len(a), -1).any(1)
+    for name in ("pointing_game", "mask_energy"):
+        assert (np.isnan(out[name]) == undefined).all(), name
+        v = out[name][~undefined]
+        assert ((v >= 0) & (v <= 1 + 1e-9)).all(), name
+    assert np.isin(out["pointing_game"][~undefined], (0.0, 1.0)).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(finite_maps, st.data())
 def test_properties_hold_for_random_maps(a: np.ndarray, data: st.DataObject) -> None:
     b = data.draw(arrays(np.float64, a.shape, elements=_ELEMENTS))
     m = drift_metrics(a, b, ranks=True)
@@ -77,7 +92,7 @@ def test_properties_hold_for_random_maps(a: np.ndarray, data: st.DataObject) -> 
         assert ((m[name][ok] >= 0) & (m[name][ok] <= 1)).all(), name
     for name in ("correlation", "spearman", "concentration_change", "gini_change"):
         assert (np.abs(m[name][ok]) <= 1 + 1e-12).all(), name
-    assert all(np.isnan(m[name][~ok]).all() for name in METRICS)
+    assert all(np.isnan(m[name][~ok]).all() for name in PAIRWISE)
     same = drift_metrics(a, a)
     ok_a = ~same["degenerate"]
     assert (same["iou"][ok_a] == 1).all() and (same["displacement"][ok_a] < 1e-6).all()
@@ -117,7 +132,7 @@ def test_adversarial_maps_are_flagged_or_bounded(ka: str, kb: str, n: int, side:
     if ka in constant or kb in constant:
         assert m["degenerate"].all(), "a constant map is degenerate, never averaged"
     ok = ~m["degenerate"]
-    for name in METRICS:
+    for name in PAIRWISE:
         values = m[name][ok]
         assert np.isfinite(values).all(), (name, ka, kb)
     assert ((m["iou"][ok] >= 0) & (m["iou"][ok] <= 1)).all()
