@@ -306,7 +306,7 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
     if thresholds.auc_max_drop is not None:
         auc.append(f"max_drop = {thresholds.auc_max_drop:g}")
     if auc:
-        lines += ["", "[auc]                     # not calibrated: kept from the input thresholds", *auc]
+        lines += ["", f"[auc]                     # not calibrated: kept from {thresholds.path}", *auc]
     lines += ["", "[onnx]", f"max_rel_diff = {thresholds.onnx_max_rel_diff:g}"]
     # Backbones that were not calibrated fall back to the loosest bound seen.
     loosest: dict[str, tuple[str, float]] = {}
