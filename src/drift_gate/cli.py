@@ -342,7 +342,18 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=0.5,
         help="share of the biased set's disease images without visible findings",
     )
-    p.add_argument("--per-class", type=_positive, default=20, help="audit images per class")
+    p.add_argument(
+        "--per-class",
+        type=_positive,
+        default=10,
+        help="audit images per class of the clean controls (keep the gate's and calibration's)",
+    )
+    p.add_argument(
+        "--shortcut-per-class",
+        type=_positive,
+        default=20,
+        help="audit images per class of the biased set (its reference gets many wrong; only TPs count)",
+    )
     p.add_argument("--out", type=Path, default=Path("reports/validate"), help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=_positive, default=16)
@@ -402,7 +413,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     seed = profile.seed + 10 if args.seed is None else args.seed
     result = run_validation(
         profile, load_dataset(root), thresholds, args.out, seed, args.shortcut, args.occult, args.per_class,
-        resolve_device(args.device), args.batch_size, not args.no_progress, _log, controls,
+        resolve_device(args.device), args.batch_size, not args.no_progress, _log, controls, None,
+        args.shortcut_per_class,
     )  # fmt: skip
     print(validation_markdown(result))
     print(f"wrote {args.out}/validate.md, validate.json", file=sys.stderr)

@@ -224,13 +224,14 @@ def run_validation(
     seed: int,
     shortcut: float = 0.95,
     occult: float = 0.5,
-    per_class: int = 20,
+    per_class: int = 10,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
     progress: bool = False,
     log: Log = lambda message: None,
     controls: tuple[str, ...] = CONTROLS,
     cache_dir: Path | None = None,
+    shortcut_per_class: int = 20,
 ) -> ValidationResult:
     """Runs the controls for every backbone of ``profile`` (see the module).
 
@@ -241,7 +242,10 @@ def run_validation(
         shortcut: correlation of the planted devices with the class.
         occult: share of the biased set's disease images without visible
             findings, whose labels only the devices explain.
-        per_class: audit images per class.
+        per_class: audit images per class of the clean controls: keep the gate's
+            (and calibration's) audit set, or the thresholds judge another quantity.
+        shortcut_per_class: audit images per class of the biased set (more: its
+            reference misclassifies many of them, and only true positives count).
         cache_dir: synthetic-pretraining cache (the shortcut control trains a TL head).
 
     Writes ``validate.json`` and ``validate.md`` into ``out``.
@@ -312,8 +316,8 @@ def run_validation(
             ref_profile = replace(profile, out=str(out / "shortcut-reference"))
             reference = train_backbone(ref_profile, arch, site_a, device, cache_dir, progress, log=log,
                                        phases=("tl",)).checkpoints["tl"]  # fmt: skip
-            create_baseline(reference, site_b, biased_base / arch, thresholds.methods, per_class, device,
-                            batch_size, progress)  # fmt: skip
+            create_baseline(reference, site_b, biased_base / arch, thresholds.methods, shortcut_per_class,
+                            device, batch_size, progress)  # fmt: skip
             log(f"[{arch}] shortcut control: fine-tuning on phantoms whose strip predicts the class "
                 f"(correlation {shortcut:g}, {occult:.0%} of findings occult)")  # fmt: skip
             cand = finetune_from(reference, site_b, phase, out / "candidates" / arch / "ft.shortcut.pt",
