@@ -11,19 +11,20 @@ control         candidate                                              expected
                 weights; its maps must equal the reference's
 ``seed``        an ordinary fine-tune of the reference with a seed     pass
                 that calibration did not use
-``shortcut``    the reference fine-tuned on phantoms with a planted    fail
-                shortcut (class-correlated devices outside the lungs;
-                in half the disease images the findings are not yet
-                visible, so only the devices explain their labels),
-                gated on equally biased audit images: its AUC holds,
-                its evidence moves to the devices
+``shortcut``    a reference trained (TL) on phantoms whose lead strip  fail
+                is uninformative, fine-tuned on phantoms whose strip
+                predicts the class (half the disease images without
+                visible findings, so only the strip explains their
+                labels), gated on equally biased audit images: its
+                AUC holds, its evidence moves
 ==============  =====================================================  =========
 
-The shortcut's audit images get their own baseline (the reference's maps on
-them), so the only difference the gate can see is the candidate's. Every
+The shortcut's audit images get their own baseline (its reference's maps on
+them), so the only difference the gate can see is the candidate's. The clean
+controls use the gate's audit set (what ``calibrate`` measured). Every
 candidate is gated with the given ``thresholds.toml`` by the same
 :func:`~drift_gate.gate.run_gate` as ``drift-gate gate``. Besides the verdicts,
-the share of each map's mass on the planted devices (``cue energy``) shows
+the share of each map's mass on the planted strip (``cue energy``) shows
 *where* the shortcut candidate's evidence went.
 """
 
@@ -165,7 +166,7 @@ def _normalised(maps: np.ndarray) -> np.ndarray:
 
 
 def _cue_energy(maps: dict[str, np.ndarray], cues: np.ndarray, size: int) -> dict[str, float]:
-    """Mean share of each method's (min-max normalised) map mass on the devices."""
+    """Mean share of each method's (min-max normalised) map mass on the cue (the strip)."""
     out = {}
     for method, m in maps.items():
         up = upsample(torch.from_numpy(np.asarray(m, dtype=np.float32)), size).numpy()
@@ -239,9 +240,9 @@ def run_validation(
         data: the profile's (clean) data set.
         seed: the fine-tuning seed of the ``seed`` control; pick one that
             ``calibrate`` did not use, so the control is a fresh draw.
-        shortcut: correlation of the planted devices with the class.
+        shortcut: correlation of the planted strip's height with the class.
         occult: share of the biased set's disease images without visible
-            findings, whose labels only the devices explain.
+            findings, whose labels only the strip explains.
         per_class: audit images per class of the clean controls: keep the gate's
             (and calibration's) audit set, or the thresholds judge another quantity.
         shortcut_per_class: audit images per class of the biased set (more: its
