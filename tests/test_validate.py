@@ -181,7 +181,9 @@ def test_demo_controls_get_their_expected_verdicts() -> None:
     for arch in ("densenet201", "resnet50v2", "inception_v3"):
         if not (ROOT / "checkpoints" / arch / "tl.pt").is_file():
             pytest.skip("run `nox -s train` first")
-    out = ROOT / "reports" / "validate"  # the nox session's folder: its fine-tunes are reused
+    # The nox session's folder, spelled as the session spells it (relative to the
+    # project): the profile's hash includes its paths, so its fine-tunes are reused.
+    out = Path("reports") / "validate"
     proc = subprocess.run(
         [
             sys.executable,
@@ -200,7 +202,7 @@ def test_demo_controls_get_their_expected_verdicts() -> None:
         text=True,
     )
     print(proc.stdout)
-    rows = json.loads((out / "validate.json").read_text())["rows"]
+    rows = json.loads((ROOT / out / "validate.json").read_text())["rows"]
     bad = [(r["control"], r["arch"], r["verdict"], r["label"]) for r in rows if not r["ok"]]
     assert proc.returncode == 0 and not bad, bad
     for arch in ("densenet201", "resnet50v2", "inception_v3"):
