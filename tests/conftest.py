@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,20 +65,10 @@ def tiny_profile(tmp_path: Path) -> Profile:
 def trained(tmp_path_factory: pytest.TempPathFactory, phantom_data: DataSet) -> Path:
     """TL and FT checkpoints of the tiny backbone (``tl.pt``, ``ft.pt``), trained once."""
     from drift_gate.train import train_backbone
+    from gatekit import TINY_TRAINING
 
     out = tmp_path_factory.mktemp("ck")
-    profile = Profile(
-        name="t",
-        data="unused",
-        backbones=("tiny",),
-        input_size=32,
-        weights="none",
-        pretrain=PretrainConfig(images=8, epochs=1, scale=1.0),
-        batch_size=8,
-        tl=PhaseConfig(epochs=4, lr=1e-2),
-        ft=PhaseConfig(epochs=2, lr=3e-3),
-        out=str(out),
-    )
+    profile = dataclasses.replace(TINY_TRAINING, out=str(out))
     train_backbone(
         profile, "tiny", phantom_data, torch.device("cpu"), out / "cache", progress=False, log=lambda m: None
     )

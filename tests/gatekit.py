@@ -18,6 +18,21 @@ import pytest
 
 from drift_gate.checkpoint import load_checkpoint, save_checkpoint
 from drift_gate.cli import main
+from drift_gate.config import PhaseConfig, PretrainConfig, Profile
+
+#: How the session's tiny TL and FT checkpoints are trained (``conftest.trained``);
+#: calibration and the controls fine-tune again with the same settings.
+TINY_TRAINING = Profile(
+    name="t",
+    data="unused",
+    backbones=("tiny",),
+    input_size=32,
+    weights="none",
+    pretrain=PretrainConfig(images=8, epochs=1, scale=1.0),
+    batch_size=8,
+    tl=PhaseConfig(epochs=4, lr=1e-2),
+    ft=PhaseConfig(epochs=2, lr=3e-3),
+)
 
 RULES = """
 [gate]

@@ -41,13 +41,13 @@ import torch
 
 from ._io import atomic_write_text
 from .baseline import create_baseline
-from .cam import upsample
+from .cam import minmax, upsample
 from .config import Profile
 from .controls import write_permuted_candidate
 from .data import DataSet, load_dataset
 from .errors import ConfigError
 from .gate import FAIL, PASS, CandidateResult, RuleResult, run_gate
-from .metrics import LOCALISATION_METRICS, METRICS
+from .metrics import LOCALISATION_METRICS, METRICS, localisation
 from .phantoms import cue_masks, generate_dataset
 from .thresholds import Thresholds
 from .train import finetune_from, train_backbone
@@ -158,22 +158,17 @@ def _ideal_deviation(c: CandidateResult) -> dict[str, float]:
     return out
 
 
-def _normalised(maps: np.ndarray) -> np.ndarray:
-    flat = maps.reshape(len(maps), -1).astype(np.float64)
-    lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
-    out: np.ndarray = ((flat - lo) / np.where(hi > lo, hi - lo, 1)).reshape(maps.shape)
-    return out
+def _normalised(maps: np.ndarray) -> torch.Tensor:
+    return minmax(torch.from_numpy(np.asarray(maps, dtype=np.float64)))
 
 
 def _cue_energy(maps: dict[str, np.ndarray], cues: np.ndarray, size: int) -> dict[str, float]:
-    """Mean share of each method's (min-max normalised) map mass on the cue (the strip)."""
-    out = {}
-    for method, m in maps.items():
-        up = upsample(torch.from_numpy(np.asarray(m, dtype=np.float32)), size).numpy()
-        norm = _normalised(up)
-        share = (norm * cues).sum((1, 2)) / np.maximum(norm.sum((1, 2)), 1e-12)
-        out[method] = float(share.mean())
-    return out
+    """Mean share of each method's map mass on the cue (the strip): the mask energy of
+    :func:`~drift_gate.metrics.localisation` with the cue as the mask."""
+    return {
+        method: float(np.nanmean(localisation(upsample(torch.from_numpy(m), size), cues)["mask_energy"]))
+        for method, m in maps.items()
+    }
 
 
 def _localisation_summary(c: CandidateResult) -> dict[str, dict[str, float | None]]:
@@ -292,7 +287,7 @@ def run_validation(
             permuted = write_permuted_candidate(tl, out / "candidates" / arch / "tl.permuted.pt", seed=1)
             c, art = gate(permuted, clean_base, data.root)
             diff = max(
-                float(np.abs(_normalised(art["candidate"][m]) - _normalised(own["candidate"][m])).max())
+                float((_normalised(art["candidate"][m]) - _normalised(own["candidate"][m])).abs().max())
                 for m in thresholds.methods
             )
             result.rows.append(
