@@ -114,8 +114,11 @@ def resaved(env: dict[str, Path], name: str, **changes: object) -> Path:
     return path
 
 
-def write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2") -> None:
-    """A minimal 16-bit DICOM file; ``pixels=None`` writes one without pixel data."""
+def write_dicom(
+    path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2", **tags: object
+) -> None:
+    """A minimal 16-bit DICOM file; ``pixels=None`` writes one without pixel data;
+    ``tags`` are set as given (``WindowCenter=1000``, ``RescaleSlope=...``)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -136,6 +139,8 @@ def write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOC
         ds.HighBit = 15
         ds.PixelRepresentation = 0
         ds.PixelData = pixels.astype(np.uint16).tobytes()
+    for name, value in tags.items():
+        setattr(ds, name, value)
     ds.save_as(path, enforce_file_format=True)
 
 

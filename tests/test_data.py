@@ -100,7 +100,7 @@ def test_missing_file_and_source(tmp_path: Path) -> None:
 
 def test_manifest_without_required_columns(tmp_path: Path) -> None:
     (tmp_path / "manifest.csv").write_text("file,class\n")
-    with pytest.raises(DataError, match=r"missing column\(s\) label, path"):
+    with pytest.raises(DataError, match=r"needs the columns path and label \(found 'file', 'class'"):
         load_dataset(tmp_path)
 
 
@@ -125,3 +125,38 @@ def test_image_dataset_is_normalised_three_channel(phantom_data) -> None:  # typ
     assert x.shape == (3, 32, 32) and torch.equal(x[0], x[2])
     assert float(x.min()) >= -2.0 and float(x.max()) <= 2.0
     assert ds.labels.tolist() == [s.label for s in phantom_data.split("val")]
+
+
+def _two_class_manifest(root: Path, header: str, sep: str, encoding: str) -> Path:
+    root.mkdir()
+    rows = []
+    for i in range(6):
+        Image.fromarray(np.full((8, 8), i * 10, np.uint8)).save(root / f"{i}.png")
+        rows.append(sep.join((f"{i}.png", "ab"[i % 2], ("train", "val", "test")[i // 2])))
+    path = root / "data.csv"
+    path.write_text("\r\n".join([header, *rows]) + "\r\n", encoding=encoding)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "sep", "encoding"),
+    [
+        ("path,label,split", ",", "utf-8-sig"),  # Excel's "CSV UTF-8": a byte-order mark
+        ("path;label;split", ";", "utf-8"),  # a semicolon list separator (many European locales)
+        ("path;label;split", ";", "utf-8-sig"),
+        ("path\tlabel\tsplit", "\t", "utf-8"),
+        (" path , label , split ", ",", "utf-8"),
+    ],
+)
+def test_manifest_dialects(tmp_path: Path, header: str, sep: str, encoding: str) -> None:
+    manifest = _two_class_manifest(tmp_path / "m", header, sep, encoding)
+    ds = load_dataset(manifest)
+    assert ds.classes == ("a", "b") and len(ds.samples) == 6
+    assert [s.split for s in ds.samples] == ["train", "train", "val", "val", "test", "test"]
+
+
+def test_data_root_of_a_manifest_or_a_folder(tmp_path: Path) -> None:
+    from drift_gate.data import data_root
+
+    manifest = _two_class_manifest(tmp_path / "m", "path,label,split", ",", "utf-8")
+    assert data_root(manifest) == tmp_path / "m" and data_root(tmp_path / "m") == tmp_path / "m"

@@ -174,14 +174,16 @@ def test_html_report_renders_in_headless_chromium(env: dict[str, Path], tmp_path
     assert pixels.getextrema()[0] < 100, "the screenshot shows dark content (text, plots)"
 
 
+@pytest.mark.parametrize("source", ["folder", "manifest"])
 def test_profile_mode_creates_missing_baselines_and_gates_every_backbone(
-    tmp_path: Path, trained: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, trained: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str], source: str
 ) -> None:
-    """What `nox -s gate` runs: FT checkpoints of a profile, baselines made from TL when missing."""
+    """What `nox -s gate` runs: FT checkpoints of a profile, baselines made from TL when missing;
+    the profile's data may be the folder or its manifest file."""
     out = trained.parent
+    data = phantom_root / "manifest.csv" if source == "manifest" else phantom_root
     (tmp_path / "profiles.toml").write_text(
-        f'[t]\ndata = "{phantom_root}"\nbackbones = ["tiny"]\ninput_size = 32\nweights = "none"\n'
-        f'out = "{out}"\n'
+        f'[t]\ndata = "{data}"\nbackbones = ["tiny"]\ninput_size = 32\nweights = "none"\nout = "{out}"\n'
     )
     (tmp_path / "thresholds.toml").write_text(RULES.format(drift="iou.min = 0.0"))
     args = [

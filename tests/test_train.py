@@ -14,7 +14,7 @@ from drift_gate.checkpoint import load_checkpoint
 from drift_gate.cli import main
 from drift_gate.config import Profile
 from drift_gate.data import DataSet
-from drift_gate.train import classification_metrics, pretrain_synthetic, train_backbone
+from drift_gate.train import pretrain_synthetic, train_backbone
 
 
 def _states_equal(a: Path, b: Path) -> bool:
@@ -132,18 +132,6 @@ def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp
     before = model.body[0].weight.clone()
     load_body_weights(model.body, path)
     assert not torch.equal(model.body[0].weight, before), "the pretrained body must be loaded"
-
-
-def test_classification_metrics_match_sklearn() -> None:
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 10)
-    probs = rng.dirichlet(np.ones(3), size=30)
-    m = classification_metrics(probs, labels, ("a", "b", "c"))
-    assert m["auc_macro"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"))
-    assert m["accuracy"] == pytest.approx((probs.argmax(1) == labels).mean())
 
 
 def _write_profiles(tmp_path: Path, phantom_root: Path, extra: str = "") -> Path:

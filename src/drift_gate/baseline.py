@@ -24,20 +24,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ._io import atomic_write_bytes, atomic_write_text, file_sha256, uninterrupted
-from .cam import compute_cams
+from .cam import compute_cams, grid_warning
 from .checkpoint import CheckpointMeta, library_versions, load_checkpoint
-from .data import DataSet, ImageDataset, Sample, decode_image
+from .classification import classification_metrics, predicted_class
+from .data import DataSet, ImageDataset, Sample, data_root, decode_image
 from .errors import DataError, DriftGateError
-from .train import classification_metrics
+from .preprocess import DEFAULT
+
+if TYPE_CHECKING:
+    from .thresholds import Thresholds
 
 __all__ = [
     "APPROVED_STATISTIC",
@@ -111,7 +118,8 @@ class AuditSet:
         return cls(tuple(AuditSample(**s) for s in raw["samples"]))
 
     def resolve(self, root: Path, classes: tuple[str, ...]) -> list[Sample]:
-        """The audit images under data root ``root``, verified pixel by pixel.
+        """The audit images under data root ``root`` (a folder, or a manifest file:
+        :func:`drift_gate.data.data_root`), verified pixel by pixel.
 
         Raises:
             DataError: an audit image is missing, has an unknown label, or its
@@ -119,6 +127,7 @@ class AuditSet:
         """
         if not self.samples:
             raise DataError("the audit set is empty: nothing could be checked")
+        root = data_root(root)
         out = []
         missing_classes = sorted(set(classes) - {a.label for a in self.samples})
         if missing_classes:
@@ -147,6 +156,12 @@ class AuditSet:
                     )
             out.append(Sample(a.id, path, classes.index(a.label), "test", digest, mask))
         return out
+
+
+def test_images_per_class(data: DataSet) -> dict[str, int]:
+    """How many test images each class has (what bounds an audit set)."""
+    test = data.split("test")
+    return {name: sum(s.label == c for s in test) for c, name in enumerate(data.classes)}
 
 
 def build_audit_set(data: DataSet, per_class: int) -> AuditSet:
@@ -206,7 +221,62 @@ def _meta_view(meta: CheckpointMeta) -> dict[str, Any]:
         "input_size": meta.input_size,
         "mean": list(meta.mean),
         "std": list(meta.std),
+        "preprocess": meta.preprocess.as_dict(),
     }
+
+
+def audit_summary(
+    data: DataSet, per_class: int, n: int, labels: np.ndarray, correct: np.ndarray
+) -> tuple[dict[str, Any], list[str]]:
+    """What the audit set holds and why (for ``baseline.json``), and lines that say so."""
+    available = test_images_per_class(data)
+    right = {name: int(correct[labels == c].sum()) for c, name in enumerate(data.classes)}
+    doc = {"requested_per_class": per_class, "reference_correct": right}
+    if n < per_class:
+        short = ", ".join(f"{k} has {v}" for k, v in available.items() if v == n)
+        why = f"{n} per class, not the {per_class} asked for: the fewest test images ({short})"
+    else:
+        why = f"{n} per class, as asked"
+    lines = [
+        f"audit set: {n * len(data.classes)} test images, {why}",
+        f"reference: {int(correct.sum())} of {len(labels)} audit images classified correctly ("
+        + ", ".join(f"{k} {v}/{n}" for k, v in right.items())
+        + ")",
+    ]
+    return doc, lines
+
+
+def check_reachable(rules: Thresholds, n_audit: int, n_correct: int, n_classes: int, most: int) -> None:
+    """Refuses a baseline on which the gate could never reach ``min_samples``.
+
+    Args:
+        n_correct: audit images the reference classifies correctly (a true positive
+            must be right under the reference and the candidate).
+        most: test images of the smallest class (the largest ``--per-class``).
+    """
+    required = rules.required_samples(n_audit)
+    true_positives = rules.samples == "true-positive"
+    usable = n_correct if true_positives else n_audit
+    if usable >= required:
+        return
+    if true_positives:
+        why = f"the reference classifies only {n_correct} of the {n_audit} audit images correctly"
+        rate = n_correct / n_audit if n_audit else 0.0
+    else:
+        why = f"the audit set has only {n_audit} images"
+        rate = 1.0
+    if rules.min_samples_share is not None or rate == 0:
+        fix = "set [gate] min_samples lower"
+    else:
+        per_class = math.ceil(required / rate / n_classes)
+        fix = f"use --per-class {per_class} or more" + (
+            f" (the data set has at most {most} test images per class)" if per_class > most else ""
+        )
+        fix += ', or give min_samples as a share of the audit set (e.g. "40%")'
+    raise DataError(
+        f"the gate could never pass on this baseline: min_samples {rules.min_samples_text} needs "
+        f"{required} usable samples, but {why}; {fix}"
+    )
 
 
 def create_baseline(
@@ -218,12 +288,24 @@ def create_baseline(
     device: str | torch.device = "cpu",
     batch_size: int = 16,
     progress: bool = False,
+    *,
+    rules: Thresholds | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Computes and writes a baseline for ``reference`` (atomically, file by file,
     ``baseline.json`` last, so a partial baseline is never mistaken for a whole one).
 
+    Args:
+        rules: when given, a baseline on which these rules could never reach
+            ``min_samples`` is refused before anything is written.
+        log: receives lines that say what the audit set holds and why.
+
     Returns:
         The ``baseline.json`` path.
+
+    Raises:
+        DataError: the data does not fit the reference, or (with ``rules``) the
+            audit set is too small for ``min_samples``.
     """
     model, meta = load_checkpoint(reference, device)
     if tuple(data.classes) != tuple(meta.classes):
@@ -232,11 +314,24 @@ def create_baseline(
         )
     audit = build_audit_set(data, per_class)
     samples = audit.resolve(data.root, data.classes)
-    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std, cache=False)
+    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess)
     cams = compute_cams(model, ds, methods, device, batch_size, progress=progress)
     labels = np.array([s.label for s in samples])
-    probs = torch.softmax(torch.from_numpy(cams.logits), 1).numpy()
-    metrics = classification_metrics(probs, labels, meta.classes)
+    metrics = classification_metrics(cams.logits, labels, meta.classes)
+    correct = predicted_class(cams.logits) == labels
+    n = len(samples) // len(meta.classes)
+    sizing, lines = audit_summary(data, per_class, n, labels, correct)
+    coarse = grid_warning(next(iter(cams.maps.values())).shape[1:], meta.input_size)
+    for line in lines + ([f"warning: {coarse}"] if coarse else []):
+        (log or (lambda m: None))(line)
+    if rules is not None:
+        check_reachable(
+            rules,
+            len(samples),
+            int(correct.sum()),
+            len(meta.classes),
+            min(test_images_per_class(data).values()),
+        )
     arrays = {f"map_{m}": v.astype(np.float32) for m, v in cams.maps.items()}
     arrays.update(logits=cams.logits.astype(np.float32), labels=labels)
     npz = _npz_bytes(arrays)
@@ -244,7 +339,7 @@ def create_baseline(
         "schema_version": BASELINE_SCHEMA,
         **_meta_view(meta),
         "reference": {"path": str(reference), "sha256": file_sha256(reference), "phase": meta.phase},
-        "audit": {"sha256": audit.sha256, "n": len(samples), "per_class": len(samples) // len(meta.classes)},
+        "audit": {"sha256": audit.sha256, "n": len(samples), "per_class": n, **sizing},
         "maps": {
             "sha256": hashlib.sha256(npz).hexdigest(),
             "methods": list(cams.maps),
@@ -254,6 +349,7 @@ def create_baseline(
         "accuracy": metrics["accuracy"],
         "versions": library_versions(),
         "approved": {},
+        "history": [],
     }
     out.mkdir(parents=True, exist_ok=True)
     old = out / "baseline.json"
@@ -319,10 +415,10 @@ def load_baseline(path: Path) -> Baseline:
 def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path) -> None:
     """Raises :class:`StaleBaselineError` when the candidate's architecture, classes or
     preprocessing differ from the baseline's."""
-    want, got = (
-        {k: baseline.meta[k] for k in ("arch", "classes", "input_size", "mean", "std")},
-        _meta_view(meta),
-    )
+    want = {k: baseline.meta[k] for k in ("arch", "classes", "input_size", "mean", "std")}
+    # baselines from before preprocessing was configurable used the default
+    want["preprocess"] = baseline.meta.get("preprocess", DEFAULT.as_dict())
+    got = _meta_view(meta)
     diff = [f"{k} {got[k]!r} (baseline {want[k]!r})" for k in want if got[k] != want[k]]
     if diff:
         raise StaleBaselineError(
@@ -331,14 +427,27 @@ def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path) 
         )
 
 
-def approve(result: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
+def approve(result: dict[str, Any], candidate: dict[str, Any], *, force: bool = False) -> list[str]:
     """Records one candidate of a gate result (``gate.json``) as the approved one in
-    its baseline (atomically); returns the lines describing what changed.
+    its baseline (atomically); returns the lines describing what changed. Every
+    approval is appended to the baseline's ``history``.
+
+    Args:
+        force: approve a candidate whose verdict was not ``pass`` (recorded as
+            forced in the history).
 
     Raises:
+        DataError: the candidate did not pass and ``force`` is not set.
         StaleBaselineError: the baseline changed since the gate ran (other
             reference, audit set or maps), so the result no longer applies.
     """
+    verdict = candidate.get("verdict")
+    if verdict != "pass" and not force:
+        raise DataError(
+            f"{Path(str(candidate.get('candidate'))).name}: its gate verdict was {verdict!r}, not 'pass'; "
+            "review the report, then approve with --force to accept it anyway (recorded in the "
+            "baseline's history)"
+        )
     base = load_baseline(Path(candidate["baseline"]))
     if (
         candidate["reference_sha256"] != base.meta["reference"]["sha256"]
@@ -374,7 +483,20 @@ def approve(result: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
             if value is not None and before != value:
                 shown = "—" if before is None else f"{before:.4f}"
                 changes.append(f"  {m}/{metric} ({key}): {shown} -> {value:.4f}")
+    if verdict != "pass":
+        changes.append(f"  forced: the gate's verdict was {verdict}")
     meta = dict(base.meta)
     meta["approved"] = new
+    meta["history"] = [
+        *(meta.get("history") or []),
+        {
+            "event": "approve",
+            "candidate": candidate["candidate"],
+            "candidate_sha256": candidate["candidate_sha256"],
+            "verdict": verdict,
+            "forced": verdict != "pass",
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    ]
     atomic_write_text(base.path / "baseline.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return changes

@@ -299,7 +299,8 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
         "[gate]",
         f"methods = [{', '.join(json.dumps(m) for m in thresholds.methods)}]",
         f"samples = {json.dumps(thresholds.samples)}",
-        f"min_samples = {thresholds.min_samples}          # fewer usable samples: inconclusive, never a pass",
+        f"{'min_samples = ' + json.dumps(thresholds.as_dict()['gate']['min_samples']):<26}"
+        "# fewer usable samples: inconclusive, never a pass",
         f"statistic = {json.dumps(thresholds.statistic)}",
     ]
     auc = [f"min = {thresholds.auc_min:g}"] if thresholds.auc_min is not None else []

@@ -49,6 +49,7 @@ __all__ = [
     "CamResult",
     "autocast",
     "compute_cams",
+    "grid_warning",
     "minmax",
     "upsample",
 ]
@@ -291,4 +292,20 @@ def compute_cams(
         torch.cat(logits).numpy(),
         torch.cat(targets).numpy(),
         {m: torch.cat(v).numpy() for m, v in maps.items()},
+    )
+
+
+#: Coarser CAM grids than this (cells per side) get a warning in every report.
+MIN_GRID = 5
+
+
+def grid_warning(grid: Sequence[int], size: int) -> str | None:
+    """A warning when the target layer's grid is too coarse to localise much."""
+    h, w = int(grid[0]), int(grid[1])
+    if min(h, w) >= MIN_GRID:
+        return None
+    return (
+        f"the CAM target layer's grid is {h}x{w} at {size} px input (each cell {size // max(h, 1)} px): "
+        f"coarser than {MIN_GRID}x{MIN_GRID}, the maps cannot show where within a cell the evidence "
+        "lies; a larger input size or an earlier target layer gives a finer grid"
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 import platform
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,7 +24,8 @@ import torch
 
 from ._io import atomic_write_bytes
 from .backbones import Classifier, build_classifier
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
+from .preprocess import DEFAULT, Preprocess
 
 __all__ = ["SCHEMA_VERSION", "CheckpointMeta", "library_versions", "load_checkpoint", "save_checkpoint"]
 
@@ -74,6 +76,8 @@ class CheckpointMeta:
         epoch: the selected (best) epoch.
         versions: :func:`library_versions` at training time.
         schema_version: checkpoint schema.
+        preprocess: how files become the model's input (:mod:`drift_gate.preprocess`);
+            stored only when it is not the default, so older checkpoints read as before.
     """
 
     arch: str
@@ -90,10 +94,14 @@ class CheckpointMeta:
     epoch: int = -1
     versions: dict[str, str] = field(default_factory=library_versions)
     schema_version: int = SCHEMA_VERSION
+    preprocess: Preprocess = DEFAULT
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys)."""
-        return json.dumps(asdict(self), sort_keys=True)
+        doc = asdict(self)
+        if self.preprocess == DEFAULT:
+            del doc["preprocess"]
+        return json.dumps(doc, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: Path) -> CheckpointMeta:
@@ -113,6 +121,10 @@ class CheckpointMeta:
         raw = {k: v for k, v in raw.items() if k in names}
         for key in ("classes", "mean", "std"):
             raw[key] = tuple(raw[key])
+        try:
+            raw["preprocess"] = Preprocess.from_dict(raw.get("preprocess", {}), f"{source}: metadata")
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
         return cls(**raw)
 
 
@@ -125,6 +137,43 @@ def save_checkpoint(path: Path, model: Classifier, meta: CheckpointMeta) -> None
         buf,
     )
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+_SAVE_STATE_DICT = (
+    "save the weights with torch.save(model.state_dict(), ...) and train or wrap them as a drift-gate "
+    "checkpoint"
+)
+
+
+def _foreign_format(path: Path) -> str | None:
+    """Why a file of another known format cannot be a candidate, or None."""
+    import zipfile
+
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if path.suffix.lower() == ".onnx":
+        return (
+            "an ONNX model: CAMs need the PyTorch weights (gradients at the target layer); give the "
+            "checkpoint and put its .onnx beside it (`drift-gate export`), which the gate then uses "
+            "for predictions"
+        )
+    if len(head) >= 9 and head[8:9] == b"{" and path.suffix.lower() == ".safetensors":
+        return (
+            "a safetensors state dict without drift-gate's metadata (classes, input size): "
+            + _SAVE_STATE_DICT
+        )
+    if head.startswith(b"PK") and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+            return (
+                "a TorchScript module: hooks do not fire inside scripted modules, so its CAMs cannot "
+                f"be computed; {_SAVE_STATE_DICT}"
+            )
+    return None
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Classifier, CheckpointMeta]:
@@ -140,11 +189,14 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty")
+    foreign = _foreign_format(path)
+    if foreign is not None:
+        raise CheckpointError(f"{path}: {foreign}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or unsafe files
-        text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "Unpickler" in text:
+        # the weights-only unpickler met an object it will not build (a GLOBAL or REDUCE)
+        if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
             reason = "it contains Python objects that would run code when loaded; refused"
         else:
             reason = f"not a readable checkpoint, truncated or corrupt ({exc.__class__.__name__})"

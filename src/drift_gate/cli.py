@@ -425,6 +425,11 @@ def _add_approve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p = sub.add_parser("approve", help="record a reviewed gate result as the approved one")
     p.add_argument("--result", type=Path, default=Path("reports/gate.json"), help="gate.json to approve")
     p.add_argument("--candidate", default=None, help="only this candidate of the result")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="approve a candidate that did not pass (recorded as forced in the baseline's history)",
+    )
     p.set_defaults(func=_cmd_approve)
 
 
@@ -448,6 +453,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
         resolve_device(args.device),
         args.batch_size,
         not args.no_progress,
+        rules=thresholds,
+        log=_log,
     )
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"wrote baseline {path.parent} ({size / 1024:.0f} KiB)")
@@ -508,6 +515,8 @@ def _gate(args: argparse.Namespace, dist: Dist) -> int:
                         thresholds.methods,
                         device=dist.device,
                         progress=not args.no_progress,
+                        rules=thresholds,
+                        log=_log,
                     )
             return Path(root)
 
@@ -581,7 +590,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         else:
             audit = build_audit_set(load_dataset(data_root, meta.classes), args.per_class)
         samples = audit.resolve(data_root, meta.classes)
-        ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std, cache=False)
+        ds = ImageDataset(
+            samples, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess
+        )
         out, p = export_onnx(
             ckpt, ds, args.tolerance, device=device, batch_size=args.batch_size, audit_sha256=audit.sha256
         )
@@ -607,7 +618,7 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     if not chosen:
         raise DataError(f"{args.result}: no candidate to approve")
     for c in chosen:
-        print("\n".join(approve(result, c)))
+        print("\n".join(approve(result, c, force=args.force)))
     return 0
 
 

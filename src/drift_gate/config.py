@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .preprocess import DEFAULT, Preprocess
 
 __all__ = ["BackboneOverrides", "PhantomConfig", "PhaseConfig", "PretrainConfig", "Profile", "load_profile"]
 
@@ -83,6 +84,8 @@ class Profile:
         weights: ``"synthetic"``, ``"imagenet"``, ``"none"`` or a path to a body's
             weights file.
         out: checkpoint folder (``out/<arch>/{tl,ft}.pt``).
+        preprocess: how files become the model's input (:mod:`drift_gate.preprocess`);
+            written into every checkpoint and baseline.
     """
 
     name: str
@@ -99,6 +102,7 @@ class Profile:
     tl: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=100, lr=1e-3))
     ft: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=3, lr=1e-4))
     out: str = "checkpoints"
+    preprocess: Preprocess = DEFAULT
 
     def input_size_for(self, arch: str) -> int:
         """The input size of one backbone."""
@@ -114,7 +118,10 @@ class Profile:
 
     def sha256(self, *extra: str) -> str:
         """Hash of the profile (and ``extra`` strings), for resuming safely."""
-        text = json.dumps(asdict(self), sort_keys=True) + "\x1f".join(extra)
+        doc = asdict(self)
+        if self.preprocess == DEFAULT:  # profiles that do not set it hash as before it existed
+            del doc["preprocess"]
+        text = json.dumps(doc, sort_keys=True) + "\x1f".join(extra)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -168,7 +175,10 @@ def _build(cls: type[T], table: dict[str, Any], prefix: str) -> T:
     for f in fields(cls):  # type: ignore[arg-type]
         if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(f"{prefix}: missing key {f.name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a dataclass's own validation (e.g. Preprocess)
+        raise ConfigError(f"{prefix}: {exc}") from None
 
 
 def load_profile(path: Path, name: str) -> Profile:
@@ -197,6 +207,11 @@ def load_profile(path: Path, name: str) -> Profile:
             raise ConfigError(
                 f"{path}: [{name}] input size {size} is below {arch}'s minimum of {spec.min_input}"
             )
+    if profile.preprocess.channels != 3:
+        raise ConfigError(
+            f"{path}: [{name}].preprocess.channels = {profile.preprocess.channels}: "
+            "the built-in backbones take 3 channels"
+        )
     for key in ("batch_size", "input_size"):
         if getattr(profile, key) <= 0:
             raise ConfigError(f"{path}: [{name}].{key} must be positive")

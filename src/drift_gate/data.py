@@ -1,33 +1,46 @@
-"""Data sets on disk: a CSV manifest or a folder of class subfolders; PNG, JPEG, DICOM.
+"""Data sets on disk: a CSV manifest or a folder of class subfolders; PNG, JPEG, TIFF, DICOM.
 
 A manifest has the columns ``path,label`` and optionally ``split``
 (``train``/``val``/``test``), ``sha256`` (of the file's bytes, verified) and
 ``mask`` (a ground-truth finding mask); paths are relative to the manifest's
-folder. A folder is read as ``ROOT/<class>/*`` (splits assigned from each file's
-hash, so they do not depend on listing order) or ``ROOT/<split>/<class>/*``.
-Every image becomes a 3-channel float tensor of the configured size.
+folder. Its delimiter (comma, semicolon or tab) is found from the header, and a
+UTF-8 byte-order mark (as Excel writes) is skipped. A folder is read as
+``ROOT/<class>/*`` (splits assigned from each file's hash, so they do not depend
+on listing order) or ``ROOT/<split>/<class>/*``. How an image becomes the model's
+input is :mod:`drift_gate.preprocess`.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from numpy.typing import NDArray
 
 from ._io import file_sha256
 from .errors import DataError
+from .preprocess import DEFAULT, Preprocess, apply_transform, decode_image, load_transform, read_image
 
-__all__ = ["SPLITS", "DataSet", "ImageDataset", "Sample", "decode_image", "load_dataset", "read_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SPLITS",
+    "DataSet",
+    "ImageDataset",
+    "Sample",
+    "data_root",
+    "decode_image",
+    "load_dataset",
+    "read_image",
+]
 
 SPLITS = ("train", "val", "test")
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
+_DELIMITERS = (",", ";", "\t")
 #: (path, label, split, sha256, mask) as read from a manifest or a folder.
 _Row = tuple[str, str, str | None, str | None, str | None]
 
@@ -86,30 +99,51 @@ def _split_from_hash(digest: str) -> str:
     return "train" if bucket < 6 else ("val" if bucket < 8 else "test")
 
 
+def _header_delimiter(manifest: Path, header: str) -> str:
+    """The delimiter that splits the header into fields including ``path`` and ``label``."""
+    for d in _DELIMITERS:
+        names = {f.strip() for f in next(csv.reader([header], delimiter=d))}
+        if {"path", "label"} <= names:
+            return d
+    found = ", ".join(repr(f.strip()) for f in next(csv.reader([header])))
+    raise DataError(
+        f"{manifest}: the header needs the columns path and label (found {found}; "
+        "delimiter comma, semicolon or tab)"
+    )
+
+
 def _from_manifest(manifest: Path) -> tuple[list[_Row], Path]:
     root = manifest.parent
     try:
-        with manifest.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = {"path", "label"} - set(reader.fieldnames or ())
-            if missing:
-                raise DataError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
-            rows: list[_Row] = []
-            for line, row in enumerate(reader, start=2):
-                if not row.get("path") or not row.get("label"):
-                    raise DataError(f"{manifest}:{line}: empty path or label")
-                rows.append(
-                    (
-                        row["path"],
-                        row["label"].strip(),
-                        row.get("split") or None,
-                        row.get("sha256") or None,
-                        row.get("mask") or None,
-                    )
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first name
+        text = manifest.read_text(encoding="utf-8-sig")
+        delimiter = _header_delimiter(manifest, text.splitlines()[0] if text else "")
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        reader.fieldnames = [f.strip() for f in reader.fieldnames or ()]
+        rows: list[_Row] = []
+        for line, row in enumerate(reader, start=2):
+            path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            if not path or not label:
+                raise DataError(f"{manifest}:{line}: empty path or label")
+            rows.append(
+                (
+                    path,
+                    label,
+                    (row.get("split") or "").strip() or None,
+                    (row.get("sha256") or "").strip() or None,
+                    (row.get("mask") or "").strip() or None,
                 )
+            )
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{manifest}: cannot read manifest ({exc})") from exc
     return rows, root
+
+
+def data_root(source: Path) -> Path:
+    """The folder that sample ids are relative to: a manifest file's folder, else
+    ``source`` itself. Every command that takes ``--data`` resolves it here."""
+    source = Path(source)
+    return source.parent if source.is_file() else source
 
 
 def _from_folder(root: Path) -> list[_Row]:
@@ -120,7 +154,7 @@ def _from_folder(root: Path) -> list[_Row]:
         class_dirs = sorted(p for p in top.iterdir() if p.is_dir()) if split_layout else [top]
         for cdir in class_dirs:
             for f in sorted(cdir.iterdir()):
-                if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES:
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                     rows.append(
                         (
                             f.relative_to(root).as_posix(),
@@ -156,7 +190,7 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None) -> DataSet:
     else:
         rows, root = _from_folder(source), source
     if not rows:
-        raise DataError(f"{source}: no images found (PNG, JPEG or DICOM)")
+        raise DataError(f"{source}: no images found (PNG, JPEG, TIFF or DICOM)")
 
     found = list(dict.fromkeys(r[1] for r in rows))
     if classes is None:
@@ -207,88 +241,9 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None) -> DataSet:
     return DataSet(root, classes, tuple(samples))
 
 
-def _read_dicom(path: Path) -> NDArray[np.float64]:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable DICOM file ({exc})") from exc
-    if "PixelData" not in ds:
-        raise DataError(f"{path}: DICOM file has no pixel data")
-    try:
-        arr = ds.pixel_array.astype(np.float64)
-    except Exception as exc:  # pydicom raises many types for bad pixel data
-        raise DataError(f"{path}: cannot decode DICOM pixel data ({exc})") from exc
-    if arr.ndim != 2:
-        raise DataError(f"{path}: expected a single-frame grayscale DICOM, got shape {arr.shape}")
-    arr = arr * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
-    lo, hi = float(arr.min()), float(arr.max())
-    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        arr = 1.0 - arr
-    return arr
-
-
-def _read_raster(path: Path) -> NDArray[np.float64]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-                raise DataError(
-                    f"{path}: image has an alpha channel (mode {mode}); save it as grayscale or RGB"
-                )
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                return arr / (65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0))
-            if mode not in ("L", "RGB", "P", "1"):
-                raise DataError(f"{path}: unsupported image mode {mode}")
-            return np.asarray(im.convert("L"), dtype=np.float64) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
-
-
-def decode_image(path: Path) -> NDArray[np.float64]:
-    """Decodes a radiograph to a 2-D float array in ``[0, 1]`` at its own size.
-
-    Raises:
-        DataError: unreadable, truncated or unsupported files.
-    """
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            is_dicom = path.suffix.lower() in (".dcm", ".dicom") or (
-                fh.seek(128) == 128 and fh.read(4) == b"DICM"
-            )
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror})") from exc
-    arr = _read_dicom(path) if is_dicom else _read_raster(path)
-    if arr.size == 0:
-        raise DataError(f"{path}: empty image")
-    return arr
-
-
-def read_image(path: Path, size: int) -> torch.Tensor:
-    """Reads a radiograph as a ``(1, size, size)`` float tensor in ``[0, 1]``.
-
-    Raises:
-        DataError: unreadable, truncated or unsupported files.
-    """
-    arr = decode_image(path)
-    t = torch.from_numpy(arr.astype(np.float32))[None, None]
-    if t.shape[-2:] != (size, size):
-        t = torch.nn.functional.interpolate(
-            t, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
-    return t[0].clamp_(0, 1)
-
-
 class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
-    """Normalised 3-channel tensors and labels for a list of samples.
+    """Normalised model inputs and labels for a list of samples, preprocessed by
+    ``preprocess`` (:mod:`drift_gate.preprocess`).
 
     With ``cache=True`` (for training) images are decoded once and kept in memory as
     float16 single-channel tensors (3 MB per hundred images at 128 px), so epochs
@@ -303,12 +258,16 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         mean: Sequence[float],
         std: Sequence[float],
         cache: bool = True,
+        preprocess: Preprocess = DEFAULT,
     ) -> None:
         self.samples = list(samples)
         self.cache = cache
         self.size = size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.preprocess = preprocess
+        channels = preprocess.channels
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:channels].view(channels, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32)[:channels].view(channels, 1, 1)
+        self._transform = load_transform(preprocess.transform) if preprocess.transform else None
         self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -317,10 +276,16 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         raw = self._cache.get(i)
         if raw is None:
-            raw = read_image(self.samples[i].path, self.size).half()
+            path = self.samples[i].path
+            if self._transform is not None:  # the user's own: already the model input
+                raw = apply_transform(self._transform, path, self.preprocess.channels, self.size)
+            else:
+                raw = read_image(path, self.size, self.preprocess).half()
             if self.cache:
                 self._cache[i] = raw
-        x = raw.float().expand(3, -1, -1)
+        if self._transform is not None:
+            return raw, self.samples[i].label
+        x = raw.float().expand(self.preprocess.channels, -1, -1)
         return (x - self.mean) / self.std, self.samples[i].label
 
     @property

@@ -19,15 +19,16 @@ import torch
 
 from ._io import file_sha256
 from .baseline import APPROVED_STATISTIC, Baseline, StaleBaselineError, check_compatible, load_baseline
-from .cam import compute_cams, upsample
+from .cam import compute_cams, grid_warning, upsample
 from .checkpoint import load_checkpoint
+from .classification import classification_metrics, predicted_class
 from .data import ImageDataset, Sample, read_image
 from .distributed import Dist, gather_shards, in_order
 from .errors import CheckpointError
 from .export import OnnxModel, Parity, onnx_path, parity
 from .metrics import METRICS, Direction, Summary, drift_metrics, localisation, select_samples, summarise
+from .preprocess import DEFAULT, Preprocess
 from .thresholds import Thresholds
-from .train import classification_metrics
 
 __all__ = [
     "RESULT_SCHEMA",
@@ -94,6 +95,8 @@ class CandidateResult:
     onnx: dict[str, Any] = field(default_factory=dict)
     #: numeric precision of the CAM forward pass (``fp32`` or ``bf16``)
     precision: str = "fp32"
+    #: things a reviewer should know that do not change the verdict (e.g. a coarse CAM grid)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -143,18 +146,42 @@ def _statistic(s: Summary, statistic: str, direction: Direction, kind: str) -> f
     return s.ci_low if kind in ("min", "max_drop") else s.ci_high
 
 
-def _check(kind: str, observed: float, value: float, approved: float | None) -> tuple[bool, str, float]:
-    """(passed, direction text, effective bound)."""
+def _bound(kind: str, value: float, approved: float | None) -> tuple[str, float]:
+    """(direction text, effective bound) of one bound; relative kinds need ``approved``."""
     if kind == "min":
-        return observed >= value, f">= {value:g}", value
+        return f">= {value:g}", value
     if kind == "max":
-        return observed <= value, f"<= {value:g}", value
+        return f"<= {value:g}", value
     if kind == "abs_max":
-        return abs(observed) <= value, f"|x| <= {value:g}", value
+        return f"|x| <= {value:g}", value
     assert approved is not None
     if kind == "max_drop":
-        return observed >= approved - value, f">= approved {approved:.4f} - {value:g}", approved - value
-    return observed <= approved + value, f"<= approved {approved:.4f} + {value:g}", approved + value
+        return f">= approved {approved:.4f} - {value:g}", approved - value
+    return f"<= approved {approved:.4f} + {value:g}", approved + value
+
+
+def _passes(kind: str, observed: float, bound: float) -> bool:
+    if kind in ("min", "max_drop"):
+        return observed >= bound
+    if kind == "abs_max":
+        return abs(observed) <= bound
+    return observed <= bound
+
+
+def samples_needed(n_usable: int, n_audit: int, required: int, n_classes: int, share: float | None) -> str:
+    """What the audit set would need for ``required`` usable samples, at the rate seen."""
+    if n_usable == 0 or n_audit == 0:
+        return "no audit sample was usable, so a larger audit set alone will not help"
+    if share is not None:
+        return (
+            f"only {n_usable / n_audit:.0%} of the audit set was usable, below min_samples "
+            f"{share:.0%}; a larger audit set keeps that share, so lower min_samples or improve the models"
+        )
+    audit = math.ceil(required * n_audit / n_usable)
+    return (
+        f"at this rate ({n_usable} of {n_audit} audit images usable) it needs an audit set of about "
+        f"{audit} images ({math.ceil(audit / max(n_classes, 1))} per class: baseline --per-class)"
+    )
 
 
 def evaluate_rules(
@@ -163,6 +190,8 @@ def evaluate_rules(
     summaries: dict[str, dict[str, Summary]],
     thresholds: Thresholds,
     approved: dict[str, Any],
+    n_audit: int = 0,
+    n_classes: int = 0,
 ) -> list[RuleResult]:
     """Applies the drift bounds of one backbone x method to its overall summaries.
 
@@ -170,32 +199,46 @@ def evaluate_rules(
         summaries: metric -> group -> :class:`Summary` (from :func:`summarise`).
         approved: the approved candidate's statistics, ``{method: {metric: value}}``,
             for relative bounds; relative bounds without one are skipped.
+        n_audit: audit images (what a relative ``min_samples`` is a share of).
+        n_classes: classes of the audit set (to say how large an audit set would do).
     """
     out = []
+    required = thresholds.required_samples(n_audit)
     for b in thresholds.bounds(arch, method):
         name = f"{arch}/{method}/{b.metric}.{b.kind}"
         s = summaries.get(b.metric, {}).get("overall")
         spec = METRICS[b.metric]
+        approved_value = (approved.get(method) or {}).get(b.metric)
+        relative = b.kind in ("max_drop", "max_rise")
+        bound: float | None = None
+        direction = b.kind  # a relative bound without an approved value has no number yet
+        if not relative or approved_value is not None:
+            direction, bound = _bound(b.kind, b.value, approved_value)
         if s is None:
-            out.append(RuleResult(name, SKIPPED, None, b.value, b.kind, f"{b.metric} not computed", b.source))
+            out.append(
+                RuleResult(name, SKIPPED, None, bound, direction, f"{b.metric} not computed", b.source)
+            )
             continue
-        if s.n < thresholds.min_samples:
+        if s.n < required:
+            shown = thresholds.min_samples_text
+            if thresholds.min_samples_share is not None:
+                shown += f" of {n_audit} = {required}"
             out.append(
                 RuleResult(
                     name,
                     INCONCLUSIVE,
                     None,
-                    b.value,
-                    b.kind,
-                    f"only {s.n} usable samples ({s.n_degenerate} degenerate), min_samples is "
-                    f"{thresholds.min_samples}: inconclusive, not a pass",
+                    bound,
+                    direction,
+                    f"only {s.n} usable samples ({s.n_degenerate} degenerate), min_samples is {shown}: "
+                    f"inconclusive, not a pass; "
+                    + samples_needed(s.n, n_audit, required, n_classes, thresholds.min_samples_share),
                     b.source,
                 )
             )
             continue
         observed = _statistic(s, thresholds.statistic, spec.direction, b.kind)
-        approved_value = (approved.get(method) or {}).get(b.metric)
-        if b.kind in ("max_drop", "max_rise") and approved_value is None:
+        if relative and approved_value is None:
             out.append(
                 RuleResult(
                     name,
@@ -208,8 +251,8 @@ def evaluate_rules(
                 )
             )
             continue
-        assert observed is not None
-        ok, direction, bound = _check(b.kind, observed, b.value, approved_value)
+        assert observed is not None and bound is not None
+        ok = _passes(b.kind, observed, bound)
         word = "ok" if ok else "violated"
         out.append(
             RuleResult(
@@ -306,14 +349,14 @@ def _none_if_nan(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(float(v)) else float(v) for v in values]
 
 
-def load_masks(samples: Sequence[Sample], size: int) -> np.ndarray:
+def load_masks(samples: Sequence[Sample], size: int, preprocess: Preprocess = DEFAULT) -> np.ndarray:
     """Ground-truth finding masks at the model's input size (resized like the images,
-    then thresholded at one half). A sample without a mask gets an empty one, so its
-    localisation metrics are undefined (NaN)."""
+    by the same policy, then thresholded at one half). A sample without a mask gets an
+    empty one, so its localisation metrics are undefined (NaN)."""
     out = np.zeros((len(samples), size, size), dtype=bool)
     for i, s in enumerate(samples):
         if s.mask is not None:
-            out[i] = read_image(s.mask, size)[0].numpy() >= 0.5
+            out[i] = read_image(s.mask, size, preprocess)[0].numpy() >= 0.5
     return out
 
 
@@ -403,7 +446,7 @@ def run_gate(
             return None
         # One pass, nothing cached: memory stays flat as the audit set grows.
         chosen = [samples[i] for i in indices]
-        ds = ImageDataset(chosen, size, meta.mean, meta.std, cache=False)
+        ds = ImageDataset(chosen, size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess)
         cams = compute_cams(
             model,
             ds,
@@ -414,7 +457,7 @@ def run_gate(
             precision=precision,
         )
         out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
-        masks = load_masks(chosen, size) if with_masks else None
+        masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
         if session is not None:
             out["onnx"] = session.logits(ds, batch_size)
         for method in thresholds.methods:
@@ -444,9 +487,10 @@ def run_gate(
         parity_rules.append(_parity_rule(meta.arch, par, thresholds))
         onnx_info = {"path": str(exported), "sha256": file_sha256(exported), **asdict(par)}
     labels = np.array([s.label for s in samples])
-    probs = torch.softmax(torch.from_numpy(logits.astype(np.float32)), 1).numpy()
-    auc = classification_metrics(probs, labels, meta.classes)["auc_macro"]
-    selected = select_samples(labels, base.logits.argmax(1), logits.argmax(1), thresholds.samples)
+    auc = classification_metrics(logits, labels, meta.classes)["auc_macro"]
+    selected = select_samples(
+        labels, predicted_class(base.logits), predicted_class(logits), thresholds.samples
+    )
     approved = base.approved.get("statistics", {})
     recorded = base.approved.get("statistic")
     if approved and recorded != APPROVED_STATISTIC[thresholds.statistic]:
@@ -464,13 +508,23 @@ def run_gate(
             for k in parts[0][1]["metrics"][method]
         }
         summary = summarise(values, selected, labels, meta.classes)
-        rules += evaluate_rules(meta.arch, method, summary, thresholds, approved)
+        rules += evaluate_rules(
+            meta.arch,
+            method,
+            summary,
+            thresholds,
+            approved,
+            n_audit=len(samples),
+            n_classes=len(meta.classes),
+        )
         summaries[method] = _summary_dict(summary)
         per_sample[method] = {k: _none_if_nan(v) for k, v in values.items() if k != "degenerate"}
         per_sample[method]["degenerate"] = [float(x) for x in values["degenerate"]]
     verdict, label = _verdict(rules)
+    coarse = grid_warning(next(iter(maps.values())).shape[1:], size)
     artifacts = {
         "size": size,
+        "preprocess": meta.preprocess,
         "paths": [s.path for s in samples],
         "reference": base.maps,
         "candidate": maps,
@@ -497,4 +551,5 @@ def run_gate(
         predictions=f"onnxruntime ({onnx_info['provider']})" if onnx_info else f"torch ({dist.device.type})",
         onnx=onnx_info,
         precision=precision,
+        warnings=[coarse] if coarse else [],
     ), artifacts

@@ -55,6 +55,7 @@ def console_table(result: GateResult) -> str:
             f"samples {c.n_selected}/{c.n_audit}  ->  {_MARK[c.verdict]}: {c.label}"
         )
         lines.append(f"  predictions: {c.predictions}")
+        lines += [f"  warning: {w}" for w in c.warnings]
         lines.append(f"  {'rule':<{width}}{'status':<14}{'observed':>10}  bound")
         for r in c.rules:
             bound = r.message if r.status == "skipped" else r.direction
@@ -75,6 +76,9 @@ def markdown(result: GateResult) -> str:
             f"| {c.arch} | `{Path(c.candidate).name}` | {c.predictions} | {c.auc:.4f} | "
             f"{c.reference_auc:.4f} | {c.n_selected}/{c.n_audit} | **{_MARK[c.verdict]}** {c.label} |"
         )
+    warnings = [(c, w) for c in result.candidates for w in c.warnings]
+    if warnings:
+        out += [""] + [f"> **Warning ({c.arch})**: {w}" for c, w in warnings]
     failed = [(c, r) for c in result.candidates for r in c.rules if r.status in (FAIL, INCONCLUSIVE)]
     if failed:
         out += ["", "| rule | status | observed | bound | |", "|---|---|---|---|---|"]
@@ -213,7 +217,7 @@ def _overlays(c: CandidateResult, method: str, artifacts: Mapping[str, Any], whi
     size = int(artifacts["size"])
     fig, axes = plt.subplots(len(which), 3, figsize=(6, 2.1 * len(which)), squeeze=False)
     for row, i in zip(axes, which, strict=True):
-        image = read_image(artifacts["paths"][i], size)[0].numpy()
+        image = read_image(artifacts["paths"][i], size, artifacts["preprocess"])[0].numpy()
         ref = minmax(upsample(torch.from_numpy(artifacts["reference"][method][i : i + 1]), size))[0]
         cand = minmax(upsample(torch.from_numpy(artifacts["candidate"][method][i : i + 1]), size))[0]
         iou = c.per_sample[method]["iou"][i]
@@ -260,6 +264,7 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
             f"AUC {c.auc:.4f} (reference {c.reference_auc:.4f}); {c.n_selected} of "
             f"{c.n_audit} audit samples selected. Predictions: {html.escape(c.predictions)}.</p>"
         )
+        parts += [f"<p class='inconclusive'>Warning: {html.escape(w)}</p>" for w in c.warnings]
         parts.append(
             "<table><tr><th>rule</th><th>status</th><th>observed</th><th>bound</th><th>source</th></tr>"
         )

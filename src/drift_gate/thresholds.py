@@ -5,7 +5,8 @@ Shape::
     [gate]
     methods = ["layercam", "gradcam++"]
     samples = "true-positive"      # or "all"
-    min_samples = 30               # fewer usable samples: inconclusive, never a pass
+    min_samples = 30               # fewer usable samples: inconclusive, never a pass;
+                                   # or a share of the audit set: "40%"
     statistic = "mean"             # "median", or "ci" (the conservative end of the 95 % CI)
 
     [auc]
@@ -73,11 +74,26 @@ class Thresholds:
     auc_min: float | None = None
     auc_max_drop: float | None = None
     #: (backbone or None, method or None) -> {"metric.kind": value}; (None, None) = defaults
+    #: ``min_samples`` given as a share of the audit set (``"40%"`` -> 0.4), else None
+    min_samples_share: float | None = None
     tables: dict[tuple[str | None, str | None], dict[str, float]] = field(default_factory=dict)
     #: (backbone, method, "metric.kind") -> "file:line" where the value was set
     sources: dict[tuple[str | None, str | None, str], str] = field(default_factory=dict)
     path: str = "thresholds.toml"
     onnx_max_rel_diff: float = ONNX_MAX_REL_DIFF
+
+    def required_samples(self, n_audit: int) -> int:
+        """The usable samples a rule needs on an audit set of ``n_audit`` images."""
+        if self.min_samples_share is None:
+            return self.min_samples
+        return max(1, math.ceil(self.min_samples_share * n_audit - 1e-9))
+
+    @property
+    def min_samples_text(self) -> str:
+        """``min_samples`` as written: ``20`` or ``40%``."""
+        if self.min_samples_share is None:
+            return str(self.min_samples)
+        return f"{self.min_samples_share * 100:g}%"
 
     def bounds(self, arch: str, method: str) -> list[Bound]:
         """Bounds for one backbone x method: defaults, then backbone, then backbone+method."""
@@ -94,7 +110,7 @@ class Thresholds:
             "gate": {
                 "methods": list(self.methods),
                 "samples": self.samples,
-                "min_samples": self.min_samples,
+                "min_samples": self.min_samples if self.min_samples_share is None else self.min_samples_text,
                 "statistic": self.statistic,
             },
             "auc": {
@@ -137,6 +153,17 @@ def _line_of(text: str, table: list[str], key: str | None = None) -> int:
     return max(start, 1)
 
 
+def _table_line(text: str, table: list[str]) -> int:
+    """1-based line of the first header ``[table]`` or ``[table.<more>]``, else of the
+    first dotted key that starts with the table's last part."""
+    inner = r"\s*\.\s*".join(rf'(?:"{re.escape(p)}"|{re.escape(p)})' for p in table)
+    header = re.compile(rf"^\s*\[\s*{inner}\s*[\].]")
+    for i, line in enumerate(text.splitlines()):
+        if header.match(line):
+            return i + 1
+    return _line_of(text, table[:-1], table[-1])
+
+
 class _Ctx:
     def __init__(self, text: str, path: str) -> None:
         self.text, self.path = text, path
@@ -156,9 +183,43 @@ def _number(ctx: _Ctx, table: list[str], key: str, value: Any) -> float:
     return float(value)
 
 
+_SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def _min_samples(ctx: _Ctx, value: Any) -> tuple[int, float | None]:
+    """``min_samples``: an integer >= 1, or a share of the audit set such as ``"40%"``."""
+    if isinstance(value, str):
+        m = _SHARE.match(value)
+        if m and 0 < float(m.group(1)) <= 100:
+            return 1, float(m.group(1)) / 100
+        raise ctx.fail(
+            ["gate"], "min_samples", f'expected a share of the audit set such as "40%", got {value!r}'
+        )
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ctx.fail(
+            ["gate"], "min_samples", f'expected an integer >= 1 or a share such as "40%", got {value!r}'
+        )
+    return value, None
+
+
+def _is_table_of_tables(spec: Any) -> bool:
+    """A value that holds tables (a backbone's or method's), not ``kind = number`` bounds."""
+    return isinstance(spec, dict) and any(isinstance(v, dict) for v in spec.values())
+
+
 def _drift_table(ctx: _Ctx, table: list[str], raw: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for metric, spec in raw.items():
+        if metric not in METRICS and table == ["drift"] and _is_table_of_tables(spec):
+            raise ConfigError(
+                f"{ctx.path}:{_table_line(ctx.text, ['drift', metric])}: drift.{metric}: unknown backbone "
+                f"{metric!r}; known: {', '.join(BACKBONES)}"
+            )
+        if metric not in METRICS and len(table) == 2 and _is_table_of_tables(spec):
+            raise ConfigError(
+                f"{ctx.path}:{_table_line(ctx.text, [*table, metric])}: {'.'.join(table)}.{metric}: "
+                f"unknown method {metric!r}; known: {', '.join(METHODS)}"
+            )
         if metric not in METRICS:
             raise ctx.fail(table, metric, f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
         if not isinstance(spec, dict):
@@ -218,9 +279,7 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
     statistic = gate.get("statistic", "mean")
     if statistic not in _STATISTICS:
         raise ctx.fail(["gate"], "statistic", f"expected one of {', '.join(_STATISTICS)}, got {statistic!r}")
-    min_samples = gate.get("min_samples", 30)
-    if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
-        raise ctx.fail(["gate"], "min_samples", f"expected an integer >= 1, got {min_samples!r}")
+    min_samples, share = _min_samples(ctx, gate.get("min_samples", 30))
 
     auc = doc.get("auc", {})
     for key in auc:
@@ -262,16 +321,17 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
                     raise ctx.fail(["drift", arch], method, "expected a table of bounds")
                 add(arch, method, mtable)
     result = Thresholds(
-        tuple(dict.fromkeys(methods)),
-        samples,
-        min_samples,
-        statistic,
-        auc_min,
-        auc_drop,
-        tables,
-        sources,
-        path,
-        onnx_rel,
+        methods=tuple(dict.fromkeys(methods)),
+        samples=samples,
+        min_samples=min_samples,
+        statistic=statistic,
+        auc_min=auc_min,
+        auc_max_drop=auc_drop,
+        min_samples_share=share,
+        tables=tables,
+        sources=sources,
+        path=path,
+        onnx_max_rel_diff=onnx_rel,
     )
     # Contradictions are judged on what applies to each backbone x method.
     for arch in BACKBONES:

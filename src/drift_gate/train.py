@@ -34,6 +34,7 @@ from ._io import atomic_write_bytes, atomic_write_text, file_sha256
 from .backbones import Classifier, build_classifier, get_backbone
 from .cam import autocast
 from .checkpoint import CheckpointMeta, library_versions, load_checkpoint, save_checkpoint
+from .classification import classification_metrics
 from .config import PhaseConfig, PretrainConfig, Profile
 from .data import DataSet, ImageDataset
 from .distributed import Dist, barrier, gather_shards, global_batchnorm, in_order, main_first
@@ -43,7 +44,6 @@ from .weights import load_body_weights
 
 __all__ = [
     "TrainResult",
-    "classification_metrics",
     "extract_features",
     "finetune_from",
     "predict",
@@ -88,27 +88,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Macro one-vs-rest AUC, accuracy and per-class AUC.
-
-    Classes absent from ``labels`` get no AUC and are left out of the macro mean.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    per_class: dict[str, float] = {}
-    for c, name in enumerate(classes):
-        positive = labels == c
-        if positive.any() and not positive.all():
-            per_class[name] = float(roc_auc_score(positive, probs[:, c]))
-    macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
-    return {
-        "auc_macro": macro,
-        "accuracy": float((probs.argmax(1) == labels).mean()),
-        "auc_per_class": per_class,
-        "n": len(labels),
-    }
-
-
 @torch.inference_mode()
 def _collect(
     fn: Callable[[torch.Tensor], torch.Tensor],
@@ -135,12 +114,10 @@ def predict(
     progress: bool = False,
     desc: str = "predict",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and labels for a data set, in eval mode."""
+    """Logits and labels for a data set, in eval mode."""
     model.eval()
-    probs, labels = _collect(
-        lambda x: torch.softmax(model(x), dim=1), dataset, device, batch_size, progress, desc
-    )
-    return probs.numpy(), labels.numpy()
+    logits, labels = _collect(model, dataset, device, batch_size, progress, desc)
+    return logits.numpy(), labels.numpy()
 
 
 def extract_features(
@@ -215,8 +192,8 @@ def _head_metrics(
     head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
 ) -> dict[str, Any]:
     with torch.inference_mode():
-        probs = torch.softmax(head(feats), dim=1).numpy()
-    return classification_metrics(probs, labels.numpy(), classes)
+        logits = head(feats).numpy()
+    return classification_metrics(logits, labels.numpy(), classes)
 
 
 def train_head(
@@ -388,8 +365,8 @@ def finetune(
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        probs, labels = predict(model, val, device, batch_size)
-        auc = classification_metrics(probs, labels, classes)["auc_macro"]
+        logits, labels = predict(model, val, device, batch_size)
+        auc = classification_metrics(logits, labels, classes)["auc_macro"]
         history.append(auc)
         log(
             f"  FT epoch {epoch + 1}/{cfg.epochs}: val macro AUC {auc:.4f} "
@@ -576,7 +553,8 @@ def train_backbone(
     config_sha = profile.sha256(arch, data.manifest_sha256)
     if dist.main:
         atomic_write_text(out / "profile.json", json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n")
-    sets = {s: ImageDataset(data.split(s), size, mean, std) for s in ("train", "val", "test")}
+    pre = profile.preprocess
+    sets = {s: ImageDataset(data.split(s), size, mean, std, preprocess=pre) for s in ("train", "val", "test")}
     bs = profile.batch_size
 
     def meta(phase: str, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
@@ -593,6 +571,7 @@ def train_backbone(
             metrics=metrics,
             config_sha256=config_sha,
             epoch=epoch,
+            preprocess=pre,
         )
 
     paths, metrics = {}, {}
@@ -682,8 +661,8 @@ def train_backbone(
         )
         ft_metrics = {}
         for s in ("val", "test"):
-            probs, labels = predict(model, sets[s], device, bs)
-            ft_metrics[s] = classification_metrics(probs, labels, classes)
+            logits, labels = predict(model, sets[s], device, bs)
+            ft_metrics[s] = classification_metrics(logits, labels, classes)
         ft_meta = meta("ft", epoch, ft_metrics)
         if dist.main:
             _write_phase(out, "ft", model, ft_meta, history)
@@ -739,7 +718,9 @@ def finetune_from(
             f"data classes {list(data.classes)} differ from {reference}'s {list(ref_meta.classes)}"
         )
     sets = {
-        s: ImageDataset(data.split(s), ref_meta.input_size, ref_meta.mean, ref_meta.std)
+        s: ImageDataset(
+            data.split(s), ref_meta.input_size, ref_meta.mean, ref_meta.std, preprocess=ref_meta.preprocess
+        )
         for s in ("train", "val", "test")
     }
     _seed_all(seed + 1)
@@ -750,8 +731,8 @@ def finetune_from(
     )  # fmt: skip
     metrics = {}
     for s in ("val", "test"):
-        probs, labels = predict(model, sets[s], device, batch_size)
-        metrics[s] = classification_metrics(probs, labels, data.classes)
+        logits, labels = predict(model, sets[s], device, batch_size)
+        metrics[s] = classification_metrics(logits, labels, data.classes)
     meta = replace(
         ref_meta,
         phase="ft",

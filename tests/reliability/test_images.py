@@ -36,9 +36,9 @@ def _dicom_without_pixels() -> bytes:
 
 
 BAD: dict[str, tuple[Callable[[bytes], bytes], str]] = {
-    "zero bytes": (lambda good: b"", "not a readable image"),
-    "truncated": (lambda good: good[: len(good) // 3], "not a readable image"),
-    "not an image": (lambda good: b"this is not a png", "not a readable image"),
+    "zero bytes": (lambda good: b"", "not a readable PNG, JPEG, TIFF or DICOM image"),
+    "truncated": (lambda good: good[: len(good) // 3], "not a readable PNG, JPEG, TIFF or DICOM image"),
+    "not an image": (lambda good: b"this is not a png", "not a readable PNG, JPEG, TIFF or DICOM image"),
     "RGBA": (lambda good: _png("RGBA"), r"alpha channel \(mode RGBA\)"),
     "gray + alpha": (lambda good: _png("LA"), r"alpha channel \(mode LA\)"),
     "32-bit float": (lambda good: _png("F"), "unsupported image mode F"),

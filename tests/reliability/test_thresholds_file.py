@@ -27,7 +27,7 @@ CASES = {
     ),
     "misspelled method table": (
         "[drift.tiny.layercm]\niou.min = 0.3\n",
-        r"thresholds\.toml:1: .*unknown metric 'layercm'",
+        r"thresholds\.toml:1: drift\.tiny\.layercm: unknown method 'layercm'",
     ),
     "wrong type (string)": (
         "[drift]\niou.min = 'high'\n",

@@ -1,0 +1,81 @@
+"""Classification metrics from logits: pure functions, float64, no saturation.
+
+AUC is a ranking metric, so it must be computed from a score that keeps the
+model's ranking. Softmax probabilities in float32 do not: for a confident model
+(logits around ±27) ``p(normal)`` rounds to 0 or 1 for most images, ties appear
+that the logits do not have, and a binary task's two per-class AUCs, which must be
+equal, come out different. Each class is therefore scored by its one-vs-rest
+log-odds in float64,
+
+    s_c = z_c - log sum_{j != c} exp(z_j),
+
+which is a strictly increasing function of the softmax probability ``p_c`` (so the
+AUC is the one the probabilities would give in exact arithmetic) and never
+saturates. For two classes it is the logit difference ``z_1 - z_0`` (and its
+negative), so both per-class AUCs are equal; a single-logit binary head is scored
+by its logit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["classification_metrics", "ovr_log_odds", "predicted_class"]
+
+
+def ovr_log_odds(logits: ArrayLike) -> NDArray[np.float64]:
+    """One-vs-rest log-odds of every class, ``(N, K)`` float64.
+
+    Args:
+        logits: ``(N, K)`` logits of a softmax head, or ``(N, 1)`` of a single-logit
+            binary head (class 1 positive), which gives ``(N, 2)``.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] < 1:
+        raise ValueError(f"expected (N, K) logits, got shape {z.shape}")
+    if z.shape[1] == 1:
+        return np.concatenate([-z, z], axis=1)
+    from scipy.special import logsumexp
+
+    out = np.empty_like(z)
+    for c in range(z.shape[1]):
+        out[:, c] = z[:, c] - logsumexp(np.delete(z, c, axis=1), axis=1)
+    return out
+
+
+def predicted_class(logits: ArrayLike) -> NDArray[np.int64]:
+    """The predicted class of each row (a single logit predicts class 1 when positive)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 2 and z.shape[1] == 1:
+        return (z[:, 0] > 0).astype(np.int64)
+    return np.asarray(z.argmax(1), dtype=np.int64)
+
+
+def classification_metrics(logits: ArrayLike, labels: ArrayLike, classes: Sequence[str]) -> dict[str, Any]:
+    """Macro one-vs-rest AUC, accuracy and per-class AUC, from logits.
+
+    Classes absent from ``labels`` (or the only class present) get no AUC and are
+    left out of the macro mean, which is then NaN if no class has one.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    scores = ovr_log_odds(logits)
+    y = np.asarray(labels)
+    if scores.shape[1] != len(classes):
+        raise ValueError(f"{scores.shape[1]} score columns for {len(classes)} classes")
+    per_class: dict[str, float] = {}
+    for c, name in enumerate(classes):
+        positive = y == c
+        if positive.any() and not positive.all():
+            per_class[name] = float(roc_auc_score(positive, scores[:, c]))
+    macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+    return {
+        "auc_macro": macro,
+        "accuracy": float((predicted_class(logits) == y).mean()) if len(y) else float("nan"),
+        "auc_per_class": per_class,
+        "n": len(y),
+    }
