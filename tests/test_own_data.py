@@ -237,3 +237,17 @@ def test_binary_task_too_small_for_an_absolute_min_samples(
     audit = -(-20 * 20 // n)
     assert drift[0]["message"].startswith(f"only {n} usable samples (0 degenerate), min_samples is 20:")
     assert f"it needs an audit set of about {audit} images ({-(-audit // 2)} per class" in drift[0]["message"]
+
+
+def test_a_coarse_cam_grid_is_reported(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert gate(env, env["tl"]) == 0 and result(env)["candidates"][0]["warnings"] == []  # 8x8 at 32 px
+    small = resaved(env, "small.pt", input_size=16)  # the tiny body halves twice: a 4x4 grid
+    shutil.rmtree(env["baselines"])
+    assert main(baseline_args(env, small)) == 0
+    assert "warning: the CAM target layer's grid is 4x4 at 16 px input" in capsys.readouterr().err
+    assert gate(env, small) == 0
+    (c,) = result(env)["candidates"]
+    assert len(c["warnings"]) == 1 and "coarser than 5x5" in c["warnings"][0]
+    assert (
+        "**Warning (tiny)**: the CAM target layer's grid is 4x4" in (env["reports"] / "gate.md").read_text()
+    )

@@ -152,13 +152,19 @@ out = "{tmp_path / "ck"}"
 
 
 def test_cli_train(tmp_path: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    profiles = _write_profiles(tmp_path, phantom_root)
+    from drift_gate.checkpoint import load_checkpoint
+    from drift_gate.preprocess import Preprocess
+
+    profiles = _write_profiles(
+        tmp_path, phantom_root, 'preprocess = { resize = "letterbox", bit_depth = 12 }'
+    )
     assert (
         main(["train", "--profiles", str(profiles), "--profile", "t", "--no-progress", "--device", "cpu"])
         == 0
     )
     assert "FT val AUC" in capsys.readouterr().out
-    assert (tmp_path / "ck" / "tiny" / "ft.pt").is_file()
+    _, meta = load_checkpoint(tmp_path / "ck" / "tiny" / "ft.pt")
+    assert meta.preprocess == Preprocess(resize="letterbox", bit_depth=12)
 
 
 @pytest.mark.parametrize(
@@ -171,6 +177,8 @@ def test_cli_train(tmp_path: Path, phantom_root: Path, capsys: pytest.CaptureFix
             "per_backbone = { tiny = { ft = { epochs = 'x', lr = 1 } } }",
             r"per_backbone\.tiny\.ft\.epochs: expected int",
         ),
+        ("preprocess = { resize = 'zoom' }", r"\[t\]\.preprocess: preprocess\.resize must be one of squash"),
+        ("preprocess = { channels = 1 }", "the built-in backbones take 3 channels"),
     ],
 )
 def test_cli_rejects_bad_profiles(
