@@ -18,8 +18,8 @@ import sys
 import torch
 from _common import best_of, setup
 
-from drift_gate.backbones import build_classifier
-from drift_gate.cam import CamEngine
+from drift_gate.evidence.cam import CamEngine
+from drift_gate.models.backbones import build_classifier
 
 
 def _measure(arch: str, args: argparse.Namespace, device: torch.device) -> None:

@@ -35,10 +35,11 @@ def _prepare(root: Path, n_max: int) -> None:
     """Phantoms with ``n_max / 5`` test images per class, and a random-weight checkpoint."""
     import torch
 
-    from drift_gate.backbones import build_classifier
-    from drift_gate.checkpoint import CheckpointMeta, save_checkpoint
-    from drift_gate.data import load_dataset
-    from drift_gate.phantoms import CLASSES, generate_dataset
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.data.phantom_set import generate_dataset
+    from drift_gate.data.phantoms import CLASSES
+    from drift_gate.models.backbones import build_classifier
+    from drift_gate.models.checkpoint import CheckpointMeta, save_checkpoint
 
     per_class = n_max // len(CLASSES)
     generate_dataset(root / "data", per_class + 10, seed=0, size=SIZE, progress=True)

@@ -16,7 +16,7 @@ import torch
 from _common import best_of, setup
 from scipy.stats import pearsonr, spearmanr
 
-from drift_gate.metrics import drift_metrics
+from drift_gate.evidence.metrics import drift_metrics
 
 
 def _reference(a: np.ndarray, b: np.ndarray, q: float = 0.2) -> dict[str, list[float]]:

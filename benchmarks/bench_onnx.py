@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from _common import best_of, setup
 
-from drift_gate.backbones import build_classifier
-from drift_gate.export import _export_bytes, parity
+from drift_gate.models.backbones import build_classifier
+from drift_gate.models.export import _export_bytes, parity
 
 
 def _measure(arch: str, args: argparse.Namespace) -> None:

@@ -18,11 +18,11 @@ from _common import setup
 from torch import nn
 from torch.utils.data import DataLoader
 
-from drift_gate.backbones import build_classifier, get_backbone
-from drift_gate.config import PhaseConfig
-from drift_gate.data import ImageDataset, load_dataset
-from drift_gate.phantoms import generate_dataset
-from drift_gate.train import extract_features, train_head
+from drift_gate.data.datasets import ImageDataset, load_dataset
+from drift_gate.data.phantom_set import generate_dataset
+from drift_gate.models.backbones import build_classifier, get_backbone
+from drift_gate.training.loops import extract_features, train_head
+from drift_gate.training.profiles import PhaseConfig
 
 
 def main(argv: list[str]) -> int:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from drift_gate.checkpoint import load_checkpoint, save_checkpoint
 from drift_gate.cli import main
-from drift_gate.config import PhaseConfig, PretrainConfig, Profile
+from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
+from drift_gate.training.profiles import PhaseConfig, PretrainConfig, Profile
 
 #: How the session's tiny TL and FT checkpoints are trained (``conftest.trained``);
 #: calibration and the controls fine-tune again with the same settings.
@@ -153,8 +153,47 @@ def assert_error(code: int, capsys: pytest.CaptureFixture[str], pattern: str, ex
     assert "Traceback" not in err, err
     assert len(lines) == 1, err
     assert re.search(pattern, lines[0]), lines[0]
-    collect = os.environ.get("DRIFT_GATE_COLLECT_ERRORS")  # to write the README's failure table
-    if collect:
-        with open(collect, "a", encoding="utf-8") as fh:
-            fh.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}\t{exit_code}\t{lines[0]}\n")
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    RECORDED.append((test, exit_code, shorten(lines[0].removeprefix("drift-gate: error: "))))
     return lines[0]
+
+
+# --- docs/reference/failure-modes.md: generated from what assert_error saw ----------------
+
+#: (test id, exit code, message) of every assert_error in this session, in order.
+RECORDED: list[tuple[str, int, str]] = []
+FAILURE_MODES = Path(__file__).resolve().parents[1] / "docs" / "reference" / "failure-modes.md"
+_ROW = re.compile(r"^\| `(?P<test>.+?)` \| (?P<code>\d+) \| (?P<message>.*) \|$")
+
+
+def shorten(message: str) -> str:
+    """A message without the machine's paths: every absolute folder becomes "…/"."""
+    return re.sub(r"(?:/[^/\s:'\"`()]+)+/", "…/", message)
+
+
+def failure_modes_page(rows: list[tuple[str, int, str]]) -> str:
+    """The page: one row per checked error, in test order."""
+    out = [
+        "<!-- Generated from the test suite (`nox -s docs`); a test run fails when it is stale. -->",
+        "",
+        "# Failure modes",
+        "",
+        "Every row is an error case that a test runs through the real command line. The test",
+        "checks the exit code, that exactly one `drift-gate: error:` line is printed and what it",
+        "says, and that no traceback appears. Paths are shortened to `…/`.",
+        "",
+        "| test | exit | message (after `drift-gate: error: `) |",
+        "|---|---|---|",
+    ]
+    out += [f"| `{t}` | {c} | {m.replace('|', chr(92) + '|')} |" for t, c, m in rows]
+    return "\n".join(out) + "\n"
+
+
+def parse_failure_modes(text: str) -> list[tuple[str, int, str]]:
+    """The rows of a committed page."""
+    rows = []
+    for line in text.splitlines():
+        m = _ROW.match(line)
+        if m:
+            rows.append((m["test"], int(m["code"]), m["message"].replace(chr(92) + "|", "|")))
+    return rows

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from drift_gate.backbones import BACKBONES, build_classifier, get_backbone
 from drift_gate.errors import CheckpointError, ConfigError, WeightsUnavailableError
-from drift_gate.weights import load_body_weights
+from drift_gate.models.backbones import BACKBONES, build_classifier, get_backbone
+from drift_gate.models.weights import load_body_weights
 
 
 def test_unknown_backbone_lists_known_ones() -> None:

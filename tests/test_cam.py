@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from drift_gate.backbones import build_classifier
-from drift_gate.cam import GRADIENT_METHODS, METHODS, CamEngine, compute_cams, minmax, upsample
-from drift_gate.data import ImageDataset
+from drift_gate.data.datasets import ImageDataset
 from drift_gate.errors import ConfigError
+from drift_gate.evidence.cam import GRADIENT_METHODS, METHODS, CamEngine, compute_cams, minmax, upsample
+from drift_gate.models.backbones import build_classifier
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
@@ -152,7 +152,7 @@ def test_fp32_cams_do_not_run_in_tf32() -> None:
     """On Ampere and newer GPUs cuDNN convolutions default to TF32, which moved the
     activations of ResNet50V2 by 1.8e-3 (relative) from the CPU's on an H100; the
     engine turns it off for fp32 and restores the flags after."""
-    from drift_gate.cam import _no_tf32
+    from drift_gate.evidence.cam import _no_tf32
 
     before = torch.backends.cudnn.allow_tf32
     with _no_tf32("fp32"):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import io
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from drift_gate.backbones import build_classifier
-from drift_gate.checkpoint import SCHEMA_VERSION, CheckpointMeta, load_checkpoint, save_checkpoint
+from drift_gate.models.backbones import build_classifier
+from drift_gate.models.checkpoint import SCHEMA_VERSION, CheckpointMeta, load_checkpoint, save_checkpoint
 
 
 def _meta(**over: object) -> CheckpointMeta:
@@ -48,5 +48,7 @@ def test_round_trip(ckpt: Path) -> None:
 
 
 def test_meta_json_is_canonical() -> None:
-    assert _meta().to_json() == _meta().to_json()
-    assert io.StringIO(_meta().to_json()).read().startswith('{"arch"')
+    text = _meta().to_json()
+    assert text == json.dumps(json.loads(text), sort_keys=True), "keys sorted, no whitespace variants"
+    assert text.startswith('{"arch"') and "preprocess" not in text, "the default preprocessing is not stored"
+    assert CheckpointMeta.from_json(text, Path("x")) == _meta(versions=json.loads(text)["versions"])

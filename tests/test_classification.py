@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from drift_gate.classification import classification_metrics, ovr_log_odds, predicted_class
+from drift_gate.evidence.classification import classification_metrics, ovr_log_odds, predicted_class
 
 
 def test_multiclass_auc_matches_sklearn_on_exact_probabilities() -> None:

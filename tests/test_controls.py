@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from drift_gate.backbones import build_classifier
-from drift_gate.baseline import AuditSample, AuditSet
-from drift_gate.cam import CamEngine
-from drift_gate.controls import PERMUTABLE, permute_target_channels
+from drift_gate.data.phantoms import CLASSES, cue_masks, render_phantom, strip_level
 from drift_gate.errors import ConfigError
-from drift_gate.phantoms import CLASSES, cue_masks, render_phantom, strip_level
+from drift_gate.evidence.cam import CamEngine
+from drift_gate.gating.audit import AuditSample, AuditSet
+from drift_gate.models.backbones import build_classifier
+from drift_gate.studies.controls import PERMUTABLE, permute_target_channels
 from gatekit import RULES, gate, result
 
 
@@ -48,7 +48,9 @@ def test_permuted_channels_leave_logits_and_maps_unchanged(arch: str, size: int)
     _scrambled_batchnorm(model)
     twin = copy.deepcopy(model)
     perm = permute_target_channels(twin, arch, seed=1)
-    assert (perm != torch.arange(len(perm))).sum() > len(perm) // 2 or arch != "tiny"
+    # a real permutation: most of the permuted block moves (DenseNet201 and InceptionV3 permute
+    # a sub-block of 32 or 192 channels; the tiny net and ResNet50V2 all of theirs)
+    assert int((perm != torch.arange(len(perm))).sum()) > min(len(perm) // 2, 16)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, twin.state_dict()[k])]
     assert "head.weight" in changed and len(changed) >= 3, "the weights must really differ"
     x = torch.randn(3, 3, size, size)
@@ -167,7 +169,7 @@ def test_a_changed_mask_is_refused(env: dict[str, Path], tmp_path: Path) -> None
 
 def test_data_command_plants_the_shortcut(tmp_path: Path) -> None:
     from drift_gate.cli import main
-    from drift_gate.data import load_dataset
+    from drift_gate.data.datasets import load_dataset
 
     args = ["data", "--n-per-class", "5", "--size", "48", "--seed", "2", "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "clean")]) == 0

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from drift_gate.data import ImageDataset, load_dataset, read_image
+from drift_gate.data.datasets import ImageDataset, load_dataset
+from drift_gate.data.phantoms import CLASSES
+from drift_gate.data.preprocess import read_image
 from drift_gate.errors import DataError
-from drift_gate.phantoms import CLASSES
 from gatekit import write_dicom
 
 
@@ -156,7 +157,7 @@ def test_manifest_dialects(tmp_path: Path, header: str, sep: str, encoding: str)
 
 
 def test_data_root_of_a_manifest_or_a_folder(tmp_path: Path) -> None:
-    from drift_gate.data import data_root
+    from drift_gate.data.datasets import data_root
 
     manifest = _two_class_manifest(tmp_path / "m", "path,label,split", ",", "utf-8")
     assert data_root(manifest) == tmp_path / "m" and data_root(tmp_path / "m") == tmp_path / "m"

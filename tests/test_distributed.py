@@ -63,7 +63,7 @@ def test_sharded_gate_exit_codes(env: dict[str, Path]) -> None:
 def test_ddp_training_matches_single_process(tmp_path: Path, phantom_root: Path) -> None:
     import torch
 
-    from drift_gate.checkpoint import load_checkpoint
+    from drift_gate.models.checkpoint import load_checkpoint
 
     profile = (
         f'[t]\ndata = "{phantom_root}"\nbackbones = ["tiny"]\ninput_size = 32\nweights = "none"\n'

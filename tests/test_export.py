@@ -11,10 +11,10 @@ import onnx
 import pytest
 import torch
 
-import drift_gate.export
-from drift_gate.checkpoint import load_checkpoint, save_checkpoint
+import drift_gate.models.export
 from drift_gate.cli import main
-from drift_gate.export import OnnxModel, onnx_path
+from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
+from drift_gate.models.export import OnnxModel, onnx_path
 from gatekit import RULES, assert_error, gate, result
 
 
@@ -102,7 +102,7 @@ def test_unloadable_onnx_file_is_a_clear_error(
 
 def test_parity_measure() -> None:
     ref = np.array([[10.0, -2.0], [1.0, 0.0]])
-    p = drift_gate.export.parity(ref, ref + 1e-4, "CPUExecutionProvider")
+    p = drift_gate.models.export.parity(ref, ref + 1e-4, "CPUExecutionProvider")
     assert p.max_rel_diff == pytest.approx(1e-5) and p.ok(1e-4) and not p.ok(1e-6)
-    bad = drift_gate.export.parity(ref, ref * np.nan, "x")
+    bad = drift_gate.models.export.parity(ref, ref * np.nan, "x")
     assert not bad.ok(1.0)

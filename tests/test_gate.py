@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from drift_gate.checkpoint import load_checkpoint, save_checkpoint
 from drift_gate.cli import main
+from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
 from gatekit import RULES, baseline_args, gate, result, tree_digest
 
 
@@ -52,10 +52,10 @@ def test_iou_violation_is_evidence_drift_despite_stable_auc(
 def test_auc_drop(env: dict[str, Path]) -> None:
     """A reference fitted to the audit images (AUC ~1 there) vs a candidate whose head
     says nothing (AUC exactly 0.5): the AUC rule fails, the label says so."""
-    from drift_gate.baseline import load_baseline
-    from drift_gate.config import PhaseConfig
-    from drift_gate.data import ImageDataset
-    from drift_gate.train import extract_features, train_head
+    from drift_gate.data.datasets import ImageDataset
+    from drift_gate.gating.baseline import load_baseline
+    from drift_gate.training.loops import extract_features, train_head
+    from drift_gate.training.profiles import PhaseConfig
 
     model, meta = load_checkpoint(env["tl"])
     audit = load_baseline(env["baselines"] / "tiny").audit.resolve(env["data"], meta.classes)

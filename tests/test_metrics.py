@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from drift_gate.metrics import (
+from drift_gate.evidence.metrics import (
     LOCALISATION_METRICS,
     METRICS,
     RANK_METRICS,
@@ -23,10 +23,9 @@ from drift_gate.metrics import (
     is_degenerate,
     localisation,
     peak_displacement,
-    select_samples,
     spearman,
-    summarise,
 )
+from drift_gate.evidence.summary import select_samples, summarise
 
 #: The metrics drift_metrics computes (the localisation ones need masks).
 PAIRWISE = [name for name in METRICS if name not in LOCALISATION_METRICS]

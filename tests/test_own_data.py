@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from drift_gate.cli import main
-from drift_gate.preprocess import Preprocess
+from drift_gate.data.preprocess import Preprocess
 from gatekit import RULES, TINY_TRAINING, assert_error, baseline_args, gate, gate_args, resaved, result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,8 +168,8 @@ def _binary_set(root: Path, per_split: dict[str, int], size: int = 32) -> Path:
 
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from drift_gate.data import load_dataset
-    from drift_gate.train import train_backbone
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.training.pipeline import train_backbone
 
     root = tmp_path_factory.mktemp("binary")
     manifest = _binary_set(root / "data", {"train": 30, "val": 10, "test": 10})

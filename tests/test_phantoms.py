@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from drift_gate.phantoms import CLASSES, SOURCE_LABELS, generate_dataset, render_phantom, render_source_sample
+from drift_gate.data.phantom_set import generate_dataset
+from drift_gate.data.phantoms import CLASSES, SOURCE_LABELS, render_phantom, render_source_sample
 
 
 def _tree_digest(root: Path) -> str:

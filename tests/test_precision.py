@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from drift_gate.cam import CamEngine
-from drift_gate.checkpoint import load_checkpoint
 from drift_gate.errors import ConfigError
-from drift_gate.metrics import drift_metrics
+from drift_gate.evidence.cam import CamEngine
+from drift_gate.evidence.metrics import drift_metrics
+from drift_gate.models.checkpoint import load_checkpoint
 from gatekit import gate, result
 
 
@@ -46,7 +46,7 @@ def test_bf16_maps_stay_close_to_fp32(env: dict[str, Path]) -> None:
 
 
 def test_autocast_switches_the_forward_to_bfloat16() -> None:
-    from drift_gate.cam import autocast
+    from drift_gate.evidence.cam import autocast
 
     conv = torch.nn.Conv2d(3, 4, 3)
     x = torch.randn(1, 3, 8, 8)
@@ -57,7 +57,7 @@ def test_autocast_switches_the_forward_to_bfloat16() -> None:
 
 
 def test_unknown_precision() -> None:
-    from drift_gate.backbones import build_classifier
+    from drift_gate.models.backbones import build_classifier
 
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
         CamEngine(build_classifier("tiny", 5), precision="fp8")

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from drift_gate.data import ImageDataset, Sample, load_dataset
+from drift_gate.data.datasets import ImageDataset, Sample, load_dataset
+from drift_gate.data.preprocess import Preprocess, decode_image, read_image, resize
 from drift_gate.errors import ConfigError, DataError
-from drift_gate.preprocess import Preprocess, decode_image, read_image, resize
 from gatekit import write_dicom
 
 RAMP12 = np.tile(np.linspace(0, 4095, 16).round().astype(np.uint16), (16, 1))

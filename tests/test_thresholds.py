@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from drift_gate.gate import FAIL, INCONCLUSIVE, PASS, SKIPPED, evaluate_rules
-from drift_gate.metrics import Summary
-from drift_gate.thresholds import load_thresholds, parse_thresholds
+from drift_gate.evidence.summary import Summary
+from drift_gate.gating.rules import FAIL, INCONCLUSIVE, PASS, SKIPPED, evaluate_rules
+from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
 
 TEXT = """\
 [gate]

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import drift_gate.train as train_mod
-from drift_gate.checkpoint import load_checkpoint
+import drift_gate.training.loops as loops_mod
 from drift_gate.cli import main
-from drift_gate.config import Profile
-from drift_gate.data import DataSet
-from drift_gate.train import pretrain_synthetic, train_backbone
+from drift_gate.data.datasets import DataSet
+from drift_gate.models.checkpoint import load_checkpoint
+from drift_gate.training.pipeline import train_backbone
+from drift_gate.training.pretrain import pretrain_synthetic
+from drift_gate.training.profiles import Profile
 
 
 def _states_equal(a: Path, b: Path) -> bool:
@@ -57,7 +58,7 @@ def test_two_phase_run_writes_checkpoints_and_metrics(
 
 def test_tl_keeps_the_body_frozen(tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path) -> None:
     torch.manual_seed(tiny_profile.seed)
-    from drift_gate.backbones import build_classifier
+    from drift_gate.models.backbones import build_classifier
 
     fresh = build_classifier("tiny", len(phantom_data.classes))
     train_backbone(
@@ -89,7 +90,7 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
     )
 
     profile = dataclasses.replace(tiny_profile, out=str(tmp_path / "int"))
-    real_predict, calls = train_mod.predict, []
+    real_predict, calls = loops_mod.predict, []
 
     def interrupt_in_second_epoch(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
@@ -97,7 +98,7 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
             raise KeyboardInterrupt
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "predict", interrupt_in_second_epoch)
+    monkeypatch.setattr(loops_mod, "predict", interrupt_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_backbone(
             profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=lambda m: None
@@ -106,7 +107,7 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
     assert (out / "tl.pt").is_file() and (out / "ft.resume.pt").is_file()
     assert not (out / "ft.pt").exists()
     assert not list(out.glob(".*.tmp")), "no partial files"
-    monkeypatch.setattr(train_mod, "predict", real_predict)
+    monkeypatch.setattr(loops_mod, "predict", real_predict)
     messages: list[str] = []
     train_backbone(
         profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=messages.append
@@ -125,8 +126,8 @@ def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp
         "tiny", tiny_profile.pretrain, 32, tmp_path, torch.device("cpu"), 8, log=logs.append
     )
     assert path == again and "cached" in logs[-1]
-    from drift_gate.backbones import build_classifier
-    from drift_gate.weights import load_body_weights
+    from drift_gate.models.backbones import build_classifier
+    from drift_gate.models.weights import load_body_weights
 
     model = build_classifier("tiny", 5)
     before = model.body[0].weight.clone()
@@ -152,8 +153,8 @@ out = "{tmp_path / "ck"}"
 
 
 def test_cli_train(tmp_path: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from drift_gate.checkpoint import load_checkpoint
-    from drift_gate.preprocess import Preprocess
+    from drift_gate.data.preprocess import Preprocess
+    from drift_gate.models.checkpoint import load_checkpoint
 
     profiles = _write_profiles(
         tmp_path, phantom_root, 'preprocess = { resize = "letterbox", bit_depth = 12 }'
@@ -207,7 +208,7 @@ def test_cli_usage_errors(tmp_path: Path, phantom_root: Path, capsys: pytest.Cap
 
 
 def test_repository_profiles_are_valid() -> None:
-    from drift_gate.config import load_profile
+    from drift_gate.training.profiles import load_profile
 
     root = Path(__file__).resolve().parents[1]
     demo = load_profile(root / "profiles.toml", "demo")

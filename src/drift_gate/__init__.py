@@ -1,7 +1,114 @@
-"""drift-gate: a regression gate for the evidence behind medical-imaging models."""
+"""drift-gate: a regression gate for the evidence behind medical-imaging models.
+
+The public API (:mod:`drift_gate.api`): :func:`gate`, :func:`baseline`,
+:func:`approve`, :func:`train`, :func:`export`, :func:`phantoms`, and the studies
+:func:`study`, :func:`track`, :func:`calibrate`, :func:`validate`; their results
+(:class:`GateResult`, :class:`CandidateResult`, :class:`RuleResult` with a
+:class:`Status`), the rules (:class:`Thresholds`, :func:`load_thresholds`),
+preprocessing (:class:`Preprocess`) and the errors. Names are imported on first
+use, so ``import drift_gate`` loads no torch.
+
+Packages follow the data flow: :mod:`drift_gate.data` (data sets, preprocessing,
+phantoms) -> :mod:`drift_gate.models` (backbones, checkpoints, ONNX) ->
+:mod:`drift_gate.training` -> :mod:`drift_gate.evidence` (CAMs and metrics, pure)
+-> :mod:`drift_gate.gating` (thresholds, baselines, the gate, reports);
+:mod:`drift_gate.studies` builds on all of them and :mod:`drift_gate.cli` is the
+command line.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_WHERE = {
+    "gate": "drift_gate.api",
+    "baseline": "drift_gate.api",
+    "approve": "drift_gate.api",
+    "train": "drift_gate.api",
+    "export": "drift_gate.api",
+    "phantoms": "drift_gate.api",
+    "study": "drift_gate.api",
+    "track": "drift_gate.api",
+    "calibrate": "drift_gate.api",
+    "validate": "drift_gate.api",
+    "Approval": "drift_gate.api",
+    "Export": "drift_gate.api",
+    "GateResult": "drift_gate.gating.gate",
+    "CandidateResult": "drift_gate.gating.gate",
+    "RuleResult": "drift_gate.gating.rules",
+    "Status": "drift_gate.gating.rules",
+    "Thresholds": "drift_gate.gating.thresholds",
+    "load_thresholds": "drift_gate.gating.thresholds",
+    "Preprocess": "drift_gate.data.preprocess",
+    "DriftGateError": "drift_gate.errors",
+    "ConfigError": "drift_gate.errors",
+    "DataError": "drift_gate.errors",
+    "CheckpointError": "drift_gate.errors",
+    "StaleBaselineError": "drift_gate.errors",
+}
+
+__all__ = [
+    "Approval",
+    "CandidateResult",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DriftGateError",
+    "Export",
+    "GateResult",
+    "Preprocess",
+    "RuleResult",
+    "StaleBaselineError",
+    "Status",
+    "Thresholds",
+    "__version__",
+    "approve",
+    "baseline",
+    "calibrate",
+    "export",
+    "gate",
+    "load_thresholds",
+    "phantoms",
+    "study",
+    "track",
+    "train",
+    "validate",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Imports a public name from its module on first use (PEP 562)."""
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'drift_gate' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from drift_gate.api import (
+        Approval,
+        Export,
+        approve,
+        baseline,
+        calibrate,
+        export,
+        gate,
+        phantoms,
+        study,
+        track,
+        train,
+        validate,
+    )
+    from drift_gate.data.preprocess import Preprocess
+    from drift_gate.errors import CheckpointError, ConfigError, DataError, DriftGateError, StaleBaselineError
+    from drift_gate.gating.gate import CandidateResult, GateResult
+    from drift_gate.gating.rules import RuleResult, Status
+    from drift_gate.gating.thresholds import Thresholds, load_thresholds

@@ -17,6 +17,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "default_cache_dir",
     "file_sha256",
     "uninterrupted",
     "write_lock",
@@ -113,3 +114,10 @@ def uninterrupted() -> Iterator[None]:
             signal.signal(sig, handler)
     if pending:
         raise KeyboardInterrupt
+
+
+def default_cache_dir() -> Path:
+    """Where synthetic pretraining is cached: ``$XDG_CACHE_HOME/drift-gate``, else
+    ``~/.cache/drift-gate``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "drift-gate"

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from .errors import ConfigError, DriftGateError
+from drift_gate.errors import ConfigError, DriftGateError
 
 __all__ = [
     "Dist",
@@ -38,6 +38,7 @@ __all__ = [
     "main_first",
     "shutdown",
 ]
+
 
 T = TypeVar("T")
 

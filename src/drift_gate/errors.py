@@ -11,6 +11,8 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DriftGateError",
+    "ExportError",
+    "StaleBaselineError",
     "WeightsUnavailableError",
 ]
 
@@ -35,3 +37,11 @@ class CheckpointError(DriftGateError):
 
 class WeightsUnavailableError(DriftGateError):
     """Pretrained weights are not available offline."""
+
+
+class StaleBaselineError(DriftGateError):
+    """A baseline that is missing, damaged, tampered or does not fit the candidate."""
+
+
+class ExportError(DriftGateError):
+    """The exported model does not reproduce the checkpoint (nothing was written)."""

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from drift_gate.backbones import build_classifier
-from drift_gate.checkpoint import SCHEMA_VERSION
+from drift_gate.models.backbones import build_classifier
+from drift_gate.models.checkpoint import SCHEMA_VERSION
 from gatekit import assert_error, gate, resaved
 
 

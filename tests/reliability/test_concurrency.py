@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -44,3 +45,38 @@ def test_two_gates_into_one_report_folder(env: dict[str, Path]) -> None:
         "gate.junit.xml",
         "gate.md",
     ], "no temporary files are left"
+
+
+def _cpu_ticks(pid: int) -> tuple[str, int]:
+    """(state, utime + stime) of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return fields[0], int(fields[11]) + int(fields[12])
+
+
+def test_a_gate_waits_for_the_report_lock(env: dict[str, Path]) -> None:
+    """The lock is what makes two writers take turns: while another process holds it,
+    a gate that has finished computing waits, writing nothing, and then completes."""
+    from drift_gate._io import write_lock
+
+    with write_lock(env["reports"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "drift_gate", *gate_args(env, env["ft"], "--threads", "1")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # Wait until the process is alive but idle (blocked on the lock), at most 5 minutes.
+        idle = 0
+        for _ in range(300):
+            _, before = _cpu_ticks(proc.pid)
+            time.sleep(1.0)
+            assert proc.poll() is None, "the gate finished while another process held the lock"
+            state, after = _cpu_ticks(proc.pid)
+            idle = idle + 1 if (state, after) == ("S", before) else 0
+            if idle >= 3:
+                break
+        assert idle >= 3, "the gate never blocked"
+        assert not (env["reports"] / "gate.json").exists(), "it wrote reports while the lock was held"
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert json.loads((env["reports"] / "gate.json").read_text())["verdict"] == "pass"

@@ -12,8 +12,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from drift_gate.errors import ConfigError
-from drift_gate.metrics import LOCALISATION_METRICS, METRICS, drift_metrics, iou, is_degenerate, localisation
-from drift_gate.thresholds import parse_thresholds
+from drift_gate.evidence.metrics import (
+    LOCALISATION_METRICS,
+    METRICS,
+    drift_metrics,
+    iou,
+    is_degenerate,
+    localisation,
+)
+from drift_gate.gating.thresholds import parse_thresholds
 
 PAIRWISE = [name for name in METRICS if name not in LOCALISATION_METRICS]
 

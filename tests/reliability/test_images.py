@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from drift_gate.cli import main
-from drift_gate.data import read_image
+from drift_gate.data.preprocess import read_image
 from drift_gate.errors import DataError
 from gatekit import assert_error, baseline_args, gate, write_dicom
 

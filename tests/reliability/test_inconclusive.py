@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from drift_gate.checkpoint import load_checkpoint, save_checkpoint
 from drift_gate.cli import main
+from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
 from gatekit import RULES, assert_error, gate, result
 
 TP_RULES = RULES.replace('samples = "all"', 'samples = "true-positive"').replace(

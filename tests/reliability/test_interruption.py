@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 import drift_gate._io
-import drift_gate.baseline
-import drift_gate.gate
-import drift_gate.report
-from drift_gate.baseline import load_baseline
+import drift_gate.gating.baseline
+import drift_gate.gating.gate
+import drift_gate.gating.report
 from drift_gate.cli import main
+from drift_gate.gating.baseline import load_baseline
 from gatekit import baseline_args, gate, gate_args, result, tree_digest
 
 
@@ -58,7 +58,9 @@ def test_gate_interrupted_while_computing_keeps_the_old_reports(
     assert gate(env, env["tl"]) == 0
     before = tree_digest(env["reports"])
     monkeypatch.setattr(
-        drift_gate.gate, "drift_metrics", _then_sigterm(drift_gate.gate.drift_metrics, after=False)
+        drift_gate.gating.gate,
+        "drift_metrics",
+        _then_sigterm(drift_gate.gating.gate.drift_metrics, after=False),
     )
     assert gate(env, env["ft"]) == 130
     assert tree_digest(env["reports"]) == before and not _leftovers(env["tmp"])
@@ -69,7 +71,9 @@ def test_gate_interrupted_while_writing_finishes_the_report_set(
 ) -> None:
     assert gate(env, env["tl"]) == 0
     monkeypatch.setattr(
-        drift_gate.report, "atomic_write_text", _then_sigterm(drift_gate.report.atomic_write_text)
+        drift_gate.gating.report,
+        "atomic_write_text",
+        _then_sigterm(drift_gate.gating.report.atomic_write_text),
     )
     assert gate(env, env["ft"]) == 130
     assert result(env)["candidates"][0]["candidate"] == str(env["ft"])
@@ -84,7 +88,9 @@ def test_baseline_interrupted_while_computing_keeps_the_old_baseline(
 ) -> None:
     before = tree_digest(env["baselines"])
     monkeypatch.setattr(
-        drift_gate.baseline, "compute_cams", _then_sigterm(drift_gate.baseline.compute_cams, after=False)
+        drift_gate.gating.baseline,
+        "compute_cams",
+        _then_sigterm(drift_gate.gating.baseline.compute_cams, after=False),
     )
     assert main(baseline_args(env, env["ft"])) == 130
     assert tree_digest(env["baselines"]) == before and not _leftovers(env["tmp"])
@@ -94,7 +100,9 @@ def test_baseline_interrupted_while_writing_is_complete(
     env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        drift_gate.baseline, "atomic_write_bytes", _then_sigterm(drift_gate.baseline.atomic_write_bytes)
+        drift_gate.gating.baseline,
+        "atomic_write_bytes",
+        _then_sigterm(drift_gate.gating.baseline.atomic_write_bytes),
     )
     assert main(baseline_args(env, env["ft"])) == 130
     base = load_baseline(env["baselines"] / "tiny")  # whole and verified
@@ -164,7 +172,7 @@ def test_train_sigterm_exits_130_and_resumes(tmp_path: Path, phantom_root: Path)
 def test_checkpoint_save_interrupted_keeps_the_old_file(
     env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from drift_gate.checkpoint import load_checkpoint, save_checkpoint
+    from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
 
     model, meta = load_checkpoint(env["tl"])
     path = env["tmp"] / "c.pt"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from drift_gate.errors import ConfigError
-from drift_gate.thresholds import parse_thresholds
+from drift_gate.gating.thresholds import parse_thresholds
 from gatekit import assert_error, gate
 
 CASES = {

@@ -1,0 +1,607 @@
+"""drift-gate as a library: every command as a function with keyword-only arguments
+that returns a typed result. The CLI, the nox sessions and the Docker entry point
+are thin adapters over these; a user's own pytest or training script calls them
+directly::
+
+    import drift_gate
+
+    result = drift_gate.gate(candidates=["checkpoints/densenet201/ft.pt"], data="data/phantoms")
+    assert result.verdict is drift_gate.Status.PASS, result.candidates[0].label
+
+Errors are :class:`drift_gate.errors.DriftGateError` subclasses whose ``str`` is
+the one-line message; nothing here prints, except through the optional ``log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from drift_gate._io import default_cache_dir
+from drift_gate.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from drift_gate.distributed import Dist
+    from drift_gate.gating.baseline import Baseline
+    from drift_gate.gating.gate import GateResult
+    from drift_gate.gating.thresholds import Thresholds
+    from drift_gate.models.export import Parity
+    from drift_gate.studies.calibrate import Calibration
+    from drift_gate.studies.study import StudyResult
+    from drift_gate.studies.track import TrackResult
+    from drift_gate.studies.validate import ValidationResult
+    from drift_gate.training.pipeline import TrainResult
+    from drift_gate.training.profiles import Profile
+
+__all__ = [
+    "Approval",
+    "Export",
+    "approve",
+    "baseline",
+    "calibrate",
+    "export",
+    "gate",
+    "phantoms",
+    "profile_data",
+    "study",
+    "track",
+    "train",
+    "validate",
+]
+
+PathLike = str | os.PathLike[str]
+Log = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    """The default ``log``: say nothing."""
+
+
+def _rules(thresholds: PathLike | Thresholds) -> Thresholds:
+    from drift_gate.gating.thresholds import Thresholds, load_thresholds
+
+    return thresholds if isinstance(thresholds, Thresholds) else load_thresholds(Path(thresholds))
+
+
+def _missing(path: Path, profile: Profile, what: str = "checkpoint") -> DataError:
+    return DataError(
+        f"{path}: no {what}; run `drift-gate train --profile {profile.name}` (or `nox -s train`) first"
+    )
+
+
+def profile_data(profile: Profile, *, progress: bool = False, log: Log = _quiet) -> Path:
+    """A profile's data source; the embedded phantoms are (re)generated when missing
+    or made with other settings."""
+    from drift_gate._io import atomic_write_text
+    from drift_gate.data.phantom_set import generate_dataset
+
+    if profile.data != "phantoms":
+        return Path(profile.data)
+    root = Path(profile.data_dir)
+    stamp = root / ".phantoms.json"
+    cfg = profile.phantoms
+    want = json.dumps({"n_per_class": cfg.n_per_class, "size": cfg.size, "seed": cfg.seed}, sort_keys=True)
+    if not ((root / "manifest.csv").is_file() and stamp.is_file() and stamp.read_text() == want):
+        log(f"generating the phantom data set in {root} ...")
+        generate_dataset(root, cfg.n_per_class, cfg.seed, cfg.size, progress=progress)
+        atomic_write_text(stamp, want)
+    return root
+
+
+def _profile(profile: str | Profile, profiles: PathLike) -> Profile:
+    from drift_gate.training.profiles import Profile, load_profile
+
+    return profile if isinstance(profile, Profile) else load_profile(Path(profiles), profile)
+
+
+def _local(dist: Dist | None, device: str) -> Dist:
+    from drift_gate.distributed import Dist
+    from drift_gate.models.inference import resolve_device
+
+    return dist or Dist(0, 1, resolve_device(device))
+
+
+def gate(
+    *,
+    candidates: Sequence[PathLike] = (),
+    data: PathLike | None = None,
+    baselines: PathLike = "baselines",
+    thresholds: PathLike | Thresholds = "thresholds.toml",
+    profile: str | Profile | None = None,
+    profiles: PathLike = "profiles.toml",
+    create_missing_baselines: bool = False,
+    reference: PathLike | None = None,
+    reports: PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    onnx: bool = True,
+    precision: str = "fp32",
+    progress: bool = False,
+    log: Log = _quiet,
+    dist: Dist | None = None,
+) -> GateResult:
+    """Gates candidate checkpoints against their stored baselines (``baselines/<arch>``).
+
+    Args:
+        candidates: candidate checkpoints (several backbones allowed).
+        data: the data source that holds the audit images (a folder or its manifest).
+        profile: also gate every FT checkpoint that ``train(profile=...)`` wrote, on
+            its data unless ``data`` is given.
+        create_missing_baselines: with ``profile``: make a missing baseline from the
+            backbone's TL checkpoint (never the default: a CI run must not re-create
+            what it is gated against).
+        reference: check that each baseline was made from this checkpoint.
+        reports: write ``gate.json``, ``gate.md``, ``gate.junit.xml`` and ``gate.html``
+            here (as a set); their paths are in ``result.report_paths``.
+        onnx: predict with ``<candidate stem>.onnx`` when it is beside a candidate.
+        dist: the torchrun process group (see :mod:`drift_gate.distributed`).
+
+    Returns:
+        The verdict of every candidate, its rules and summaries.
+
+    Raises:
+        ConfigError, DataError, CheckpointError, StaleBaselineError: bad input.
+    """
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.distributed import barrier, main_first
+    from drift_gate.gating.baseline import create_baseline
+    from drift_gate.gating.gate import GateResult, run_gate
+    from drift_gate.gating.report import write_reports
+    from drift_gate.models.checkpoint import library_versions
+
+    dist = _local(dist, device)
+    rules = _rules(thresholds)
+    chosen = [Path(c) for c in candidates]
+    source = None if data is None else Path(data)
+    if profile is not None:
+        prof = _profile(profile, profiles)
+
+        def prepare() -> Path:
+            root = source or profile_data(prof, progress=progress and dist.main, log=log)
+            for arch in prof.backbones:
+                ft = Path(prof.out) / arch / "ft.pt"
+                if not ft.is_file():
+                    raise _missing(ft, prof, "FT checkpoint")
+                base = Path(baselines) / arch
+                if not (base / "baseline.json").is_file() and create_missing_baselines and dist.main:
+                    log(f"baseline {base} is missing: creating it from {ft.parent / 'tl.pt'}")
+                    create_baseline(
+                        ft.parent / "tl.pt",
+                        load_dataset(root),
+                        base,
+                        rules.methods,
+                        device=dist.device,
+                        progress=progress,
+                        rules=rules,
+                        log=log,
+                    )
+            return root
+
+        # rank 0 makes the data and the baselines; the other ranks then find them
+        source = main_first(dist, prepare)
+        chosen += [Path(prof.out) / arch / "ft.pt" for arch in prof.backbones]
+    if not chosen:
+        raise ConfigError("nothing to gate: give --candidate CKPT or --profile NAME")
+    if source is None:
+        raise ConfigError("--data is required (the data root that holds the audit images)")
+    results, artifacts = [], {}
+    for ckpt in chosen:
+        res, art = run_gate(
+            ckpt,
+            Path(baselines),
+            rules,
+            source,
+            device=dist.device,
+            batch_size=batch_size,
+            reference=None if reference is None else Path(reference),
+            progress=progress,
+            use_onnx=onnx,
+            dist=dist,
+            precision=precision,
+        )
+        results.append(res)
+        artifacts[res.candidate] = art
+    result = GateResult(results, rules.as_dict(), rules.path, library_versions())
+    if reports is not None and dist.main:  # every rank holds the same result; one writes it
+        result.report_paths = write_reports(result, Path(reports), artifacts)
+    barrier(dist)
+    return result
+
+
+def baseline(
+    *,
+    reference: PathLike,
+    data: PathLike,
+    out: PathLike | None = None,
+    thresholds: PathLike | Thresholds = "thresholds.toml",
+    per_class: int = 10,
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = False,
+    log: Log = _quiet,
+) -> Baseline:
+    """Stores a reference checkpoint's CAMs on a fixed audit set (default
+    ``baselines/<arch>``), for the methods of ``thresholds``; refuses an audit set on
+    which those rules could never reach ``min_samples``. Returns the baseline as loaded
+    back and verified."""
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.gating.baseline import create_baseline, load_baseline
+    from drift_gate.models.checkpoint import load_checkpoint
+    from drift_gate.models.inference import resolve_device
+
+    rules = _rules(thresholds)
+    _, meta = load_checkpoint(Path(reference))
+    folder = Path("baselines") / meta.arch if out is None else Path(out)
+    dataset = load_dataset(Path(data), meta.classes)
+    create_baseline(
+        Path(reference),
+        dataset,
+        folder,
+        rules.methods,
+        per_class,
+        resolve_device(device),
+        batch_size,
+        progress,
+        rules=rules,
+        log=log,
+    )
+    return load_baseline(folder)
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One approved candidate: its baseline, what changed, and whether it was forced."""
+
+    candidate: str
+    baseline: Path
+    changes: list[str]
+    forced: bool
+
+
+def approve(
+    *,
+    result: PathLike | GateResult | Mapping[str, Any] = "reports/gate.json",
+    candidate: str | None = None,
+    force: bool = False,
+) -> list[Approval]:
+    """Records a reviewed gate result (``gate.json``, or a :class:`GateResult`) as the
+    approved one in each candidate's baseline; a candidate that did not pass needs
+    ``force`` (recorded in the baseline's history)."""
+    from drift_gate.gating.baseline import approve as record
+    from drift_gate.gating.gate import GateResult
+
+    if isinstance(result, GateResult):
+        doc: Mapping[str, Any] = json.loads(json.dumps(result.to_dict()))
+    elif isinstance(result, Mapping):
+        doc = result
+    else:
+        try:
+            doc = json.loads(Path(result).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{result}: cannot read gate result ({exc})") from exc
+    chosen = [c for c in doc.get("candidates", []) if candidate is None or c["candidate"] == candidate]
+    if not chosen:
+        raise DataError(
+            f"{result if not isinstance(result, Mapping | GateResult) else 'gate result'}: "
+            "no candidate to approve"
+        )
+    out = []
+    for c in chosen:
+        changes = record(dict(doc), c, force=force)
+        out.append(Approval(c["candidate"], Path(c["baseline"]), changes, c.get("verdict") != "pass"))
+    return out
+
+
+def train(
+    *,
+    profile: str | Profile = "demo",
+    profiles: PathLike = "profiles.toml",
+    backbones: Sequence[str] | None = None,
+    device: str = "auto",
+    cache_dir: PathLike | None = None,
+    force: bool = False,
+    keep_epochs: bool = False,
+    precision: str = "fp32",
+    progress: bool = False,
+    log: Log = _quiet,
+    dist: Dist | None = None,
+) -> dict[str, TrainResult]:
+    """Trains TL then FT checkpoints for a profile's backbones (``<out>/<arch>/{tl,ft}.pt``);
+    up-to-date phases are kept. Returns each backbone's result, with its wall time."""
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.distributed import main_first
+    from drift_gate.models.backbones import get_backbone
+    from drift_gate.training.pipeline import train_backbone
+
+    dist = _local(dist, device)
+    prof = _profile(profile, profiles)
+    chosen = tuple(backbones or prof.backbones)
+    for arch in chosen:
+        get_backbone(arch)
+    quiet = progress and dist.main
+    dataset = load_dataset(main_first(dist, lambda: profile_data(prof, progress=quiet, log=log)))
+    where = f"device {dist.device}" + (f", {dist.world} processes" if dist.enabled else "")
+    log(f"profile {prof.name}: {len(dataset.samples)} images, {len(dataset.classes)} classes, {where}")
+    out = {}
+    for arch in chosen:
+        start = time.perf_counter()
+        res = train_backbone(
+            prof,
+            arch,
+            dataset,
+            dist.device,
+            Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+            progress=quiet,
+            force=force,
+            log=log,
+            dist=dist,
+            precision=precision,
+            keep_epochs=keep_epochs,
+        )
+        out[arch] = res.timed(time.perf_counter() - start)
+    return out
+
+
+@dataclass(frozen=True)
+class Export:
+    """One exported model: its path and the parity check on the audit images."""
+
+    path: Path
+    parity: Parity
+
+
+def export(
+    *,
+    checkpoints: Sequence[PathLike] = (),
+    profile: str | Profile | None = None,
+    profiles: PathLike = "profiles.toml",
+    backbones: Sequence[str] | None = None,
+    data: PathLike | None = None,
+    baselines: PathLike = "baselines",
+    per_class: int = 10,
+    tolerance: float = 1e-4,
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = False,
+    log: Log = _quiet,
+) -> list[Export]:
+    """Exports checkpoints to ONNX (``<stem>.onnx`` beside each), checked for parity with
+    torch on the baseline's audit images (or ``per_class`` test images without one)."""
+    from drift_gate.data.datasets import ImageDataset, load_dataset
+    from drift_gate.gating.audit import AuditSet, build_audit_set
+    from drift_gate.models.checkpoint import load_checkpoint
+    from drift_gate.models.export import export_onnx
+    from drift_gate.models.inference import resolve_device
+
+    chosen = [Path(c) for c in checkpoints]
+    source = None if data is None else Path(data)
+    if profile is not None:
+        prof = _profile(profile, profiles)
+        source = source or profile_data(prof, progress=progress, log=log)
+        for arch in backbones or prof.backbones:
+            for phase in ("tl", "ft"):
+                ckpt = Path(prof.out) / arch / f"{phase}.pt"
+                if not ckpt.is_file():
+                    raise _missing(ckpt, prof)
+                chosen.append(ckpt)
+    if not chosen:
+        raise ConfigError("nothing to export: give --checkpoint CKPT or --profile NAME")
+    if source is None:
+        raise ConfigError("--data is required (the audit images the parity is checked on)")
+    if not tolerance >= 0:
+        raise ConfigError(f"--tolerance must be >= 0, got {tolerance}")
+    torch_device = resolve_device(device)
+    out = []
+    for ckpt in chosen:
+        _, meta = load_checkpoint(ckpt)
+        audit_file = Path(baselines) / meta.arch / "audit.json"
+        if audit_file.is_file():
+            audit = AuditSet.from_json(audit_file.read_text(encoding="utf-8"))
+        else:
+            audit = build_audit_set(load_dataset(source, meta.classes), per_class)
+        samples = audit.resolve(source, meta.classes)
+        ds = ImageDataset(
+            samples, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess
+        )
+        path, par = export_onnx(
+            ckpt, ds, tolerance, device=torch_device, batch_size=batch_size, audit_sha256=audit.sha256
+        )
+        out.append(Export(path, par))
+    return out
+
+
+def phantoms(
+    *,
+    out: PathLike = "data/phantoms",
+    n_per_class: int = 100,
+    size: int = 256,
+    seed: int = 0,
+    shortcut: float | None = None,
+    occult: float = 0.0,
+    progress: bool = False,
+) -> Path:
+    """Writes the embedded phantom data set (images, masks, ``manifest.csv``); returns the manifest."""
+    from drift_gate.data.phantom_set import generate_dataset
+
+    return generate_dataset(
+        Path(out), n_per_class, seed, size, progress=progress, shortcut=shortcut, occult=occult
+    )
+
+
+def _trained(profile: str | Profile, profiles: PathLike, phases: tuple[str, ...]) -> Profile:
+    prof = _profile(profile, profiles)
+    for arch in prof.backbones:
+        for phase in phases:
+            path = Path(prof.out) / arch / f"{phase}.pt"
+            if not path.is_file():
+                raise _missing(path, prof)
+    return prof
+
+
+def study(
+    *,
+    profile: str | Profile = "demo",
+    profiles: PathLike = "profiles.toml",
+    methods: Sequence[str] = ("layercam", "gradcam++", "ablationcam"),
+    per_class: int = 1000,
+    out: PathLike = "reports/study",
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = False,
+    log: Log = _quiet,
+) -> StudyResult:
+    """The study's protocol for a profile's TL and FT checkpoints: drift per backbone x
+    method with bootstrap CIs, stability rankings; writes ``study.{md,json,png,html}``."""
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.evidence.cam import METHODS
+    from drift_gate.models.inference import resolve_device
+    from drift_gate.studies.study import run_study
+
+    chosen = tuple(methods)
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown) or '(none)'}; known: {', '.join(METHODS)}")
+    prof = _trained(profile, profiles, ("tl", "ft"))
+    folders = {arch: Path(prof.out) / arch for arch in prof.backbones}
+    dataset = load_dataset(profile_data(prof, progress=progress, log=log))
+    return run_study(
+        folders,
+        dataset,
+        chosen,
+        Path(out),
+        per_class=per_class,
+        device=resolve_device(device),
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def track(
+    *,
+    checkpoints: PathLike,
+    data: PathLike,
+    thresholds: PathLike | Thresholds = "thresholds.toml",
+    baselines: PathLike | None = None,
+    per_class: int = 10,
+    out: PathLike = "reports/track",
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> TrackResult:
+    """Drift of every fine-tuning epoch (``train(keep_epochs=True)``) against TL and
+    against the epoch before; writes ``track.{md,json,png}``."""
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.models.checkpoint import load_checkpoint
+    from drift_gate.models.inference import resolve_device
+    from drift_gate.studies.track import run_track
+
+    folder = Path(checkpoints)
+    _, meta = load_checkpoint(folder / "tl.pt")
+    return run_track(
+        folder,
+        load_dataset(Path(data), meta.classes),
+        _rules(thresholds),
+        Path(out),
+        per_class=per_class,
+        device=resolve_device(device),
+        batch_size=batch_size,
+        baselines=None if baselines is None else Path(baselines),
+        progress=progress,
+    )
+
+
+def calibrate(
+    *,
+    profile: str | Profile = "demo",
+    profiles: PathLike = "profiles.toml",
+    thresholds: PathLike | Thresholds = "thresholds.toml",
+    runs: int = 3,
+    k: float = 3.0,
+    per_class: int = 10,
+    out: PathLike = "reports/calibrate",
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = False,
+    log: Log = _quiet,
+) -> Calibration:
+    """Each metric's noise over ``runs`` seed-to-seed fine-tunes (and the bootstrap), and
+    the bounds it implies: writes ``thresholds.proposed.toml`` and ``calibration.{md,json}``."""
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.models.inference import resolve_device
+    from drift_gate.studies.calibrate import run_calibration
+
+    rules = _rules(thresholds)
+    prof = _trained(profile, profiles, ("tl",))
+    dataset = load_dataset(profile_data(prof, progress=progress, log=log))
+    seeds = [prof.seed + i for i in range(runs)]
+    return run_calibration(
+        prof,
+        dataset,
+        rules,
+        Path(out),
+        seeds,
+        k=k,
+        per_class=per_class,
+        device=resolve_device(device),
+        batch_size=batch_size,
+        progress=progress,
+        log=log,
+    )
+
+
+def validate(
+    *,
+    profile: str | Profile = "demo",
+    profiles: PathLike = "profiles.toml",
+    thresholds: PathLike | Thresholds = "thresholds.toml",
+    controls: Sequence[str] | None = None,
+    seed: int | None = None,
+    shortcut: float = 0.95,
+    occult: float = 0.5,
+    per_class: int = 10,
+    shortcut_per_class: int = 20,
+    out: PathLike = "reports/validate",
+    device: str = "auto",
+    batch_size: int = 16,
+    cache_dir: PathLike | None = None,
+    progress: bool = False,
+    log: Log = _quiet,
+) -> ValidationResult:
+    """Runs the gate on controls with known verdicts (the reference against itself, a
+    channel-permuted twin, another seed, a planted shortcut); ``result.ok`` says
+    whether every control got its expected verdict."""
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.models.inference import resolve_device
+    from drift_gate.studies.validate import CONTROLS, run_validation
+
+    chosen = tuple(CONTROLS if controls is None else controls)
+    unknown = [c for c in chosen if c not in CONTROLS]
+    if unknown or not chosen:
+        raise ConfigError(
+            f"unknown control(s) {', '.join(unknown) or '(none)'}; known: {', '.join(CONTROLS)}"
+        )
+    rules = _rules(thresholds)
+    prof = _trained(profile, profiles, ("tl",))
+    dataset = load_dataset(profile_data(prof, progress=progress, log=log))
+    return run_validation(
+        prof,
+        dataset,
+        rules,
+        Path(out),
+        prof.seed + 10 if seed is None else seed,
+        shortcut=shortcut,
+        occult=occult,
+        per_class=per_class,
+        device=resolve_device(device),
+        batch_size=batch_size,
+        progress=progress,
+        log=log,
+        controls=chosen,
+        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        shortcut_per_class=shortcut_per_class,
+    )

@@ -1,0 +1,358 @@
+"""The argument parser: one subcommand per command; options that several commands
+share come from parent parsers, so each is defined once. Building it imports no torch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from drift_gate import __version__
+from drift_gate.cli import commands
+
+__all__ = ["build_parser"]
+
+_Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _threads(text: str) -> int:
+    """argparse type: a thread count from 1 to 1024 (more has crashed torch's thread pool)."""
+    value = _positive(text)
+    if value > 1024:
+        raise argparse.ArgumentTypeError(f"must be at most 1024, got {value}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    """argparse type: a probability."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _parent(*adders: tuple[str, dict[str, object]]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    for flag, kwargs in adders:
+        p.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+    return p
+
+
+#: Options shared by commands, each defined once.
+COMMON = _parent(
+    ("--no-progress", {"action": "store_true", "help": "no progress bars"}),
+    (
+        "--threads",
+        {"type": _threads, "default": None, "help": "CPU threads for torch (default: torch's choice)"},
+    ),
+)
+DEVICE = _parent(("--device", {"default": "auto", "help": "auto, cpu or cuda[:N]"}))
+BATCH = _parent(("--batch-size", {"type": _positive, "default": 16, "help": "images per batch"}))
+PROFILES = _parent(("--profiles", {"type": Path, "default": Path("profiles.toml"), "help": "profiles file"}))
+THRESHOLDS = _parent(
+    ("--thresholds", {"type": Path, "default": Path("thresholds.toml"), "help": "the gate's rules"})
+)
+PRECISION = _parent(
+    (
+        "--precision",
+        {
+            "choices": ("fp32", "bf16"),
+            "default": "fp32",
+            "help": "bf16: under bfloat16 autocast (for GPUs; check the verdict against fp32)",
+        },
+    )
+)
+
+
+def _command(sub: argparse._SubParsersAction, name: str, help: str, *parents: argparse.ArgumentParser):  # type: ignore[no-untyped-def,type-arg]
+    p = sub.add_parser(name, help=help, description=help, parents=[COMMON, *parents])
+    p.set_defaults(func=getattr(commands, f"cmd_{name}"))
+    return p
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = _command(sub, "data", "write the embedded phantom data set to a folder")
+    p.add_argument("--out", type=Path, default=Path("data/phantoms"), help="output folder")
+    p.add_argument("--n-per-class", type=_positive, default=100, help="images per class (at least 5)")
+    p.add_argument("--size", type=_positive, default=256, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument(
+        "--shortcut",
+        type=_unit_interval,
+        default=None,
+        help="plant a lead strip whose height follows the class with this probability (0: uninformative)",
+    )
+    p.add_argument(
+        "--occult",
+        type=_unit_interval,
+        default=0.0,
+        help="share of disease images without visible findings (their masks are empty)",
+    )
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = _command(sub, "train", "train TL and FT checkpoints for a profile's backbones", DEVICE, PROFILES)
+    p.add_argument("--profile", default="demo", help="profile name in the profiles file")
+    p.add_argument(
+        "--backbone", action="append", dest="backbones", help="train only this backbone (repeatable)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="cache for synthetic pretraining (default ~/.cache/drift-gate)",
+    )
+    p.add_argument("--force", action="store_true", help="retrain even if checkpoints are current")
+    p.add_argument(
+        "--keep-epochs",
+        action="store_true",
+        help="also keep ft.epoch<k>.pt after every FT epoch (for `track`)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: fine-tune under bfloat16 autocast",
+    )
+
+
+def _add_baseline(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = _command(
+        sub, "baseline", "store a reference checkpoint's CAMs on a fixed audit set", DEVICE, BATCH, THRESHOLDS
+    )
+    p.add_argument("--reference", type=Path, required=True, help="reference checkpoint (e.g. tl.pt)")
+    p.add_argument("--data", type=Path, required=True, help="data set (folder or manifest)")
+    p.add_argument("--out", type=Path, default=None, help="baseline folder (default baselines/<arch>)")
+    p.add_argument("--per-class", type=_positive, default=10, help="audit images per class")
+
+
+def _add_gate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = _command(
+        sub,
+        "gate",
+        "gate candidate checkpoints against the stored baselines",
+        DEVICE,
+        BATCH,
+        PROFILES,
+        THRESHOLDS,
+        PRECISION,
+    )
+    p.add_argument(
+        "--candidate", type=Path, action="append", default=[], help="candidate checkpoint (repeatable)"
+    )
+    p.add_argument(
+        "--profile", default=None, help="gate every FT checkpoint that `train --profile NAME` wrote"
+    )
+    p.add_argument(
+        "--create-missing-baselines",
+        action="store_true",
+        help="with --profile: make missing baselines from the TL checkpoints",
+    )
+    p.add_argument("--baselines", type=Path, default=Path("baselines"), help="baselines root")
+    p.add_argument("--data", type=Path, default=None, help="data root holding the audit images")
+    p.add_argument(
+        "--reference", type=Path, default=None, help="check that the baseline was made from this checkpoint"
+    )
+    p.add_argument("--reports", type=Path, default=Path("reports"), help="report folder")
+    p.add_argument(
+        "--no-onnx", action="store_true", help="predict with the checkpoint even if <stem>.onnx is beside it"
+    )
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = _command(
+        sub,
+        "export",
+        "export checkpoints to ONNX (<stem>.onnx beside each), checked for parity on the audit images",
+        DEVICE,
+        BATCH,
+        PROFILES,
+    )
+    p.add_argument("--checkpoint", type=Path, action="append", default=[], help="checkpoint (repeatable)")
+    p.add_argument(
+        "--profile", default=None, help="export the TL and FT checkpoints of `train --profile NAME`"
+    )
+    p.add_argument(
+        "--backbone",
+        action="append",
+        dest="backbones",
+        help="with --profile: only this backbone (repeatable)",
+    )
+    p.add_argument("--data", type=Path, default=None, help="data set (default: the profile's)")
+    p.add_argument(
+        "--baselines",
+        type=Path,
+        default=Path("baselines"),
+        help="use baselines/<arch>'s audit set when there is one (else --per-class test images)",
+    )
+    p.add_argument(
+        "--per-class", type=_positive, default=10, help="audit images per class without a baseline"
+    )
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max relative logit difference allowed")
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = _command(
+        sub,
+        "study",
+        "the study's protocol table (TL vs FT drift, rankings) for a profile",
+        DEVICE,
+        BATCH,
+        PROFILES,
+    )
+    p.add_argument("--profile", default="demo", help="profile whose TL and FT checkpoints are studied")
+    p.add_argument(
+        "--methods",
+        default="layercam,gradcam++,ablationcam",
+        help="comma-separated CAM methods (default includes the gradient-free Ablation-CAM)",
+    )
+    p.add_argument("--per-class", type=_positive, default=1000, help="test images per class (default: all)")
+    p.add_argument("--out", type=Path, default=Path("reports/study"), help="output folder")
+
+
+def _add_track(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = _command(
+        sub,
+        "track",
+        "drift of every fine-tuning epoch (train --keep-epochs) vs TL and vs the last",
+        DEVICE,
+        BATCH,
+        THRESHOLDS,
+    )
+    p.add_argument(
+        "--checkpoints", type=Path, required=True, help="a backbone's folder (tl.pt, ft.epoch<k>.pt)"
+    )
+    p.add_argument("--data", type=Path, required=True, help="data set (folder or manifest)")
+    p.add_argument("--baselines", type=Path, default=None, help="baselines root made from this TL checkpoint")
+    p.add_argument(
+        "--per-class", type=_positive, default=10, help="audit images per class for a new baseline"
+    )
+    p.add_argument("--out", type=Path, default=Path("reports/track"), help="output folder")
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = _command(
+        sub,
+        "calibrate",
+        "measure each metric's noise (seed-to-seed fine-tunes, bootstrap) and propose thresholds",
+        DEVICE,
+        BATCH,
+        PROFILES,
+        THRESHOLDS,
+    )
+    p.add_argument("--profile", default="demo", help="profile whose TL checkpoints are the references")
+    p.add_argument(
+        "--runs",
+        type=_positive,
+        default=3,
+        help="fine-tuning runs per backbone, seeds = profile seed, +1, ... (the profile's ft.pt is the "
+        "first); 1 = bootstrap over audit samples only",
+    )
+    p.add_argument("--k", type=_positive_float, default=3.0, help="noise widths between centre and bound")
+    p.add_argument("--per-class", type=_positive, default=10, help="audit images per class")
+    p.add_argument("--out", type=Path, default=Path("reports/calibrate"), help="output folder")
+
+
+#: studies.validate.CONTROLS, spelled out so that building the parser imports no torch.
+_CONTROLS = ("self", "permuted", "seed", "shortcut")
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = _command(
+        sub,
+        "validate",
+        "run the gate on controls with known verdicts (self, permuted, another seed, planted shortcut)",
+        DEVICE,
+        BATCH,
+        PROFILES,
+        THRESHOLDS,
+    )
+    p.add_argument("--profile", default="demo", help="profile whose TL checkpoints are the references")
+    p.add_argument(
+        "--controls", default=",".join(_CONTROLS), help=f"comma-separated subset of {','.join(_CONTROLS)}"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the 'seed' control (default: profile seed + 10, unused by `calibrate`'s runs)",
+    )
+    p.add_argument("--shortcut", type=_unit_interval, default=0.95, help="device-class correlation")
+    p.add_argument(
+        "--occult",
+        type=_unit_interval,
+        default=0.5,
+        help="share of the biased set's disease images without findings",
+    )
+    p.add_argument(
+        "--per-class",
+        type=_positive,
+        default=10,
+        help="audit images per class of the clean controls (keep the gate's and calibration's)",
+    )
+    p.add_argument(
+        "--shortcut-per-class",
+        type=_positive,
+        default=20,
+        help="audit images per class of the biased set (its reference gets many wrong; only TPs count)",
+    )
+    p.add_argument("--out", type=Path, default=Path("reports/validate"), help="output folder")
+
+
+def _add_approve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = _command(sub, "approve", "record a reviewed gate result as the approved one")
+    p.add_argument("--result", type=Path, default=Path("reports/gate.json"), help="gate.json to approve")
+    p.add_argument("--candidate", default=None, help="only this candidate of the result")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="approve a candidate that did not pass (recorded as forced in the baseline's history)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``drift-gate`` parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="drift-gate",
+        description="Regression gate for the evidence (CAMs) behind medical-imaging models.",
+    )
+    parser.add_argument("--version", action="version", version=f"drift-gate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_data,
+        _add_train,
+        _add_baseline,
+        _add_gate,
+        _add_export,
+        _add_study,
+        _add_track,
+        _add_calibrate,
+        _add_validate,
+        _add_approve,
+    ):
+        add(sub)
+    return parser

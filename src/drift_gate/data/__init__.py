@@ -1,0 +1,1 @@
+"""Data: data sets on disk, preprocessing, and the embedded phantom generator."""

@@ -1,0 +1,1 @@
+"""Evidence: CAMs, drift and localisation metrics, classification metrics. Pure: no files."""

@@ -1,0 +1,313 @@
+"""CAM engine: every gradient CAM from one forward pass, plus batched Ablation-CAM.
+
+The body of a :class:`~drift_gate.backbones.Classifier` ends at the CAM target
+layer, so for a batch the engine
+
+1. runs the body once without building a graph (``torch.no_grad``): the output is
+   the target activation ``A`` (a fresh tensor, never an in-place alias);
+2. makes ``A`` a leaf that requires grad and runs only the head on it;
+3. takes ``torch.autograd.grad`` of the sum of the target logits with respect to
+   ``A`` alone — no parameter gradients, no backward through the body.
+
+Every gradient method is then a few lines over ``(A, dY/dA)``. Because no
+parameter needs a gradient, frozen checkpoints work (pytorch-grad-cam raises
+there: it needs a gradient to flow *through* the target layer). Samples are
+independent in eval mode, so the gradient of the summed logits equals each
+sample's own gradient.
+
+Maps are returned ReLU'd at the layer's native resolution (what baselines store);
+:func:`upsample` brings them to the input size (bilinear, half-pixel centres, as
+OpenCV's ``INTER_LINEAR`` that pytorch-grad-cam uses).
+
+**Ablation-CAM** (gradient-free) zeroes one channel of ``A`` at a time and
+re-evaluates only the head, batched over channels, with the weights of
+Desai & Ramaswamy (2020): ``w_k = (y_c - y_c^{(k)}) / y_c``. pytorch-grad-cam's
+``AblationCAM`` reruns the whole network per ablated channel; with the target
+layer last in the body the result is the same for non-negative activations
+(post-ReLU targets), at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from drift_gate.errors import ConfigError
+from drift_gate.models.backbones import Classifier
+
+__all__ = [
+    "GRADIENT_METHODS",
+    "METHODS",
+    "MIN_GRID",
+    "PRECISIONS",
+    "CamBatch",
+    "CamEngine",
+    "CamResult",
+    "autocast",
+    "compute_cams",
+    "grid_warning",
+    "minmax",
+    "upsample",
+]
+
+
+_SPATIAL = (2, 3)
+
+
+def _gradcam(a: Tensor, g: Tensor) -> Tensor:
+    return (g.mean(_SPATIAL, keepdim=True) * a).sum(1)
+
+
+def _gradcam_pp(a: Tensor, g: Tensor) -> Tensor:
+    g2 = g * g
+    alpha = g2 / (2 * g2 + a.sum(_SPATIAL, keepdim=True) * g2 * g + 1e-6)
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    weights = (g.clamp(min=0) * alpha).sum(_SPATIAL, keepdim=True)
+    return (weights * a).sum(1)
+
+
+def _layercam(a: Tensor, g: Tensor) -> Tensor:
+    return (g.clamp(min=0) * a).sum(1)
+
+
+def _xgradcam(a: Tensor, g: Tensor) -> Tensor:
+    weights = (g * a / (a.sum(_SPATIAL, keepdim=True) + 1e-7)).sum(_SPATIAL, keepdim=True)
+    return (weights * a).sum(1)
+
+
+def _hirescam(a: Tensor, g: Tensor) -> Tensor:
+    return (g * a).sum(1)
+
+
+#: Gradient methods: ``(activation, gradient) -> raw map (B, h, w)`` before ReLU.
+GRADIENT_METHODS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "layercam": _layercam,
+    "gradcam++": _gradcam_pp,
+    "gradcam": _gradcam,
+    "xgradcam": _xgradcam,
+    "hirescam": _hirescam,
+}
+
+#: Every method name the engine knows; ``ablationcam`` is gradient-free.
+METHODS: tuple[str, ...] = (*GRADIENT_METHODS, "ablationcam")
+
+
+def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(
+            f"unknown CAM method(s) {', '.join(map(repr, unknown))}; known: {', '.join(METHODS)}"
+        )
+    if not methods:
+        raise ConfigError("no CAM method selected")
+    return tuple(dict.fromkeys(methods))
+
+
+@dataclass(frozen=True)
+class CamBatch:
+    """CAMs for one batch.
+
+    Attributes:
+        logits: ``(B, classes)`` model outputs.
+        targets: ``(B,)`` class whose evidence each map shows.
+        maps: method name -> ``(B, h, w)`` ReLU'd maps at the target layer's resolution.
+    """
+
+    logits: Tensor
+    targets: Tensor
+    maps: dict[str, Tensor]
+
+
+class CamEngine:
+    """Computes several CAM methods for a model from one forward pass per batch.
+
+    Args:
+        model: the classifier (its ``body`` ends at the target layer).
+        methods: names from :data:`METHODS`.
+        ablation_chunk: channels ablated per head evaluation (memory bound).
+        precision: ``fp32``, or ``bf16``: the body's forward pass runs under bfloat16
+            autocast (the costly part, on GPUs); the target activation is then taken
+            to float32, and the head, its gradients and the maps are computed as in
+            ``fp32``.
+    """
+
+    def __init__(
+        self,
+        model: Classifier,
+        methods: Sequence[str] = ("layercam", "gradcam++"),
+        ablation_chunk: int = 256,
+        precision: str = "fp32",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        self.model = model.eval()
+        self.methods = _check_methods(methods)
+        self.ablation_chunk = ablation_chunk
+        self.precision = precision
+
+    def __call__(self, x: Tensor, targets: Tensor | None = None) -> CamBatch:
+        """CAMs for a batch ``x`` and target classes (default: the predicted class)."""
+        with torch.no_grad(), autocast(x.device, self.precision), _no_tf32(self.precision):
+            act = self.model.body(x)
+        act = act.detach().float().clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model.forward_head(act)
+            if targets is None:
+                targets = logits.argmax(1)
+            targets = targets.to(logits.device)
+            chosen = logits.gather(1, targets[:, None]).squeeze(1)
+            grad = None
+            if any(m in GRADIENT_METHODS for m in self.methods):
+                (grad,) = torch.autograd.grad(chosen.sum(), act)
+        # The channel reductions run in float64: they cost little next to the forward
+        # pass, and min-max normalisation of small maps amplifies float32 rounding.
+        a = act.detach().double()
+        grad = None if grad is None else grad.double()
+        maps = {}
+        for m in self.methods:
+            if m == "ablationcam":
+                raw = self._ablation(a, targets, chosen.detach())
+            else:
+                assert grad is not None
+                raw = GRADIENT_METHODS[m](a, grad)
+            maps[m] = raw.clamp(min=0).to(act.dtype)
+        return CamBatch(logits.detach(), targets, maps)
+
+    @torch.no_grad()
+    def _ablation(self, a: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
+        b, k = a.shape[:2]
+        weights = torch.empty(b, k, dtype=a.dtype, device=a.device)
+        for i in range(b):
+            for start in range(0, k, self.ablation_chunk):
+                channels = torch.arange(start, min(start + self.ablation_chunk, k), device=a.device)
+                ablated = a[i].expand(len(channels), -1, -1, -1).clone()
+                ablated[torch.arange(len(channels), device=a.device), channels] = 0.0
+                out = self.model.forward_head(ablated.to(scores.dtype))[:, int(targets[i])].double()
+                weights[i, channels] = (scores[i] - out) / scores[i]
+        return (weights[:, :, None, None] * a).sum(1)
+
+
+def upsample(maps: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Bilinear upsampling of ``(B, h, w)`` maps to ``size`` (half-pixel centres)."""
+    size = (size, size) if isinstance(size, int) else size
+    return torch.nn.functional.interpolate(
+        maps[:, None].float(), size=size, mode="bilinear", align_corners=False
+    )[:, 0]
+
+
+def minmax(maps: Tensor) -> Tensor:
+    """Per-map min-max normalisation to ``[0, 1]``; a constant map becomes all zeros.
+
+    No epsilon is added to the range: raw CAM values can be of order 1e-4, where
+    an absolute epsilon would distort the result. Constant (degenerate) maps are
+    detected by :func:`drift_gate.metrics.is_degenerate`, not hidden here.
+    """
+    flat = maps.flatten(1)
+    shape = (-1, *([1] * (maps.dim() - 1)))
+    lo = flat.min(1).values.view(shape)
+    span = flat.max(1).values.view(shape) - lo
+    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, 1), 0)
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """CAMs for a whole data set, on the CPU.
+
+    Attributes:
+        logits: ``(N, classes)``.
+        targets: ``(N,)`` the class each map explains.
+        maps: method -> ``(N, h, w)`` float32 native-resolution maps (ReLU'd).
+    """
+
+    logits: np.ndarray
+    targets: np.ndarray
+    maps: dict[str, np.ndarray]
+
+
+#: Numeric precisions for the forward pass (``bf16``: bfloat16 autocast).
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """bfloat16 autocast on ``device`` for ``bf16``; a no-op for ``fp32``."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _no_tf32(precision: str) -> Iterator[None]:
+    """``fp32`` means float32: on Ampere and newer GPUs cuDNN would otherwise run
+    convolutions in TF32 (a 10-bit mantissa), and CUDA maps would differ from CPU
+    maps by about 1e-4 relative (measured on an H100). bf16 leaves the flags alone."""
+    if precision != "fp32" or not torch.cuda.is_available():
+        yield
+        return
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+
+
+def compute_cams(
+    model: Classifier,
+    dataset: torch.utils.data.Dataset[tuple[Tensor, int]],
+    methods: Sequence[str],
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    target: str = "label",
+    progress: bool = False,
+    precision: str = "fp32",
+) -> CamResult:
+    """Runs the engine over a data set in batches of ``batch_size`` (bounded memory).
+
+    Args:
+        target: ``label`` explains each sample's true class (the study's choice,
+            used with true-positive selection); ``predicted`` explains the
+            model's own prediction.
+    """
+    from tqdm import tqdm
+
+    if target not in ("label", "predicted"):
+        raise ConfigError(f"unknown CAM target {target!r}; use 'label' or 'predicted'")
+    engine = CamEngine(model.to(device), methods, precision=precision)
+    logits: list[Tensor] = []
+    targets: list[Tensor] = []
+    maps: dict[str, list[Tensor]] = {m: [] for m in engine.methods}
+    n = len(dataset)  # type: ignore[arg-type]
+    with tqdm(total=n, desc="CAMs", unit="img", disable=not progress, leave=False) as bar:
+        for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            out = engine(x.to(device), y if target == "label" else None)
+            logits.append(out.logits.float().cpu())
+            targets.append(out.targets.cpu())
+            for m, t in out.maps.items():
+                maps[m].append(t.float().cpu())
+            bar.update(len(x))
+    return CamResult(
+        torch.cat(logits).numpy(),
+        torch.cat(targets).numpy(),
+        {m: torch.cat(v).numpy() for m, v in maps.items()},
+    )
+
+
+#: Coarser CAM grids than this (cells per side) get a warning in every report.
+MIN_GRID = 5
+
+
+def grid_warning(grid: Sequence[int], size: int) -> str | None:
+    """A warning when the target layer's grid is too coarse to localise much."""
+    h, w = int(grid[0]), int(grid[1])
+    if min(h, w) >= MIN_GRID:
+        return None
+    return (
+        f"the CAM target layer's grid is {h}x{w} at {size} px input (each cell {size // max(h, 1)} px): "
+        f"coarser than {MIN_GRID}x{MIN_GRID}, the maps cannot show where within a cell the evidence "
+        "lies; a larger input size or an earlier target layer gives a finer grid"
+    )

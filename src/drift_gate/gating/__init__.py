@@ -1,0 +1,1 @@
+"""Gating: thresholds, audit sets and baselines, the gate run, rules and reports."""

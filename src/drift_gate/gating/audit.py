@@ -1,0 +1,204 @@
+"""Audit sets: the fixed, verified images every gate of a baseline runs on, and their sizing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from drift_gate.data.datasets import DataSet, Sample, data_root
+from drift_gate.data.preprocess import decode_image
+from drift_gate.errors import DataError
+
+if TYPE_CHECKING:
+    from drift_gate.gating.thresholds import Thresholds
+
+__all__ = [
+    "AuditSample",
+    "AuditSet",
+    "audit_summary",
+    "build_audit_set",
+    "check_reachable",
+    "pixel_sha256",
+    "test_images_per_class",
+]
+
+
+def pixel_sha256(path: Path) -> str:
+    """sha256 of an image's decoded pixels (float32, with its shape)."""
+    arr = np.ascontiguousarray(decode_image(path), dtype=np.float32)
+    h = hashlib.sha256(f"{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditSample:
+    """One audit image: id (relative path), class name, decoded-pixel hash, and its
+    ground-truth finding mask (relative path and pixel hash) when the data has one."""
+
+    id: str
+    label: str
+    pixels: str
+    mask: str | None = None
+    mask_pixels: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        """The fields that are set (an audit set without masks reads as before masks existed)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class AuditSet:
+    """The audit samples, in a fixed order."""
+
+    samples: tuple[AuditSample, ...]
+
+    @property
+    def sha256(self) -> str:
+        """Identifies the audit set (ids, labels, pixel hashes)."""
+        return hashlib.sha256(json.dumps([s.as_dict() for s in self.samples]).encode()).hexdigest()
+
+    def to_json(self) -> str:
+        return (
+            json.dumps({"sha256": self.sha256, "samples": [s.as_dict() for s in self.samples]}, indent=1)
+            + "\n"
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> AuditSet:
+        raw = json.loads(text)
+        return cls(tuple(AuditSample(**s) for s in raw["samples"]))
+
+    def resolve(self, root: Path, classes: tuple[str, ...]) -> list[Sample]:
+        """The audit images under data root ``root`` (a folder, or a manifest file:
+        :func:`drift_gate.data.data_root`), verified pixel by pixel.
+
+        Raises:
+            DataError: an audit image is missing, has an unknown label, or its
+                pixels changed.
+        """
+        if not self.samples:
+            raise DataError("the audit set is empty: nothing could be checked")
+        root = data_root(root)
+        out = []
+        missing_classes = sorted(set(classes) - {a.label for a in self.samples})
+        if missing_classes:
+            raise DataError(f"the audit set has no image of class(es) {', '.join(missing_classes)}")
+        for a in self.samples:
+            path = (Path(root) / a.id).resolve()
+            if not path.is_file():
+                raise DataError(f"audit image {a.id} not found under {root}")
+            if a.label not in classes:
+                raise DataError(f"audit image {a.id} has label {a.label!r}, not one of the classes")
+            digest = pixel_sha256(path)
+            if digest != a.pixels:
+                raise DataError(
+                    f"{path}: pixels no longer match the audit set; the gate only "
+                    "runs on the audited images (refresh the baseline to audit new ones)"
+                )
+            mask = None
+            if a.mask is not None:
+                mask = (Path(root) / a.mask).resolve()
+                if not mask.is_file():
+                    raise DataError(f"mask {a.mask} of audit image {a.id} not found under {root}")
+                if pixel_sha256(mask) != a.mask_pixels:
+                    raise DataError(
+                        f"{mask}: the ground-truth mask no longer matches the audit set; "
+                        "refresh the baseline to audit the new masks"
+                    )
+            out.append(Sample(a.id, path, classes.index(a.label), "test", digest, mask))
+        return out
+
+
+def test_images_per_class(data: DataSet) -> dict[str, int]:
+    """How many test images each class has (what bounds an audit set)."""
+    test = data.split("test")
+    return {name: sum(s.label == c for s in test) for c, name in enumerate(data.classes)}
+
+
+def build_audit_set(data: DataSet, per_class: int) -> AuditSet:
+    """Takes ``per_class`` test images of every class (fewer if a class has fewer:
+    every class then gets the same number), in a stable order (by pixel hash)."""
+    test = data.split("test")
+    chosen: list[AuditSample] = []
+    pools = {
+        c: sorted((s for s in test if s.label == c), key=lambda s: s.sha256) for c in range(len(data.classes))
+    }
+    n = min(per_class, *(len(p) for p in pools.values()))
+    if n == 0:
+        raise DataError("cannot build an audit set: a class has no test images")
+    root = Path(data.root).resolve()
+    for c, pool in pools.items():
+        for s in pool[:n]:
+            mask = None if s.mask is None else Path(os.path.relpath(s.mask, root)).as_posix()
+            chosen.append(
+                AuditSample(
+                    s.id,
+                    data.classes[c],
+                    pixel_sha256(s.path),
+                    mask,
+                    None if s.mask is None else pixel_sha256(s.mask),
+                )
+            )
+    return AuditSet(tuple(chosen))
+
+
+def audit_summary(
+    data: DataSet, per_class: int, n: int, labels: np.ndarray, correct: np.ndarray
+) -> tuple[dict[str, Any], list[str]]:
+    """What the audit set holds and why (for ``baseline.json``), and lines that say so."""
+    available = test_images_per_class(data)
+    right = {name: int(correct[labels == c].sum()) for c, name in enumerate(data.classes)}
+    doc = {"requested_per_class": per_class, "reference_correct": right}
+    if n < per_class:
+        short = ", ".join(f"{k} has {v}" for k, v in available.items() if v == n)
+        why = f"{n} per class, not the {per_class} asked for: the fewest test images ({short})"
+    else:
+        why = f"{n} per class, as asked"
+    lines = [
+        f"audit set: {n * len(data.classes)} test images, {why}",
+        f"reference: {int(correct.sum())} of {len(labels)} audit images classified correctly ("
+        + ", ".join(f"{k} {v}/{n}" for k, v in right.items())
+        + ")",
+    ]
+    return doc, lines
+
+
+def check_reachable(rules: Thresholds, n_audit: int, n_correct: int, n_classes: int, most: int) -> None:
+    """Refuses a baseline on which the gate could never reach ``min_samples``.
+
+    Args:
+        n_correct: audit images the reference classifies correctly (a true positive
+            must be right under the reference and the candidate).
+        most: test images of the smallest class (the largest ``--per-class``).
+    """
+    required = rules.required_samples(n_audit)
+    true_positives = rules.samples == "true-positive"
+    usable = n_correct if true_positives else n_audit
+    if usable >= required:
+        return
+    if true_positives:
+        why = f"the reference classifies only {n_correct} of the {n_audit} audit images correctly"
+        rate = n_correct / n_audit if n_audit else 0.0
+    else:
+        why = f"the audit set has only {n_audit} images"
+        rate = 1.0
+    if rules.min_samples_share is not None or rate == 0:
+        fix = "set [gate] min_samples lower"
+    else:
+        per_class = math.ceil(required / rate / n_classes)
+        fix = f"use --per-class {per_class} or more" + (
+            f" (the data set has at most {most} test images per class)" if per_class > most else ""
+        )
+        fix += ', or give min_samples as a share of the audit set (e.g. "40%")'
+    raise DataError(
+        f"the gate could never pass on this baseline: min_samples {rules.min_samples_text} needs "
+        f"{required} usable samples, but {why}; {fix}"
+    )

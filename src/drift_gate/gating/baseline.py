@@ -1,0 +1,325 @@
+"""Audit sets and baselines: the stored reference evidence a candidate is gated against.
+
+**Audit set.** A fixed list of test-split samples, balanced across classes. Each
+sample is identified by its id (path relative to the data root), label and the
+sha256 of its *decoded pixels* (not of the file's bytes), so re-encoding a PNG or
+re-writing a DICOM header leaves it valid, while any change to the image itself
+is caught. The gate refuses to run when an image no longer matches.
+
+**Baseline** (``baselines/<arch>/``), written only by ``drift-gate baseline`` and
+``drift-gate approve``:
+
+* ``baseline.json``: schema version, arch, classes, input size, normalisation,
+  sha256 of the reference checkpoint, of the audit set and of ``maps.npz``,
+  the reference's AUC on the audit set, methods, library versions, and the
+  approved candidate's results (if any) for relative rules;
+* ``audit.json``: the audit set;
+* ``maps.npz`` (compressed): each method's reference maps at the target layer's
+  native resolution (float32: at 4x4 to 10x10 cells per map, float16 would save
+  little and could flip near-tied pixels), the reference logits and the labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from drift_gate._io import atomic_write_bytes, atomic_write_text, file_sha256, uninterrupted
+from drift_gate.data.datasets import DataSet, ImageDataset
+from drift_gate.data.preprocess import DEFAULT
+from drift_gate.errors import DataError, StaleBaselineError
+from drift_gate.evidence.cam import compute_cams, grid_warning
+from drift_gate.evidence.classification import classification_metrics, predicted_class
+from drift_gate.gating.audit import (
+    AuditSet,
+    audit_summary,
+    build_audit_set,
+    check_reachable,
+    test_images_per_class,
+)
+from drift_gate.models.checkpoint import CheckpointMeta, library_versions, load_checkpoint
+
+if TYPE_CHECKING:
+    from drift_gate.gating.thresholds import Thresholds
+
+__all__ = [
+    "APPROVED_STATISTIC",
+    "BASELINE_SCHEMA",
+    "Baseline",
+    "approve",
+    "check_compatible",
+    "create_baseline",
+    "load_baseline",
+]
+
+
+BASELINE_SCHEMA = 1
+#: Which per-candidate statistic ``approve`` records for each ``[gate] statistic``
+#: (relative bounds compare like with like; ``ci`` compares against the mean).
+APPROVED_STATISTIC = {"mean": "mean", "median": "median", "ci": "mean"}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A loaded, verified baseline."""
+
+    path: Path
+    meta: dict[str, Any]
+    audit: AuditSet
+    maps: dict[str, np.ndarray]
+    logits: np.ndarray
+    labels: np.ndarray
+    approved: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.meta["classes"])
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, allow_pickle=False, **arrays)
+    return buf.getvalue()
+
+
+def _meta_view(meta: CheckpointMeta) -> dict[str, Any]:
+    return {
+        "arch": meta.arch,
+        "classes": list(meta.classes),
+        "input_size": meta.input_size,
+        "mean": list(meta.mean),
+        "std": list(meta.std),
+        "preprocess": meta.preprocess.as_dict(),
+    }
+
+
+def create_baseline(
+    reference: Path,
+    data: DataSet,
+    out: Path,
+    methods: tuple[str, ...],
+    per_class: int = 10,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    progress: bool = False,
+    *,
+    rules: Thresholds | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Computes and writes a baseline for ``reference`` (atomically, file by file,
+    ``baseline.json`` last, so a partial baseline is never mistaken for a whole one).
+
+    Args:
+        rules: when given, a baseline on which these rules could never reach
+            ``min_samples`` is refused before anything is written.
+        log: receives lines that say what the audit set holds and why.
+
+    Returns:
+        The ``baseline.json`` path.
+
+    Raises:
+        DataError: the data does not fit the reference, or (with ``rules``) the
+            audit set is too small for ``min_samples``.
+    """
+    model, meta = load_checkpoint(reference, device)
+    if tuple(data.classes) != tuple(meta.classes):
+        raise DataError(
+            f"data classes {list(data.classes)} differ from the checkpoint's {list(meta.classes)}"
+        )
+    audit = build_audit_set(data, per_class)
+    samples = audit.resolve(data.root, data.classes)
+    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess)
+    cams = compute_cams(model, ds, methods, device, batch_size, progress=progress)
+    labels = np.array([s.label for s in samples])
+    metrics = classification_metrics(cams.logits, labels, meta.classes)
+    correct = predicted_class(cams.logits) == labels
+    n = len(samples) // len(meta.classes)
+    sizing, lines = audit_summary(data, per_class, n, labels, correct)
+    coarse = grid_warning(next(iter(cams.maps.values())).shape[1:], meta.input_size)
+    for line in lines + ([f"warning: {coarse}"] if coarse else []):
+        (log or (lambda m: None))(line)
+    if rules is not None:
+        check_reachable(
+            rules,
+            len(samples),
+            int(correct.sum()),
+            len(meta.classes),
+            min(test_images_per_class(data).values()),
+        )
+    arrays = {f"map_{m}": v.astype(np.float32) for m, v in cams.maps.items()}
+    arrays.update(logits=cams.logits.astype(np.float32), labels=labels)
+    npz = _npz_bytes(arrays)
+    doc = {
+        "schema_version": BASELINE_SCHEMA,
+        **_meta_view(meta),
+        "reference": {"path": str(reference), "sha256": file_sha256(reference), "phase": meta.phase},
+        "audit": {"sha256": audit.sha256, "n": len(samples), "per_class": n, **sizing},
+        "maps": {
+            "sha256": hashlib.sha256(npz).hexdigest(),
+            "methods": list(cams.maps),
+            "shape": list(next(iter(cams.maps.values())).shape[1:]),
+        },
+        "auc": metrics["auc_macro"],
+        "accuracy": metrics["accuracy"],
+        "versions": library_versions(),
+        "approved": {},
+        "history": [],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    old = out / "baseline.json"
+    # Ctrl-C or SIGTERM waits for the three files; if the process dies anyway, the
+    # missing baseline.json says "partially written" rather than a mix looking whole.
+    with uninterrupted():
+        old.unlink(missing_ok=True)
+        atomic_write_bytes(out / "maps.npz", npz)
+        atomic_write_text(out / "audit.json", audit.to_json())
+        atomic_write_text(old, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return old
+
+
+def load_baseline(path: Path) -> Baseline:
+    """Loads ``path`` (a folder or its ``baseline.json``) and verifies its integrity.
+
+    Raises:
+        StaleBaselineError: missing or partial baselines, schema mismatches and
+            files whose hashes differ from those recorded (tampering); the
+            message names the file and says how to refresh it.
+    """
+    folder = Path(path).parent if Path(path).suffix == ".json" else Path(path)
+    how = f"refresh it with `drift-gate baseline --reference CKPT --out {folder}`"
+    meta_path = folder / "baseline.json"
+    if not meta_path.is_file():
+        raise StaleBaselineError(f"{meta_path}: no baseline (missing or partially written); {how}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StaleBaselineError(f"{meta_path}: unreadable baseline ({exc}); {how}") from exc
+    if meta.get("schema_version") != BASELINE_SCHEMA:
+        raise StaleBaselineError(
+            f"{meta_path}: baseline schema {meta.get('schema_version')} but this "
+            f"drift-gate reads schema {BASELINE_SCHEMA}; {how}"
+        )
+    try:
+        meta["maps"]["sha256"], meta["maps"]["methods"], meta["audit"]["sha256"], meta["classes"]
+        meta["reference"]["sha256"], meta["auc"]
+    except (KeyError, TypeError) as exc:
+        raise StaleBaselineError(f"{meta_path}: baseline.json lacks the field {exc}; {how}") from None
+    for name in ("maps.npz", "audit.json"):
+        if not (folder / name).is_file():
+            raise StaleBaselineError(f"{folder / name}: missing from the baseline; {how}")
+    npz = (folder / "maps.npz").read_bytes()
+    if hashlib.sha256(npz).hexdigest() != meta["maps"]["sha256"]:
+        raise StaleBaselineError(
+            f"{folder / 'maps.npz'}: hash differs from baseline.json (modified or corrupted); {how}"
+        )
+    try:
+        audit = AuditSet.from_json((folder / "audit.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StaleBaselineError(f"{folder / 'audit.json'}: unreadable audit set ({exc}); {how}") from exc
+    if audit.sha256 != meta["audit"]["sha256"]:
+        raise StaleBaselineError(
+            f"{folder / 'audit.json'}: hash differs from baseline.json (modified); {how}"
+        )
+    with np.load(io.BytesIO(npz)) as z:
+        maps = {m: z[f"map_{m}"].astype(np.float32) for m in meta["maps"]["methods"]}
+        logits, labels = z["logits"], z["labels"]
+    return Baseline(folder, meta, audit, maps, logits, labels, meta.get("approved") or {})
+
+
+def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path) -> None:
+    """Raises :class:`StaleBaselineError` when the candidate's architecture, classes or
+    preprocessing differ from the baseline's."""
+    want = {k: baseline.meta[k] for k in ("arch", "classes", "input_size", "mean", "std")}
+    # baselines from before preprocessing was configurable used the default
+    want["preprocess"] = baseline.meta.get("preprocess", DEFAULT.as_dict())
+    got = _meta_view(meta)
+    diff = [f"{k} {got[k]!r} (baseline {want[k]!r})" for k in want if got[k] != want[k]]
+    if diff:
+        raise StaleBaselineError(
+            f"{candidate}: does not match the baseline in {baseline.path}: {'; '.join(diff)}; "
+            f"refresh it with `drift-gate baseline --reference CKPT --out {baseline.path}`"
+        )
+
+
+def approve(result: dict[str, Any], candidate: dict[str, Any], *, force: bool = False) -> list[str]:
+    """Records one candidate of a gate result (``gate.json``) as the approved one in
+    its baseline (atomically); returns the lines describing what changed. Every
+    approval is appended to the baseline's ``history``.
+
+    Args:
+        force: approve a candidate whose verdict was not ``pass`` (recorded as
+            forced in the history).
+
+    Raises:
+        DataError: the candidate did not pass and ``force`` is not set.
+        StaleBaselineError: the baseline changed since the gate ran (other
+            reference, audit set or maps), so the result no longer applies.
+    """
+    verdict = candidate.get("verdict")
+    if verdict != "pass" and not force:
+        raise DataError(
+            f"{Path(str(candidate.get('candidate'))).name}: its gate verdict was {verdict!r}, not 'pass'; "
+            "review the report, then approve with --force to accept it anyway (recorded in the "
+            "baseline's history)"
+        )
+    base = load_baseline(Path(candidate["baseline"]))
+    if (
+        candidate["reference_sha256"] != base.meta["reference"]["sha256"]
+        or candidate["audit_sha256"] != base.audit.sha256
+    ):
+        raise StaleBaselineError(
+            f"{base.path}: the baseline changed since this gate result was "
+            "made; run the gate again before approving"
+        )
+    statistic = result["thresholds"]["gate"]["statistic"]
+    key = APPROVED_STATISTIC[statistic]
+    stats = {
+        m: {metric: groups["overall"][key] for metric, groups in per.items()}
+        for m, per in candidate["summaries"].items()
+    }
+    new = {
+        "candidate": candidate["candidate"],
+        "candidate_sha256": candidate["candidate_sha256"],
+        "auc": candidate["auc"],
+        "statistic": key,
+        "statistics": stats,
+    }
+    old = base.approved
+    changes = [
+        f"{base.path}: approved {Path(candidate['candidate']).name} "
+        f"(sha256 {candidate['candidate_sha256'][:12]}…)"
+    ]
+    if old.get("auc") != new["auc"]:
+        changes.append(f"  auc: {old.get('auc', '—')} -> {new['auc']:.4f}")
+    for m, per in stats.items():
+        for metric, value in per.items():
+            before = (old.get("statistics") or {}).get(m, {}).get(metric)
+            if value is not None and before != value:
+                shown = "—" if before is None else f"{before:.4f}"
+                changes.append(f"  {m}/{metric} ({key}): {shown} -> {value:.4f}")
+    if verdict != "pass":
+        changes.append(f"  forced: the gate's verdict was {verdict}")
+    meta = dict(base.meta)
+    meta["approved"] = new
+    meta["history"] = [
+        *(meta.get("history") or []),
+        {
+            "event": "approve",
+            "candidate": candidate["candidate"],
+            "candidate_sha256": candidate["candidate_sha256"],
+            "verdict": verdict,
+            "forced": verdict != "pass",
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    ]
+    atomic_write_text(base.path / "baseline.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return changes

@@ -1,0 +1,329 @@
+"""The gate: candidate CAMs vs stored reference maps -> metrics -> rules -> verdict.
+
+:func:`evaluate_rules` is pure (summaries and thresholds in, rule results out);
+:func:`run_gate` does the I/O around it: loads the baseline and the candidate,
+verifies the audit images, computes the candidate's CAMs and predictions, and
+returns one :class:`GateResult` from which every report is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from drift_gate._io import file_sha256
+from drift_gate.data.datasets import ImageDataset, Sample
+from drift_gate.data.preprocess import DEFAULT, Preprocess, read_image
+from drift_gate.distributed import Dist, gather_shards, in_order
+from drift_gate.errors import CheckpointError, StaleBaselineError
+from drift_gate.evidence.cam import compute_cams, grid_warning, upsample
+from drift_gate.evidence.classification import classification_metrics, predicted_class
+from drift_gate.evidence.metrics import drift_metrics, localisation
+from drift_gate.evidence.summary import Summary, select_samples, summarise
+from drift_gate.gating.baseline import APPROVED_STATISTIC, Baseline, check_compatible, load_baseline
+from drift_gate.gating.rules import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    RuleResult,
+    Status,
+    auc_rules,
+    decide_verdict,
+    evaluate_rules,
+    parity_rule,
+)
+from drift_gate.gating.thresholds import Thresholds
+from drift_gate.models.checkpoint import load_checkpoint
+from drift_gate.models.export import OnnxModel, onnx_path, parity
+
+__all__ = ["RESULT_SCHEMA", "CandidateResult", "GateResult", "load_masks", "run_gate"]
+
+
+RESULT_SCHEMA = 1
+
+
+@dataclass
+class CandidateResult:
+    """Everything the gate found for one candidate."""
+
+    candidate: str
+    candidate_sha256: str
+    arch: str
+    baseline: str
+    reference_sha256: str
+    audit_sha256: str
+    classes: tuple[str, ...]
+    auc: float
+    reference_auc: float
+    n_audit: int
+    n_selected: int
+    summaries: dict[str, dict[str, dict[str, dict[str, Any]]]]  # method -> metric -> group -> stats
+    rules: list[RuleResult]
+    verdict: Status = PASS
+    label: str = ""
+    per_sample: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    sample_ids: list[str] = field(default_factory=list)
+    selected: list[bool] = field(default_factory=list)
+    #: what computed the predictions: ``onnxruntime (<provider>)`` or ``torch (<device>)``
+    predictions: str = ""
+    #: the exported model's path, sha256 and parity (empty without one)
+    onnx: dict[str, Any] = field(default_factory=dict)
+    #: numeric precision of the CAM forward pass (``fp32`` or ``bf16``)
+    precision: str = "fp32"
+    #: things a reviewer should know that do not change the verdict (e.g. a coarse CAM grid)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GateResult:
+    """The result of one gate run (one or more candidates)."""
+
+    candidates: list[CandidateResult]
+    thresholds: dict[str, Any]
+    thresholds_path: str
+    versions: dict[str, str]
+    schema_version: int = RESULT_SCHEMA
+    #: the report files written from this result, by kind (not part of ``gate.json``)
+    report_paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> Status:
+        """``fail`` if any candidate failed, else ``inconclusive`` if any was, else ``pass``."""
+        verdicts = {c.verdict for c in self.candidates}
+        return FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 otherwise (a gate that checked nothing never passes)."""
+        return 0 if self.candidates and self.verdict == PASS else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "thresholds_path": self.thresholds_path,
+            "thresholds": self.thresholds,
+            "versions": self.versions,
+            "candidates": [asdict(c) for c in self.candidates],
+        }
+
+
+def _summary_dict(s: dict[str, dict[str, Summary]]) -> dict[str, dict[str, dict[str, Any]]]:
+    return {metric: {g: asdict(v) for g, v in groups.items()} for metric, groups in s.items()}
+
+
+def _none_if_nan(values: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(float(v)) else float(v) for v in values]
+
+
+def load_masks(samples: Sequence[Sample], size: int, preprocess: Preprocess = DEFAULT) -> np.ndarray:
+    """Ground-truth finding masks at the model's input size (resized like the images,
+    by the same policy, then thresholded at one half). A sample without a mask gets an
+    empty one, so its localisation metrics are undefined (NaN)."""
+    out = np.zeros((len(samples), size, size), dtype=bool)
+    for i, s in enumerate(samples):
+        if s.mask is not None:
+            out[i] = read_image(s.mask, size, preprocess)[0].numpy() >= 0.5
+    return out
+
+
+def _streamed_metrics(
+    ref: np.ndarray, cand: np.ndarray, size: int, masks: np.ndarray | None = None, block: int = 64
+) -> dict[str, np.ndarray]:
+    """Drift metrics of native-resolution maps, upsampled to ``size`` ``block`` pairs
+    at a time, so that only one block of full-size maps is ever in memory; with
+    ``masks``, also the localisation of both maps against them."""
+    parts = []
+    for i in range(0, max(len(ref), 1), block):
+        a = upsample(torch.from_numpy(ref[i : i + block]), size)
+        b = upsample(torch.from_numpy(cand[i : i + block]), size)
+        part = drift_metrics(a, b, ranks=True)
+        if masks is not None:
+            ka = localisation(a, masks[i : i + block])
+            kb = localisation(b, masks[i : i + block])
+            part.update(
+                pointing_game=kb["pointing_game"],
+                mask_energy=kb["mask_energy"],
+                reference_pointing_game=ka["pointing_game"],
+                reference_mask_energy=ka["mask_energy"],
+                mask_energy_change=kb["mask_energy"] - ka["mask_energy"],
+            )
+        parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def run_gate(
+    candidate: Path,
+    baselines: Path,
+    thresholds: Thresholds,
+    data_root: Path,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    reference: Path | None = None,
+    progress: bool = False,
+    use_onnx: bool = True,
+    dist: Dist | None = None,
+    precision: str = "fp32",
+) -> tuple[CandidateResult, dict[str, Any]]:
+    """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``.
+
+    When ``<candidate stem>.onnx`` exists beside the candidate (and ``use_onnx``),
+    predictions (AUC, true-positive selection) come from ONNX Runtime and a parity
+    rule checks its logits against the checkpoint's; the CAMs always come from the
+    checkpoint (they need gradients).
+
+    Under ``torchrun`` (``dist``), each rank computes its batches of the audit set
+    and the per-sample results are gathered on every rank, so every rank returns
+    the same result, equal to the single-process one.
+
+    Returns:
+        The result, and the arrays the HTML overlays need (native-resolution
+        maps, image paths, input size).
+
+    Raises:
+        StaleBaselineError: the baseline is missing, damaged, lacks a configured
+            method, does not fit the candidate, or ``reference`` is not the file
+            it was made from.
+        CheckpointError, DataError: unusable candidate or audit images.
+    """
+    dist = dist or Dist(0, 1, torch.device(device))
+    model, meta = load_checkpoint(candidate, dist.device)
+    base: Baseline = load_baseline(Path(baselines) / meta.arch)
+    if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
+        raise StaleBaselineError(
+            f"{reference}: sha256 differs from the reference the baseline in {base.path} was made "
+            f"from; refresh it with `drift-gate baseline --reference {reference} --out {base.path}`"
+        )
+    missing = [m for m in thresholds.methods if m not in base.maps]
+    if missing:
+        raise StaleBaselineError(
+            f"{base.path}: baseline has no maps for {', '.join(missing)}; "
+            f"refresh it with `drift-gate baseline --out {base.path}`"
+        )
+    check_compatible(base, meta, candidate)
+    samples = base.audit.resolve(data_root, base.classes)
+    exported = onnx_path(candidate)
+    session = OnnxModel(exported, dist.device) if use_onnx and exported.is_file() else None
+    size = meta.input_size
+    with_masks = any(s.mask is not None for s in samples)
+
+    def shard(indices: Sequence[int]) -> dict[str, Any] | None:
+        """CAMs, predictions and per-sample metrics of some audit images (one rank's batches)."""
+        if not indices:
+            return None
+        # One pass, nothing cached: memory stays flat as the audit set grows.
+        chosen = [samples[i] for i in indices]
+        ds = ImageDataset(chosen, size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess)
+        cams = compute_cams(
+            model,
+            ds,
+            thresholds.methods,
+            dist.device,
+            batch_size,
+            progress=progress and dist.main,
+            precision=precision,
+        )
+        out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
+        masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
+        if session is not None:
+            out["onnx"] = session.logits(ds, batch_size)
+        for method in thresholds.methods:
+            try:
+                out["metrics"][method] = _streamed_metrics(
+                    base.maps[method][list(indices)], cams.maps[method], size, masks
+                )
+            except ValueError as exc:  # non-finite or absurd CAM values from this candidate
+                raise CheckpointError(f"{candidate}: its {method} maps cannot be compared ({exc})") from exc
+        return out
+
+    parts = [
+        (idx, part) for idx, part in gather_shards(dist, len(samples), batch_size, shard) if part is not None
+    ]
+
+    def joined(get: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
+        """One array of every shard, back in audit order."""
+        return cast(np.ndarray, in_order(parts, get))
+
+    torch_logits = joined(lambda p: p["logits"])
+    maps = {m: joined(lambda p, m=m: p["maps"][m]) for m in thresholds.methods}  # type: ignore[misc]
+    # Predictions come from what is deployed: the exported model when there is one.
+    logits, onnx_info, parity_rules = torch_logits, {}, []
+    if session is not None:
+        logits = joined(lambda p: p["onnx"])
+        par = parity(torch_logits, logits, session.provider)
+        parity_rules.append(parity_rule(meta.arch, par, thresholds))
+        onnx_info = {"path": str(exported), "sha256": file_sha256(exported), **asdict(par)}
+    labels = np.array([s.label for s in samples])
+    auc = classification_metrics(logits, labels, meta.classes)["auc_macro"]
+    selected = select_samples(
+        labels, predicted_class(base.logits), predicted_class(logits), thresholds.samples
+    )
+    approved = base.approved.get("statistics", {})
+    recorded = base.approved.get("statistic")
+    if approved and recorded != APPROVED_STATISTIC[thresholds.statistic]:
+        raise StaleBaselineError(
+            f"{base.path / 'baseline.json'}: the approved result was recorded as the {recorded}, "
+            f"but the thresholds now use statistic {thresholds.statistic!r}; gate and "
+            "`drift-gate approve` the candidate again under these thresholds"
+        )
+    baseline_auc = float(base.approved.get("auc", base.meta["auc"]))
+    rules = parity_rules + auc_rules(meta.arch, auc, baseline_auc, thresholds)
+    summaries, per_sample = {}, {}
+    for method in thresholds.methods:
+        values = {
+            k: joined(lambda p, m=method, k=k: p["metrics"][m][k])  # type: ignore[misc]
+            for k in parts[0][1]["metrics"][method]
+        }
+        summary = summarise(values, selected, labels, meta.classes)
+        rules += evaluate_rules(
+            meta.arch,
+            method,
+            summary,
+            thresholds,
+            approved,
+            n_audit=len(samples),
+            n_classes=len(meta.classes),
+        )
+        summaries[method] = _summary_dict(summary)
+        per_sample[method] = {k: _none_if_nan(v) for k, v in values.items() if k != "degenerate"}
+        per_sample[method]["degenerate"] = [float(x) for x in values["degenerate"]]
+    verdict, label = decide_verdict(rules)
+    coarse = grid_warning(next(iter(maps.values())).shape[1:], size)
+    artifacts = {
+        "size": size,
+        "preprocess": meta.preprocess,
+        "paths": [s.path for s in samples],
+        "reference": base.maps,
+        "candidate": maps,
+    }
+    return CandidateResult(
+        candidate=str(candidate),
+        candidate_sha256=file_sha256(candidate),
+        arch=meta.arch,
+        baseline=str(base.path),
+        reference_sha256=base.meta["reference"]["sha256"],
+        audit_sha256=base.audit.sha256,
+        classes=tuple(meta.classes),
+        auc=auc,
+        reference_auc=baseline_auc,
+        n_audit=len(samples),
+        n_selected=int(selected.sum()),
+        summaries=summaries,
+        rules=rules,
+        verdict=verdict,
+        label=label,
+        per_sample=per_sample,
+        sample_ids=[s.id for s in samples],
+        selected=[bool(x) for x in selected],
+        predictions=f"onnxruntime ({onnx_info['provider']})" if onnx_info else f"torch ({dist.device.type})",
+        onnx=onnx_info,
+        precision=precision,
+        warnings=[coarse] if coarse else [],
+    ), artifacts

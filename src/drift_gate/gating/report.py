@@ -1,0 +1,354 @@
+"""Reports, all written from one :class:`~drift_gate.gate.GateResult`.
+
+* console table (stdout);
+* ``gate.json``: the versioned result;
+* ``gate.md``: Markdown summary, also appended to ``$GITHUB_STEP_SUMMARY``;
+* GitHub error annotations for failed rules (when ``GITHUB_ACTIONS`` is set) and
+  ``verdict=…`` in ``$GITHUB_OUTPUT``;
+* ``gate.junit.xml``: one test case per rule;
+* ``gate.html``: self-contained (images inlined), metric distributions,
+  per-class tables and overlays of the samples that drifted most and least.
+
+Every file is written atomically, and the set of them under a folder lock
+(concurrent runs into one folder take turns; the files found afterwards all come
+from one run).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drift_gate._io import atomic_write_text, uninterrupted, write_lock
+from drift_gate.evidence.metrics import CORE_METRICS
+from drift_gate.gating.gate import CandidateResult, GateResult
+from drift_gate.gating.rules import FAIL, INCONCLUSIVE, PASS
+
+__all__ = ["console_table", "html_report", "junit", "markdown", "png_bytes", "write_reports"]
+
+
+_MARK = {PASS: "PASS", FAIL: "FAIL", INCONCLUSIVE: "INCONCLUSIVE", "skipped": "skip"}
+
+
+def _f(x: Any) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.2e}" if 0 < abs(x) < 1e-3 else f"{x:.4f}"
+    return str(x)
+
+
+def console_table(result: GateResult) -> str:
+    """The verdict table: one block per candidate, one line per rule."""
+    lines = []
+    width = max([len(r.rule) for c in result.candidates for r in c.rules] + [4]) + 2
+    for c in result.candidates:
+        lines.append(
+            f"{c.arch}  {c.candidate}  AUC {c.auc:.4f} (reference {c.reference_auc:.4f})  "
+            f"samples {c.n_selected}/{c.n_audit}  ->  {_MARK[c.verdict]}: {c.label}"
+        )
+        lines.append(f"  predictions: {c.predictions}")
+        lines += [f"  warning: {w}" for w in c.warnings]
+        lines.append(f"  {'rule':<{width}}{'status':<14}{'observed':>10}  bound")
+        for r in c.rules:
+            bound = r.message if r.status == "skipped" else r.direction
+            lines.append(f"  {r.rule:<{width}}{_MARK[r.status]:<14}{_f(r.observed):>10}  {bound}")
+    lines.append(f"verdict: {_MARK[result.verdict]}")
+    return "\n".join(lines)
+
+
+def markdown(result: GateResult) -> str:
+    """A Markdown summary (GitHub job summary)."""
+    out = [f"## drift-gate: {_MARK[result.verdict]}", ""]
+    out += [
+        "| backbone | candidate | predictions | AUC | reference AUC | samples | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in result.candidates:
+        out.append(
+            f"| {c.arch} | `{Path(c.candidate).name}` | {c.predictions} | {c.auc:.4f} | "
+            f"{c.reference_auc:.4f} | {c.n_selected}/{c.n_audit} | **{_MARK[c.verdict]}** {c.label} |"
+        )
+    warnings = [(c, w) for c in result.candidates for w in c.warnings]
+    if warnings:
+        out += [""] + [f"> **Warning ({c.arch})**: {w}" for c, w in warnings]
+    failed = [(c, r) for c in result.candidates for r in c.rules if r.status in (FAIL, INCONCLUSIVE)]
+    if failed:
+        out += ["", "| rule | status | observed | bound | |", "|---|---|---|---|---|"]
+        for _, r in failed:
+            out.append(f"| `{r.rule}` | {_MARK[r.status]} | {_f(r.observed)} | {r.direction} | {r.message} |")
+    methods = sorted({m for c in result.candidates for m in c.summaries})
+    for c in result.candidates:
+        for m in methods:
+            if m not in c.summaries:
+                continue
+            out += [
+                "",
+                f"**{c.arch} / {m}** (overall, {c.n_selected} true positives)",
+                "",
+                "| metric | mean | median | 95 % CI | degenerate |",
+                "|---|---|---|---|---|",
+            ]
+            for metric in CORE_METRICS:
+                s = c.summaries[m][metric]["overall"]
+                out.append(
+                    f"| {metric} | {_f(s['mean'])} | {_f(s['median'])} | "
+                    f"[{_f(s['ci_low'])}, {_f(s['ci_high'])}] | {s['n_degenerate']} |"
+                )
+            out += _localisation_rows(c.summaries[m])
+    return "\n".join(out) + "\n"
+
+
+def _localisation_rows(summaries: Mapping[str, Any]) -> list[str]:
+    """Reference-based localisation (means over true positives with a finding mask)."""
+    if "mask_energy" not in summaries:
+        return []
+
+    def mean(metric: str) -> str:
+        return _f(summaries[metric]["overall"]["mean"])
+
+    n = summaries["mask_energy"]["overall"]["n"]
+    return [
+        "",
+        f"| against the ground-truth masks ({n} samples with a finding) | reference | candidate |",
+        "|---|---|---|",
+        f"| pointing game (maximum inside the mask) | {mean('reference_pointing_game')} | "
+        f"{mean('pointing_game')} |",
+        f"| mask energy (share of the map inside the mask) | {mean('reference_mask_energy')} | "
+        f"{mean('mask_energy')} |",
+    ]
+
+
+def junit(result: GateResult) -> str:
+    """JUnit XML: a test suite per candidate, a test case per rule."""
+    root = ET.Element("testsuites", name="drift-gate")
+    for c in result.candidates:
+        fails = sum(r.status in (FAIL, INCONCLUSIVE) for r in c.rules)
+        skips = sum(r.status == "skipped" for r in c.rules)
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name=f"{c.arch}:{Path(c.candidate).name}",
+            tests=str(len(c.rules)),
+            failures=str(fails),
+            skipped=str(skips),
+            errors="0",
+        )
+        for r in c.rules:
+            case = ET.SubElement(suite, "testcase", classname=f"drift_gate.{c.arch}", name=r.rule)
+            if r.status in (FAIL, INCONCLUSIVE):
+                ET.SubElement(
+                    case, "failure", message=r.message, type=r.status
+                ).text = f"observed {_f(r.observed)}, bound {r.direction} ({r.source})"
+            elif r.status == "skipped":
+                ET.SubElement(case, "skipped", message=r.message)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _github(result: GateResult, md: str, env: Mapping[str, str]) -> None:
+    if env.get("GITHUB_ACTIONS") == "true":
+        for c in result.candidates:
+            for r in c.rules:
+                if r.status in (FAIL, INCONCLUSIVE):
+                    msg = f"{r.message} [{r.source}]".replace("%", "%25").replace("\n", "%0A")
+                    print(f"::error title=drift-gate {r.rule}::{msg}", flush=True)
+    if env.get("GITHUB_STEP_SUMMARY"):
+        with open(env["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as fh:
+            fh.write(md)
+    if env.get("GITHUB_OUTPUT"):
+        with open(env["GITHUB_OUTPUT"], "a", encoding="utf-8") as fh:
+            fh.write(f"verdict={result.verdict}\nexit_code={result.exit_code}\n")
+
+
+def png_bytes(fig: Any, dpi: int = 80) -> bytes:
+    """A matplotlib figure as PNG bytes; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _png(fig: Any) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode()
+
+
+def _distributions(c: CandidateResult, method: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CORE_METRICS), figsize=(3.2 * len(CORE_METRICS), 2.4))
+    sel = np.array(c.selected, dtype=bool)
+    for ax, metric in zip(axes, CORE_METRICS, strict=True):
+        vals = np.array([np.nan if v is None else v for v in c.per_sample[method][metric]], float)
+        vals = vals[sel & ~np.isnan(vals)]
+        ax.hist(vals, bins=20, color="#4a78b0")
+        mean = c.summaries[method][metric]["overall"]["mean"]
+        if mean is not None:
+            ax.axvline(mean, color="k", lw=1)
+        for r in c.rules:
+            if r.method == method and r.metric == metric and r.bound is not None:
+                ax.axvline(r.bound, color="#c0392b" if r.status == FAIL else "#27ae60", ls="--", lw=1)
+        ax.set_title(metric, fontsize=9)
+    return _png(fig)
+
+
+def _overlays(c: CandidateResult, method: str, artifacts: Mapping[str, Any], which: list[int]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from drift_gate.data.preprocess import read_image
+    from drift_gate.evidence.cam import minmax, upsample
+
+    size = int(artifacts["size"])
+    fig, axes = plt.subplots(len(which), 3, figsize=(6, 2.1 * len(which)), squeeze=False)
+    for row, i in zip(axes, which, strict=True):
+        image = read_image(artifacts["paths"][i], size, artifacts["preprocess"])[0].numpy()
+        ref = minmax(upsample(torch.from_numpy(artifacts["reference"][method][i : i + 1]), size))[0]
+        cand = minmax(upsample(torch.from_numpy(artifacts["candidate"][method][i : i + 1]), size))[0]
+        iou = c.per_sample[method]["iou"][i]
+        for ax, overlay, title in zip(
+            row,
+            (None, ref, cand),
+            (c.sample_ids[i].rsplit("/", 1)[-1], "reference", f"candidate (IoU {_f(iou)})"),
+            strict=True,
+        ):
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            if overlay is not None:
+                ax.imshow(overlay.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    return _png(fig)
+
+
+def _class_table(c: CandidateResult, method: str) -> str:
+    rows = []
+    groups = ["overall", *c.classes]
+    head = "".join(f"<th>{html.escape(m)} (mean)</th>" for m in CORE_METRICS)
+    for g in groups:
+        n = c.summaries[method]["iou"][g]["n"]
+        cells = "".join(f"<td>{_f(c.summaries[method][m][g]['mean'])}</td>" for m in CORE_METRICS)
+        rows.append(f"<tr><td>{html.escape(g)}</td><td>{n}</td>{cells}</tr>")
+    return f"<table><tr><th>group</th><th>n</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) -> str:
+    """The self-contained HTML report."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>drift-gate report</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}",
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "font-size:13px;text-align:right}th{background:#f2f2f2}td:first-child{text-align:left}",
+        ".pass{color:#1e7b34}.fail{color:#b02a1a}.inconclusive{color:#a66b00}img{max-width:100%}",
+        "</style></head><body>",
+        f"<h1>drift-gate: <span class='{result.verdict}'>{_MARK[result.verdict]}</span></h1>",
+    ]
+    for c in result.candidates:
+        parts.append(f"<h2>{html.escape(c.arch)} — <code>{html.escape(c.candidate)}</code></h2>")
+        parts.append(
+            f"<p class='{c.verdict}'><b>{_MARK[c.verdict]}</b>: {html.escape(c.label)}. "
+            f"AUC {c.auc:.4f} (reference {c.reference_auc:.4f}); {c.n_selected} of "
+            f"{c.n_audit} audit samples selected. Predictions: {html.escape(c.predictions)}.</p>"
+        )
+        parts += [f"<p class='inconclusive'>Warning: {html.escape(w)}</p>" for w in c.warnings]
+        parts.append(
+            "<table><tr><th>rule</th><th>status</th><th>observed</th><th>bound</th><th>source</th></tr>"
+        )
+        for r in c.rules:
+            parts.append(
+                f"<tr><td>{html.escape(r.rule)}</td><td class='{r.status}'>{_MARK[r.status]}</td>"
+                f"<td>{_f(r.observed)}</td><td>{html.escape(r.direction)}</td>"
+                f"<td>{html.escape(r.source)}</td></tr>"
+            )
+        parts.append("</table>")
+        art = artifacts.get(c.candidate)
+        for method in c.summaries:
+            parts.append(f"<h3>{html.escape(method)}</h3>")
+            parts.append(
+                f"<img alt='metric distributions {html.escape(method)}' src='{_distributions(c, method)}'>"
+            )
+            parts.append(_class_table(c, method))
+            loc = c.summaries[method]
+            if "mask_energy" in loc:
+                cells = "".join(
+                    f"<tr><td>{label}</td><td>{_f(loc['reference_' + k]['overall']['mean'])}</td>"
+                    f"<td>{_f(loc[k]['overall']['mean'])}</td></tr>"
+                    for k, label in (("pointing_game", "pointing game"), ("mask_energy", "mask energy"))
+                )
+                parts.append(
+                    "<table><tr><th>against the ground-truth masks</th><th>reference</th>"
+                    f"<th>candidate</th></tr>{cells}</table>"
+                )
+            iou = np.array([np.nan if v is None else v for v in c.per_sample[method]["iou"]], float)
+            usable = np.flatnonzero(np.array(c.selected, bool) & ~np.isnan(iou))
+            if art is not None and len(usable):
+                order = usable[np.argsort(iou[usable], kind="stable")]
+                k = min(3, len(order))
+                for title, pick in (
+                    ("drifted most (lowest IoU)", order[:k]),
+                    ("drifted least (highest IoU)", order[::-1][:k]),
+                ):
+                    parts.append(
+                        f"<h4>{title}</h4><img alt='overlays {html.escape(method)} {title}' "
+                        f"src='{_overlays(c, method, art, [int(i) for i in pick])}'>"
+                    )
+    parts.append("<h2>Rules</h2><pre>" + html.escape(json.dumps(result.thresholds, indent=2)) + "</pre>")
+    # Lets a headless browser (and the test suite) confirm that every image decoded.
+    parts.append(
+        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
+        "document.body.dataset.imagesOk=String(i.length>0&&i.every(x=>x.complete&&"
+        "x.naturalWidth>0));});</script>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_reports(
+    result: GateResult,
+    out: Path,
+    artifacts: Mapping[str, Mapping[str, Any]],
+    env: Mapping[str, str] | None = None,
+    name: str = "gate",
+) -> dict[str, Path]:
+    """Writes every report into ``out`` and prints the console table.
+
+    Returns:
+        Kind -> path of each written file.
+    """
+    env = os.environ if env is None else env
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(result)
+    paths = {
+        "json": out / f"{name}.json",
+        "markdown": out / f"{name}.md",
+        "junit": out / f"{name}.junit.xml",
+        "html": out / f"{name}.html",
+    }
+    texts = {
+        "json": json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n",
+        "markdown": md,
+        "junit": junit(result),
+        "html": html_report(result, artifacts),
+    }
+    # Concurrent runs into one folder take turns, and an interrupt cannot split the set.
+    with write_lock(out), uninterrupted():
+        for kind, text in texts.items():
+            atomic_write_text(paths[kind], text)
+    _github(result, md, env)
+    return paths

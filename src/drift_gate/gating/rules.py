@@ -1,0 +1,289 @@
+"""Rules: summaries and thresholds in, rule results and a verdict out. Pure."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from drift_gate.evidence.metrics import METRICS, Direction
+from drift_gate.evidence.summary import Summary
+from drift_gate.gating.thresholds import Thresholds
+from drift_gate.models.export import Parity
+
+__all__ = [
+    "FAIL",
+    "INCONCLUSIVE",
+    "PASS",
+    "SKIPPED",
+    "RuleResult",
+    "Status",
+    "auc_rules",
+    "decide_verdict",
+    "evaluate_rules",
+    "parity_rule",
+    "samples_needed",
+]
+
+
+class Status(enum.StrEnum):
+    """The outcome of a rule, a candidate or a gate run (compares equal to its value)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    SKIPPED = "skipped"
+
+
+PASS, FAIL, INCONCLUSIVE, SKIPPED = Status.PASS, Status.FAIL, Status.INCONCLUSIVE, Status.SKIPPED
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule's outcome.
+
+    Attributes:
+        rule: a stable name, e.g. ``densenet201/layercam/iou.min``.
+        status: what the rule found.
+        observed: the value compared (``None`` when there was nothing to compare).
+        bound: the bound it was compared with.
+        direction: how the comparison reads, e.g. ``>= 0.3``.
+        message: one line for people.
+        source: where the bound was set (``thresholds.toml:12``).
+        scope: ``drift`` (a map metric), ``auc`` or ``onnx`` (parity).
+        method: the CAM method of a drift rule.
+        metric: the metric compared (``iou``, ``auc``, ``max_rel_diff``).
+        kind: the bound's kind (``min``, ``max``, ``abs_max``, ``max_drop``, ``max_rise``).
+    """
+
+    rule: str
+    status: Status
+    observed: float | None
+    bound: float | None
+    direction: str
+    message: str
+    source: str = ""
+    scope: str = "drift"
+    method: str | None = None
+    metric: str = ""
+    kind: str = ""
+
+
+def _statistic(s: Summary, statistic: str, direction: Direction, kind: str) -> float | None:
+    """The value a bound is compared with; ``ci`` takes the conservative end."""
+    if statistic == "mean":
+        return s.mean
+    if statistic == "median":
+        return s.median
+    if s.ci_low is None or s.ci_high is None:
+        return None
+    if kind == "abs_max":
+        return max(abs(s.ci_low), abs(s.ci_high))
+    # The end of the interval that is worse for this bound.
+    return s.ci_low if kind in ("min", "max_drop") else s.ci_high
+
+
+def _bound(kind: str, value: float, approved: float | None) -> tuple[str, float]:
+    """(direction text, effective bound) of one bound; relative kinds need ``approved``."""
+    if kind == "min":
+        return f">= {value:g}", value
+    if kind == "max":
+        return f"<= {value:g}", value
+    if kind == "abs_max":
+        return f"|x| <= {value:g}", value
+    assert approved is not None
+    if kind == "max_drop":
+        return f">= approved {approved:.4f} - {value:g}", approved - value
+    return f"<= approved {approved:.4f} + {value:g}", approved + value
+
+
+def _passes(kind: str, observed: float, bound: float) -> bool:
+    if kind in ("min", "max_drop"):
+        return observed >= bound
+    if kind == "abs_max":
+        return abs(observed) <= bound
+    return observed <= bound
+
+
+def samples_needed(n_usable: int, n_audit: int, required: int, n_classes: int, share: float | None) -> str:
+    """What the audit set would need for ``required`` usable samples, at the rate seen."""
+    if n_usable == 0 or n_audit == 0:
+        return "no audit sample was usable, so a larger audit set alone will not help"
+    if share is not None:
+        return (
+            f"only {n_usable / n_audit:.0%} of the audit set was usable, below min_samples "
+            f"{share:.0%}; a larger audit set keeps that share, so lower min_samples or improve the models"
+        )
+    audit = math.ceil(required * n_audit / n_usable)
+    return (
+        f"at this rate ({n_usable} of {n_audit} audit images usable) it needs an audit set of about "
+        f"{audit} images ({math.ceil(audit / max(n_classes, 1))} per class: baseline --per-class)"
+    )
+
+
+def evaluate_rules(
+    arch: str,
+    method: str,
+    summaries: dict[str, dict[str, Summary]],
+    thresholds: Thresholds,
+    approved: dict[str, Any],
+    n_audit: int = 0,
+    n_classes: int = 0,
+) -> list[RuleResult]:
+    """Applies the drift bounds of one backbone x method to its overall summaries.
+
+    Args:
+        summaries: metric -> group -> :class:`Summary` (from :func:`summarise`).
+        approved: the approved candidate's statistics, ``{method: {metric: value}}``,
+            for relative bounds; relative bounds without one are skipped.
+        n_audit: audit images (what a relative ``min_samples`` is a share of).
+        n_classes: classes of the audit set (to say how large an audit set would do).
+    """
+    out = []
+    required = thresholds.required_samples(n_audit)
+    for b in thresholds.bounds(arch, method):
+        name = f"{arch}/{method}/{b.metric}.{b.kind}"
+        where = {"source": b.source, "method": method, "metric": b.metric, "kind": b.kind}
+        s = summaries.get(b.metric, {}).get("overall")
+        spec = METRICS[b.metric]
+        approved_value = (approved.get(method) or {}).get(b.metric)
+        relative = b.kind in ("max_drop", "max_rise")
+        bound: float | None = None
+        direction = b.kind  # a relative bound without an approved value has no number yet
+        if not relative or approved_value is not None:
+            direction, bound = _bound(b.kind, b.value, approved_value)
+        if s is None:
+            out.append(RuleResult(name, SKIPPED, None, bound, direction, f"{b.metric} not computed", **where))
+            continue
+        if s.n < required:
+            shown = thresholds.min_samples_text
+            if thresholds.min_samples_share is not None:
+                shown += f" of {n_audit} = {required}"
+            out.append(
+                RuleResult(
+                    name,
+                    INCONCLUSIVE,
+                    None,
+                    bound,
+                    direction,
+                    f"only {s.n} usable samples ({s.n_degenerate} degenerate), min_samples is {shown}: "
+                    f"inconclusive, not a pass; "
+                    + samples_needed(s.n, n_audit, required, n_classes, thresholds.min_samples_share),
+                    **where,
+                )
+            )
+            continue
+        observed = _statistic(s, thresholds.statistic, spec.direction, b.kind)
+        if relative and approved_value is None:
+            out.append(
+                RuleResult(
+                    name,
+                    SKIPPED,
+                    observed,
+                    None,
+                    b.kind,
+                    "no approved result yet (run `drift-gate approve`)",
+                    **where,
+                )
+            )
+            continue
+        assert observed is not None and bound is not None
+        ok = _passes(b.kind, observed, bound)
+        word = "ok" if ok else "violated"
+        out.append(
+            RuleResult(
+                name,
+                PASS if ok else FAIL,
+                observed,
+                bound,
+                direction,
+                f"{b.metric} {thresholds.statistic} {observed:.4f} {word}: must be {direction} "
+                f"({spec.direction.value} is better)",
+                **where,
+            )
+        )
+    return out
+
+
+def auc_rules(arch: str, auc: float, baseline_auc: float, thresholds: Thresholds) -> list[RuleResult]:
+    """The ``[auc]`` rules: a floor and the largest drop below the approved (or reference) AUC."""
+    out = []
+    if thresholds.auc_min is not None:
+        ok = auc >= thresholds.auc_min
+        out.append(
+            RuleResult(
+                f"{arch}/auc.min",
+                PASS if ok else FAIL,
+                auc,
+                thresholds.auc_min,
+                f">= {thresholds.auc_min:g}",
+                f"macro AUC {auc:.4f} {'ok' if ok else 'violated'}: must be >= {thresholds.auc_min:g}",
+                f"{thresholds.path} [auc]",
+                scope="auc",
+                metric="auc",
+                kind="min",
+            )
+        )
+    if thresholds.auc_max_drop is not None:
+        bound = baseline_auc - thresholds.auc_max_drop
+        ok = auc >= bound
+        out.append(
+            RuleResult(
+                f"{arch}/auc.max_drop",
+                PASS if ok else FAIL,
+                auc,
+                bound,
+                f">= {baseline_auc:.4f} - {thresholds.auc_max_drop:g}",
+                f"macro AUC {auc:.4f} {'ok' if ok else 'violated'}: may drop at most "
+                f"{thresholds.auc_max_drop:g} below {baseline_auc:.4f}",
+                f"{thresholds.path} [auc]",
+                scope="auc",
+                metric="auc",
+                kind="max_drop",
+            )
+        )
+    return out
+
+
+def decide_verdict(rules: list[RuleResult]) -> tuple[Status, str]:
+    """A candidate's verdict and its label from its rules (a gate that checked nothing
+    is inconclusive, never a pass)."""
+    statuses = {r.status for r in rules}
+    checked = statuses & {PASS, FAIL, INCONCLUSIVE}
+    if not checked:
+        return INCONCLUSIVE, "no rule could be checked"
+    failed = {r.scope for r in rules if r.status == FAIL}
+    auc_failed, onnx_failed, drift_failed = "auc" in failed, "onnx" in failed, "drift" in failed
+    labels = []
+    if drift_failed:
+        labels.append(
+            "evidence drift despite stable AUC" if not auc_failed else "evidence drift and AUC regression"
+        )
+    elif auc_failed:
+        labels.append("AUC regression")
+    if onnx_failed:
+        labels.append("the exported ONNX model differs from the audited checkpoint")
+    if labels:
+        return FAIL, "; ".join(labels)
+    if INCONCLUSIVE in statuses:
+        return INCONCLUSIVE, "too few usable samples to judge the evidence"
+    return PASS, "evidence and AUC within bounds"
+
+
+def parity_rule(arch: str, p: Parity, thresholds: Thresholds) -> RuleResult:
+    """ONNX Runtime's logits against the audited checkpoint's."""
+    ok = p.ok(thresholds.onnx_max_rel_diff)
+    return RuleResult(
+        f"{arch}/onnx.parity",
+        PASS if ok else FAIL,
+        p.max_rel_diff,
+        thresholds.onnx_max_rel_diff,
+        f"<= {thresholds.onnx_max_rel_diff:g}",
+        f"ONNX Runtime ({p.provider}) vs the audited checkpoint: max relative logit difference "
+        f"{p.max_rel_diff:.3g} {'ok' if ok else 'violated'} on {p.n} audit images",
+        f"{thresholds.path} [onnx]",
+        scope="onnx",
+        metric="max_rel_diff",
+        kind="max",
+    )

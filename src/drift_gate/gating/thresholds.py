@@ -1,0 +1,370 @@
+"""``thresholds.toml`` -> validated, frozen rules. Errors name the key and its line.
+
+Shape::
+
+    [gate]
+    methods = ["layercam", "gradcam++"]
+    samples = "true-positive"      # or "all"
+    min_samples = 30               # fewer usable samples: inconclusive, never a pass;
+                                   # or a share of the audit set: "40%"
+    statistic = "mean"             # "median", or "ci" (the conservative end of the 95 % CI)
+
+    [auc]
+    min = 0.95                     # candidate macro AUC on the audit set
+    max_drop = 0.01                # vs the approved (else the reference) AUC
+
+    [drift]                        # defaults for every backbone x method
+    iou.min = 0.30                 # absolute bounds: min, max, abs_max
+    iou.max_drop = 0.05            # relative to the approved value: max_drop, max_rise
+    correlation.min = 0.50
+
+    [drift.resnet50v2]             # per backbone, every method
+    [drift.resnet50v2."gradcam++"] # per backbone and method (most specific wins)
+    iou.min = 0.20
+
+    [onnx]                         # when a candidate has an exported model.onnx beside it
+    max_rel_diff = 1e-4            # ONNX Runtime vs torch logits, relative to the largest logit
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drift_gate.errors import ConfigError
+from drift_gate.evidence.cam import METHODS
+from drift_gate.evidence.metrics import METRICS
+from drift_gate.models.backbones import BACKBONES
+
+__all__ = ["BOUND_KINDS", "ONNX_MAX_REL_DIFF", "Bound", "Thresholds", "load_thresholds", "parse_thresholds"]
+
+
+#: Bound kinds: absolute (min, max, abs_max) and relative to the approved value.
+BOUND_KINDS = ("min", "max", "abs_max", "max_drop", "max_rise")
+_GATE_KEYS = {"methods", "samples", "min_samples", "statistic"}
+_AUC_KEYS = {"min", "max_drop"}
+_ONNX_KEYS = {"max_rel_diff"}
+#: Default bound on ONNX Runtime vs torch logits (relative to the largest |logit|).
+ONNX_MAX_REL_DIFF = 1e-4
+_STATISTICS = ("mean", "median", "ci")
+_SAMPLES = ("true-positive", "all")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One numeric bound on one metric, with where it was set."""
+
+    metric: str
+    kind: str
+    value: float
+    source: str  # e.g. "thresholds.toml:14 [drift.resnet50v2."gradcam++"]"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The resolved rules of a thresholds file."""
+
+    methods: tuple[str, ...] = ("layercam", "gradcam++")
+    samples: str = "true-positive"
+    min_samples: int = 30
+    statistic: str = "mean"
+    auc_min: float | None = None
+    auc_max_drop: float | None = None
+    #: (backbone or None, method or None) -> {"metric.kind": value}; (None, None) = defaults
+    #: ``min_samples`` given as a share of the audit set (``"40%"`` -> 0.4), else None
+    min_samples_share: float | None = None
+    tables: dict[tuple[str | None, str | None], dict[str, float]] = field(default_factory=dict)
+    #: (backbone, method, "metric.kind") -> "file:line" where the value was set
+    sources: dict[tuple[str | None, str | None, str], str] = field(default_factory=dict)
+    path: str = "thresholds.toml"
+    onnx_max_rel_diff: float = ONNX_MAX_REL_DIFF
+
+    def required_samples(self, n_audit: int) -> int:
+        """The usable samples a rule needs on an audit set of ``n_audit`` images."""
+        if self.min_samples_share is None:
+            return self.min_samples
+        return max(1, math.ceil(self.min_samples_share * n_audit - 1e-9))
+
+    @property
+    def min_samples_text(self) -> str:
+        """``min_samples`` as written: ``20`` or ``40%``."""
+        if self.min_samples_share is None:
+            return str(self.min_samples)
+        return f"{self.min_samples_share * 100:g}%"
+
+    def bounds(self, arch: str, method: str) -> list[Bound]:
+        """Bounds for one backbone x method: defaults, then backbone, then backbone+method."""
+        merged: dict[str, Bound] = {}
+        for scope in ((None, None), (arch, None), (arch, method)):
+            for key, value in self.tables.get(scope, {}).items():
+                metric, kind = key.rsplit(".", 1)
+                merged[key] = Bound(metric, kind, value, self.sources.get((*scope, key), self.path))
+        return [merged[k] for k in sorted(merged)]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved rules, for echoing into reports."""
+        return {
+            "gate": {
+                "methods": list(self.methods),
+                "samples": self.samples,
+                "min_samples": self.min_samples if self.min_samples_share is None else self.min_samples_text,
+                "statistic": self.statistic,
+            },
+            "auc": {
+                k: v for k, v in (("min", self.auc_min), ("max_drop", self.auc_max_drop)) if v is not None
+            },
+            "drift": {
+                f"{a or '*'}/{m or '*'}": dict(v)
+                for (a, m), v in sorted(self.tables.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or ""))
+            },
+            "onnx": {"max_rel_diff": self.onnx_max_rel_diff},
+        }
+
+
+def _header_re(parts: list[str]) -> re.Pattern[str]:
+    inner = r"\s*\.\s*".join(rf'(?:"{re.escape(p)}"|{re.escape(p)})' for p in parts)
+    return re.compile(rf"^\s*\[\s*{inner}\s*\]\s*(#.*)?$")
+
+
+def _line_of(text: str, table: list[str], key: str | None = None) -> int:
+    """1-based line of ``key`` inside table ``table`` (or of the table header)."""
+    lines = text.splitlines()
+    header = _header_re(table) if table else None
+    start = 0
+    if header is not None:
+        for i, line in enumerate(lines):
+            if header.match(line):
+                start = i + 1
+                break
+        else:
+            start = 0
+    if key is None:
+        return max(start, 1)
+    first = key.split(".")[0]
+    key_re = re.compile(rf'^\s*(?:"{re.escape(first)}"|{re.escape(first)})\s*[.=]')
+    for i in range(start, len(lines)):
+        if i > start and lines[i].lstrip().startswith("[") and header is not None:
+            break
+        if key_re.match(lines[i]):
+            return i + 1
+    return max(start, 1)
+
+
+def _table_line(text: str, table: list[str]) -> int:
+    """1-based line of the first header ``[table]`` or ``[table.<more>]``, else of the
+    first dotted key that starts with the table's last part."""
+    inner = r"\s*\.\s*".join(rf'(?:"{re.escape(p)}"|{re.escape(p)})' for p in table)
+    header = re.compile(rf"^\s*\[\s*{inner}\s*[\].]")
+    for i, line in enumerate(text.splitlines()):
+        if header.match(line):
+            return i + 1
+    return _line_of(text, table[:-1], table[-1])
+
+
+class _Ctx:
+    def __init__(self, text: str, path: str) -> None:
+        self.text, self.path = text, path
+
+    def where(self, table: list[str], key: str | None = None) -> str:
+        name = ".".join(f'"{p}"' if not re.fullmatch(r"[A-Za-z0-9_-]+", p) else p for p in table)
+        full = f"{name}.{key}" if key and name else (key or name)
+        return f"{self.path}:{_line_of(self.text, table, key)}: {full}"
+
+    def fail(self, table: list[str], key: str | None, message: str) -> ConfigError:
+        return ConfigError(f"{self.where(table, key)}: {message}")
+
+
+def _number(ctx: _Ctx, table: list[str], key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ctx.fail(table, key, f"expected a finite number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+_SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def _min_samples(ctx: _Ctx, value: Any) -> tuple[int, float | None]:
+    """``min_samples``: an integer >= 1, or a share of the audit set such as ``"40%"``."""
+    if isinstance(value, str):
+        m = _SHARE.match(value)
+        if m and 0 < float(m.group(1)) <= 100:
+            return 1, float(m.group(1)) / 100
+        raise ctx.fail(
+            ["gate"], "min_samples", f'expected a share of the audit set such as "40%", got {value!r}'
+        )
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ctx.fail(
+            ["gate"], "min_samples", f'expected an integer >= 1 or a share such as "40%", got {value!r}'
+        )
+    return value, None
+
+
+def _is_table_of_tables(spec: Any) -> bool:
+    """A value that holds tables (a backbone's or method's), not ``kind = number`` bounds."""
+    return isinstance(spec, dict) and any(isinstance(v, dict) for v in spec.values())
+
+
+def _drift_table(ctx: _Ctx, table: list[str], raw: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric, spec in raw.items():
+        if metric not in METRICS and table == ["drift"] and _is_table_of_tables(spec):
+            raise ConfigError(
+                f"{ctx.path}:{_table_line(ctx.text, ['drift', metric])}: drift.{metric}: unknown backbone "
+                f"{metric!r}; known: {', '.join(BACKBONES)}"
+            )
+        if metric not in METRICS and len(table) == 2 and _is_table_of_tables(spec):
+            raise ConfigError(
+                f"{ctx.path}:{_table_line(ctx.text, [*table, metric])}: {'.'.join(table)}.{metric}: "
+                f"unknown method {metric!r}; known: {', '.join(METHODS)}"
+            )
+        if metric not in METRICS:
+            raise ctx.fail(table, metric, f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        if not isinstance(spec, dict):
+            raise ctx.fail(
+                table, metric, f"expected bounds such as {metric}.min = 0.3 (kinds: {', '.join(BOUND_KINDS)})"
+            )
+        for kind, value in spec.items():
+            if kind not in BOUND_KINDS:
+                raise ctx.fail(
+                    table, f"{metric}.{kind}", f"unknown bound {kind!r}; known: {', '.join(BOUND_KINDS)}"
+                )
+            number = _number(ctx, table, f"{metric}.{kind}", value)
+            if kind in ("abs_max", "max_drop", "max_rise") and number < 0:
+                raise ctx.fail(table, f"{metric}.{kind}", f"{kind} must be >= 0, got {number}")
+            out[f"{metric}.{kind}"] = number
+    return out
+
+
+def _check_contradictions(ctx: _Ctx, table: list[str], merged: dict[str, float]) -> None:
+    for metric in METRICS:
+        lo, hi = merged.get(f"{metric}.min"), merged.get(f"{metric}.max")
+        if lo is not None and hi is not None and lo > hi:
+            raise ctx.fail(
+                table, f"{metric}.min", f"contradictory bounds: {metric}.min = {lo} > {metric}.max = {hi}"
+            )
+
+
+def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
+    """Parses and validates the text of a thresholds file.
+
+    Raises:
+        ConfigError: TOML syntax errors (with line and column), unknown keys,
+            misspelled metric, method or backbone names, wrong types,
+            contradictory bounds, and files with no rule at all.
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    ctx = _Ctx(text, path)
+    unknown = sorted(set(doc) - {"gate", "auc", "drift", "onnx"})
+    if unknown:
+        raise ctx.fail([unknown[0]], None, "unknown table; expected [gate], [auc], [drift] and [onnx]")
+    gate = doc.get("gate", {})
+    for key in gate:
+        if key not in _GATE_KEYS:
+            raise ctx.fail(["gate"], key, f"unknown key; known: {', '.join(sorted(_GATE_KEYS))}")
+    methods = gate.get("methods", ["layercam", "gradcam++"])
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+        raise ctx.fail(["gate"], "methods", "expected a non-empty list of method names")
+    for m in methods:
+        if m not in METHODS:
+            raise ctx.fail(["gate"], "methods", f"unknown method {m!r}; known: {', '.join(METHODS)}")
+    samples = gate.get("samples", "true-positive")
+    if samples not in _SAMPLES:
+        raise ctx.fail(["gate"], "samples", f"expected one of {', '.join(_SAMPLES)}, got {samples!r}")
+    statistic = gate.get("statistic", "mean")
+    if statistic not in _STATISTICS:
+        raise ctx.fail(["gate"], "statistic", f"expected one of {', '.join(_STATISTICS)}, got {statistic!r}")
+    min_samples, share = _min_samples(ctx, gate.get("min_samples", 30))
+
+    auc = doc.get("auc", {})
+    for key in auc:
+        if key not in _AUC_KEYS:
+            raise ctx.fail(["auc"], key, f"unknown key; known: {', '.join(sorted(_AUC_KEYS))}")
+    auc_min = _number(ctx, ["auc"], "min", auc["min"]) if "min" in auc else None
+    auc_drop = _number(ctx, ["auc"], "max_drop", auc["max_drop"]) if "max_drop" in auc else None
+    if auc_min is not None and not 0 <= auc_min <= 1:
+        raise ctx.fail(["auc"], "min", f"an AUC bound must lie in [0, 1], got {auc_min}")
+    if auc_drop is not None and auc_drop < 0:
+        raise ctx.fail(["auc"], "max_drop", f"max_drop must be >= 0, got {auc_drop}")
+
+    onnx = doc.get("onnx", {})
+    for key in onnx:
+        if key not in _ONNX_KEYS:
+            raise ctx.fail(["onnx"], key, f"unknown key; known: {', '.join(sorted(_ONNX_KEYS))}")
+    onnx_rel = _number(ctx, ["onnx"], "max_rel_diff", onnx.get("max_rel_diff", ONNX_MAX_REL_DIFF))
+    if onnx_rel < 0:
+        raise ctx.fail(["onnx"], "max_rel_diff", f"max_rel_diff must be >= 0, got {onnx_rel}")
+
+    drift_raw = doc.get("drift", {})
+    tables: dict[tuple[str | None, str | None], dict[str, float]] = {}
+    sources: dict[tuple[str | None, str | None, str], str] = {}
+
+    def add(arch: str | None, method: str | None, raw: dict[str, Any]) -> None:
+        table = ["drift", *(p for p in (arch, method) if p)]
+        tables[(arch, method)] = _drift_table(ctx, table, raw)
+        for key in tables[(arch, method)]:
+            sources[(arch, method, key)] = ctx.where(table, key).rsplit(": ", 1)[0]
+
+    add(None, None, {k: v for k, v in drift_raw.items() if k not in BACKBONES})
+    for arch, table in drift_raw.items():
+        if arch not in BACKBONES:
+            continue
+        add(arch, None, {k: v for k, v in table.items() if k not in METHODS})
+        for method, mtable in table.items():
+            if method in METHODS:
+                if not isinstance(mtable, dict):
+                    raise ctx.fail(["drift", arch], method, "expected a table of bounds")
+                add(arch, method, mtable)
+    result = Thresholds(
+        methods=tuple(dict.fromkeys(methods)),
+        samples=samples,
+        min_samples=min_samples,
+        statistic=statistic,
+        auc_min=auc_min,
+        auc_max_drop=auc_drop,
+        min_samples_share=share,
+        tables=tables,
+        sources=sources,
+        path=path,
+        onnx_max_rel_diff=onnx_rel,
+    )
+    # Contradictions are judged on what applies to each backbone x method.
+    for arch in BACKBONES:
+        for method in result.methods:
+            merged = {f"{b.metric}.{b.kind}": b.value for b in result.bounds(arch, method)}
+            scope = (
+                ["drift", arch, method]
+                if tables.get((arch, method))
+                else ["drift", arch]
+                if tables.get((arch, None))
+                else ["drift"]
+            )
+            _check_contradictions(ctx, scope, merged)
+    if not any(tables.values()) and auc_min is None and auc_drop is None:
+        raise ConfigError(
+            f"{path}: no rules: set at least one [drift] or [auc] bound "
+            "(a gate that checks nothing must not pass)"
+        )
+    return result
+
+
+def load_thresholds(path: Path) -> Thresholds:
+    """Reads and validates a thresholds file.
+
+    Raises:
+        ConfigError: missing file or any error of :func:`parse_thresholds`.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: thresholds file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read thresholds file ({exc})") from exc
+    return parse_thresholds(text, str(path))

@@ -1,0 +1,1 @@
+"""Models: backbones, pretrained weights, checkpoints, inference and ONNX export."""

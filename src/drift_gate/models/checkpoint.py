@@ -1,0 +1,232 @@
+"""Checkpoints: weights plus the metadata needed to use them, loaded without code.
+
+On disk a checkpoint is a ``torch.save`` archive of a plain dict::
+
+    {"format": "drift-gate-checkpoint", "schema_version": 1,
+     "meta": "<JSON of CheckpointMeta>", "state_dict": {name: tensor}}
+
+It is read with ``torch.load(weights_only=True)``, so a file that would run code
+when unpickled is refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import pickle
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from drift_gate._io import atomic_write_bytes
+from drift_gate.data.preprocess import DEFAULT, Preprocess
+from drift_gate.errors import CheckpointError, ConfigError
+from drift_gate.models.backbones import Classifier, build_classifier
+
+__all__ = ["SCHEMA_VERSION", "CheckpointMeta", "library_versions", "load_checkpoint", "save_checkpoint"]
+
+
+SCHEMA_VERSION = 1
+_FORMAT = "drift-gate-checkpoint"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape weights and maps."""
+    import numpy
+    import torchvision
+
+    from drift_gate import __version__
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "drift_gate": __version__,
+    }
+    try:
+        import timm
+
+        out["timm"] = timm.__version__
+    except ImportError:  # pragma: no cover - timm is a dependency
+        pass
+    return out
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about itself.
+
+    Attributes:
+        arch: backbone registry name.
+        classes: class names, in logit order.
+        input_size: square input side in pixels.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation standard deviation.
+        phase: ``tl`` (frozen backbone, head trained), ``ft`` (all layers) or another tag.
+        seed: training seed.
+        data_manifest_sha256: :attr:`drift_gate.data.DataSet.manifest_sha256` of the
+            training data.
+        weights: where the backbone's initial weights came from.
+        metrics: evaluation results per split (``val``, ``test``).
+        config_sha256: hash of the training configuration (for resuming).
+        epoch: the selected (best) epoch.
+        versions: :func:`library_versions` at training time.
+        schema_version: checkpoint schema.
+        preprocess: how files become the model's input (:mod:`drift_gate.preprocess`);
+            stored only when it is not the default, so older checkpoints read as before.
+    """
+
+    arch: str
+    classes: tuple[str, ...]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    phase: str
+    seed: int
+    data_manifest_sha256: str
+    weights: str = "none"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config_sha256: str = ""
+    epoch: int = -1
+    versions: dict[str, str] = field(default_factory=library_versions)
+    schema_version: int = SCHEMA_VERSION
+    preprocess: Preprocess = DEFAULT
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys)."""
+        doc = asdict(self)
+        if self.preprocess == DEFAULT:
+            del doc["preprocess"]
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: Path) -> CheckpointMeta:
+        """Parses and validates metadata read from ``source``."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{source}: checkpoint metadata is not valid JSON") from exc
+        names = {f.name for f in fields(cls)}
+        missing = sorted(
+            n
+            for n in ("arch", "classes", "input_size", "mean", "std", "phase", "seed", "data_manifest_sha256")
+            if n not in raw
+        )
+        if missing:
+            raise CheckpointError(f"{source}: checkpoint metadata lacks {', '.join(missing)}")
+        raw = {k: v for k, v in raw.items() if k in names}
+        for key in ("classes", "mean", "std"):
+            raw[key] = tuple(raw[key])
+        try:
+            raw["preprocess"] = Preprocess.from_dict(raw.get("preprocess", {}), f"{source}: metadata")
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
+        return cls(**raw)
+
+
+def save_checkpoint(path: Path, model: Classifier, meta: CheckpointMeta) -> None:
+    """Writes ``model`` and ``meta`` to ``path`` atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(
+        {"format": _FORMAT, "schema_version": SCHEMA_VERSION, "meta": meta.to_json(), "state_dict": state},
+        buf,
+    )
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+_SAVE_STATE_DICT = (
+    "save the weights with torch.save(model.state_dict(), ...) and train or wrap them as a drift-gate "
+    "checkpoint"
+)
+
+
+def _foreign_format(path: Path) -> str | None:
+    """Why a file of another known format cannot be a candidate, or None."""
+    import zipfile
+
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if path.suffix.lower() == ".onnx":
+        return (
+            "an ONNX model: CAMs need the PyTorch weights (gradients at the target layer); give the "
+            "checkpoint and put its .onnx beside it (`drift-gate export`), which the gate then uses "
+            "for predictions"
+        )
+    if len(head) >= 9 and head[8:9] == b"{" and path.suffix.lower() == ".safetensors":
+        return (
+            "a safetensors state dict without drift-gate's metadata (classes, input size): "
+            + _SAVE_STATE_DICT
+        )
+    if head.startswith(b"PK") and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+            return (
+                "a TorchScript module: hooks do not fire inside scripted modules, so its CAMs cannot "
+                f"be computed; {_SAVE_STATE_DICT}"
+            )
+    return None
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Classifier, CheckpointMeta]:
+    """Loads a checkpoint as an eval-mode model and its metadata.
+
+    Raises:
+        CheckpointError: missing, empty, truncated or foreign files; pickles that
+            would execute code; newer schema versions; weights that do not fit
+            the architecture; NaN or Inf weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+    foreign = _foreign_format(path)
+    if foreign is not None:
+        raise CheckpointError(f"{path}: {foreign}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged or unsafe files
+        # the weights-only unpickler met an object it will not build (a GLOBAL or REDUCE)
+        if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
+            reason = "it contains Python objects that would run code when loaded; refused"
+        else:
+            reason = f"not a readable checkpoint, truncated or corrupt ({exc.__class__.__name__})"
+        raise CheckpointError(f"{path}: {reason}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
+        raise CheckpointError(
+            f"{path}: not a drift-gate checkpoint (a bare state dict or another "
+            "tool's file); train one with `drift-gate train`"
+        )
+    version = obj.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint schema version {version} is newer than this "
+            f"drift-gate supports ({SCHEMA_VERSION}); upgrade drift-gate"
+        )
+    meta = CheckpointMeta.from_json(str(obj.get("meta", "")), path)
+    state = obj.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: checkpoint has no state_dict")
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name} contains NaN or Inf")
+    model = build_classifier(meta.arch, len(meta.classes))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit architecture {meta.arch!r} with {len(meta.classes)} classes"
+        ) from exc
+    if not math.isfinite(meta.input_size) or meta.input_size <= 0:
+        raise CheckpointError(f"{path}: invalid input size {meta.input_size}")
+    return model.to(device).eval(), meta

@@ -1,0 +1,1 @@
+"""Studies: the paper's protocol, drift across epochs, calibration, validation and controls."""

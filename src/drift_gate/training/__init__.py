@@ -1,0 +1,1 @@
+"""Training: profiles, the TL and FT loops, synthetic pretraining, the pipeline."""

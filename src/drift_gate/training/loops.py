@@ -1,0 +1,322 @@
+"""The two training loops: the head on cached features (TL) and every layer (FT)."""
+
+from __future__ import annotations
+
+import io
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from drift_gate._io import atomic_write_bytes
+from drift_gate.data.datasets import ImageDataset
+from drift_gate.distributed import Dist, barrier, gather_shards, global_batchnorm, in_order
+from drift_gate.errors import CheckpointError, ConfigError
+from drift_gate.evidence.cam import autocast
+from drift_gate.evidence.classification import classification_metrics
+from drift_gate.models.backbones import Classifier
+from drift_gate.models.inference import collect, predict, progress_bar
+from drift_gate.training.profiles import PhaseConfig
+
+__all__ = ["extract_features", "finetune", "train_head"]
+
+
+Log = Callable[[str], None]
+
+
+def log_stderr(msg: str) -> None:
+    """The default log: a line on stderr."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def extract_features(
+    model: Classifier,
+    dataset: ImageDataset,
+    device: torch.device,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled body activations ``(N, C)`` and labels, computed once in eval mode."""
+    model.eval()
+    return collect(lambda x: model.body(x).mean(dim=(2, 3)), dataset, device, batch_size, progress, desc)
+
+
+def sharded_features(
+    dist: Dist,
+    model: Classifier,
+    dataset: ImageDataset,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`extract_features`, each rank computing its batches; every rank gets all of them."""
+    if not dist.enabled:
+        return extract_features(model, dataset, device, batch_size, progress, desc)
+
+    def shard(idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not idx:
+            return None
+        sub = torch.utils.data.Subset(dataset, list(idx))
+        return extract_features(model, sub, device, batch_size, progress and dist.main, desc)  # type: ignore[arg-type]
+
+    parts = [(i, p) for i, p in gather_shards(dist, len(dataset), batch_size, shard) if p is not None]
+    return in_order(parts, lambda p: p[0]), in_order(parts, lambda p: p[1])
+
+
+class _GlobalBatchSampler(torch.utils.data.Sampler[int]):
+    """This rank's share of each global batch of the single-process shuffle.
+
+    The global batches are drawn by the very ``DataLoader(shuffle=True, generator=…)``
+    a single-process run uses (over indices only), so global batch k holds the same
+    samples in both runs; rank r takes its ``b = G / N`` consecutive samples of it.
+    With gradients averaged over the ranks, each update sees what the single-process
+    update with batch size G sees.
+    """
+
+    def __init__(self, n: int, global_batch: int, dist: Dist, seed: int) -> None:
+        if n < global_batch:
+            raise ConfigError(f"{n} training images: fewer than one global batch of {global_batch}")
+        self.n, self.global_batch, self.dist, self.seed = n, global_batch, dist, seed
+
+    def __len__(self) -> int:
+        return (self.n // self.global_batch) * (self.global_batch // self.dist.world)
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed)
+        b = self.global_batch // self.dist.world
+        batches = DataLoader(
+            TensorDataset(torch.arange(self.n)),
+            batch_size=self.global_batch,
+            shuffle=True,
+            generator=gen,
+            drop_last=self.n > self.global_batch,
+        )
+        for (batch,) in batches:
+            yield from batch.tolist()[self.dist.rank * b : (self.dist.rank + 1) * b]
+
+
+def head_metrics(
+    head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
+) -> dict[str, Any]:
+    with torch.inference_mode():
+        logits = head(feats).numpy()
+    return classification_metrics(logits, labels.numpy(), classes)
+
+
+def train_head(
+    model: Classifier,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    cfg: PhaseConfig,
+    batch_size: int,
+    seed: int,
+    classes: Sequence[str],
+    progress: bool = False,
+) -> tuple[int, list[float]]:
+    """Trains ``model.head`` on cached features; keeps the best validation epoch.
+
+    The features are standardised for the optimisation (pooled activations of a
+    frozen body can differ in scale by orders of magnitude between channels), and
+    the standardisation is folded back into the linear layer afterwards, so the
+    head still takes raw pooled activations: ``W' = W / s``, ``b' = b - W' m``.
+
+    Returns:
+        The best epoch (0-based) and the validation macro AUC of every epoch.
+    """
+    fx_train, y_train = train
+    mean = fx_train.mean(0)
+    scale = fx_train.std(0).clamp_min(1e-6)
+    head = nn.Linear(fx_train.shape[1], model.head.out_features)
+    head.load_state_dict(
+        {
+            "weight": model.head.weight.detach().cpu() * scale,
+            "bias": model.head.bias.detach().cpu() + model.head.weight.detach().cpu() @ mean,
+        }
+    )
+    val_std = ((val[0] - mean) / scale, val[1])
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        TensorDataset((fx_train - mean) / scale, y_train), batch_size=batch_size, shuffle=True, generator=gen
+    )
+    best_auc, best_epoch = -1.0, -1
+    best_state = {k: v.clone() for k, v in head.state_dict().items()}
+    history = []
+    for epoch in progress_bar(range(cfg.epochs), desc="TL head", disable=not progress):
+        head.train()
+        for fx, y in loader:
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(head(fx), y).backward()  # type: ignore[no-untyped-call]
+            opt.step()
+        head.eval()
+        auc = head_metrics(head, *val_std, classes)["auc_macro"]
+        history.append(auc)
+        if auc > best_auc:
+            best_auc, best_epoch = auc, epoch
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+    weight = best_state["weight"] / scale
+    bias = best_state["bias"] - weight @ mean
+    with torch.no_grad():
+        model.head.weight.copy_(weight.to(model.head.weight.device))
+        model.head.bias.copy_(bias.to(model.head.bias.device))
+    return best_epoch, history
+
+
+def broadcast(dist: Dist, module: nn.Module) -> None:
+    """Copies rank 0's parameters and buffers of ``module`` to every rank."""
+    if not dist.enabled:
+        return
+    import torch.distributed
+
+    for t in [*module.parameters(), *module.buffers()]:
+        data = t.data.to(dist.device)
+        torch.distributed.broadcast(data, src=0)
+        t.data.copy_(data)
+
+
+def state_bytes(obj: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def finetune(
+    model: Classifier,
+    train: ImageDataset,
+    val: ImageDataset,
+    cfg: PhaseConfig,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    resume: Path,
+    config_sha256: str,
+    classes: Sequence[str],
+    progress: bool = False,
+    log: Log = log_stderr,
+    dist: Dist | None = None,
+    precision: str = "fp32",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> tuple[int, list[float]]:
+    """Trains every layer; saves a resumable state after each epoch to ``resume``.
+
+    ``on_epoch(epoch, val_auc)`` is called on rank 0 after each epoch (``train
+    --keep-epochs`` saves a checkpoint there).
+
+    ``precision="bf16"`` runs the forward pass and the loss under bfloat16 autocast
+    (weights, gradients and the optimiser stay in float32; no loss scaling is needed).
+
+    Under ``torchrun`` (``dist``) the model is wrapped in DistributedDataParallel,
+    ``batch_size`` stays the *global* batch (each of N ranks takes ``batch_size / N``
+    of it, see :class:`_GlobalBatchSampler`), BatchNorm statistics cover the global
+    batch (SyncBatchNorm on GPUs, :class:`~drift_gate.distributed.GlobalBatchNorm2d`
+    on the CPU), and only rank 0 writes the resume state.
+
+    Shuffling is seeded per epoch, so a resumed run follows the same path as an
+    uninterrupted one. The resume file is removed by the caller once the final
+    checkpoint is written.
+
+    Returns:
+        The best epoch (0-based) and the validation macro AUC of every epoch.
+    """
+    dist = dist or Dist(0, 1, device)
+    model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    net: nn.Module = model
+    if dist.enabled:
+        if batch_size % dist.world:
+            raise ConfigError(f"batch_size {batch_size} must be divisible by the {dist.world} processes")
+        if device.type == "cuda":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+        else:
+            global_batchnorm(model)
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, history = 0, []
+    best_auc, best_epoch = -1.0, -1
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if resume.is_file():
+        try:
+            state = torch.load(resume, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"{resume}: unreadable resume state; delete it to restart fine-tuning"
+            ) from exc
+        if state.get("config_sha256") == config_sha256:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start, history = int(state["epoch"]) + 1, list(state["history"])
+            best_auc, best_epoch = float(state["best_auc"]), int(state["best_epoch"])
+            best_state = state["best_state"]
+            log(f"  resuming fine-tuning after epoch {start} of {cfg.epochs}")
+        else:
+            log(f"  ignoring {resume.name}: it belongs to another configuration")
+    for epoch in range(start, cfg.epochs):
+        tick = time.perf_counter()
+        if dist.enabled:
+            sampler = _GlobalBatchSampler(len(train), batch_size, dist, seed * 1009 + epoch)
+            loader = DataLoader(train, batch_size=batch_size // dist.world, sampler=sampler)
+        else:
+            gen = torch.Generator().manual_seed(seed * 1009 + epoch)
+            loader = DataLoader(
+                train, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(train) > batch_size
+            )
+        net.train()
+        bar = progress_bar(loader, desc=f"FT epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        for x, y in bar:
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, precision):
+                loss = nn.functional.cross_entropy(net(x.to(device)).float(), y.to(device))
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        logits, labels = predict(model, val, device, batch_size)
+        auc = classification_metrics(logits, labels, classes)["auc_macro"]
+        history.append(auc)
+        log(
+            f"  FT epoch {epoch + 1}/{cfg.epochs}: val macro AUC {auc:.4f} "
+            f"({time.perf_counter() - tick:.0f}s)"
+        )
+        if auc > best_auc:
+            best_auc, best_epoch = auc, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if dist.main and on_epoch is not None:
+            on_epoch(epoch, auc)
+        if dist.main:
+            atomic_write_bytes(
+                resume,
+                state_bytes(
+                    {
+                        "config_sha256": config_sha256,
+                        "epoch": epoch,
+                        "history": history,
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "best_auc": best_auc,
+                        "best_epoch": best_epoch,
+                        "best_state": best_state,
+                    }
+                ),
+            )
+        barrier(dist)
+    if dist.enabled and device.type != "cuda":
+        global_batchnorm(model, enable=False)
+    model.load_state_dict(best_state)
+    return best_epoch, history

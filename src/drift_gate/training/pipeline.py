@@ -1,0 +1,331 @@
+"""Two-phase training: transfer learning (frozen body, head only) then fine-tuning.
+
+* **TL** trains the linear head on the body's pooled activations, computed once
+  for every split (the body is frozen, so recomputing them each epoch would only
+  repeat the same forward passes).
+* **FT** starts from the TL checkpoint and trains every layer at a lower
+  learning rate; its state is saved after each epoch, and an interrupted run
+  resumes from the last completed epoch.
+
+Both phases keep the epoch with the best validation macro one-vs-rest AUC and
+write ``<out>/<arch>/{tl,ft}.pt`` and ``{tl,ft}.metrics.json``. Everything is
+seeded: on the CPU, the same profile and data give the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from drift_gate._io import atomic_write_text, file_sha256
+from drift_gate.data.datasets import DataSet, ImageDataset
+from drift_gate.distributed import Dist, barrier, main_first
+from drift_gate.errors import CheckpointError, DataError
+from drift_gate.evidence.classification import classification_metrics
+from drift_gate.models.backbones import Classifier, build_classifier, get_backbone
+from drift_gate.models.checkpoint import CheckpointMeta, library_versions, load_checkpoint, save_checkpoint
+from drift_gate.models.inference import predict
+from drift_gate.models.weights import load_body_weights
+from drift_gate.training.loops import (
+    Log,
+    broadcast,
+    finetune,
+    head_metrics,
+    log_stderr,
+    seed_all,
+    sharded_features,
+    train_head,
+)
+from drift_gate.training.pretrain import pretrain_synthetic
+from drift_gate.training.profiles import PhaseConfig, Profile
+
+__all__ = ["TrainResult", "finetune_from", "train_backbone"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Checkpoint paths and metrics of one backbone's two phases (and the wall time, in
+    seconds, when the caller measured it)."""
+
+    arch: str
+    checkpoints: dict[str, Path]
+    metrics: dict[str, dict[str, Any]]
+    seconds: float | None = None
+
+    def timed(self, seconds: float) -> TrainResult:
+        """The same result with its wall time."""
+        return replace(self, seconds=seconds)
+
+
+def _write_phase(
+    out: Path, phase: str, model: Classifier, meta: CheckpointMeta, history: list[float]
+) -> Path:
+    path = out / f"{phase}.pt"
+    save_checkpoint(path, model, meta)
+    atomic_write_text(
+        out / f"{phase}.metrics.json",
+        json.dumps(
+            {
+                "arch": meta.arch,
+                "phase": phase,
+                "best_epoch": meta.epoch,
+                "val_auc_history": history,
+                **meta.metrics,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n",
+    )
+    return path
+
+
+def _up_to_date(
+    path: Path, config_sha256: str, device: torch.device
+) -> tuple[Classifier, CheckpointMeta] | None:
+    """The checkpoint at ``path`` if it was trained with this configuration."""
+    if not path.is_file():
+        return None
+    try:
+        model, meta = load_checkpoint(path, device)
+    except CheckpointError:
+        return None
+    return (model, meta) if meta.config_sha256 == config_sha256 else None
+
+
+def train_backbone(
+    profile: Profile,
+    arch: str,
+    data: DataSet,
+    device: torch.device,
+    cache_dir: Path,
+    progress: bool = True,
+    force: bool = False,
+    log: Log = log_stderr,
+    dist: Dist | None = None,
+    precision: str = "fp32",
+    keep_epochs: bool = False,
+    phases: tuple[str, ...] = ("tl", "ft"),
+) -> TrainResult:
+    """Runs TL then FT for one backbone and writes both checkpoints (``phases=("tl",)``:
+    the TL checkpoint only).
+
+    A phase whose checkpoint already exists for the same profile and data is
+    skipped (so a rerun after an interruption continues where it stopped).
+
+    Under ``torchrun`` (``dist``): features are computed batch-wise across the
+    ranks and gathered, the head is trained on every rank and rank 0's copy
+    broadcast, fine-tuning runs with DistributedDataParallel (:func:`finetune`),
+    and only rank 0 writes files and logs.
+    """
+    dist = dist or Dist(0, 1, device)
+    device = dist.device
+    if not dist.main:
+        progress, log = False, lambda message: None
+    spec = get_backbone(arch)
+    out = Path(profile.out) / arch
+    size = profile.input_size_for(arch)
+    mean, std = spec.imagenet_norm
+    classes = data.classes
+    config_sha = profile.sha256(arch, data.manifest_sha256)
+    if dist.main:
+        atomic_write_text(out / "profile.json", json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n")
+    pre = profile.preprocess
+    sets = {s: ImageDataset(data.split(s), size, mean, std, preprocess=pre) for s in ("train", "val", "test")}
+    bs = profile.batch_size
+
+    def meta(phase: str, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
+        return CheckpointMeta(
+            arch=arch,
+            classes=classes,
+            input_size=size,
+            mean=mean,
+            std=std,
+            phase=phase,
+            seed=profile.seed,
+            data_manifest_sha256=data.manifest_sha256,
+            weights=profile.weights,
+            metrics=metrics,
+            config_sha256=config_sha,
+            epoch=epoch,
+            preprocess=pre,
+        )
+
+    paths, metrics = {}, {}
+    current = None if force else _up_to_date(out / "tl.pt", config_sha, device)
+    if current is not None:
+        log(f"[{arch}] TL checkpoint is up to date ({out / 'tl.pt'}); skipping")
+        model, tl_meta = current
+    else:
+        log(f"[{arch}] TL: frozen body, head on cached features ({size}px, weights={profile.weights})")
+        seed_all(profile.seed)
+        model = build_classifier(arch, len(classes), imagenet=profile.weights == "imagenet")
+        if profile.weights == "synthetic":
+            # rank 0 pretrains (or finds the cache); the others then load the cached result
+            state = main_first(
+                dist,
+                lambda: pretrain_synthetic(
+                    arch, profile.pretrain, size, cache_dir, device, bs, progress, log
+                ),
+            )
+            load_body_weights(model.body, state)
+        elif profile.weights not in ("imagenet", "none"):
+            load_body_weights(model.body, Path(profile.weights))
+        model.to(device)
+        tick = time.perf_counter()
+        feats = {
+            s: sharded_features(dist, model, ds, device, bs, progress, f"features {s}")
+            for s, ds in sets.items()
+        }
+        epoch, history = train_head(
+            model,
+            feats["train"],
+            feats["val"],
+            profile.phase_for(arch, "tl"),
+            bs,
+            profile.seed,
+            classes,
+            progress,
+        )
+        broadcast(dist, model.head)  # every rank continues from rank 0's head
+        model.to(device)
+        tl_metrics = {s: head_metrics(model.head.cpu(), *feats[s], classes) for s in ("val", "test")}
+        model.to(device)
+        tl_meta = meta("tl", epoch, tl_metrics)
+        if dist.main:
+            _write_phase(out, "tl", model, tl_meta, history)
+        barrier(dist)
+        log(
+            f"[{arch}] TL done: val macro AUC {tl_metrics['val']['auc_macro']:.4f}, "
+            f"test {tl_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1}; features and head "
+            f"{time.perf_counter() - tick:.0f}s)"
+        )
+    paths["tl"], metrics["tl"] = out / "tl.pt", tl_meta.metrics
+    if "ft" not in phases:
+        return TrainResult(arch, paths, metrics)
+
+    current = None if force else _up_to_date(out / "ft.pt", config_sha, device)
+    if current is not None:
+        ft_meta = current[1]
+        log(f"[{arch}] FT checkpoint is up to date ({out / 'ft.pt'}); skipping")
+    else:
+        log(f"[{arch}] FT: all layers from the TL checkpoint, lr {profile.phase_for(arch, 'ft').lr:g}")
+        seed_all(profile.seed + 1)
+        resume = out / "ft.resume.pt"
+
+        def keep(epoch: int, auc: float) -> None:
+            """One checkpoint per epoch, for `drift-gate track` (1-based file names)."""
+            save_checkpoint(
+                out / f"ft.epoch{epoch + 1}.pt", model, meta("ft", epoch, {"val": {"auc_macro": auc}})
+            )
+
+        epoch, history = finetune(
+            model,
+            sets["train"],
+            sets["val"],
+            profile.phase_for(arch, "ft"),
+            bs,
+            profile.seed,
+            device,
+            resume,
+            config_sha,
+            classes,
+            progress,
+            log,
+            dist,
+            precision,
+            keep if keep_epochs else None,
+        )
+        ft_metrics = {}
+        for s in ("val", "test"):
+            logits, labels = predict(model, sets[s], device, bs)
+            ft_metrics[s] = classification_metrics(logits, labels, classes)
+        ft_meta = meta("ft", epoch, ft_metrics)
+        if dist.main:
+            _write_phase(out, "ft", model, ft_meta, history)
+            resume.unlink(missing_ok=True)
+        barrier(dist)
+        log(
+            f"[{arch}] FT done: val macro AUC {ft_metrics['val']['auc_macro']:.4f}, "
+            f"test {ft_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1})"
+        )
+    paths["ft"], metrics["ft"] = out / "ft.pt", ft_meta.metrics
+    return TrainResult(arch, paths, metrics)
+
+
+def finetune_from(
+    reference: Path,
+    data: DataSet,
+    cfg: PhaseConfig,
+    out: Path,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = True,
+    log: Log = log_stderr,
+) -> Path:
+    """Fine-tunes every layer of checkpoint ``reference`` (normally a TL one) on
+    ``data`` with ``seed`` and writes checkpoint ``out`` (phase ``ft``).
+
+    This is :func:`train_backbone`'s FT phase for a given starting point, seed and
+    data set: the controls and ``drift-gate calibrate`` use it for seed-to-seed
+    runs and for the planted-shortcut candidate. A checkpoint already at ``out``
+    for the same reference, data, settings and seed is kept; an interrupted run
+    resumes from ``<out>.resume.pt``.
+    """
+    out = Path(out)
+    config_sha = hashlib.sha256(
+        json.dumps(
+            {
+                "reference": file_sha256(reference),
+                "data": data.manifest_sha256,
+                "cfg": asdict(cfg),
+                "seed": seed,
+                "batch_size": batch_size,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    if _up_to_date(out, config_sha, device) is not None:
+        log(f"  {out} is up to date; skipping")
+        return out
+    model, ref_meta = load_checkpoint(reference, device)
+    if tuple(data.classes) != tuple(ref_meta.classes):
+        raise DataError(
+            f"data classes {list(data.classes)} differ from {reference}'s {list(ref_meta.classes)}"
+        )
+    sets = {
+        s: ImageDataset(
+            data.split(s), ref_meta.input_size, ref_meta.mean, ref_meta.std, preprocess=ref_meta.preprocess
+        )
+        for s in ("train", "val", "test")
+    }
+    seed_all(seed + 1)
+    resume = out.with_name(out.name + ".resume.pt")
+    epoch, _ = finetune(
+        model, sets["train"], sets["val"], cfg, batch_size, seed, device, resume, config_sha,
+        data.classes, progress, log,
+    )  # fmt: skip
+    metrics = {}
+    for s in ("val", "test"):
+        logits, labels = predict(model, sets[s], device, batch_size)
+        metrics[s] = classification_metrics(logits, labels, data.classes)
+    meta = replace(
+        ref_meta,
+        phase="ft",
+        seed=seed,
+        data_manifest_sha256=data.manifest_sha256,
+        metrics=metrics,
+        config_sha256=config_sha,
+        epoch=epoch,
+        versions=library_versions(),
+    )
+    save_checkpoint(out, model, meta)
+    resume.unlink(missing_ok=True)
+    return out
