@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from drift_gate.data.phantoms import CLASSES, cue_masks, render_phantom, strip_level
+from drift_gate.data.phantoms import CLASSES, render_phantom
+from drift_gate.data.shortcut import cue_masks, strip_level
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.cam import CamEngine
 from drift_gate.gating.audit import AuditSample, AuditSet

@@ -9,10 +9,6 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from drift_gate.evidence.metrics import (
-    LOCALISATION_METRICS,
-    METRICS,
-    RANK_METRICS,
-    Direction,
     concentration,
     concentration_change,
     correlation,
@@ -25,6 +21,7 @@ from drift_gate.evidence.metrics import (
     peak_displacement,
     spearman,
 )
+from drift_gate.evidence.registry import LOCALISATION_METRICS, METRICS, RANK_METRICS, Direction
 from drift_gate.evidence.summary import select_samples, summarise
 
 #: The metrics drift_metrics computes (the localisation ones need masks).

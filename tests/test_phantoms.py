@@ -123,3 +123,14 @@ def test_source_task_targets_match_findings() -> None:
 def test_unknown_class_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown phantom class 'flu'"):
         render_phantom("flu", seed=0, index=0)
+
+
+def test_too_few_phantoms_per_class_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from drift_gate.cli import main
+    from gatekit import assert_error
+
+    code = main(["data", "--out", str(tmp_path / "p"), "--n-per-class", "3", "--size", "32", "--no-progress"])
+    assert_error(code, capsys, r"--n-per-class must be at least 5 .*, got 3")
+    assert not (tmp_path / "p" / "manifest.csv").exists()

@@ -106,7 +106,7 @@ def test_track_without_epoch_checkpoints(
 
 
 def test_stability_ranking_and_reversal() -> None:
-    from drift_gate.evidence.metrics import CORE_METRICS as CORE
+    from drift_gate.evidence.registry import CORE_METRICS as CORE
     from drift_gate.studies.study import _stability_ranking
 
     def row(backbone: str, method: str, iou: float, disp: float) -> dict[str, object]:

@@ -15,11 +15,12 @@ import pytest
 from drift_gate.cli import main
 from drift_gate.cli.parser import _CONTROLS
 from drift_gate.data.datasets import DataSet
-from drift_gate.evidence.metrics import Direction
+from drift_gate.evidence.registry import Direction
 from drift_gate.gating.gate import run_gate
 from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
 from drift_gate.studies.calibrate import CALIBRATED, OPT_IN, propose_bound, run_calibration, thresholds_text
-from drift_gate.studies.validate import CONTROLS, run_validation, validation_markdown
+from drift_gate.studies.validate import CONTROLS, run_validation
+from drift_gate.studies.validate_report import validation_markdown
 from drift_gate.training.profiles import PhantomConfig, Profile
 from gatekit import TINY_TRAINING
 

@@ -30,10 +30,10 @@ _WHERE = {
     "train": "drift_gate.api",
     "export": "drift_gate.api",
     "phantoms": "drift_gate.api",
-    "study": "drift_gate.api",
-    "track": "drift_gate.api",
-    "calibrate": "drift_gate.api",
-    "validate": "drift_gate.api",
+    "study": "drift_gate.studies.api",
+    "track": "drift_gate.studies.api",
+    "calibrate": "drift_gate.studies.api",
+    "validate": "drift_gate.studies.api",
     "Approval": "drift_gate.api",
     "Export": "drift_gate.api",
     "GateResult": "drift_gate.gating.gate",
@@ -93,22 +93,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from drift_gate.api import (
-        Approval,
-        Export,
-        approve,
-        baseline,
-        calibrate,
-        export,
-        gate,
-        phantoms,
-        study,
-        track,
-        train,
-        validate,
-    )
+    from drift_gate.api import Approval, Export, approve, baseline, export, gate, phantoms, train
     from drift_gate.data.preprocess import Preprocess
     from drift_gate.errors import CheckpointError, ConfigError, DataError, DriftGateError, StaleBaselineError
     from drift_gate.gating.gate import CandidateResult, GateResult
     from drift_gate.gating.rules import RuleResult, Status
     from drift_gate.gating.thresholds import Thresholds, load_thresholds
+    from drift_gate.studies.api import calibrate, study, track, validate

@@ -31,50 +31,44 @@ if TYPE_CHECKING:
     from drift_gate.gating.gate import GateResult
     from drift_gate.gating.thresholds import Thresholds
     from drift_gate.models.export import Parity
-    from drift_gate.studies.calibrate import Calibration
-    from drift_gate.studies.study import StudyResult
-    from drift_gate.studies.track import TrackResult
-    from drift_gate.studies.validate import ValidationResult
     from drift_gate.training.pipeline import TrainResult
     from drift_gate.training.profiles import Profile
 
 __all__ = [
     "Approval",
     "Export",
+    "PathLike",
     "approve",
     "baseline",
-    "calibrate",
     "export",
     "gate",
     "phantoms",
     "profile_data",
-    "study",
-    "track",
     "train",
-    "validate",
 ]
+
 
 PathLike = str | os.PathLike[str]
 Log = Callable[[str], None]
 
 
-def _quiet(message: str) -> None:
+def quiet(message: str) -> None:
     """The default ``log``: say nothing."""
 
 
-def _rules(thresholds: PathLike | Thresholds) -> Thresholds:
+def rules_from(thresholds: PathLike | Thresholds) -> Thresholds:
     from drift_gate.gating.thresholds import Thresholds, load_thresholds
 
     return thresholds if isinstance(thresholds, Thresholds) else load_thresholds(Path(thresholds))
 
 
-def _missing(path: Path, profile: Profile, what: str = "checkpoint") -> DataError:
+def missing_checkpoint(path: Path, profile: Profile, what: str = "checkpoint") -> DataError:
     return DataError(
         f"{path}: no {what}; run `drift-gate train --profile {profile.name}` (or `nox -s train`) first"
     )
 
 
-def profile_data(profile: Profile, *, progress: bool = False, log: Log = _quiet) -> Path:
+def profile_data(profile: Profile, *, progress: bool = False, log: Log = quiet) -> Path:
     """A profile's data source; the embedded phantoms are (re)generated when missing
     or made with other settings."""
     from drift_gate._io import atomic_write_text
@@ -93,7 +87,7 @@ def profile_data(profile: Profile, *, progress: bool = False, log: Log = _quiet)
     return root
 
 
-def _profile(profile: str | Profile, profiles: PathLike) -> Profile:
+def profile_from(profile: str | Profile, profiles: PathLike) -> Profile:
     from drift_gate.training.profiles import Profile, load_profile
 
     return profile if isinstance(profile, Profile) else load_profile(Path(profiles), profile)
@@ -122,7 +116,7 @@ def gate(
     onnx: bool = True,
     precision: str = "fp32",
     progress: bool = False,
-    log: Log = _quiet,
+    log: Log = quiet,
     dist: Dist | None = None,
 ) -> GateResult:
     """Gates candidate checkpoints against their stored baselines (``baselines/<arch>``).
@@ -155,18 +149,18 @@ def gate(
     from drift_gate.models.checkpoint import library_versions
 
     dist = _local(dist, device)
-    rules = _rules(thresholds)
+    rules = rules_from(thresholds)
     chosen = [Path(c) for c in candidates]
     source = None if data is None else Path(data)
     if profile is not None:
-        prof = _profile(profile, profiles)
+        prof = profile_from(profile, profiles)
 
         def prepare() -> Path:
             root = source or profile_data(prof, progress=progress and dist.main, log=log)
             for arch in prof.backbones:
                 ft = Path(prof.out) / arch / "ft.pt"
                 if not ft.is_file():
-                    raise _missing(ft, prof, "FT checkpoint")
+                    raise missing_checkpoint(ft, prof, "FT checkpoint")
                 base = Path(baselines) / arch
                 if not (base / "baseline.json").is_file() and create_missing_baselines and dist.main:
                     log(f"baseline {base} is missing: creating it from {ft.parent / 'tl.pt'}")
@@ -223,7 +217,7 @@ def baseline(
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = False,
-    log: Log = _quiet,
+    log: Log = quiet,
 ) -> Baseline:
     """Stores a reference checkpoint's CAMs on a fixed audit set (default
     ``baselines/<arch>``), for the methods of ``thresholds``; refuses an audit set on
@@ -234,7 +228,7 @@ def baseline(
     from drift_gate.models.checkpoint import load_checkpoint
     from drift_gate.models.inference import resolve_device
 
-    rules = _rules(thresholds)
+    rules = rules_from(thresholds)
     _, meta = load_checkpoint(Path(reference))
     folder = Path("baselines") / meta.arch if out is None else Path(out)
     dataset = load_dataset(Path(data), meta.classes)
@@ -308,7 +302,7 @@ def train(
     keep_epochs: bool = False,
     precision: str = "fp32",
     progress: bool = False,
-    log: Log = _quiet,
+    log: Log = quiet,
     dist: Dist | None = None,
 ) -> dict[str, TrainResult]:
     """Trains TL then FT checkpoints for a profile's backbones (``<out>/<arch>/{tl,ft}.pt``);
@@ -319,7 +313,7 @@ def train(
     from drift_gate.training.pipeline import train_backbone
 
     dist = _local(dist, device)
-    prof = _profile(profile, profiles)
+    prof = profile_from(profile, profiles)
     chosen = tuple(backbones or prof.backbones)
     for arch in chosen:
         get_backbone(arch)
@@ -368,7 +362,7 @@ def export(
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = False,
-    log: Log = _quiet,
+    log: Log = quiet,
 ) -> list[Export]:
     """Exports checkpoints to ONNX (``<stem>.onnx`` beside each), checked for parity with
     torch on the baseline's audit images (or ``per_class`` test images without one)."""
@@ -381,13 +375,13 @@ def export(
     chosen = [Path(c) for c in checkpoints]
     source = None if data is None else Path(data)
     if profile is not None:
-        prof = _profile(profile, profiles)
+        prof = profile_from(profile, profiles)
         source = source or profile_data(prof, progress=progress, log=log)
         for arch in backbones or prof.backbones:
             for phase in ("tl", "ft"):
                 ckpt = Path(prof.out) / arch / f"{phase}.pt"
                 if not ckpt.is_file():
-                    raise _missing(ckpt, prof)
+                    raise missing_checkpoint(ckpt, prof)
                 chosen.append(ckpt)
     if not chosen:
         raise ConfigError("nothing to export: give --checkpoint CKPT or --profile NAME")
@@ -430,178 +424,4 @@ def phantoms(
 
     return generate_dataset(
         Path(out), n_per_class, seed, size, progress=progress, shortcut=shortcut, occult=occult
-    )
-
-
-def _trained(profile: str | Profile, profiles: PathLike, phases: tuple[str, ...]) -> Profile:
-    prof = _profile(profile, profiles)
-    for arch in prof.backbones:
-        for phase in phases:
-            path = Path(prof.out) / arch / f"{phase}.pt"
-            if not path.is_file():
-                raise _missing(path, prof)
-    return prof
-
-
-def study(
-    *,
-    profile: str | Profile = "demo",
-    profiles: PathLike = "profiles.toml",
-    methods: Sequence[str] = ("layercam", "gradcam++", "ablationcam"),
-    per_class: int = 1000,
-    out: PathLike = "reports/study",
-    device: str = "auto",
-    batch_size: int = 16,
-    progress: bool = False,
-    log: Log = _quiet,
-) -> StudyResult:
-    """The study's protocol for a profile's TL and FT checkpoints: drift per backbone x
-    method with bootstrap CIs, stability rankings; writes ``study.{md,json,png,html}``."""
-    from drift_gate.data.datasets import load_dataset
-    from drift_gate.evidence.cam import METHODS
-    from drift_gate.models.inference import resolve_device
-    from drift_gate.studies.study import run_study
-
-    chosen = tuple(methods)
-    unknown = [m for m in chosen if m not in METHODS]
-    if unknown or not chosen:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown) or '(none)'}; known: {', '.join(METHODS)}")
-    prof = _trained(profile, profiles, ("tl", "ft"))
-    folders = {arch: Path(prof.out) / arch for arch in prof.backbones}
-    dataset = load_dataset(profile_data(prof, progress=progress, log=log))
-    return run_study(
-        folders,
-        dataset,
-        chosen,
-        Path(out),
-        per_class=per_class,
-        device=resolve_device(device),
-        batch_size=batch_size,
-        progress=progress,
-    )
-
-
-def track(
-    *,
-    checkpoints: PathLike,
-    data: PathLike,
-    thresholds: PathLike | Thresholds = "thresholds.toml",
-    baselines: PathLike | None = None,
-    per_class: int = 10,
-    out: PathLike = "reports/track",
-    device: str = "auto",
-    batch_size: int = 16,
-    progress: bool = False,
-) -> TrackResult:
-    """Drift of every fine-tuning epoch (``train(keep_epochs=True)``) against TL and
-    against the epoch before; writes ``track.{md,json,png}``."""
-    from drift_gate.data.datasets import load_dataset
-    from drift_gate.models.checkpoint import load_checkpoint
-    from drift_gate.models.inference import resolve_device
-    from drift_gate.studies.track import run_track
-
-    folder = Path(checkpoints)
-    _, meta = load_checkpoint(folder / "tl.pt")
-    return run_track(
-        folder,
-        load_dataset(Path(data), meta.classes),
-        _rules(thresholds),
-        Path(out),
-        per_class=per_class,
-        device=resolve_device(device),
-        batch_size=batch_size,
-        baselines=None if baselines is None else Path(baselines),
-        progress=progress,
-    )
-
-
-def calibrate(
-    *,
-    profile: str | Profile = "demo",
-    profiles: PathLike = "profiles.toml",
-    thresholds: PathLike | Thresholds = "thresholds.toml",
-    runs: int = 3,
-    k: float = 3.0,
-    per_class: int = 10,
-    out: PathLike = "reports/calibrate",
-    device: str = "auto",
-    batch_size: int = 16,
-    progress: bool = False,
-    log: Log = _quiet,
-) -> Calibration:
-    """Each metric's noise over ``runs`` seed-to-seed fine-tunes (and the bootstrap), and
-    the bounds it implies: writes ``thresholds.proposed.toml`` and ``calibration.{md,json}``."""
-    from drift_gate.data.datasets import load_dataset
-    from drift_gate.models.inference import resolve_device
-    from drift_gate.studies.calibrate import run_calibration
-
-    rules = _rules(thresholds)
-    prof = _trained(profile, profiles, ("tl",))
-    dataset = load_dataset(profile_data(prof, progress=progress, log=log))
-    seeds = [prof.seed + i for i in range(runs)]
-    return run_calibration(
-        prof,
-        dataset,
-        rules,
-        Path(out),
-        seeds,
-        k=k,
-        per_class=per_class,
-        device=resolve_device(device),
-        batch_size=batch_size,
-        progress=progress,
-        log=log,
-    )
-
-
-def validate(
-    *,
-    profile: str | Profile = "demo",
-    profiles: PathLike = "profiles.toml",
-    thresholds: PathLike | Thresholds = "thresholds.toml",
-    controls: Sequence[str] | None = None,
-    seed: int | None = None,
-    shortcut: float = 0.95,
-    occult: float = 0.5,
-    per_class: int = 10,
-    shortcut_per_class: int = 20,
-    out: PathLike = "reports/validate",
-    device: str = "auto",
-    batch_size: int = 16,
-    cache_dir: PathLike | None = None,
-    progress: bool = False,
-    log: Log = _quiet,
-) -> ValidationResult:
-    """Runs the gate on controls with known verdicts (the reference against itself, a
-    channel-permuted twin, another seed, a planted shortcut); ``result.ok`` says
-    whether every control got its expected verdict."""
-    from drift_gate.data.datasets import load_dataset
-    from drift_gate.models.inference import resolve_device
-    from drift_gate.studies.validate import CONTROLS, run_validation
-
-    chosen = tuple(CONTROLS if controls is None else controls)
-    unknown = [c for c in chosen if c not in CONTROLS]
-    if unknown or not chosen:
-        raise ConfigError(
-            f"unknown control(s) {', '.join(unknown) or '(none)'}; known: {', '.join(CONTROLS)}"
-        )
-    rules = _rules(thresholds)
-    prof = _trained(profile, profiles, ("tl",))
-    dataset = load_dataset(profile_data(prof, progress=progress, log=log))
-    return run_validation(
-        prof,
-        dataset,
-        rules,
-        Path(out),
-        prof.seed + 10 if seed is None else seed,
-        shortcut=shortcut,
-        occult=occult,
-        per_class=per_class,
-        device=resolve_device(device),
-        batch_size=batch_size,
-        progress=progress,
-        log=log,
-        controls=chosen,
-        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
-        shortcut_per_class=shortcut_per_class,
     )

@@ -12,14 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from drift_gate.errors import ConfigError
-from drift_gate.evidence.metrics import (
-    LOCALISATION_METRICS,
-    METRICS,
-    drift_metrics,
-    iou,
-    is_degenerate,
-    localisation,
-)
+from drift_gate.evidence.metrics import drift_metrics, iou, is_degenerate, localisation
+from drift_gate.evidence.registry import LOCALISATION_METRICS, METRICS
 from drift_gate.gating.thresholds import parse_thresholds
 
 PAIRWISE = [name for name in METRICS if name not in LOCALISATION_METRICS]

@@ -19,6 +19,18 @@ CASES = {
         r"thresholds\.toml:2: gate\.metods: unknown key",
     ),
     "unknown key in [auc]": ("[auc]\nminimum = 0.9\n", r"thresholds\.toml:2: auc\.minimum: unknown key"),
+    "gate not a table": (
+        "gate = 5\n[auc]\nmin = 0.5\n",
+        r"thresholds\.toml:1: gate: expected a table \[gate\], got int",
+    ),
+    "drift not a table": (
+        "drift = 5\n[auc]\nmin = 0.5\n",
+        r"thresholds\.toml:1: drift: expected a table \[drift\]",
+    ),
+    "backbone not a table": (
+        "[drift]\nresnet50v2 = 3\n",
+        r"thresholds\.toml:2: drift\.resnet50v2: expected a table of bounds",
+    ),
     "misspelled metric": ("[drift]\niuo.min = 0.3\n", r"thresholds\.toml:2: drift\.iuo: unknown metric"),
     "misspelled bound": ("[drift]\niou.mni = 0.3\n", r"thresholds\.toml:2: drift\.iou\.mni: unknown bound"),
     "misspelled method": (

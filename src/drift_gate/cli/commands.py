@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from drift_gate import api
+from drift_gate.studies import api as studies
 
 if TYPE_CHECKING:
     from drift_gate.distributed import Dist
@@ -162,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     from drift_gate.studies.study import study_markdown
 
-    result = api.study(
+    result = studies.study(
         profile=args.profile,
         profiles=args.profiles,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
@@ -179,7 +180,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    result = api.track(
+    result = studies.track(
         checkpoints=args.checkpoints,
         data=args.data,
         thresholds=args.thresholds,
@@ -198,7 +199,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from drift_gate.studies.calibrate import calibration_markdown
 
-    cal = api.calibrate(
+    cal = studies.calibrate(
         profile=args.profile,
         profiles=args.profiles,
         thresholds=args.thresholds,
@@ -217,9 +218,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from drift_gate.studies.validate import validation_markdown
+    from drift_gate.studies.validate_report import validation_markdown
 
-    result = api.validate(
+    result = studies.validate(
         profile=args.profile,
         profiles=args.profiles,
         thresholds=args.thresholds,

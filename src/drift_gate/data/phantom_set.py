@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from drift_gate._io import atomic_write_bytes, atomic_write_text
 from drift_gate.data.phantoms import CLASSES, SPLIT_SHARES, render_phantom, render_source_sample
+from drift_gate.errors import ConfigError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -106,7 +107,9 @@ def generate_dataset(
         The manifest path.
     """
     if n_per_class < 5:
-        raise ValueError("n_per_class must be at least 5 so that every split has every class")
+        raise ConfigError(
+            f"--n-per-class must be at least 5 so that every split has every class, got {n_per_class}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -15,7 +15,6 @@ row-major tie-break. Spearman and Gini need a full sort and are opt-in in
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
@@ -23,14 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from drift_gate.evidence.registry import LOCALISATION_METRICS, METRICS, RANK_METRICS, ArrayLike
+
 __all__ = [
-    "CORE_METRICS",
-    "LOCALISATION_METRICS",
-    "METRICS",
-    "RANK_METRICS",
-    "ArrayLike",
-    "Direction",
-    "MetricSpec",
     "concentration",
     "concentration_change",
     "correlation",
@@ -44,95 +38,6 @@ __all__ = [
     "spearman",
 ]
 
-
-ArrayLike = np.ndarray | Tensor
-
-
-class Direction(enum.Enum):
-    """Which way a metric is better."""
-
-    HIGHER = "higher"
-    LOWER = "lower"
-    ZERO = "closer to 0"
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """A drift metric's declared properties.
-
-    Attributes:
-        name: the metric's key in results and in ``thresholds.toml``.
-        direction: which way is better.
-        ideal: the value for identical maps (``None`` where it depends on the
-            maps themselves, as for the reference-based localisation metrics).
-        description: one line for reports.
-    """
-
-    name: str
-    direction: Direction
-    ideal: float | None
-    description: str
-
-
-METRICS: dict[str, MetricSpec] = {
-    s.name: s
-    for s in (
-        MetricSpec(
-            "displacement",
-            Direction.LOWER,
-            0.0,
-            "distance between intensity-weighted centroids / image diagonal",
-        ),
-        MetricSpec(
-            "peak_displacement", Direction.LOWER, 0.0, "distance between the maps' maxima / image diagonal"
-        ),
-        MetricSpec("iou", Direction.HIGHER, 1.0, "IoU of the top-q pixel masks"),
-        MetricSpec("correlation", Direction.HIGHER, 1.0, "Pearson correlation of the maps"),
-        MetricSpec("spearman", Direction.HIGHER, 1.0, "Spearman rank correlation of the maps"),
-        MetricSpec("concentration_change", Direction.ZERO, 0.0, "top-10 % mass share of B minus that of A"),
-        MetricSpec("gini_change", Direction.ZERO, 0.0, "Gini coefficient of B minus that of A"),
-        # Reference-based: need a ground-truth finding mask per sample (NaN without one).
-        MetricSpec(
-            "pointing_game",
-            Direction.HIGHER,
-            None,
-            "1 if the candidate map's maximum lies inside the ground-truth mask, else 0",
-        ),
-        MetricSpec(
-            "mask_energy", Direction.HIGHER, None, "share of the candidate map's mass inside the mask"
-        ),
-        MetricSpec(
-            "reference_pointing_game",
-            Direction.HIGHER,
-            None,
-            "1 if the reference map's maximum lies inside the ground-truth mask, else 0",
-        ),
-        MetricSpec(
-            "reference_mask_energy",
-            Direction.HIGHER,
-            None,
-            "share of the reference map's mass inside the mask",
-        ),
-        MetricSpec(
-            "mask_energy_change",
-            Direction.HIGHER,
-            0.0,
-            "mask_energy minus reference_mask_energy (negative: evidence left the finding)",
-        ),
-    )
-}
-
-#: Metrics that compare each map with a ground-truth mask rather than with each other.
-#: The study's four drift metrics: what reports tabulate and calibration proposes bounds for.
-CORE_METRICS = ("displacement", "iou", "correlation", "concentration_change")
-
-LOCALISATION_METRICS = (
-    "pointing_game",
-    "mask_energy",
-    "reference_pointing_game",
-    "reference_mask_energy",
-    "mask_energy_change",
-)
 
 _TOP_MASS = 0.10
 
@@ -392,10 +297,6 @@ def concentration_change(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """κ(B) − κ(A)."""
     na, nb, deg = _pair(a, b)
     return _nan_where(_concentration(nb.flatten(1)) - _concentration(na.flatten(1)), deg)
-
-
-#: Metrics that need a full sort of every map (O(P log P)); opt-in in drift_metrics.
-RANK_METRICS = ("spearman", "gini_change")
 
 
 def drift_metrics(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from drift_gate.evidence.metrics import METRICS
+from drift_gate.evidence.registry import METRICS
 
 __all__ = ["Summary", "select_samples", "summarise"]
 

@@ -39,7 +39,8 @@ from drift_gate.gating.rules import (
     parity_rule,
 )
 from drift_gate.gating.thresholds import Thresholds
-from drift_gate.models.checkpoint import load_checkpoint
+from drift_gate.models.backbones import Classifier
+from drift_gate.models.checkpoint import CheckpointMeta, load_checkpoint
 from drift_gate.models.export import OnnxModel, onnx_path, parity
 
 __all__ = ["RESULT_SCHEMA", "CandidateResult", "GateResult", "load_masks", "run_gate"]
@@ -159,6 +160,139 @@ def _streamed_metrics(
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+@dataclass
+class _Job:
+    """One candidate, loaded and checked against its baseline: what every shard needs."""
+
+    candidate: Path
+    model: Classifier
+    meta: CheckpointMeta
+    base: Baseline
+    samples: list[Sample]
+    thresholds: Thresholds
+    dist: Dist
+    batch_size: int
+    progress: bool
+    precision: str
+    session: OnnxModel | None
+    exported: Path
+
+
+def _prepare(
+    candidate: Path,
+    baselines: Path,
+    thresholds: Thresholds,
+    data_root: Path,
+    reference: Path | None,
+    use_onnx: bool,
+    dist: Dist,
+    batch_size: int,
+    progress: bool,
+    precision: str,
+) -> _Job:
+    """Loads the candidate and its baseline and checks that one may be gated against the other."""
+    model, meta = load_checkpoint(candidate, dist.device)
+    base: Baseline = load_baseline(Path(baselines) / meta.arch)
+    if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
+        raise StaleBaselineError(
+            f"{reference}: sha256 differs from the reference the baseline in {base.path} was made "
+            f"from; refresh it with `drift-gate baseline --reference {reference} --out {base.path}`"
+        )
+    missing = [m for m in thresholds.methods if m not in base.maps]
+    if missing:
+        raise StaleBaselineError(
+            f"{base.path}: baseline has no maps for {', '.join(missing)}; "
+            f"refresh it with `drift-gate baseline --out {base.path}`"
+        )
+    check_compatible(base, meta, candidate)
+    samples = base.audit.resolve(data_root, base.classes)
+    exported = onnx_path(candidate)
+    session = OnnxModel(exported, dist.device) if use_onnx and exported.is_file() else None
+    return _Job(
+        candidate,
+        model,
+        meta,
+        base,
+        samples,
+        thresholds,
+        dist,
+        batch_size,
+        progress,
+        precision,
+        session,
+        exported,
+    )
+
+
+def _shard(job: _Job, indices: Sequence[int]) -> dict[str, Any] | None:
+    """CAMs, predictions and per-sample metrics of some audit images (one rank's batches).
+    One pass, nothing cached: memory stays flat as the audit set grows."""
+    if not indices:
+        return None
+    chosen = [job.samples[i] for i in indices]
+    meta, size = job.meta, job.meta.input_size
+    ds = ImageDataset(chosen, size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess)
+    cams = compute_cams(
+        job.model,
+        ds,
+        job.thresholds.methods,
+        job.dist.device,
+        job.batch_size,
+        progress=job.progress and job.dist.main,
+        precision=job.precision,
+    )
+    out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
+    with_masks = any(s.mask is not None for s in job.samples)
+    masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
+    if job.session is not None:
+        out["onnx"] = job.session.logits(ds, job.batch_size)
+    for method in job.thresholds.methods:
+        try:
+            reference = job.base.maps[method][list(indices)]
+            out["metrics"][method] = _streamed_metrics(reference, cams.maps[method], size, masks)
+        except ValueError as exc:  # non-finite or absurd CAM values from this candidate
+            raise CheckpointError(f"{job.candidate}: its {method} maps cannot be compared ({exc})") from exc
+    return out
+
+
+def _approved(base: Baseline, thresholds: Thresholds) -> dict[str, Any]:
+    """The approved statistics for relative bounds, recorded under the statistic in use."""
+    approved: dict[str, Any] = base.approved.get("statistics", {})
+    recorded = base.approved.get("statistic")
+    if approved and recorded != APPROVED_STATISTIC[thresholds.statistic]:
+        raise StaleBaselineError(
+            f"{base.path / 'baseline.json'}: the approved result was recorded as the {recorded}, "
+            f"but the thresholds now use statistic {thresholds.statistic!r}; gate and "
+            "`drift-gate approve` the candidate again under these thresholds"
+        )
+    return approved
+
+
+def _drift(
+    job: _Job, values: dict[str, dict[str, np.ndarray]], selected: np.ndarray, labels: np.ndarray
+) -> tuple[list[RuleResult], dict[str, Any], dict[str, Any]]:
+    """Per method: the summaries of the per-sample metrics, the drift rules on them, and
+    the per-sample values for the reports."""
+    approved = _approved(job.base, job.thresholds)
+    rules, summaries, per_sample = [], {}, {}
+    classes = job.meta.classes
+    for method, v in values.items():
+        summary = summarise(v, selected, labels, classes)
+        rules += evaluate_rules(
+            job.meta.arch,
+            method,
+            summary,
+            job.thresholds,
+            approved,
+            n_audit=len(job.samples),
+            n_classes=len(classes),
+        )
+        summaries[method] = _summary_dict(summary)
+        per_sample[method] = {k: _none_if_nan(x) for k, x in v.items() if k != "degenerate"}
+        per_sample[method]["degenerate"] = [float(x) for x in v["degenerate"]]
+    return rules, summaries, per_sample
+
+
 def run_gate(
     candidate: Path,
     baselines: Path,
@@ -194,58 +328,21 @@ def run_gate(
         CheckpointError, DataError: unusable candidate or audit images.
     """
     dist = dist or Dist(0, 1, torch.device(device))
-    model, meta = load_checkpoint(candidate, dist.device)
-    base: Baseline = load_baseline(Path(baselines) / meta.arch)
-    if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
-        raise StaleBaselineError(
-            f"{reference}: sha256 differs from the reference the baseline in {base.path} was made "
-            f"from; refresh it with `drift-gate baseline --reference {reference} --out {base.path}`"
-        )
-    missing = [m for m in thresholds.methods if m not in base.maps]
-    if missing:
-        raise StaleBaselineError(
-            f"{base.path}: baseline has no maps for {', '.join(missing)}; "
-            f"refresh it with `drift-gate baseline --out {base.path}`"
-        )
-    check_compatible(base, meta, candidate)
-    samples = base.audit.resolve(data_root, base.classes)
-    exported = onnx_path(candidate)
-    session = OnnxModel(exported, dist.device) if use_onnx and exported.is_file() else None
-    size = meta.input_size
-    with_masks = any(s.mask is not None for s in samples)
-
-    def shard(indices: Sequence[int]) -> dict[str, Any] | None:
-        """CAMs, predictions and per-sample metrics of some audit images (one rank's batches)."""
-        if not indices:
-            return None
-        # One pass, nothing cached: memory stays flat as the audit set grows.
-        chosen = [samples[i] for i in indices]
-        ds = ImageDataset(chosen, size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess)
-        cams = compute_cams(
-            model,
-            ds,
-            thresholds.methods,
-            dist.device,
-            batch_size,
-            progress=progress and dist.main,
-            precision=precision,
-        )
-        out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
-        masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
-        if session is not None:
-            out["onnx"] = session.logits(ds, batch_size)
-        for method in thresholds.methods:
-            try:
-                out["metrics"][method] = _streamed_metrics(
-                    base.maps[method][list(indices)], cams.maps[method], size, masks
-                )
-            except ValueError as exc:  # non-finite or absurd CAM values from this candidate
-                raise CheckpointError(f"{candidate}: its {method} maps cannot be compared ({exc})") from exc
-        return out
-
-    parts = [
-        (idx, part) for idx, part in gather_shards(dist, len(samples), batch_size, shard) if part is not None
-    ]
+    job = _prepare(
+        candidate,
+        baselines,
+        thresholds,
+        data_root,
+        reference,
+        use_onnx,
+        dist,
+        batch_size,
+        progress,
+        precision,
+    )
+    meta, base, samples = job.meta, job.base, job.samples
+    shards = gather_shards(dist, len(samples), batch_size, lambda idx: _shard(job, idx))
+    parts = [(idx, part) for idx, part in shards if part is not None]
 
     def joined(get: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
         """One array of every shard, back in audit order."""
@@ -254,50 +351,29 @@ def run_gate(
     torch_logits = joined(lambda p: p["logits"])
     maps = {m: joined(lambda p, m=m: p["maps"][m]) for m in thresholds.methods}  # type: ignore[misc]
     # Predictions come from what is deployed: the exported model when there is one.
-    logits, onnx_info, parity_rules = torch_logits, {}, []
-    if session is not None:
+    logits, onnx_info, rules = torch_logits, {}, []
+    if job.session is not None:
         logits = joined(lambda p: p["onnx"])
-        par = parity(torch_logits, logits, session.provider)
-        parity_rules.append(parity_rule(meta.arch, par, thresholds))
-        onnx_info = {"path": str(exported), "sha256": file_sha256(exported), **asdict(par)}
+        par = parity(torch_logits, logits, job.session.provider)
+        rules.append(parity_rule(meta.arch, par, thresholds))
+        onnx_info = {"path": str(job.exported), "sha256": file_sha256(job.exported), **asdict(par)}
     labels = np.array([s.label for s in samples])
     auc = classification_metrics(logits, labels, meta.classes)["auc_macro"]
     selected = select_samples(
         labels, predicted_class(base.logits), predicted_class(logits), thresholds.samples
     )
-    approved = base.approved.get("statistics", {})
-    recorded = base.approved.get("statistic")
-    if approved and recorded != APPROVED_STATISTIC[thresholds.statistic]:
-        raise StaleBaselineError(
-            f"{base.path / 'baseline.json'}: the approved result was recorded as the {recorded}, "
-            f"but the thresholds now use statistic {thresholds.statistic!r}; gate and "
-            "`drift-gate approve` the candidate again under these thresholds"
-        )
     baseline_auc = float(base.approved.get("auc", base.meta["auc"]))
-    rules = parity_rules + auc_rules(meta.arch, auc, baseline_auc, thresholds)
-    summaries, per_sample = {}, {}
-    for method in thresholds.methods:
-        values = {
-            k: joined(lambda p, m=method, k=k: p["metrics"][m][k])  # type: ignore[misc]
-            for k in parts[0][1]["metrics"][method]
-        }
-        summary = summarise(values, selected, labels, meta.classes)
-        rules += evaluate_rules(
-            meta.arch,
-            method,
-            summary,
-            thresholds,
-            approved,
-            n_audit=len(samples),
-            n_classes=len(meta.classes),
-        )
-        summaries[method] = _summary_dict(summary)
-        per_sample[method] = {k: _none_if_nan(v) for k, v in values.items() if k != "degenerate"}
-        per_sample[method]["degenerate"] = [float(x) for x in values["degenerate"]]
+    rules += auc_rules(meta.arch, auc, baseline_auc, thresholds)
+    values = {
+        m: {k: joined(lambda p, m=m, k=k: p["metrics"][m][k]) for k in parts[0][1]["metrics"][m]}  # type: ignore[misc]
+        for m in thresholds.methods
+    }
+    drift_rules, summaries, per_sample = _drift(job, values, selected, labels)
+    rules += drift_rules
     verdict, label = decide_verdict(rules)
-    coarse = grid_warning(next(iter(maps.values())).shape[1:], size)
+    coarse = grid_warning(next(iter(maps.values())).shape[1:], meta.input_size)
     artifacts = {
-        "size": size,
+        "size": meta.input_size,
         "preprocess": meta.preprocess,
         "paths": [s.path for s in samples],
         "reference": base.maps,

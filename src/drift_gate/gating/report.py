@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from drift_gate._io import atomic_write_text, uninterrupted, write_lock
-from drift_gate.evidence.metrics import CORE_METRICS
+from drift_gate.evidence.registry import CORE_METRICS
 from drift_gate.gating.gate import CandidateResult, GateResult
 from drift_gate.gating.rules import FAIL, INCONCLUSIVE, PASS
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from drift_gate.evidence.metrics import METRICS, Direction
+from drift_gate.evidence.registry import METRICS, Direction
 from drift_gate.evidence.summary import Summary
 from drift_gate.gating.thresholds import Thresholds
 from drift_gate.models.export import Parity

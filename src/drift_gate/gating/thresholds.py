@@ -37,7 +37,7 @@ from typing import Any
 
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.cam import METHODS
-from drift_gate.evidence.metrics import METRICS
+from drift_gate.evidence.registry import METRICS
 from drift_gate.models.backbones import BACKBONES
 
 __all__ = ["BOUND_KINDS", "ONNX_MAX_REL_DIFF", "Bound", "Thresholds", "load_thresholds", "parse_thresholds"]
@@ -248,6 +248,101 @@ def _check_contradictions(ctx: _Ctx, table: list[str], merged: dict[str, float])
             )
 
 
+def _section(ctx: _Ctx, doc: dict[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
+    """A top-level table, checked for type and unknown keys."""
+    table = doc.get(name, {})
+    if not isinstance(table, dict):
+        raise ctx.fail([], name, f"expected a table [{name}], got {type(table).__name__}")
+    for key in table:
+        if key not in keys:
+            raise ctx.fail([name], key, f"unknown key; known: {', '.join(sorted(keys))}")
+    return table
+
+
+def _gate_section(ctx: _Ctx, gate: dict[str, Any]) -> dict[str, Any]:
+    methods = gate.get("methods", ["layercam", "gradcam++"])
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+        raise ctx.fail(["gate"], "methods", "expected a non-empty list of method names")
+    for m in methods:
+        if m not in METHODS:
+            raise ctx.fail(["gate"], "methods", f"unknown method {m!r}; known: {', '.join(METHODS)}")
+    samples = gate.get("samples", "true-positive")
+    if samples not in _SAMPLES:
+        raise ctx.fail(["gate"], "samples", f"expected one of {', '.join(_SAMPLES)}, got {samples!r}")
+    statistic = gate.get("statistic", "mean")
+    if statistic not in _STATISTICS:
+        raise ctx.fail(["gate"], "statistic", f"expected one of {', '.join(_STATISTICS)}, got {statistic!r}")
+    min_samples, share = _min_samples(ctx, gate.get("min_samples", 30))
+    return {
+        "methods": tuple(dict.fromkeys(methods)),
+        "samples": samples,
+        "statistic": statistic,
+        "min_samples": min_samples,
+        "min_samples_share": share,
+    }
+
+
+def _auc_section(ctx: _Ctx, auc: dict[str, Any]) -> dict[str, Any]:
+    auc_min = _number(ctx, ["auc"], "min", auc["min"]) if "min" in auc else None
+    auc_drop = _number(ctx, ["auc"], "max_drop", auc["max_drop"]) if "max_drop" in auc else None
+    if auc_min is not None and not 0 <= auc_min <= 1:
+        raise ctx.fail(["auc"], "min", f"an AUC bound must lie in [0, 1], got {auc_min}")
+    if auc_drop is not None and auc_drop < 0:
+        raise ctx.fail(["auc"], "max_drop", f"max_drop must be >= 0, got {auc_drop}")
+    return {"auc_min": auc_min, "auc_max_drop": auc_drop}
+
+
+def _onnx_section(ctx: _Ctx, onnx: dict[str, Any]) -> dict[str, Any]:
+    rel = _number(ctx, ["onnx"], "max_rel_diff", onnx.get("max_rel_diff", ONNX_MAX_REL_DIFF))
+    if rel < 0:
+        raise ctx.fail(["onnx"], "max_rel_diff", f"max_rel_diff must be >= 0, got {rel}")
+    return {"onnx_max_rel_diff": rel}
+
+
+def _drift_section(ctx: _Ctx, drift: dict[str, Any]) -> dict[str, Any]:
+    """The bound tables by (backbone, method), and where each bound was set."""
+    tables: dict[tuple[str | None, str | None], dict[str, float]] = {}
+    sources: dict[tuple[str | None, str | None, str], str] = {}
+
+    def add(arch: str | None, method: str | None, raw: dict[str, Any]) -> None:
+        table = ["drift", *(p for p in (arch, method) if p)]
+        tables[(arch, method)] = _drift_table(ctx, table, raw)
+        for key in tables[(arch, method)]:
+            sources[(arch, method, key)] = ctx.where(table, key).rsplit(": ", 1)[0]
+
+    add(None, None, {k: v for k, v in drift.items() if k not in BACKBONES})
+    for arch, table in drift.items():
+        if arch not in BACKBONES:
+            continue
+        if not isinstance(table, dict):
+            raise ctx.fail(["drift"], arch, "expected a table of bounds")
+        add(arch, None, {k: v for k, v in table.items() if k not in METHODS})
+        for method, mtable in table.items():
+            if method in METHODS:
+                if not isinstance(mtable, dict):
+                    raise ctx.fail(["drift", arch], method, "expected a table of bounds")
+                add(arch, method, mtable)
+    return {"tables": tables, "sources": sources}
+
+
+def _check_applicable(ctx: _Ctx, result: Thresholds) -> None:
+    """Contradictions are judged on what applies to each backbone x method."""
+    for arch in BACKBONES:
+        for method in result.methods:
+            merged = {f"{b.metric}.{b.kind}": b.value for b in result.bounds(arch, method)}
+            scope = ["drift"]
+            if result.tables.get((arch, method)):
+                scope = ["drift", arch, method]
+            elif result.tables.get((arch, None)):
+                scope = ["drift", arch]
+            _check_contradictions(ctx, scope, merged)
+    if not any(result.tables.values()) and result.auc_min is None and result.auc_max_drop is None:
+        raise ConfigError(
+            f"{ctx.path}: no rules: set at least one [drift] or [auc] bound "
+            "(a gate that checks nothing must not pass)"
+        )
+
+
 def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
     """Parses and validates the text of a thresholds file.
 
@@ -264,93 +359,17 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
     unknown = sorted(set(doc) - {"gate", "auc", "drift", "onnx"})
     if unknown:
         raise ctx.fail([unknown[0]], None, "unknown table; expected [gate], [auc], [drift] and [onnx]")
-    gate = doc.get("gate", {})
-    for key in gate:
-        if key not in _GATE_KEYS:
-            raise ctx.fail(["gate"], key, f"unknown key; known: {', '.join(sorted(_GATE_KEYS))}")
-    methods = gate.get("methods", ["layercam", "gradcam++"])
-    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
-        raise ctx.fail(["gate"], "methods", "expected a non-empty list of method names")
-    for m in methods:
-        if m not in METHODS:
-            raise ctx.fail(["gate"], "methods", f"unknown method {m!r}; known: {', '.join(METHODS)}")
-    samples = gate.get("samples", "true-positive")
-    if samples not in _SAMPLES:
-        raise ctx.fail(["gate"], "samples", f"expected one of {', '.join(_SAMPLES)}, got {samples!r}")
-    statistic = gate.get("statistic", "mean")
-    if statistic not in _STATISTICS:
-        raise ctx.fail(["gate"], "statistic", f"expected one of {', '.join(_STATISTICS)}, got {statistic!r}")
-    min_samples, share = _min_samples(ctx, gate.get("min_samples", 30))
-
-    auc = doc.get("auc", {})
-    for key in auc:
-        if key not in _AUC_KEYS:
-            raise ctx.fail(["auc"], key, f"unknown key; known: {', '.join(sorted(_AUC_KEYS))}")
-    auc_min = _number(ctx, ["auc"], "min", auc["min"]) if "min" in auc else None
-    auc_drop = _number(ctx, ["auc"], "max_drop", auc["max_drop"]) if "max_drop" in auc else None
-    if auc_min is not None and not 0 <= auc_min <= 1:
-        raise ctx.fail(["auc"], "min", f"an AUC bound must lie in [0, 1], got {auc_min}")
-    if auc_drop is not None and auc_drop < 0:
-        raise ctx.fail(["auc"], "max_drop", f"max_drop must be >= 0, got {auc_drop}")
-
-    onnx = doc.get("onnx", {})
-    for key in onnx:
-        if key not in _ONNX_KEYS:
-            raise ctx.fail(["onnx"], key, f"unknown key; known: {', '.join(sorted(_ONNX_KEYS))}")
-    onnx_rel = _number(ctx, ["onnx"], "max_rel_diff", onnx.get("max_rel_diff", ONNX_MAX_REL_DIFF))
-    if onnx_rel < 0:
-        raise ctx.fail(["onnx"], "max_rel_diff", f"max_rel_diff must be >= 0, got {onnx_rel}")
-
-    drift_raw = doc.get("drift", {})
-    tables: dict[tuple[str | None, str | None], dict[str, float]] = {}
-    sources: dict[tuple[str | None, str | None, str], str] = {}
-
-    def add(arch: str | None, method: str | None, raw: dict[str, Any]) -> None:
-        table = ["drift", *(p for p in (arch, method) if p)]
-        tables[(arch, method)] = _drift_table(ctx, table, raw)
-        for key in tables[(arch, method)]:
-            sources[(arch, method, key)] = ctx.where(table, key).rsplit(": ", 1)[0]
-
-    add(None, None, {k: v for k, v in drift_raw.items() if k not in BACKBONES})
-    for arch, table in drift_raw.items():
-        if arch not in BACKBONES:
-            continue
-        add(arch, None, {k: v for k, v in table.items() if k not in METHODS})
-        for method, mtable in table.items():
-            if method in METHODS:
-                if not isinstance(mtable, dict):
-                    raise ctx.fail(["drift", arch], method, "expected a table of bounds")
-                add(arch, method, mtable)
+    drift = doc.get("drift", {})
+    if not isinstance(drift, dict):
+        raise ctx.fail([], "drift", f"expected a table [drift], got {type(drift).__name__}")
     result = Thresholds(
-        methods=tuple(dict.fromkeys(methods)),
-        samples=samples,
-        min_samples=min_samples,
-        statistic=statistic,
-        auc_min=auc_min,
-        auc_max_drop=auc_drop,
-        min_samples_share=share,
-        tables=tables,
-        sources=sources,
+        **_gate_section(ctx, _section(ctx, doc, "gate", _GATE_KEYS)),
+        **_auc_section(ctx, _section(ctx, doc, "auc", _AUC_KEYS)),
+        **_onnx_section(ctx, _section(ctx, doc, "onnx", _ONNX_KEYS)),
+        **_drift_section(ctx, drift),
         path=path,
-        onnx_max_rel_diff=onnx_rel,
     )
-    # Contradictions are judged on what applies to each backbone x method.
-    for arch in BACKBONES:
-        for method in result.methods:
-            merged = {f"{b.metric}.{b.kind}": b.value for b in result.bounds(arch, method)}
-            scope = (
-                ["drift", arch, method]
-                if tables.get((arch, method))
-                else ["drift", arch]
-                if tables.get((arch, None))
-                else ["drift"]
-            )
-            _check_contradictions(ctx, scope, merged)
-    if not any(tables.values()) and auc_min is None and auc_drop is None:
-        raise ConfigError(
-            f"{path}: no rules: set at least one [drift] or [auc] bound "
-            "(a gate that checks nothing must not pass)"
-        )
+    _check_applicable(ctx, result)
     return result
 
 

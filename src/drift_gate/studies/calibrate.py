@@ -42,7 +42,7 @@ from drift_gate import __version__
 from drift_gate._io import atomic_write_text
 from drift_gate.data.datasets import DataSet
 from drift_gate.errors import DataError
-from drift_gate.evidence.metrics import CORE_METRICS, METRICS, Direction
+from drift_gate.evidence.registry import CORE_METRICS, METRICS, Direction
 from drift_gate.evidence.summary import Summary
 from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import CandidateResult, run_gate

@@ -32,7 +32,7 @@ import torch
 
 from drift_gate._io import atomic_write_bytes, atomic_write_text
 from drift_gate.data.datasets import DataSet
-from drift_gate.evidence.metrics import CORE_METRICS, METRICS, Direction
+from drift_gate.evidence.registry import CORE_METRICS, METRICS, Direction
 from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import CandidateResult, run_gate
 from drift_gate.gating.report import png_bytes

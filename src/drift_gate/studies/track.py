@@ -14,7 +14,8 @@ import torch
 from drift_gate._io import atomic_write_bytes, atomic_write_text
 from drift_gate.data.datasets import DataSet
 from drift_gate.evidence.cam import upsample
-from drift_gate.evidence.metrics import CORE_METRICS, drift_metrics
+from drift_gate.evidence.metrics import drift_metrics
+from drift_gate.evidence.registry import CORE_METRICS
 from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import run_gate
 from drift_gate.gating.report import png_bytes

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,22 @@ import torch
 from drift_gate._io import atomic_write_text, default_cache_dir
 from drift_gate.data.datasets import DataSet, load_dataset
 from drift_gate.data.phantom_set import generate_dataset
-from drift_gate.data.phantoms import cue_masks
+from drift_gate.data.shortcut import cue_masks
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.cam import minmax, upsample
-from drift_gate.evidence.metrics import LOCALISATION_METRICS, METRICS, localisation
+from drift_gate.evidence.metrics import localisation
+from drift_gate.evidence.registry import LOCALISATION_METRICS, METRICS
 from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import CandidateResult, run_gate
-from drift_gate.gating.rules import FAIL, PASS, RuleResult
+from drift_gate.gating.rules import FAIL, PASS
 from drift_gate.gating.thresholds import Thresholds
 from drift_gate.studies.controls import write_permuted_candidate
+from drift_gate.studies.validate_report import (
+    ControlRow,
+    ValidationResult,
+    deciding_rules,
+    validation_markdown,
+)
 from drift_gate.training.pipeline import finetune_from, train_backbone
 from drift_gate.training.profiles import Profile
 
@@ -59,12 +66,8 @@ __all__ = [
     "PERMUTED_TOLERANCE",
     "SELF_TOLERANCE",
     "SHORTCUT_LABEL",
-    "ControlRow",
-    "ValidationResult",
-    "deciding_rules",
     "phantoms_with_strip",
     "run_validation",
-    "validation_markdown",
 ]
 
 
@@ -78,76 +81,6 @@ SELF_TOLERANCE = 1e-3
 #: the reference's, both computed now in float32 (only the summation order differs).
 PERMUTED_TOLERANCE = 1e-4
 Log = Callable[[str], None]
-
-
-@dataclass
-class ControlRow:
-    """One control's outcome for one backbone."""
-
-    control: str
-    arch: str
-    expected: str
-    verdict: str
-    label: str
-    ok: bool
-    auc: float
-    reference_auc: float
-    n_selected: int
-    n_audit: int
-    deciding: list[str]
-    detail: dict[str, Any] = field(default_factory=dict)
-    candidate: str = ""
-
-
-@dataclass
-class ValidationResult:
-    """Every control's row, and whether all of them got their expected verdict."""
-
-    profile: str
-    thresholds_path: str
-    shortcut: float
-    rows: list[ControlRow] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.rows) and all(r.ok for r in self.rows)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "profile": self.profile,
-            "thresholds_path": self.thresholds_path,
-            "shortcut": self.shortcut,
-            "ok": self.ok,
-            "rows": [asdict(r) for r in self.rows],
-        }
-
-
-def _margin(r: RuleResult) -> float:
-    """How far a checked rule is from failing, in the metric's units (< 0: failed)."""
-    assert r.observed is not None and r.bound is not None
-    if r.kind == "abs_max":
-        return r.bound - abs(r.observed)
-    if r.kind in ("min", "max_drop"):
-        return r.observed - r.bound
-    return r.bound - r.observed
-
-
-def _rule_text(r: RuleResult) -> str:
-    name = f"{r.method}/{r.metric}.{r.kind}" if r.method else f"{r.metric}.{r.kind}"
-    return f"{name} {r.observed:.3f} (bound {r.direction})"
-
-
-def deciding_rules(c: CandidateResult) -> list[str]:
-    """The rules that decided the verdict: every failed one, or else the one
-    closest to failing."""
-    failed = [r for r in c.rules if r.status == FAIL]
-    if failed:
-        return [_rule_text(r) for r in failed]
-    checked = [r for r in c.rules if r.status == PASS and r.observed is not None and r.bound is not None]
-    if not checked:
-        return [r.message for r in c.rules if r.status != PASS][:2]
-    closest = min(checked, key=_margin)
-    return [f"closest: {_rule_text(closest)}"]
 
 
 def _ideal_deviation(c: CandidateResult) -> dict[str, float]:
@@ -226,6 +159,127 @@ def phantoms_with_strip(
     return load_dataset(out)
 
 
+@dataclass
+class _Bench:
+    """What every control of one validation run shares."""
+
+    profile: Profile
+    data: DataSet
+    thresholds: Thresholds
+    out: Path
+    device: torch.device
+    batch_size: int
+    progress: bool
+    log: Log
+    result: ValidationResult
+
+    def gate(self, candidate: Path, base: Path, root: Path) -> tuple[CandidateResult, dict[str, Any]]:
+        return run_gate(
+            candidate,
+            base,
+            self.thresholds,
+            root,
+            self.device,
+            self.batch_size,
+            progress=self.progress,
+            use_onnx=False,
+        )
+
+    def add(self, control: str, expected: str, c: CandidateResult, ok: bool, detail: dict[str, Any]) -> None:
+        self.result.rows.append(_row(control, expected, c, ok, detail))
+
+
+def _self_and_permuted(b: _Bench, arch: str, tl: Path, base: Path, controls: tuple[str, ...]) -> None:
+    """The reference against itself (every metric at its ideal) and its channel-permuted
+    twin (the same function, so the same maps)."""
+    c, own = b.gate(tl, base, b.data.root)
+    if "self" in controls:
+        dev = _ideal_deviation(c)
+        worst = max(dev.values(), default=0.0)
+        ok = c.verdict == PASS and worst <= SELF_TOLERANCE
+        b.add("self", PASS, c, ok, {"max_deviation_from_ideal": worst, "deviations": dev})
+        b.log(f"[{arch}] self: {c.verdict} (max |metric - ideal| {worst:.2e})")
+    if "permuted" in controls:
+        permuted = write_permuted_candidate(tl, b.out / "candidates" / arch / "tl.permuted.pt", seed=1)
+        c, art = b.gate(permuted, base, b.data.root)
+        diff = max(
+            float((_normalised(art["candidate"][m]) - _normalised(own["candidate"][m])).abs().max())
+            for m in b.thresholds.methods
+        )
+        ok = c.verdict == PASS and diff <= PERMUTED_TOLERANCE
+        b.add("permuted", PASS, c, ok, {"max_map_difference": diff})
+        b.log(f"[{arch}] permuted: {c.verdict} (max normalised map difference {diff:.2e})")
+
+
+def _seed_control(b: _Bench, arch: str, tl: Path, base: Path, seed: int) -> None:
+    """A fine-tune of the reference with a seed calibration did not use: must pass."""
+    b.log(f"[{arch}] seed control: fine-tuning with seed {seed}")
+    phase = b.profile.phase_for(arch, "ft")
+    cand = finetune_from(
+        tl,
+        b.data,
+        phase,
+        b.out / "candidates" / arch / f"ft.seed{seed}.pt",
+        seed,
+        b.profile.batch_size,
+        b.device,
+        b.progress,
+        b.log,
+    )
+    c, _ = b.gate(cand, base, b.data.root)
+    b.add("seed", PASS, c, c.verdict == PASS, {"seed": seed})
+    b.log(f"[{arch}] seed: {c.verdict} ({c.label})")
+
+
+def _shortcut_control(
+    b: _Bench,
+    arch: str,
+    sites: tuple[DataSet, DataSet],
+    cache_dir: Path,
+    shortcut: float,
+    occult: float,
+    per_class: int,
+) -> None:
+    """A reference trained where the strip says nothing, fine-tuned where it predicts the
+    class, gated on equally biased images: must fail as evidence drift."""
+    site_a, site_b = sites
+    profile, device = b.profile, b.device
+    b.log(f"[{arch}] shortcut control: reference = TL on phantoms whose strip is uninformative")
+    ref_profile = replace(profile, out=str(b.out / "shortcut-reference"))
+    reference = train_backbone(
+        ref_profile, arch, site_a, device, cache_dir, b.progress, log=b.log, phases=("tl",)
+    ).checkpoints["tl"]
+    base = b.out / "baselines" / "shortcut"
+    create_baseline(
+        reference, site_b, base / arch, b.thresholds.methods, per_class, device, b.batch_size, b.progress
+    )
+    b.log(
+        f"[{arch}] shortcut control: fine-tuning on phantoms whose strip predicts the class "
+        f"(correlation {shortcut:g}, {occult:.0%} of findings occult)"
+    )
+    cand = finetune_from(
+        reference,
+        site_b,
+        profile.phase_for(arch, "ft"),
+        b.out / "candidates" / arch / "ft.shortcut.pt",
+        profile.seed,
+        profile.batch_size,
+        device,
+        b.progress,
+        b.log,
+    )
+    c, art = b.gate(cand, base, site_b.root)
+    cues = cue_masks(c.sample_ids, profile.phantoms.seed, shortcut, art["size"])
+    energy = {
+        "reference": _cue_energy(art["reference"], cues, art["size"]),
+        "candidate": _cue_energy(art["candidate"], cues, art["size"]),
+        "strip_area": float(cues.mean()),
+    }
+    ok = c.verdict == FAIL and c.label == SHORTCUT_LABEL
+    b.add("shortcut", FAIL, c, ok, {"cue_energy": energy, "correlation": shortcut, "occult": occult})
+    b.log(f"[{arch}] shortcut: {c.verdict} ({c.label}); map mass on the strip {energy}")
+
+
 def run_validation(
     profile: Profile,
     data: DataSet,
@@ -260,158 +314,27 @@ def run_validation(
 
     Writes ``validate.json`` and ``validate.md`` into ``out``.
     """
-    device = torch.device(device)
-    cache_dir = cache_dir or default_cache_dir()
     result = ValidationResult(profile.name, thresholds.path, shortcut)
-    site_a = site_b = None
+    b = _Bench(profile, data, thresholds, out, torch.device(device), batch_size, progress, log, result)
+    sites = None
     if "shortcut" in controls:
         # Site A: the strip is there but says nothing; site B: it predicts the class.
-        site_a = phantoms_with_strip(profile, out / "data-strip-uninformative", 0.0, 0.0, progress)
-        site_b = phantoms_with_strip(profile, out / "data-strip-shortcut", shortcut, occult, progress)
+        sites = (
+            phantoms_with_strip(profile, out / "data-strip-uninformative", 0.0, 0.0, progress),
+            phantoms_with_strip(profile, out / "data-strip-shortcut", shortcut, occult, progress),
+        )
     for arch in profile.backbones:
         tl = Path(profile.out) / arch / "tl.pt"
-        phase = profile.phase_for(arch, "ft")
-        clean_base, biased_base = out / "baselines" / "clean", out / "baselines" / "shortcut"
-        create_baseline(
-            tl, data, clean_base / arch, thresholds.methods, per_class, device, batch_size, progress
-        )
-
-        def gate(candidate: Path, base: Path, root: Path) -> tuple[CandidateResult, dict[str, Any]]:
-            return run_gate(candidate, base, thresholds, root, device, batch_size, progress=progress,
-                            use_onnx=False)  # fmt: skip
-
-        own: dict[str, Any] | None = None
+        clean = out / "baselines" / "clean"
+        create_baseline(tl, data, clean / arch, thresholds.methods, per_class, b.device, batch_size, progress)
         if "self" in controls or "permuted" in controls:
-            c, own = gate(tl, clean_base, data.root)
-            if "self" in controls:
-                dev = _ideal_deviation(c)
-                worst = max(dev.values(), default=0.0)
-                result.rows.append(
-                    _row(
-                        "self",
-                        PASS,
-                        c,
-                        c.verdict == PASS and worst <= SELF_TOLERANCE,
-                        {"max_deviation_from_ideal": worst, "deviations": dev},
-                    )
-                )
-                log(f"[{arch}] self: {c.verdict} (max |metric - ideal| {worst:.2e})")
-        if "permuted" in controls:
-            assert own is not None
-            permuted = write_permuted_candidate(tl, out / "candidates" / arch / "tl.permuted.pt", seed=1)
-            c, art = gate(permuted, clean_base, data.root)
-            diff = max(
-                float((_normalised(art["candidate"][m]) - _normalised(own["candidate"][m])).abs().max())
-                for m in thresholds.methods
-            )
-            result.rows.append(
-                _row(
-                    "permuted",
-                    PASS,
-                    c,
-                    c.verdict == PASS and diff <= PERMUTED_TOLERANCE,
-                    {"max_map_difference": diff},
-                )
-            )
-            log(f"[{arch}] permuted: {c.verdict} (max normalised map difference {diff:.2e})")
+            _self_and_permuted(b, arch, tl, clean, controls)
         if "seed" in controls:
-            log(f"[{arch}] seed control: fine-tuning with seed {seed}")
-            cand = finetune_from(tl, data, phase, out / "candidates" / arch / f"ft.seed{seed}.pt", seed,
-                                 profile.batch_size, device, progress, log)  # fmt: skip
-            c, _ = gate(cand, clean_base, data.root)
-            result.rows.append(_row("seed", PASS, c, c.verdict == PASS, {"seed": seed}))
-            log(f"[{arch}] seed: {c.verdict} ({c.label})")
-        if site_a is not None and site_b is not None:
-            log(f"[{arch}] shortcut control: reference = TL on phantoms whose strip is uninformative")
-            ref_profile = replace(profile, out=str(out / "shortcut-reference"))
-            reference = train_backbone(ref_profile, arch, site_a, device, cache_dir, progress, log=log,
-                                       phases=("tl",)).checkpoints["tl"]  # fmt: skip
-            create_baseline(reference, site_b, biased_base / arch, thresholds.methods, shortcut_per_class,
-                            device, batch_size, progress)  # fmt: skip
-            log(f"[{arch}] shortcut control: fine-tuning on phantoms whose strip predicts the class "
-                f"(correlation {shortcut:g}, {occult:.0%} of findings occult)")  # fmt: skip
-            cand = finetune_from(reference, site_b, phase, out / "candidates" / arch / "ft.shortcut.pt",
-                                 profile.seed, profile.batch_size, device, progress, log)  # fmt: skip
-            c, art = gate(cand, biased_base, site_b.root)
-            cues = cue_masks(c.sample_ids, profile.phantoms.seed, shortcut, art["size"])
-            energy = {
-                "reference": _cue_energy(art["reference"], cues, art["size"]),
-                "candidate": _cue_energy(art["candidate"], cues, art["size"]),
-                "strip_area": float(cues.mean()),
-            }
-            ok = c.verdict == FAIL and c.label == SHORTCUT_LABEL
-            result.rows.append(
-                _row(
-                    "shortcut", FAIL, c, ok, {"cue_energy": energy, "correlation": shortcut, "occult": occult}
-                )
+            _seed_control(b, arch, tl, clean, seed)
+        if sites is not None:
+            _shortcut_control(
+                b, arch, sites, cache_dir or default_cache_dir(), shortcut, occult, shortcut_per_class
             )
-            log(f"[{arch}] shortcut: {c.verdict} ({c.label}); map mass on the strip {energy}")
     atomic_write_text(out / "validate.json", json.dumps(result.to_dict(), indent=2) + "\n")
     atomic_write_text(out / "validate.md", validation_markdown(result))
     return result
-
-
-_WHAT = {
-    "self": "reference gated against itself",
-    "permuted": "target channels permuted (same function)",
-    "seed": "fine-tune with another seed (clean data)",
-    "shortcut": "fine-tuned where a lead strip predicts the class",
-}
-
-
-def _extra(r: ControlRow) -> str:
-    d = r.detail
-    if r.control == "self":
-        return f"max \\|metric − ideal\\| {d['max_deviation_from_ideal']:.1e}"
-    if r.control == "permuted":
-        return f"max map difference {d['max_map_difference']:.1e}"
-    if r.control == "shortcut":
-        e = d["cue_energy"]
-        parts = [f"{m} {e['reference'][m]:.2f} → {e['candidate'][m]:.2f}" for m in e["candidate"]]
-        return f"map mass on the strip (area {e['strip_area']:.2f}): " + ", ".join(parts)
-    return ""
-
-
-def validation_markdown(result: ValidationResult) -> str:
-    """The controls table (README and ``validate.md``)."""
-    out = [
-        f"## drift-gate validate: profile {result.profile}, `{result.thresholds_path}` — "
-        f"{'every control got its expected verdict' if result.ok else 'SOME CONTROLS GOT THE WRONG VERDICT'}",
-        "",
-        "| control | backbone | expected | verdict | AUC (reference → candidate) | true positives "
-        "| deciding metrics | also |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result.rows:
-        mark = "" if r.ok else " ✗"
-        verdict = f"**{r.verdict.upper()}**{mark}" + (f": {r.label}" if r.verdict == FAIL else "")
-        out.append(
-            f"| {_WHAT[r.control]} | {r.arch} | {r.expected} | {verdict} | "
-            f"{r.reference_auc:.3f} → {r.auc:.3f} | {r.n_selected}/{r.n_audit} | "
-            f"{'; '.join(r.deciding)} | {_extra(r)} |"
-        )
-    loc = [
-        (r, m, v)
-        for r in result.rows
-        for m, v in r.detail.get("localisation", {}).items()
-        if v.get("mask_energy") is not None
-    ]
-    if loc:
-        out += [
-            "",
-            "Reference-based localisation (ground-truth finding masks; true positives with a finding):",
-            "",
-            "| control | backbone | method | pointing game (ref → cand) | mask energy (ref → cand) |",
-            "|---|---|---|---|---|",
-        ]
-        for r, m, v in loc:
-
-            def f(x: float | None) -> str:
-                return "—" if x is None else f"{x:.3f}"
-
-            out.append(
-                f"| {r.control} | {r.arch} | {m} | {f(v.get('reference_pointing_game'))} → "
-                f"{f(v.get('pointing_game'))} | {f(v.get('reference_mask_energy'))} → "
-                f"{f(v.get('mask_energy'))} |"
-            )
-    return "\n".join(out) + "\n"

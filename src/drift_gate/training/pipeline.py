@@ -99,6 +99,137 @@ def _up_to_date(
     return (model, meta) if meta.config_sha256 == config_sha256 else None
 
 
+@dataclass
+class _Run:
+    """What both phases of one backbone's training share."""
+
+    profile: Profile
+    arch: str
+    data: DataSet
+    dist: Dist
+    out: Path
+    config_sha: str
+    sets: dict[str, ImageDataset]
+    progress: bool
+    log: Log
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    def meta(self, phase: str, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
+        """The metadata of a checkpoint of this run."""
+        mean, std = get_backbone(self.arch).imagenet_norm
+        p = self.profile
+        return CheckpointMeta(
+            arch=self.arch,
+            classes=self.data.classes,
+            input_size=p.input_size_for(self.arch),
+            mean=mean,
+            std=std,
+            phase=phase,
+            seed=p.seed,
+            data_manifest_sha256=self.data.manifest_sha256,
+            weights=p.weights,
+            metrics=metrics,
+            config_sha256=self.config_sha,
+            epoch=epoch,
+            preprocess=p.preprocess,
+        )
+
+
+def _tl_phase(run: _Run, cache_dir: Path) -> tuple[Classifier, CheckpointMeta]:
+    """The head on the frozen body's features, computed once; writes ``tl.pt``."""
+    profile, arch, device, bs = run.profile, run.arch, run.device, run.profile.batch_size
+    size = profile.input_size_for(arch)
+    run.log(f"[{arch}] TL: frozen body, head on cached features ({size}px, weights={profile.weights})")
+    seed_all(profile.seed)
+    model = build_classifier(arch, len(run.data.classes), imagenet=profile.weights == "imagenet")
+    if profile.weights == "synthetic":
+        # rank 0 pretrains (or finds the cache); the others then load the cached result
+        state = main_first(
+            run.dist,
+            lambda: pretrain_synthetic(
+                arch, profile.pretrain, size, cache_dir, device, bs, run.progress, run.log
+            ),
+        )
+        load_body_weights(model.body, state)
+    elif profile.weights not in ("imagenet", "none"):
+        load_body_weights(model.body, Path(profile.weights))
+    model.to(device)
+    tick = time.perf_counter()
+    feats = {
+        s: sharded_features(run.dist, model, ds, device, bs, run.progress, f"features {s}")
+        for s, ds in run.sets.items()
+    }
+    cfg = profile.phase_for(arch, "tl")
+    epoch, history = train_head(
+        model, feats["train"], feats["val"], cfg, bs, profile.seed, run.data.classes, run.progress
+    )
+    broadcast(run.dist, model.head)  # every rank continues from rank 0's head
+    model.to(device)
+    metrics = {s: head_metrics(model.head.cpu(), *feats[s], run.data.classes) for s in ("val", "test")}
+    model.to(device)
+    meta = run.meta("tl", epoch, metrics)
+    if run.dist.main:
+        _write_phase(run.out, "tl", model, meta, history)
+    barrier(run.dist)
+    run.log(
+        f"[{arch}] TL done: val macro AUC {metrics['val']['auc_macro']:.4f}, "
+        f"test {metrics['test']['auc_macro']:.4f} (epoch {epoch + 1}; features and head "
+        f"{time.perf_counter() - tick:.0f}s)"
+    )
+    return model, meta
+
+
+def _ft_phase(run: _Run, model: Classifier, precision: str, keep_epochs: bool) -> CheckpointMeta:
+    """Every layer from the TL weights, resumable; writes ``ft.pt`` (and, with
+    ``keep_epochs``, ``ft.epoch<k>.pt``)."""
+    profile, arch, device, bs, out = run.profile, run.arch, run.device, run.profile.batch_size, run.out
+    cfg = profile.phase_for(arch, "ft")
+    run.log(f"[{arch}] FT: all layers from the TL checkpoint, lr {cfg.lr:g}")
+    seed_all(profile.seed + 1)
+    resume = out / "ft.resume.pt"
+
+    def keep(epoch: int, auc: float) -> None:
+        """One checkpoint per epoch, for `drift-gate track` (1-based file names)."""
+        save_checkpoint(
+            out / f"ft.epoch{epoch + 1}.pt", model, run.meta("ft", epoch, {"val": {"auc_macro": auc}})
+        )
+
+    epoch, history = finetune(
+        model,
+        run.sets["train"],
+        run.sets["val"],
+        cfg,
+        bs,
+        profile.seed,
+        device,
+        resume,
+        run.config_sha,
+        run.data.classes,
+        run.progress,
+        run.log,
+        run.dist,
+        precision,
+        keep if keep_epochs else None,
+    )
+    metrics = {}
+    for s in ("val", "test"):
+        logits, labels = predict(model, run.sets[s], device, bs)
+        metrics[s] = classification_metrics(logits, labels, run.data.classes)
+    meta = run.meta("ft", epoch, metrics)
+    if run.dist.main:
+        _write_phase(out, "ft", model, meta, history)
+        resume.unlink(missing_ok=True)
+    barrier(run.dist)
+    run.log(
+        f"[{arch}] FT done: val macro AUC {metrics['val']['auc_macro']:.4f}, "
+        f"test {metrics['test']['auc_macro']:.4f} (epoch {epoch + 1})"
+    )
+    return meta
+
+
 def train_backbone(
     profile: Profile,
     arch: str,
@@ -125,136 +256,34 @@ def train_backbone(
     and only rank 0 writes files and logs.
     """
     dist = dist or Dist(0, 1, device)
-    device = dist.device
     if not dist.main:
         progress, log = False, lambda message: None
     spec = get_backbone(arch)
     out = Path(profile.out) / arch
     size = profile.input_size_for(arch)
     mean, std = spec.imagenet_norm
-    classes = data.classes
     config_sha = profile.sha256(arch, data.manifest_sha256)
     if dist.main:
         atomic_write_text(out / "profile.json", json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n")
     pre = profile.preprocess
     sets = {s: ImageDataset(data.split(s), size, mean, std, preprocess=pre) for s in ("train", "val", "test")}
-    bs = profile.batch_size
-
-    def meta(phase: str, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
-        return CheckpointMeta(
-            arch=arch,
-            classes=classes,
-            input_size=size,
-            mean=mean,
-            std=std,
-            phase=phase,
-            seed=profile.seed,
-            data_manifest_sha256=data.manifest_sha256,
-            weights=profile.weights,
-            metrics=metrics,
-            config_sha256=config_sha,
-            epoch=epoch,
-            preprocess=pre,
-        )
-
+    run = _Run(profile, arch, data, dist, out, config_sha, sets, progress, log)
     paths, metrics = {}, {}
-    current = None if force else _up_to_date(out / "tl.pt", config_sha, device)
+    current = None if force else _up_to_date(out / "tl.pt", config_sha, dist.device)
     if current is not None:
         log(f"[{arch}] TL checkpoint is up to date ({out / 'tl.pt'}); skipping")
         model, tl_meta = current
     else:
-        log(f"[{arch}] TL: frozen body, head on cached features ({size}px, weights={profile.weights})")
-        seed_all(profile.seed)
-        model = build_classifier(arch, len(classes), imagenet=profile.weights == "imagenet")
-        if profile.weights == "synthetic":
-            # rank 0 pretrains (or finds the cache); the others then load the cached result
-            state = main_first(
-                dist,
-                lambda: pretrain_synthetic(
-                    arch, profile.pretrain, size, cache_dir, device, bs, progress, log
-                ),
-            )
-            load_body_weights(model.body, state)
-        elif profile.weights not in ("imagenet", "none"):
-            load_body_weights(model.body, Path(profile.weights))
-        model.to(device)
-        tick = time.perf_counter()
-        feats = {
-            s: sharded_features(dist, model, ds, device, bs, progress, f"features {s}")
-            for s, ds in sets.items()
-        }
-        epoch, history = train_head(
-            model,
-            feats["train"],
-            feats["val"],
-            profile.phase_for(arch, "tl"),
-            bs,
-            profile.seed,
-            classes,
-            progress,
-        )
-        broadcast(dist, model.head)  # every rank continues from rank 0's head
-        model.to(device)
-        tl_metrics = {s: head_metrics(model.head.cpu(), *feats[s], classes) for s in ("val", "test")}
-        model.to(device)
-        tl_meta = meta("tl", epoch, tl_metrics)
-        if dist.main:
-            _write_phase(out, "tl", model, tl_meta, history)
-        barrier(dist)
-        log(
-            f"[{arch}] TL done: val macro AUC {tl_metrics['val']['auc_macro']:.4f}, "
-            f"test {tl_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1}; features and head "
-            f"{time.perf_counter() - tick:.0f}s)"
-        )
+        model, tl_meta = _tl_phase(run, cache_dir)
     paths["tl"], metrics["tl"] = out / "tl.pt", tl_meta.metrics
     if "ft" not in phases:
         return TrainResult(arch, paths, metrics)
-
-    current = None if force else _up_to_date(out / "ft.pt", config_sha, device)
+    current = None if force else _up_to_date(out / "ft.pt", config_sha, dist.device)
     if current is not None:
         ft_meta = current[1]
         log(f"[{arch}] FT checkpoint is up to date ({out / 'ft.pt'}); skipping")
     else:
-        log(f"[{arch}] FT: all layers from the TL checkpoint, lr {profile.phase_for(arch, 'ft').lr:g}")
-        seed_all(profile.seed + 1)
-        resume = out / "ft.resume.pt"
-
-        def keep(epoch: int, auc: float) -> None:
-            """One checkpoint per epoch, for `drift-gate track` (1-based file names)."""
-            save_checkpoint(
-                out / f"ft.epoch{epoch + 1}.pt", model, meta("ft", epoch, {"val": {"auc_macro": auc}})
-            )
-
-        epoch, history = finetune(
-            model,
-            sets["train"],
-            sets["val"],
-            profile.phase_for(arch, "ft"),
-            bs,
-            profile.seed,
-            device,
-            resume,
-            config_sha,
-            classes,
-            progress,
-            log,
-            dist,
-            precision,
-            keep if keep_epochs else None,
-        )
-        ft_metrics = {}
-        for s in ("val", "test"):
-            logits, labels = predict(model, sets[s], device, bs)
-            ft_metrics[s] = classification_metrics(logits, labels, classes)
-        ft_meta = meta("ft", epoch, ft_metrics)
-        if dist.main:
-            _write_phase(out, "ft", model, ft_meta, history)
-            resume.unlink(missing_ok=True)
-        barrier(dist)
-        log(
-            f"[{arch}] FT done: val macro AUC {ft_metrics['val']['auc_macro']:.4f}, "
-            f"test {ft_metrics['test']['auc_macro']:.4f} (epoch {epoch + 1})"
-        )
+        ft_meta = _ft_phase(run, model, precision, keep_epochs)
     paths["ft"], metrics["ft"] = out / "ft.pt", ft_meta.metrics
     return TrainResult(arch, paths, metrics)
 

@@ -1,0 +1,114 @@
+"""The metric registry: every metric's name, which way is better, its ideal value and a
+one-line description. Thresholds, reports and calibration read it; none lists metrics again.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor
+
+__all__ = [
+    "CORE_METRICS",
+    "LOCALISATION_METRICS",
+    "METRICS",
+    "RANK_METRICS",
+    "ArrayLike",
+    "Direction",
+    "MetricSpec",
+]
+
+
+ArrayLike = np.ndarray | Tensor
+
+
+class Direction(enum.Enum):
+    """Which way a metric is better."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+    ZERO = "closer to 0"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A drift metric's declared properties.
+
+    Attributes:
+        name: the metric's key in results and in ``thresholds.toml``.
+        direction: which way is better.
+        ideal: the value for identical maps (``None`` where it depends on the
+            maps themselves, as for the reference-based localisation metrics).
+        description: one line for reports.
+    """
+
+    name: str
+    direction: Direction
+    ideal: float | None
+    description: str
+
+
+METRICS: dict[str, MetricSpec] = {
+    s.name: s
+    for s in (
+        MetricSpec(
+            "displacement",
+            Direction.LOWER,
+            0.0,
+            "distance between intensity-weighted centroids / image diagonal",
+        ),
+        MetricSpec(
+            "peak_displacement", Direction.LOWER, 0.0, "distance between the maps' maxima / image diagonal"
+        ),
+        MetricSpec("iou", Direction.HIGHER, 1.0, "IoU of the top-q pixel masks"),
+        MetricSpec("correlation", Direction.HIGHER, 1.0, "Pearson correlation of the maps"),
+        MetricSpec("spearman", Direction.HIGHER, 1.0, "Spearman rank correlation of the maps"),
+        MetricSpec("concentration_change", Direction.ZERO, 0.0, "top-10 % mass share of B minus that of A"),
+        MetricSpec("gini_change", Direction.ZERO, 0.0, "Gini coefficient of B minus that of A"),
+        # Reference-based: need a ground-truth finding mask per sample (NaN without one).
+        MetricSpec(
+            "pointing_game",
+            Direction.HIGHER,
+            None,
+            "1 if the candidate map's maximum lies inside the ground-truth mask, else 0",
+        ),
+        MetricSpec(
+            "mask_energy", Direction.HIGHER, None, "share of the candidate map's mass inside the mask"
+        ),
+        MetricSpec(
+            "reference_pointing_game",
+            Direction.HIGHER,
+            None,
+            "1 if the reference map's maximum lies inside the ground-truth mask, else 0",
+        ),
+        MetricSpec(
+            "reference_mask_energy",
+            Direction.HIGHER,
+            None,
+            "share of the reference map's mass inside the mask",
+        ),
+        MetricSpec(
+            "mask_energy_change",
+            Direction.HIGHER,
+            0.0,
+            "mask_energy minus reference_mask_energy (negative: evidence left the finding)",
+        ),
+    )
+}
+
+#: Metrics that compare each map with a ground-truth mask rather than with each other.
+#: The study's four drift metrics: what reports tabulate and calibration proposes bounds for.
+CORE_METRICS = ("displacement", "iou", "correlation", "concentration_change")
+
+LOCALISATION_METRICS = (
+    "pointing_game",
+    "mask_energy",
+    "reference_pointing_game",
+    "reference_mask_energy",
+    "mask_energy_change",
+)
+
+#: Metrics that need a full sort of every map (O(P log P)); opt-in in drift_metrics.
+RANK_METRICS = ("spearman", "gini_change")

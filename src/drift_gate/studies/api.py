@@ -1,0 +1,197 @@
+"""The studies' public functions (re-exported as ``drift_gate.study`` and friends): the
+paper's protocol, drift across epochs, calibration and validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from drift_gate._io import default_cache_dir
+from drift_gate.api import Log, PathLike, missing_checkpoint, profile_data, profile_from, quiet, rules_from
+from drift_gate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from drift_gate.gating.thresholds import Thresholds
+    from drift_gate.studies.calibrate import Calibration
+    from drift_gate.studies.study import StudyResult
+    from drift_gate.studies.track import TrackResult
+    from drift_gate.studies.validate_report import ValidationResult
+    from drift_gate.training.profiles import Profile
+
+__all__ = ["calibrate", "study", "track", "validate"]
+
+
+def _trained(profile: str | Profile, profiles: PathLike, phases: tuple[str, ...]) -> Profile:
+    prof = profile_from(profile, profiles)
+    for arch in prof.backbones:
+        for phase in phases:
+            path = Path(prof.out) / arch / f"{phase}.pt"
+            if not path.is_file():
+                raise missing_checkpoint(path, prof)
+    return prof
+
+
+def study(
+    *,
+    profile: str | Profile = "demo",
+    profiles: PathLike = "profiles.toml",
+    methods: Sequence[str] = ("layercam", "gradcam++", "ablationcam"),
+    per_class: int = 1000,
+    out: PathLike = "reports/study",
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = False,
+    log: Log = quiet,
+) -> StudyResult:
+    """The study's protocol for a profile's TL and FT checkpoints: drift per backbone x
+    method with bootstrap CIs, stability rankings; writes ``study.{md,json,png,html}``."""
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.evidence.cam import METHODS
+    from drift_gate.models.inference import resolve_device
+    from drift_gate.studies.study import run_study
+
+    chosen = tuple(methods)
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown) or '(none)'}; known: {', '.join(METHODS)}")
+    prof = _trained(profile, profiles, ("tl", "ft"))
+    folders = {arch: Path(prof.out) / arch for arch in prof.backbones}
+    dataset = load_dataset(profile_data(prof, progress=progress, log=log))
+    return run_study(
+        folders,
+        dataset,
+        chosen,
+        Path(out),
+        per_class=per_class,
+        device=resolve_device(device),
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def track(
+    *,
+    checkpoints: PathLike,
+    data: PathLike,
+    thresholds: PathLike | Thresholds = "thresholds.toml",
+    baselines: PathLike | None = None,
+    per_class: int = 10,
+    out: PathLike = "reports/track",
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> TrackResult:
+    """Drift of every fine-tuning epoch (``train(keep_epochs=True)``) against TL and
+    against the epoch before; writes ``track.{md,json,png}``."""
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.models.checkpoint import load_checkpoint
+    from drift_gate.models.inference import resolve_device
+    from drift_gate.studies.track import run_track
+
+    folder = Path(checkpoints)
+    _, meta = load_checkpoint(folder / "tl.pt")
+    return run_track(
+        folder,
+        load_dataset(Path(data), meta.classes),
+        rules_from(thresholds),
+        Path(out),
+        per_class=per_class,
+        device=resolve_device(device),
+        batch_size=batch_size,
+        baselines=None if baselines is None else Path(baselines),
+        progress=progress,
+    )
+
+
+def calibrate(
+    *,
+    profile: str | Profile = "demo",
+    profiles: PathLike = "profiles.toml",
+    thresholds: PathLike | Thresholds = "thresholds.toml",
+    runs: int = 3,
+    k: float = 3.0,
+    per_class: int = 10,
+    out: PathLike = "reports/calibrate",
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = False,
+    log: Log = quiet,
+) -> Calibration:
+    """Each metric's noise over ``runs`` seed-to-seed fine-tunes (and the bootstrap), and
+    the bounds it implies: writes ``thresholds.proposed.toml`` and ``calibration.{md,json}``."""
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.models.inference import resolve_device
+    from drift_gate.studies.calibrate import run_calibration
+
+    rules = rules_from(thresholds)
+    prof = _trained(profile, profiles, ("tl",))
+    dataset = load_dataset(profile_data(prof, progress=progress, log=log))
+    seeds = [prof.seed + i for i in range(runs)]
+    return run_calibration(
+        prof,
+        dataset,
+        rules,
+        Path(out),
+        seeds,
+        k=k,
+        per_class=per_class,
+        device=resolve_device(device),
+        batch_size=batch_size,
+        progress=progress,
+        log=log,
+    )
+
+
+def validate(
+    *,
+    profile: str | Profile = "demo",
+    profiles: PathLike = "profiles.toml",
+    thresholds: PathLike | Thresholds = "thresholds.toml",
+    controls: Sequence[str] | None = None,
+    seed: int | None = None,
+    shortcut: float = 0.95,
+    occult: float = 0.5,
+    per_class: int = 10,
+    shortcut_per_class: int = 20,
+    out: PathLike = "reports/validate",
+    device: str = "auto",
+    batch_size: int = 16,
+    cache_dir: PathLike | None = None,
+    progress: bool = False,
+    log: Log = quiet,
+) -> ValidationResult:
+    """Runs the gate on controls with known verdicts (the reference against itself, a
+    channel-permuted twin, another seed, a planted shortcut); ``result.ok`` says
+    whether every control got its expected verdict."""
+    from drift_gate.data.datasets import load_dataset
+    from drift_gate.models.inference import resolve_device
+    from drift_gate.studies.validate import CONTROLS, run_validation
+
+    chosen = tuple(CONTROLS if controls is None else controls)
+    unknown = [c for c in chosen if c not in CONTROLS]
+    if unknown or not chosen:
+        raise ConfigError(
+            f"unknown control(s) {', '.join(unknown) or '(none)'}; known: {', '.join(CONTROLS)}"
+        )
+    rules = rules_from(thresholds)
+    prof = _trained(profile, profiles, ("tl",))
+    dataset = load_dataset(profile_data(prof, progress=progress, log=log))
+    return run_validation(
+        prof,
+        dataset,
+        rules,
+        Path(out),
+        prof.seed + 10 if seed is None else seed,
+        shortcut=shortcut,
+        occult=occult,
+        per_class=per_class,
+        device=resolve_device(device),
+        batch_size=batch_size,
+        progress=progress,
+        log=log,
+        controls=chosen,
+        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        shortcut_per_class=shortcut_per_class,
+    )

@@ -1,0 +1,149 @@
+"""What a validation run found, and its report: the controls' rows, the rules that
+decided each verdict, and the Markdown table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from drift_gate.gating.gate import CandidateResult
+from drift_gate.gating.rules import FAIL, PASS, RuleResult
+
+__all__ = ["ControlRow", "ValidationResult", "deciding_rules", "validation_markdown"]
+
+
+@dataclass
+class ControlRow:
+    """One control's outcome for one backbone."""
+
+    control: str
+    arch: str
+    expected: str
+    verdict: str
+    label: str
+    ok: bool
+    auc: float
+    reference_auc: float
+    n_selected: int
+    n_audit: int
+    deciding: list[str]
+    detail: dict[str, Any] = field(default_factory=dict)
+    candidate: str = ""
+
+
+@dataclass
+class ValidationResult:
+    """Every control's row, and whether all of them got their expected verdict."""
+
+    profile: str
+    thresholds_path: str
+    shortcut: float
+    rows: list[ControlRow] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(r.ok for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "thresholds_path": self.thresholds_path,
+            "shortcut": self.shortcut,
+            "ok": self.ok,
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+
+def _margin(r: RuleResult) -> float:
+    """How far a checked rule is from failing, in the metric's units (< 0: failed)."""
+    assert r.observed is not None and r.bound is not None
+    if r.kind == "abs_max":
+        return r.bound - abs(r.observed)
+    if r.kind in ("min", "max_drop"):
+        return r.observed - r.bound
+    return r.bound - r.observed
+
+
+def _rule_text(r: RuleResult) -> str:
+    name = f"{r.method}/{r.metric}.{r.kind}" if r.method else f"{r.metric}.{r.kind}"
+    return f"{name} {r.observed:.3f} (bound {r.direction})"
+
+
+def deciding_rules(c: CandidateResult) -> list[str]:
+    """The rules that decided the verdict: every failed one, or else the one
+    closest to failing."""
+    failed = [r for r in c.rules if r.status == FAIL]
+    if failed:
+        return [_rule_text(r) for r in failed]
+    checked = [r for r in c.rules if r.status == PASS and r.observed is not None and r.bound is not None]
+    if not checked:
+        return [r.message for r in c.rules if r.status != PASS][:2]
+    closest = min(checked, key=_margin)
+    return [f"closest: {_rule_text(closest)}"]
+
+
+_WHAT = {
+    "self": "reference gated against itself",
+    "permuted": "target channels permuted (same function)",
+    "seed": "fine-tune with another seed (clean data)",
+    "shortcut": "fine-tuned where a lead strip predicts the class",
+}
+
+
+def _extra(r: ControlRow) -> str:
+    d = r.detail
+    if r.control == "self":
+        return f"max \\|metric − ideal\\| {d['max_deviation_from_ideal']:.1e}"
+    if r.control == "permuted":
+        return f"max map difference {d['max_map_difference']:.1e}"
+    if r.control == "shortcut":
+        e = d["cue_energy"]
+        parts = [f"{m} {e['reference'][m]:.2f} → {e['candidate'][m]:.2f}" for m in e["candidate"]]
+        return f"map mass on the strip (area {e['strip_area']:.2f}): " + ", ".join(parts)
+    return ""
+
+
+def validation_markdown(result: ValidationResult) -> str:
+    """The controls table (README and ``validate.md``)."""
+    out = [
+        f"## drift-gate validate: profile {result.profile}, `{result.thresholds_path}` — "
+        f"{'every control got its expected verdict' if result.ok else 'SOME CONTROLS GOT THE WRONG VERDICT'}",
+        "",
+        "| control | backbone | expected | verdict | AUC (reference → candidate) | true positives "
+        "| deciding metrics | also |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result.rows:
+        mark = "" if r.ok else " ✗"
+        verdict = f"**{r.verdict.upper()}**{mark}" + (f": {r.label}" if r.verdict == FAIL else "")
+        out.append(
+            f"| {_WHAT[r.control]} | {r.arch} | {r.expected} | {verdict} | "
+            f"{r.reference_auc:.3f} → {r.auc:.3f} | {r.n_selected}/{r.n_audit} | "
+            f"{'; '.join(r.deciding)} | {_extra(r)} |"
+        )
+    loc = [
+        (r, m, v)
+        for r in result.rows
+        for m, v in r.detail.get("localisation", {}).items()
+        if v.get("mask_energy") is not None
+    ]
+    if loc:
+        out += [
+            "",
+            "Reference-based localisation (ground-truth finding masks; true positives with a finding):",
+            "",
+            "| control | backbone | method | pointing game (ref → cand) | mask energy (ref → cand) |",
+            "|---|---|---|---|---|",
+        ]
+        for r, m, v in loc:
+
+            def f(x: float | None) -> str:
+                return "—" if x is None else f"{x:.3f}"
+
+            out.append(
+                f"| {r.control} | {r.arch} | {m} | {f(v.get('reference_pointing_game'))} → "
+                f"{f(v.get('pointing_game'))} | {f(v.get('reference_mask_energy'))} → "
+                f"{f(v.get('mask_energy'))} |"
+            )
+    return "\n".join(out) + "\n"
