@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from drift_gate.distributed import Dist
 from gatekit import gate, gate_args
 
@@ -31,6 +33,7 @@ def test_shards_are_whole_batches_in_turn() -> None:
     assert Dist(1, 2).shard(3, 4) == [], "a rank may get nothing"
 
 
+@pytest.mark.heavy  # two torchrun processes: about a minute on 2 cores (nox -s heavy)
 def test_sharded_gate_equals_single_process(env: dict[str, Path]) -> None:
     assert gate(env, env["ft"], "--threads", "1", "--batch-size", "4") == 0
     single = json.loads((env["reports"] / "gate.json").read_text())
@@ -50,6 +53,7 @@ def test_sharded_gate_equals_single_process(env: dict[str, Path]) -> None:
     assert a["summaries"] == b["summaries"] and a["selected"] == b["selected"]
 
 
+@pytest.mark.heavy  # two torchrun processes: about a minute on 2 cores (nox -s heavy)
 def test_sharded_gate_exit_codes(env: dict[str, Path]) -> None:
     env["thresholds"].write_text(env["thresholds"].read_text().replace("iou.min = 0.3", "iou.min = 0.999"))
     done = torchrun(*gate_args(env, env["ft"], "--threads", "1"))
@@ -60,6 +64,7 @@ def test_sharded_gate_exit_codes(env: dict[str, Path]) -> None:
     assert "exitcode  : 2" in missing.stderr
 
 
+@pytest.mark.heavy  # two torchrun processes: about a minute on 2 cores (nox -s heavy)
 def test_ddp_training_matches_single_process(tmp_path: Path, phantom_root: Path) -> None:
     import torch
 

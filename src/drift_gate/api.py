@@ -140,6 +140,9 @@ def gate(
 
     Raises:
         ConfigError, DataError, CheckpointError, StaleBaselineError: bad input.
+
+    Kept in one piece: the profile branch runs on rank 0 first (``main_first``) and
+    needs the same locals as the loop over candidates.
     """
     from drift_gate.data.datasets import load_dataset
     from drift_gate.distributed import barrier, main_first

@@ -326,6 +326,9 @@ def run_gate(
             method, does not fit the candidate, or ``reference`` is not the file
             it was made from.
         CheckpointError, DataError: unusable candidate or audit images.
+
+    Kept in one piece: after the shards are gathered it reads as one pass from the
+    per-sample arrays to the result record, a third of it the record's fields.
     """
     dist = dist or Dist(0, 1, torch.device(device))
     job = _prepare(

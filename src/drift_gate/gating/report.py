@@ -249,7 +249,7 @@ def _class_table(c: CandidateResult, method: str) -> str:
 
 
 def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) -> str:
-    """The self-contained HTML report."""
+    """The self-contained HTML report (kept in one piece: it builds the page top to bottom)."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>drift-gate report</title><style>",
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}",

@@ -139,6 +139,9 @@ def evaluate_rules(
             for relative bounds; relative bounds without one are skipped.
         n_audit: audit images (what a relative ``min_samples`` is a share of).
         n_classes: classes of the audit set (to say how large an audit set would do).
+
+    Kept in one piece: one loop over the bounds, each of its four outcomes (not
+    computed, too few samples, no approved value, checked) spelled out where it happens.
     """
     out = []
     required = thresholds.required_samples(n_audit)

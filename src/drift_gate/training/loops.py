@@ -7,6 +7,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,95 @@ def state_bytes(obj: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _wrap(model: Classifier, dist: Dist, device: torch.device, batch_size: int) -> nn.Module:
+    """Every parameter trainable; under torchrun, global-batch BatchNorm and DDP."""
+    model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if not dist.enabled:
+        return model
+    if batch_size % dist.world:
+        raise ConfigError(f"batch_size {batch_size} must be divisible by the {dist.world} processes")
+    net: nn.Module = model
+    if device.type == "cuda":
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+    else:
+        global_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def _epoch_loader(train: ImageDataset, batch_size: int, dist: Dist, seed: int) -> DataLoader[Any]:
+    """One epoch's shuffled batches, seeded per epoch (a resumed run takes the same path)."""
+    if dist.enabled:
+        sampler = _GlobalBatchSampler(len(train), batch_size, dist, seed)
+        return DataLoader(train, batch_size=batch_size // dist.world, sampler=sampler)
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        train, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(train) > batch_size
+    )
+
+
+@dataclass
+class _FineTuning:
+    """Where fine-tuning stands: the next epoch, the history and the best epoch so far."""
+
+    start: int
+    history: list[float]
+    best_auc: float
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+
+    def state(
+        self, config_sha256: str, epoch: int, model: nn.Module, opt: torch.optim.Optimizer
+    ) -> dict[str, Any]:
+        """What the resume file holds after ``epoch``."""
+        return {
+            "config_sha256": config_sha256,
+            "epoch": epoch,
+            "history": self.history,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "best_auc": self.best_auc,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+        }
+
+
+def _resumed(
+    resume: Path,
+    config_sha256: str,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    device: torch.device,
+    epochs: int,
+    log: Log,
+) -> _FineTuning:
+    """A fresh start, or the state after the last finished epoch of the same configuration."""
+    run = _FineTuning(0, [], -1.0, -1, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if not resume.is_file():
+        return run
+    try:
+        state = torch.load(resume, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{resume}: unreadable resume state; delete it to restart fine-tuning") from exc
+    if state.get("config_sha256") != config_sha256:
+        log(f"  ignoring {resume.name}: it belongs to another configuration")
+        return run
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    run = _FineTuning(
+        int(state["epoch"]) + 1,
+        list(state["history"]),
+        float(state["best_auc"]),
+        int(state["best_epoch"]),
+        state["best_state"],
+    )
+    log(f"  resuming fine-tuning after epoch {run.start} of {epochs}")
+    return run
+
+
 def finetune(
     model: Classifier,
     train: ImageDataset,
@@ -234,50 +324,12 @@ def finetune(
         The best epoch (0-based) and the validation macro AUC of every epoch.
     """
     dist = dist or Dist(0, 1, device)
-    model.to(device)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    net: nn.Module = model
-    if dist.enabled:
-        if batch_size % dist.world:
-            raise ConfigError(f"batch_size {batch_size} must be divisible by the {dist.world} processes")
-        if device.type == "cuda":
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
-        else:
-            global_batchnorm(model)
-        net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    net = _wrap(model, dist, device, batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, history = 0, []
-    best_auc, best_epoch = -1.0, -1
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if resume.is_file():
-        try:
-            state = torch.load(resume, map_location=device, weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(
-                f"{resume}: unreadable resume state; delete it to restart fine-tuning"
-            ) from exc
-        if state.get("config_sha256") == config_sha256:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start, history = int(state["epoch"]) + 1, list(state["history"])
-            best_auc, best_epoch = float(state["best_auc"]), int(state["best_epoch"])
-            best_state = state["best_state"]
-            log(f"  resuming fine-tuning after epoch {start} of {cfg.epochs}")
-        else:
-            log(f"  ignoring {resume.name}: it belongs to another configuration")
-    for epoch in range(start, cfg.epochs):
+    run = _resumed(resume, config_sha256, model, opt, device, cfg.epochs, log)
+    for epoch in range(run.start, cfg.epochs):
         tick = time.perf_counter()
-        if dist.enabled:
-            sampler = _GlobalBatchSampler(len(train), batch_size, dist, seed * 1009 + epoch)
-            loader = DataLoader(train, batch_size=batch_size // dist.world, sampler=sampler)
-        else:
-            gen = torch.Generator().manual_seed(seed * 1009 + epoch)
-            loader = DataLoader(
-                train, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(train) > batch_size
-            )
+        loader = _epoch_loader(train, batch_size, dist, seed * 1009 + epoch)
         net.train()
         bar = progress_bar(loader, desc=f"FT epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         for x, y in bar:
@@ -289,34 +341,20 @@ def finetune(
             bar.set_postfix(loss=f"{loss.item():.3f}")
         logits, labels = predict(model, val, device, batch_size)
         auc = classification_metrics(logits, labels, classes)["auc_macro"]
-        history.append(auc)
+        run.history.append(auc)
         log(
             f"  FT epoch {epoch + 1}/{cfg.epochs}: val macro AUC {auc:.4f} "
             f"({time.perf_counter() - tick:.0f}s)"
         )
-        if auc > best_auc:
-            best_auc, best_epoch = auc, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if auc > run.best_auc:
+            run.best_auc, run.best_epoch = auc, epoch
+            run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if dist.main and on_epoch is not None:
             on_epoch(epoch, auc)
         if dist.main:
-            atomic_write_bytes(
-                resume,
-                state_bytes(
-                    {
-                        "config_sha256": config_sha256,
-                        "epoch": epoch,
-                        "history": history,
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "best_auc": best_auc,
-                        "best_epoch": best_epoch,
-                        "best_state": best_state,
-                    }
-                ),
-            )
+            atomic_write_bytes(resume, state_bytes(run.state(config_sha256, epoch, model, opt)))
         barrier(dist)
     if dist.enabled and device.type != "cuda":
         global_batchnorm(model, enable=False)
-    model.load_state_dict(best_state)
-    return best_epoch, history
+    model.load_state_dict(run.best_state)
+    return run.best_epoch, run.history
