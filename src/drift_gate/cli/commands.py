@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drift_gate import api
 from drift_gate.studies import api as studies
@@ -35,6 +35,11 @@ def _log(message: str) -> None:
 
 def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every computing command passes on as they were parsed."""
+    return {"device": args.device, "batch_size": args.batch_size, "progress": _progress(args), "log": _log}
 
 
 def _in_process_group(body: Callable[[argparse.Namespace, Dist], int]) -> Callable[[argparse.Namespace], int]:
@@ -101,10 +106,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         out=args.out,
         thresholds=args.thresholds,
         per_class=args.per_class,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=_progress(args),
-        log=_log,
+        **_run(args),
     )
     size = sum(f.stat().st_size for f in base.path.iterdir() if f.is_file())
     print(f"wrote baseline {base.path} ({size / 1024:.0f} KiB)")
@@ -147,10 +149,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         baselines=args.baselines,
         per_class=args.per_class,
         tolerance=args.tolerance,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=_progress(args),
-        log=_log,
+        **_run(args),
     ):
         p = e.parity
         print(
@@ -169,10 +168,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         per_class=args.per_class,
         out=args.out,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=_progress(args),
-        log=_log,
+        **_run(args),
     )
     print(study_markdown(result))
     _log(f"wrote {args.out}/study.md, study.json, study.png, study.html")
@@ -207,10 +203,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         k=args.k,
         per_class=args.per_class,
         out=args.out,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=_progress(args),
-        log=_log,
+        **_run(args),
     )
     print(calibration_markdown(cal))
     _log(f"wrote {args.out}/thresholds.proposed.toml, calibration.md, calibration.json")
@@ -231,10 +224,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         per_class=args.per_class,
         shortcut_per_class=args.shortcut_per_class,
         out=args.out,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=_progress(args),
-        log=_log,
+        **_run(args),
     )
     print(validation_markdown(result))
     _log(f"wrote {args.out}/validate.md, validate.json")

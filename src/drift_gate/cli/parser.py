@@ -76,6 +76,10 @@ PROFILES = _parent(("--profiles", {"type": Path, "default": Path("profiles.toml"
 THRESHOLDS = _parent(
     ("--thresholds", {"type": Path, "default": Path("thresholds.toml"), "help": "the gate's rules"})
 )
+REFERENCES = _parent(
+    ("--profile", {"default": "demo", "help": "profile whose TL checkpoints are the references"}),
+    ("--per-class", {"type": _positive, "default": 10, "help": "audit images per class"}),
+)
 PRECISION = _parent(
     (
         "--precision",
@@ -263,8 +267,8 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         BATCH,
         PROFILES,
         THRESHOLDS,
+        REFERENCES,
     )
-    p.add_argument("--profile", default="demo", help="profile whose TL checkpoints are the references")
     p.add_argument(
         "--runs",
         type=_positive,
@@ -273,7 +277,6 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "first); 1 = bootstrap over audit samples only",
     )
     p.add_argument("--k", type=_positive_float, default=3.0, help="noise widths between centre and bound")
-    p.add_argument("--per-class", type=_positive, default=10, help="audit images per class")
     p.add_argument("--out", type=Path, default=Path("reports/calibrate"), help="output folder")
 
 
@@ -290,8 +293,8 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         BATCH,
         PROFILES,
         THRESHOLDS,
+        REFERENCES,
     )
-    p.add_argument("--profile", default="demo", help="profile whose TL checkpoints are the references")
     p.add_argument(
         "--controls", default=",".join(_CONTROLS), help=f"comma-separated subset of {','.join(_CONTROLS)}"
     )
@@ -307,12 +310,6 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         type=_unit_interval,
         default=0.5,
         help="share of the biased set's disease images without findings",
-    )
-    p.add_argument(
-        "--per-class",
-        type=_positive,
-        default=10,
-        help="audit images per class of the clean controls (keep the gate's and calibration's)",
     )
     p.add_argument(
         "--shortcut-per-class",
