@@ -18,7 +18,10 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "default_cache_dir",
+    "file_lock",
     "file_sha256",
+    "recover_folder",
+    "swap_in_folder",
     "uninterrupted",
     "write_lock",
 ]
@@ -76,18 +79,75 @@ def file_sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def write_lock(folder: Path) -> Iterator[None]:
-    """Holds an exclusive advisory lock on ``folder/.lock`` (``flock``) for the block,
-    so that processes writing a set of files into one folder take turns and the set
-    a reader finds afterwards comes from one writer."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
+    """Holds an advisory ``flock`` on the file ``path`` (created if needed) for the block:
+    exclusive for writers, ``shared`` for readers, so that a reader never sees a set of
+    files half replaced and writers take turns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def write_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``folder/.lock``: processes writing a set of files into one
+    folder take turns, and the set a reader finds afterwards comes from one writer."""
+    return file_lock(Path(folder) / ".lock")
+
+
+_RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two paths atomically (Linux)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two paths in one step where the system can (Linux ``renameat2``); False if not."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    done = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return bool(done == 0)
+
+
+def swap_in_folder(new: Path, target: Path) -> None:
+    """Puts the complete folder ``new`` in place of ``target`` (which may not exist) and
+    deletes the old one. Where the system cannot swap in one step, ``target`` is missing
+    for a moment between two renames; :func:`recover_folder` puts the old one back if the
+    process dies there. Call it holding the lock that readers take."""
+    import shutil
+
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new)  # now the old folder
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old)
+
+
+def recover_folder(target: Path) -> None:
+    """After a crash between the two renames of :func:`swap_in_folder`: the old folder
+    comes back. Leftover new folders (``.<name>.new-*``) are removed."""
+    import shutil
+
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.is_dir():
+        os.rename(old, target)
+    for leftover in target.parent.glob(f".{target.name}.new-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 @contextlib.contextmanager

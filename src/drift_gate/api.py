@@ -269,7 +269,7 @@ def approve(
     """Records a reviewed gate result (``gate.json``, or a :class:`GateResult`) as the
     approved one in each candidate's baseline; a candidate that did not pass needs
     ``force`` (recorded in the baseline's history)."""
-    from drift_gate.gating.baseline import approve as record
+    from drift_gate.gating.approval import approve as record
     from drift_gate.gating.gate import GateResult
 
     if isinstance(result, GateResult):

@@ -80,3 +80,34 @@ def test_a_gate_waits_for_the_report_lock(env: dict[str, Path]) -> None:
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert json.loads((env["reports"] / "gate.json").read_text())["verdict"] == "pass"
+
+
+def test_approve_waits_for_the_baseline_lock(env: dict[str, Path]) -> None:
+    """``baseline``, ``approve`` and the gate share one lock per baseline: an approval that
+    finds it held waits, changing nothing, and then records its result (none is lost)."""
+    from drift_gate.gating.baseline import baseline_lock
+
+    assert subprocess.run([sys.executable, "-m", "drift_gate", *gate_args(env, env["ft"])]).returncode == 0
+    meta = env["baselines"] / "tiny" / "baseline.json"
+    before = meta.read_bytes()
+    with baseline_lock(env["baselines"] / "tiny"):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "drift_gate", "approve", "--result", str(env["reports"] / "gate.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        idle = 0
+        for _ in range(120):
+            _, before_ticks = _cpu_ticks(proc.pid)
+            time.sleep(1.0)
+            assert proc.poll() is None, "approve finished while the baseline was locked"
+            state, after = _cpu_ticks(proc.pid)
+            idle = idle + 1 if (state, after) == ("S", before_ticks) else 0
+            if idle >= 3:
+                break
+        assert idle >= 3, "approve never blocked"
+        assert meta.read_bytes() == before, "approve wrote while the lock was held"
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert len(json.loads(meta.read_text())["history"]) == 1

@@ -49,7 +49,10 @@ def _then_sigterm(real: Callable[..., Any], after: bool = True) -> Callable[...,
 
 
 def _leftovers(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*.tmp")]
+    """Temporary files, and the staging or swapped-out folders of a baseline refresh."""
+    return [
+        p for p in root.rglob("*") if p.name.endswith(".tmp") or ".new-" in p.name or p.name.endswith(".old")
+    ]
 
 
 def test_gate_interrupted_while_computing_keeps_the_old_reports(
@@ -96,9 +99,12 @@ def test_baseline_interrupted_while_computing_keeps_the_old_baseline(
     assert tree_digest(env["baselines"]) == before and not _leftovers(env["tmp"])
 
 
-def test_baseline_interrupted_while_writing_is_complete(
+def test_baseline_interrupted_while_writing_keeps_the_old_baseline(
     env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A refresh writes the new set beside the old one and swaps it in whole: interrupted
+    while writing, the old baseline stays exactly as it was."""
+    before = tree_digest(env["baselines"])
     monkeypatch.setattr(
         drift_gate.gating.baseline,
         "atomic_write_bytes",
@@ -106,8 +112,8 @@ def test_baseline_interrupted_while_writing_is_complete(
     )
     assert main(baseline_args(env, env["ft"])) == 130
     base = load_baseline(env["baselines"] / "tiny")  # whole and verified
-    assert base.meta["reference"]["path"] == str(env["ft"])
-    assert not _leftovers(env["tmp"])
+    assert base.meta["reference"]["path"] == str(env["tl"])
+    assert tree_digest(env["baselines"]) == before and not _leftovers(env["tmp"])
 
 
 @pytest.mark.parametrize("command", ["approve", "baseline", "gate"])
@@ -115,8 +121,9 @@ def test_signal_while_a_file_is_synced(
     env: dict[str, Path], command: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The signal lands while a file's bytes are being synced to disk. ``approve``
-    (one file) stops there and keeps the old file; ``baseline`` and ``gate`` defer
-    it until their set of files is complete. Either way: 130, no partial file."""
+    (one file) and ``baseline`` (a new set written beside the old) stop there and keep
+    the old files; ``gate`` defers it until its set of reports is complete. Either way:
+    130, no partial file."""
     assert gate(env, env["ft"]) == 0
     meta = env["baselines"] / "tiny" / "baseline.json"
     before = meta.read_bytes()
@@ -133,7 +140,7 @@ def test_signal_while_a_file_is_synced(
     if command == "approve":
         assert meta.read_bytes() == before and not base.approved
     elif command == "baseline":
-        assert base.meta["reference"]["path"] == str(env["ft"])
+        assert base.meta["reference"]["path"] == str(env["tl"])
     else:
         assert result(env)["candidates"][0]["candidate"] == str(env["tl"])
 

@@ -21,19 +21,29 @@ is caught. The gate refuses to run when an image no longer matches.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from drift_gate._io import atomic_write_bytes, atomic_write_text, file_sha256, uninterrupted
+from drift_gate._io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    file_lock,
+    file_sha256,
+    recover_folder,
+    swap_in_folder,
+    uninterrupted,
+)
 from drift_gate.data.datasets import DataSet, ImageDataset
 from drift_gate.data.preprocess import DEFAULT
 from drift_gate.errors import DataError, StaleBaselineError
@@ -55,7 +65,7 @@ __all__ = [
     "APPROVED_STATISTIC",
     "BASELINE_SCHEMA",
     "Baseline",
-    "approve",
+    "baseline_lock",
     "check_compatible",
     "create_baseline",
     "load_baseline",
@@ -174,20 +184,50 @@ def create_baseline(
         "approved": {},
         "history": [],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    old = out / "baseline.json"
-    # Ctrl-C or SIGTERM waits for the three files; if the process dies anyway, the
-    # missing baseline.json says "partially written" rather than a mix looking whole.
-    with uninterrupted():
-        old.unlink(missing_ok=True)
-        atomic_write_bytes(out / "maps.npz", npz)
-        atomic_write_text(out / "audit.json", audit.to_json())
-        atomic_write_text(old, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    return old
+    _store(out, npz, audit.to_json(), json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return out / "baseline.json"
+
+
+def baseline_lock(folder: Path, shared: bool = False) -> contextlib.AbstractContextManager[None]:
+    """The lock of one baseline: ``baseline`` and ``approve`` hold it exclusively, the gate
+    shared while it reads. Its file sits beside the folder (``.<name>.lock``), so it
+    outlives the folder's replacement. On a read-only file system readers go without it
+    (nobody can write there either)."""
+    folder = Path(folder)
+    lock = folder.parent / f".{folder.name}.lock"
+    if shared and not os.access(lock.parent if not lock.exists() else lock, os.W_OK):
+        return contextlib.nullcontext()
+    return file_lock(lock, shared=shared)
+
+
+def _store(out: Path, npz: bytes, audit_json: str, baseline_json: str) -> None:
+    """Writes a baseline's three files into a new folder beside ``out`` and swaps it in
+    whole, under the baseline's lock: readers see the old set or the new one, and a
+    failure (disk full, a crash, Ctrl-C) leaves the old set as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with baseline_lock(out):
+        recover_folder(out)
+        staging = out.parent / f".{out.name}.new-{os.getpid()}"
+        try:
+            staging.mkdir()
+            atomic_write_bytes(staging / "maps.npz", npz)
+            atomic_write_text(staging / "audit.json", audit_json)
+            atomic_write_text(staging / "baseline.json", baseline_json)
+            with uninterrupted():
+                swap_in_folder(staging, out)
+        except OSError as exc:
+            raise DataError(
+                f"{out}: cannot write the baseline ({exc.strerror or exc}); "
+                "the previous baseline is unchanged"
+            ) from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_baseline(path: Path) -> Baseline:
-    """Loads ``path`` (a folder or its ``baseline.json``) and verifies its integrity.
+    """Loads ``path`` (a folder or its ``baseline.json``) and verifies its integrity,
+    holding the baseline's lock shared (so a refresh or an approval is never read half done).
 
     Raises:
         StaleBaselineError: missing or partial baselines, schema mismatches and
@@ -195,6 +235,14 @@ def load_baseline(path: Path) -> Baseline:
             message names the file and says how to refresh it.
     """
     folder = Path(path).parent if Path(path).suffix == ".json" else Path(path)
+    with baseline_lock(folder, shared=True):
+        with contextlib.suppress(OSError):  # another reader may have restored it first
+            recover_folder(folder)
+        return read_baseline(folder)
+
+
+def read_baseline(folder: Path) -> Baseline:
+    """Reads and verifies a baseline; the caller holds its lock (:func:`load_baseline` takes it)."""
     how = f"refresh it with `drift-gate baseline --reference CKPT --out {folder}`"
     meta_path = folder / "baseline.json"
     if not meta_path.is_file():
@@ -229,10 +277,63 @@ def load_baseline(path: Path) -> Baseline:
         raise StaleBaselineError(
             f"{folder / 'audit.json'}: hash differs from baseline.json (modified); {how}"
         )
-    with np.load(io.BytesIO(npz)) as z:
-        maps = {m: z[f"map_{m}"].astype(np.float32) for m in meta["maps"]["methods"]}
-        logits, labels = z["logits"], z["labels"]
+    if not audit.samples:
+        raise DataError("the audit set is empty: nothing could be checked")
+    maps, logits, labels = _arrays(folder / "maps.npz", npz, meta, len(audit.samples), how)
     return Baseline(folder, meta, audit, maps, logits, labels, meta.get("approved") or {})
+
+
+def _arrays(
+    path: Path, npz: bytes, meta: dict[str, Any], n: int, how: str
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The arrays of ``maps.npz``, checked against what ``baseline.json`` records before and
+    after reading: sizes from the archive's directory (a zip bomb is refused unread),
+    shapes, and finite values."""
+    import zipfile
+
+    def bad(what: str) -> StaleBaselineError:
+        return StaleBaselineError(f"{path}: {what}; {how}")
+
+    methods, grid, classes = meta["maps"]["methods"], meta["maps"].get("shape"), meta["classes"]
+    if not (
+        isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and 0 < g <= 4096 for g in grid)
+    ):
+        raise bad(f"baseline.json records no valid map shape ({grid!r})")
+    if not (isinstance(methods, list) and isinstance(classes, list) and 0 < len(classes) <= 10_000):
+        raise bad("baseline.json records no valid methods or classes")
+    auc = meta["auc"]
+    if isinstance(auc, bool) or not isinstance(auc, int | float) or not 0.0 <= float(auc) <= 1.0:
+        raise bad(f"baseline.json records an AUC of {auc!r}, not a number in [0, 1]")
+    expected = n * (len(methods) * grid[0] * grid[1] * 4 + len(classes) * 4 + 8) + (1 << 20)
+    try:
+        with zipfile.ZipFile(io.BytesIO(npz)) as zf:
+            unpacked = sum(i.file_size for i in zf.infolist())
+    except zipfile.BadZipFile as exc:
+        raise bad(f"not a readable archive ({exc})") from exc
+    if unpacked > 2 * expected:
+        raise bad(
+            f"unpacks to {unpacked:,} bytes where {n} audit images need about {expected:,}; refused unread"
+        )
+    try:
+        with np.load(io.BytesIO(npz), allow_pickle=False) as z:
+            maps = {m: z[f"map_{m}"].astype(np.float32) for m in methods}
+            logits, labels = z["logits"], z["labels"]
+    except (KeyError, ValueError, OSError) as exc:
+        raise bad(f"unreadable arrays ({exc})") from exc
+    for m, a in maps.items():
+        if a.shape != (n, *grid):
+            raise bad(
+                f"{m} maps have shape {a.shape}, but the baseline records {n} maps of {grid[0]}x{grid[1]}"
+            )
+        if not np.isfinite(a).all():
+            raise bad(f"the stored {m} maps contain NaN or Inf (the baseline is damaged, not the candidate)")
+    if logits.shape != (n, len(classes)) or labels.shape != (n,):
+        raise bad(
+            f"logits {logits.shape} and labels {labels.shape} do not fit {n} images of {len(classes)} classes"
+        )
+    if not np.isfinite(logits).all():
+        raise bad("the stored logits contain NaN or Inf")
+    return maps, logits, labels
 
 
 def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path) -> None:
@@ -248,78 +349,3 @@ def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path) 
             f"{candidate}: does not match the baseline in {baseline.path}: {'; '.join(diff)}; "
             f"refresh it with `drift-gate baseline --reference CKPT --out {baseline.path}`"
         )
-
-
-def approve(result: dict[str, Any], candidate: dict[str, Any], *, force: bool = False) -> list[str]:
-    """Records one candidate of a gate result (``gate.json``) as the approved one in
-    its baseline (atomically); returns the lines describing what changed. Every
-    approval is appended to the baseline's ``history``.
-
-    Args:
-        force: approve a candidate whose verdict was not ``pass`` (recorded as
-            forced in the history).
-
-    Raises:
-        DataError: the candidate did not pass and ``force`` is not set.
-        StaleBaselineError: the baseline changed since the gate ran (other
-            reference, audit set or maps), so the result no longer applies.
-    """
-    verdict = candidate.get("verdict")
-    if verdict != "pass" and not force:
-        raise DataError(
-            f"{Path(str(candidate.get('candidate'))).name}: its gate verdict was {verdict!r}, not 'pass'; "
-            "review the report, then approve with --force to accept it anyway (recorded in the "
-            "baseline's history)"
-        )
-    base = load_baseline(Path(candidate["baseline"]))
-    if (
-        candidate["reference_sha256"] != base.meta["reference"]["sha256"]
-        or candidate["audit_sha256"] != base.audit.sha256
-    ):
-        raise StaleBaselineError(
-            f"{base.path}: the baseline changed since this gate result was "
-            "made; run the gate again before approving"
-        )
-    statistic = result["thresholds"]["gate"]["statistic"]
-    key = APPROVED_STATISTIC[statistic]
-    stats = {
-        m: {metric: groups["overall"][key] for metric, groups in per.items()}
-        for m, per in candidate["summaries"].items()
-    }
-    new = {
-        "candidate": candidate["candidate"],
-        "candidate_sha256": candidate["candidate_sha256"],
-        "auc": candidate["auc"],
-        "statistic": key,
-        "statistics": stats,
-    }
-    old = base.approved
-    changes = [
-        f"{base.path}: approved {Path(candidate['candidate']).name} "
-        f"(sha256 {candidate['candidate_sha256'][:12]}…)"
-    ]
-    if old.get("auc") != new["auc"]:
-        changes.append(f"  auc: {old.get('auc', '—')} -> {new['auc']:.4f}")
-    for m, per in stats.items():
-        for metric, value in per.items():
-            before = (old.get("statistics") or {}).get(m, {}).get(metric)
-            if value is not None and before != value:
-                shown = "—" if before is None else f"{before:.4f}"
-                changes.append(f"  {m}/{metric} ({key}): {shown} -> {value:.4f}")
-    if verdict != "pass":
-        changes.append(f"  forced: the gate's verdict was {verdict}")
-    meta = dict(base.meta)
-    meta["approved"] = new
-    meta["history"] = [
-        *(meta.get("history") or []),
-        {
-            "event": "approve",
-            "candidate": candidate["candidate"],
-            "candidate_sha256": candidate["candidate_sha256"],
-            "verdict": verdict,
-            "forced": verdict != "pass",
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-    ]
-    atomic_write_text(base.path / "baseline.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return changes

@@ -247,6 +247,12 @@ def _shard(job: _Job, indices: Sequence[int]) -> dict[str, Any] | None:
     if job.session is not None:
         out["onnx"] = job.session.logits(ds, job.batch_size)
     for method in job.thresholds.methods:
+        grid, stored = cams.maps[method].shape[1:], job.base.maps[method].shape[1:]
+        if grid != stored:
+            raise StaleBaselineError(
+                f"{job.candidate}: its target layer gives {grid[0]}x{grid[1]} maps, the baseline in "
+                f"{job.base.path} stores {stored[0]}x{stored[1]}; refresh the baseline for this model"
+            )
         try:
             reference = job.base.maps[method][list(indices)]
             out["metrics"][method] = _streamed_metrics(reference, cams.maps[method], size, masks)
