@@ -118,11 +118,14 @@ def train(session: nox.Session) -> None:
 def gate(session: nox.Session) -> None:
     """Gates every FT checkpoint of a profile (default: demo) against baselines/.
 
-    Missing baselines are created from the TL checkpoints (and the session says so).
+    Locally, missing baselines are created from the TL checkpoints (and the session says
+    so); in CI (``CI`` set) a missing baseline fails the gate, since a pull request must
+    not be able to delete the baseline it is gated against and have it re-created.
     Exits 1 when a rule is violated or the evidence is inconclusive.
     """
     args = session.posargs or ["--profile", "demo"]
-    _run(session, "drift-gate", "gate", "--create-missing-baselines", *args)
+    create = [] if os.environ.get("CI") else ["--create-missing-baselines"]
+    _run(session, "drift-gate", "gate", *create, *args)
 
 
 @nox.session(python=False)

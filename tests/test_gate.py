@@ -100,6 +100,9 @@ def test_reports_and_github_integration(
     for r in failed:
         assert f"| `{r['rule']}` | FAIL |" in text
     assert output.read_text() == "verdict=fail\nexit_code=1\n"
+    # an input error still tells the workflow its exit code
+    assert gate(env, env["tmp"] / "missing.pt") == 2
+    assert output.read_text().endswith("verdict=fail\nexit_code=1\nexit_code=2\n")
     annotations = [line for line in capsys.readouterr().out.splitlines() if line.startswith("::error")]
     assert sorted(a.split("::")[1] for a in annotations) == sorted(
         f"error title=drift-gate {r['rule']}" for r in failed

@@ -6,6 +6,7 @@ error · 130 interrupted (Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -48,6 +49,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
+    code = _run(args)
+    if args.command == "gate":
+        _github_exit_code(code)
+    return code
+
+
+def _github_exit_code(code: int) -> None:
+    """Under GitHub Actions, the gate's exit code reaches the step outputs on every path
+    (a verdict, an input error, an interrupt), so a workflow can tell them apart."""
+    path = os.environ.get("GITHUB_OUTPUT")
+    if path and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"exit_code={code}\n")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Runs the parsed command; every outcome becomes an exit code here."""
     _fixed_mmap_threshold()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:

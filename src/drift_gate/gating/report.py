@@ -165,9 +165,9 @@ def _github(result: GateResult, md: str, env: Mapping[str, str]) -> None:
     if env.get("GITHUB_STEP_SUMMARY"):
         with open(env["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as fh:
             fh.write(md)
-    if env.get("GITHUB_OUTPUT"):
+    if env.get("GITHUB_OUTPUT"):  # exit_code is written by the CLI, whatever the outcome
         with open(env["GITHUB_OUTPUT"], "a", encoding="utf-8") as fh:
-            fh.write(f"verdict={result.verdict}\nexit_code={result.exit_code}\n")
+            fh.write(f"verdict={result.verdict}\n")
 
 
 def png_bytes(fig: Any, dpi: int = 80) -> bytes:
