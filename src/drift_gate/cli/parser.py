@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeAlias
 
 from drift_gate import __version__
 from drift_gate.cli import commands
 
 __all__ = ["build_parser"]
 
-_Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
+_Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _positive(text: str) -> int:
@@ -92,13 +93,13 @@ PRECISION = _parent(
 )
 
 
-def _command(sub: argparse._SubParsersAction, name: str, help: str, *parents: argparse.ArgumentParser):  # type: ignore[no-untyped-def,type-arg]
+def _command(sub: _Sub, name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help, parents=[COMMON, *parents])
     p.set_defaults(func=getattr(commands, f"cmd_{name}"))
     return p
 
 
-def _add_data(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_data(sub: _Sub) -> None:
     p = _command(sub, "data", "write the embedded phantom data set to a folder")
     p.add_argument("--out", type=Path, default=Path("data/phantoms"), help="output folder")
     p.add_argument("--n-per-class", type=_positive, default=100, help="images per class (at least 5)")
@@ -118,7 +119,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     )
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_train(sub: _Sub) -> None:
     p = _command(sub, "train", "train TL and FT checkpoints for a profile's backbones", DEVICE, PROFILES)
     p.add_argument("--profile", default="demo", help="profile name in the profiles file")
     p.add_argument(
@@ -144,7 +145,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
 
 
-def _add_baseline(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_baseline(sub: _Sub) -> None:
     p = _command(
         sub, "baseline", "store a reference checkpoint's CAMs on a fixed audit set", DEVICE, BATCH, THRESHOLDS
     )
@@ -154,7 +155,7 @@ def _add_baseline(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--per-class", type=_positive, default=10, help="audit images per class")
 
 
-def _add_gate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_gate(sub: _Sub) -> None:
     p = _command(
         sub,
         "gate",
@@ -187,7 +188,7 @@ def _add_gate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     )
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_export(sub: _Sub) -> None:
     p = _command(
         sub,
         "export",
@@ -219,7 +220,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--tolerance", type=float, default=1e-4, help="max relative logit difference allowed")
 
 
-def _add_study(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_study(sub: _Sub) -> None:
     p = _command(
         sub,
         "study",
@@ -238,7 +239,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--out", type=Path, default=Path("reports/study"), help="output folder")
 
 
-def _add_track(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_track(sub: _Sub) -> None:
     p = _command(
         sub,
         "track",
@@ -258,7 +259,7 @@ def _add_track(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--out", type=Path, default=Path("reports/track"), help="output folder")
 
 
-def _add_calibrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_calibrate(sub: _Sub) -> None:
     p = _command(
         sub,
         "calibrate",
@@ -284,7 +285,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 _CONTROLS = ("self", "permuted", "seed", "shortcut")
 
 
-def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_validate(sub: _Sub) -> None:
     p = _command(
         sub,
         "validate",
@@ -320,7 +321,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--out", type=Path, default=Path("reports/validate"), help="output folder")
 
 
-def _add_approve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_approve(sub: _Sub) -> None:
     p = _command(sub, "approve", "record a reviewed gate result as the approved one")
     p.add_argument("--result", type=Path, default=Path("reports/gate.json"), help="gate.json to approve")
     p.add_argument("--candidate", default=None, help="only this candidate of the result")
