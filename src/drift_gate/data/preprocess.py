@@ -131,13 +131,6 @@ class Preprocess:
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
-    def describe(self) -> str:
-        """One line for logs and reports."""
-        if self.transform:
-            return f"transform {self.transform}"
-        depth = "bit depth from sBIT" if self.bit_depth is None else f"{self.bit_depth}-bit"
-        return f"{depth}, DICOM {self.dicom}, resize {self.resize}, {self.channels} channel(s)"
-
 
 DEFAULT = Preprocess()
 
