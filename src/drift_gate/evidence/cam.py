@@ -32,12 +32,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from drift_gate.errors import ConfigError
+from drift_gate.evidence.layers import TargetLayer, capture, frozen, replace_first, to_grid
 from drift_gate.models.backbones import Classifier
 
 __all__ = [
@@ -127,7 +129,11 @@ class CamEngine:
     """Computes several CAM methods for a model from one forward pass per batch.
 
     Args:
-        model: the classifier (its ``body`` ends at the target layer).
+        model: a drift-gate classifier (its ``body`` ends at the target layer), or any
+            module returning logits with its target layer in ``layer`` (or in its own
+            ``target`` attribute, as :class:`~drift_gate.models.adapters.ForeignModel`
+            carries it); ``layer`` paths are relative to ``model.net`` when the model
+            has one, else to ``model``.
         methods: names from :data:`METHODS`.
         ablation_chunk: channels ablated per head evaluation (memory bound).
         precision: ``fp32``, or ``bf16``: the body's forward pass runs under bfloat16
@@ -138,10 +144,11 @@ class CamEngine:
 
     def __init__(
         self,
-        model: Classifier,
+        model: torch.nn.Module,
         methods: Sequence[str] = ("layercam", "gradcam++"),
         ablation_chunk: int = 256,
         precision: str = "fp32",
+        layer: TargetLayer | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
@@ -149,14 +156,20 @@ class CamEngine:
         self.methods = _check_methods(methods)
         self.ablation_chunk = ablation_chunk
         self.precision = precision
+        self.layer = layer or getattr(model, "target", None)
+        if not isinstance(model, Classifier) and not isinstance(self.layer, TargetLayer):
+            raise ConfigError("the CAM engine needs a target layer for this model (see find_layer)")
 
     def __call__(self, x: Tensor, targets: Tensor | None = None) -> CamBatch:
         """CAMs for a batch ``x`` and target classes (default: the predicted class)."""
+        if self.layer is not None or not isinstance(self.model, Classifier):
+            return self._hooked(x, targets)
+        model = self.model
         with torch.no_grad(), autocast(x.device, self.precision), _no_tf32(self.precision):
-            act = self.model.body(x)
+            act = model.body(x)
         act = act.detach().float().clone().requires_grad_(True)
         with torch.enable_grad():
-            logits = self.model.forward_head(act)
+            logits = model.forward_head(act)
             if targets is None:
                 targets = logits.argmax(1)
             targets = targets.to(logits.device)
@@ -178,6 +191,98 @@ class CamEngine:
             maps[m] = raw.clamp(min=0).to(act.dtype)
         return CamBatch(logits.detach(), targets, maps)
 
+    def _net(self) -> torch.nn.Module:
+        net = getattr(self.model, "net", None)
+        return net if isinstance(net, torch.nn.Module) else self.model
+
+    def _hooked(self, x: Tensor, targets: Tensor | None) -> CamBatch:
+        """Any model: one forward pass in which a hook makes the target's output a leaf."""
+        layer = self.layer
+        assert layer is not None
+        net = self._net()
+        with (
+            frozen(self.model),
+            capture(net, layer) as cap,
+            torch.enable_grad(),
+            autocast(x.device, self.precision),
+            _no_tf32(self.precision),
+        ):
+            try:
+                logits = self.model(x)
+            except RuntimeError as exc:
+                if "in-place" in str(exc) or "inplace" in str(exc):
+                    raise ConfigError(
+                        f"target layer {layer.path!r}: an in-place operation overwrites its output "
+                        "later in the forward pass (e.g. ReLU(inplace=True)); choose the module "
+                        "before or after it"
+                    ) from None
+                raise
+        if cap.calls != 1 or cap.leaf is None:
+            raise ConfigError(
+                f"target layer {layer.path!r} ran {cap.calls} times in the forward pass; "
+                "it must run exactly once"
+            )
+        logits = logits.float()
+        if targets is None:
+            targets = logits.argmax(1)
+        targets = targets.to(logits.device)
+        chosen = logits.gather(1, targets[:, None]).squeeze(1)
+        grad = None
+        if any(m in GRADIENT_METHODS for m in self.methods):
+            (raw_grad,) = torch.autograd.grad(chosen.sum(), cap.leaf, allow_unused=True)
+            grad = None if raw_grad is None else to_grid(raw_grad, layer).double()
+            if grad is None or not bool(grad.abs().sum() > 0):
+                raise ConfigError(
+                    f"target layer {layer.path!r}: the outputs send no gradient to it (all zero); "
+                    "for a ViT classified by its class token, use a layer before the last "
+                    "attention (e.g. blocks.<last>.norm1)"
+                )
+        raw_act = cap.leaf.detach()
+        a = to_grid(raw_act, layer).double()
+        maps = {}
+        for m in self.methods:
+            if m == "ablationcam":
+                raw = self._ablation_hooked(x, raw_act, a, targets, chosen.detach())
+            else:
+                assert grad is not None
+                raw = GRADIENT_METHODS[m](a, grad)
+            maps[m] = raw.clamp(min=0).float()
+        return CamBatch(logits.detach(), targets, maps)
+
+    @torch.no_grad()
+    def _ablation_hooked(self, x: Tensor, raw: Tensor, a: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
+        """Ablation-CAM on any model: the whole network reruns with one channel of the
+        target's output zeroed per copy (as pytorch-grad-cam does), ``ablation_chunk``
+        copies at a time."""
+        layer = self.layer
+        assert layer is not None
+        b, k = a.shape[:2]
+        channel_dim = 1 if layer.layout == "nchw" else raw.dim() - 1
+        weights = torch.empty(b, k, dtype=torch.float64, device=a.device)
+        net = self._net()
+        for i in range(b):
+            for start in range(0, k, self.ablation_chunk):
+                channels = torch.arange(start, min(start + self.ablation_chunk, k), device=a.device)
+                ablated = raw[i : i + 1].expand(len(channels), *raw.shape[1:]).clone()
+                index: list[Any] = [slice(None)] * raw.dim()
+                for j, c in enumerate(channels.tolist()):
+                    index[0], index[channel_dim] = j, c
+                    if layer.layout == "tokens":
+                        index[1] = slice(layer.prefix_tokens, None)
+                    ablated[tuple(index)] = 0.0
+
+                def swap(mod: torch.nn.Module, inp: object, out: object, t: Tensor = ablated) -> object:
+                    return replace_first(out, t)
+
+                handle = net.get_submodule(layer.path).register_forward_hook(swap)
+                try:
+                    with autocast(x.device, self.precision):
+                        out = self.model(x[i : i + 1].expand(len(channels), *x.shape[1:]))
+                finally:
+                    handle.remove()
+                weights[i, channels] = (scores[i] - out[:, int(targets[i])].double()) / scores[i]
+        return (weights[:, :, None, None] * a).sum(1)
+
     @torch.no_grad()
     def _ablation(self, a: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
         b, k = a.shape[:2]
@@ -187,7 +292,11 @@ class CamEngine:
                 channels = torch.arange(start, min(start + self.ablation_chunk, k), device=a.device)
                 ablated = a[i].expand(len(channels), -1, -1, -1).clone()
                 ablated[torch.arange(len(channels), device=a.device), channels] = 0.0
-                out = self.model.forward_head(ablated.to(scores.dtype))[:, int(targets[i])].double()
+                out = (
+                    cast(Classifier, self.model)
+                    .forward_head(ablated.to(scores.dtype))[:, int(targets[i])]
+                    .double()
+                )
                 weights[i, channels] = (scores[i] - out) / scores[i]
         return (weights[:, :, None, None] * a).sum(1)
 
@@ -257,7 +366,7 @@ def _no_tf32(precision: str) -> Iterator[None]:
 
 
 def compute_cams(
-    model: Classifier,
+    model: torch.nn.Module,
     dataset: torch.utils.data.Dataset[tuple[Tensor, int]],
     methods: Sequence[str],
     device: torch.device | str = "cpu",

@@ -27,7 +27,14 @@ from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.errors import CheckpointError, ConfigError
 from drift_gate.models.backbones import Classifier, build_classifier
 
-__all__ = ["SCHEMA_VERSION", "CheckpointMeta", "library_versions", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CheckpointMeta",
+    "foreign_format",
+    "library_versions",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 
 SCHEMA_VERSION = 1
@@ -79,13 +86,15 @@ class CheckpointMeta:
         schema_version: checkpoint schema.
         preprocess: how files become the model's input (:mod:`drift_gate.preprocess`);
             stored only when it is not the default, so older checkpoints read as before.
+        model: the model spec (:class:`drift_gate.models.spec.ModelSpec` as a dict) of a
+            model drift-gate did not train; ``None`` for drift-gate's own.
     """
 
     arch: str
     classes: tuple[str, ...]
     input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     phase: str
     seed: int
     data_manifest_sha256: str
@@ -96,12 +105,15 @@ class CheckpointMeta:
     versions: dict[str, str] = field(default_factory=library_versions)
     schema_version: int = SCHEMA_VERSION
     preprocess: Preprocess = DEFAULT
+    model: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys)."""
         doc = asdict(self)
         if self.preprocess == DEFAULT:
             del doc["preprocess"]
+        if self.model is None:
+            del doc["model"]
         return json.dumps(doc, sort_keys=True)
 
     @classmethod
@@ -119,7 +131,8 @@ class CheckpointMeta:
         )
         if missing:
             raise CheckpointError(f"{source}: checkpoint metadata lacks {', '.join(missing)}")
-        raw = {k: v for k, v in raw.items() if k in names}
+        # a drift-gate checkpoint is built from its registry arch, never from a stored spec
+        raw = {k: v for k, v in raw.items() if k in names and k != "model"}
         for key in ("classes", "mean", "std"):
             raw[key] = tuple(raw[key])
         try:
@@ -141,12 +154,11 @@ def save_checkpoint(path: Path, model: Classifier, meta: CheckpointMeta) -> None
 
 
 _SAVE_STATE_DICT = (
-    "save the weights with torch.save(model.state_dict(), ...) and train or wrap them as a drift-gate "
-    "checkpoint"
+    "save the weights with torch.save(model.state_dict(), ...) and give the model spec (--model model.toml)"
 )
 
 
-def _foreign_format(path: Path) -> str | None:
+def foreign_format(path: Path) -> str | None:
     """Why a file of another known format cannot be a candidate, or None."""
     import zipfile
 
@@ -160,8 +172,8 @@ def _foreign_format(path: Path) -> str | None:
         )
     if len(head) >= 9 and head[8:9] == b"{" and path.suffix.lower() == ".safetensors":
         return (
-            "a safetensors state dict without drift-gate's metadata (classes, input size): "
-            + _SAVE_STATE_DICT
+            "a safetensors state dict without drift-gate's metadata (classes, input size): give its "
+            "model spec (--model model.toml: docs/how-to/own-model.md)"
         )
     if head.startswith(b"PK") and zipfile.is_zipfile(path):
         try:
@@ -190,7 +202,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty")
-    foreign = _foreign_format(path)
+    foreign = foreign_format(path)
     if foreign is not None:
         raise CheckpointError(f"{path}: {foreign}")
     try:
@@ -204,8 +216,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
         raise CheckpointError(f"{path}: {reason}") from exc
     if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
         raise CheckpointError(
-            f"{path}: not a drift-gate checkpoint (a bare state dict or another "
-            "tool's file); train one with `drift-gate train`"
+            f"{path}: not a drift-gate checkpoint; a plain state dict needs its model spec "
+            "(--model model.toml: docs/how-to/own-model.md), or train one with `drift-gate train`"
         )
     version = obj.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:

@@ -28,7 +28,8 @@ import torch
 from drift_gate._io import atomic_write_bytes, atomic_write_text, file_sha256, uninterrupted
 from drift_gate.data.datasets import ImageDataset
 from drift_gate.errors import CheckpointError, ExportError
-from drift_gate.models.checkpoint import load_checkpoint
+from drift_gate.models.adapters import load_model
+from drift_gate.models.spec import ModelSpec
 
 __all__ = ["OPSET", "OnnxModel", "Parity", "export_onnx", "onnx_path", "parity", "torch_logits"]
 
@@ -130,11 +131,13 @@ def torch_logits(
     return collect(model, dataset, device, batch_size, False, "logits")[0].numpy()  # type: ignore[arg-type]
 
 
-def _export_bytes(model: torch.nn.Module, input_size: int, metadata: dict[str, str]) -> bytes:
+def _export_bytes(
+    model: torch.nn.Module, input_size: int, metadata: dict[str, str], channels: int = 3
+) -> bytes:
     import onnx
 
     model = model.cpu().eval()
-    example = torch.zeros(2, 3, input_size, input_size)
+    example = torch.zeros(2, channels, input_size, input_size)
     with tempfile.TemporaryDirectory(prefix="drift-gate-onnx-") as tmp, warnings.catch_warnings():
         # The TorchScript-based exporter is deprecated in favour of the dynamo one,
         # which needs onnxscript; for these plain CNNs both give the same graph.
@@ -168,8 +171,10 @@ def export_onnx(
     device: torch.device | str = "cpu",
     batch_size: int = 16,
     audit_sha256: str = "",
+    spec: ModelSpec | None = None,
 ) -> tuple[Path, Parity]:
-    """Exports ``checkpoint`` to ONNX and checks parity on ``dataset`` (the audit images).
+    """Exports ``checkpoint`` (with its ``spec`` when drift-gate did not train it) to ONNX
+    and checks parity on ``dataset`` (the audit images).
 
     Returns:
         The written ``.onnx`` path and the parity measured.
@@ -180,7 +185,7 @@ def export_onnx(
     """
     checkpoint = Path(checkpoint)
     out = onnx_path(checkpoint) if out is None else Path(out)
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = load_model(checkpoint, spec)
     ckpt_sha = file_sha256(checkpoint)
     data = _export_bytes(
         model,
@@ -193,6 +198,7 @@ def export_onnx(
             "drift_gate.mean": json.dumps(list(meta.mean)),
             "drift_gate.std": json.dumps(list(meta.std)),
         },
+        meta.preprocess.channels,
     )
     reference = torch_logits(model, dataset, "cpu", batch_size)
     session = OnnxModel(data, device)
