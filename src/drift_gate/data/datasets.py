@@ -53,6 +53,8 @@ class Sample:
         split: ``train``, ``val`` or ``test``.
         sha256: hash of the file's bytes.
         mask: path of a ground-truth finding mask, if any.
+        labels: multi-label data: the indices of every positive class (``label`` is
+            then the first, or -1 for an image with none); ``None`` for single-label data.
     """
 
     id: str
@@ -61,6 +63,13 @@ class Sample:
     split: str
     sha256: str
     mask: Path | None = None
+    labels: tuple[int, ...] | None = None
+
+    def label_text(self, classes: Sequence[str]) -> str:
+        """The label as a manifest writes it (``A|B`` for several, empty for none)."""
+        if self.labels is None:
+            return classes[self.label]
+        return "|".join(classes[i] for i in self.labels)
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ class DataSet:
         """Hash of the canonical manifest (ids, labels, splits, file hashes)."""
         h = hashlib.sha256("\x1f".join(self.classes).encode())
         for s in self.samples:
-            h.update(f"\n{s.id}\x1f{self.classes[s.label]}\x1f{s.split}\x1f{s.sha256}".encode())
+            h.update(f"\n{s.id}\x1f{s.label_text(self.classes)}\x1f{s.split}\x1f{s.sha256}".encode())
         return h.hexdigest()
 
 
@@ -164,7 +173,7 @@ def _from_folder(root: Path) -> list[_Row]:
     return rows
 
 
-def load_dataset(source: Path, classes: Sequence[str] | None = None) -> DataSet:
+def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel: bool = False) -> DataSet:
     """Reads and validates a data set.
 
     Args:
@@ -172,6 +181,9 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None) -> DataSet:
             class subfolders (optionally under ``train``/``val``/``test``).
         classes: the expected class names in order; by default the sorted labels
             found (the phantoms' manifest lists them in their canonical order).
+        multilabel: the ``label`` column lists every finding of an image separated
+            by ``|`` (as NIH ChestX-ray14's ``Finding Labels``); names that are not
+            among ``classes`` (``No Finding``) count as negatives for every class.
 
     Raises:
         DataError: missing source, unknown labels, empty classes or splits,
@@ -188,6 +200,8 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None) -> DataSet:
         rows, root = _from_folder(source), source
     if not rows:
         raise DataError(f"{source}: no images found (PNG, JPEG, TIFF or DICOM)")
+    if multilabel:
+        return _multilabel(source, root, rows, classes)
 
     found = list(dict.fromkeys(r[1] for r in rows))
     if classes is None:
@@ -235,6 +249,41 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None) -> DataSet:
         empty = [c for i, c in enumerate(classes) if counts[(split, i)] == 0]
         if empty:
             raise DataError(f"{source}: class(es) {', '.join(empty)} have no images in the {split} split")
+    return DataSet(root, classes, tuple(samples))
+
+
+def _multilabel(source: Path, root: Path, rows: list[_Row], classes: Sequence[str] | None) -> DataSet:
+    if not classes:
+        raise DataError(f"{source}: multi-label data needs the model's class names")
+    if source.is_dir() and not (source / "manifest.csv").is_file():
+        raise DataError(f"{source}: multi-label data needs a manifest (path,label with labels A|B)")
+    classes = tuple(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for rel, label, split, digest, mask in rows:
+        path = (root / rel).resolve()
+        if not path.is_file():
+            raise DataError(f"{path}: image listed in the data set does not exist")
+        actual = _sha256(path)
+        if digest is not None and digest.lower() != actual:
+            raise DataError(f"{path}: sha256 does not match the manifest's; the file changed")
+        split = split or _split_from_hash(actual)
+        if split not in SPLITS:
+            raise DataError(f"{path}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        positives = tuple(sorted({index[t.strip()] for t in label.split("|") if t.strip() in index}))
+        samples.append(
+            Sample(
+                rel,
+                path,
+                positives[0] if positives else -1,
+                split,
+                actual,
+                (root / mask).resolve() if mask else None,
+                positives,
+            )
+        )
+    if not any(s.labels for s in samples):
+        raise DataError(f"{source}: no image is positive for any of the classes {', '.join(classes)}")
     return DataSet(root, classes, tuple(samples))
 
 

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["classification_metrics", "ovr_log_odds", "predicted_class"]
+__all__ = [
+    "classification_metrics",
+    "multilabel_metrics",
+    "ovr_log_odds",
+    "predicted_class",
+    "predicted_positive",
+]
 
 
 def ovr_log_odds(logits: ArrayLike) -> NDArray[np.float64]:
@@ -76,6 +82,41 @@ def classification_metrics(logits: ArrayLike, labels: ArrayLike, classes: Sequen
     return {
         "auc_macro": macro,
         "accuracy": float((predicted_class(logits) == y).mean()) if len(y) else float("nan"),
+        "auc_per_class": per_class,
+        "n": len(y),
+    }
+
+
+def predicted_positive(logits: ArrayLike, operating_points: Sequence[float]) -> NDArray[np.bool_]:
+    """Multi-label predictions ``(N, K)``: ``sigmoid(z_c) >= p_c`` for each class, compared
+    as ``z_c >= log(p_c / (1 - p_c))`` in float64 (no saturation)."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.broadcast_to(np.asarray(operating_points, dtype=np.float64), (z.shape[1],))
+    return np.asarray(z >= np.log(p / (1 - p)), dtype=bool)
+
+
+def multilabel_metrics(
+    logits: ArrayLike, positives: ArrayLike, classes: Sequence[str], operating_points: Sequence[float]
+) -> dict[str, Any]:
+    """Per-label AUC of each class's logit (the sigmoid's ranking), their macro mean, and
+    the accuracy over every (image, label) at the operating points. A label that is
+    positive for all images or for none has no AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(positives, dtype=bool)
+    if z.shape != y.shape or z.shape[1] != len(classes):
+        raise ValueError(f"logits {z.shape} and labels {y.shape} do not fit {len(classes)} classes")
+    per_class = {
+        name: float(roc_auc_score(y[:, c], z[:, c]))
+        for c, name in enumerate(classes)
+        if y[:, c].any() and not y[:, c].all()
+    }
+    macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+    correct = predicted_positive(z, operating_points) == y
+    return {
+        "auc_macro": macro,
+        "accuracy": float(correct.mean()) if y.size else float("nan"),
         "auc_per_class": per_class,
         "n": len(y),
     }

@@ -24,7 +24,10 @@ __all__ = [
     "AuditSet",
     "audit_summary",
     "build_audit_set",
+    "build_multilabel_audit_set",
     "check_reachable",
+    "expand_pairs",
+    "multi_hot",
     "pixel_sha256",
     "test_images_per_class",
 ]
@@ -76,9 +79,10 @@ class AuditSet:
         raw = json.loads(text)
         return cls(tuple(AuditSample(**s) for s in raw["samples"]))
 
-    def resolve(self, root: Path, classes: tuple[str, ...]) -> list[Sample]:
+    def resolve(self, root: Path, classes: tuple[str, ...], multilabel: bool = False) -> list[Sample]:
         """The audit images under data root ``root`` (a folder, or a manifest file:
-        :func:`drift_gate.data.data_root`), verified pixel by pixel.
+        :func:`drift_gate.data.data_root`), verified pixel by pixel. Multi-label audit
+        samples hold every positive class, ``A|B`` (empty: none).
 
         Raises:
             DataError: an audit image is missing, has an unknown label, or its
@@ -88,15 +92,17 @@ class AuditSet:
             raise DataError("the audit set is empty: nothing could be checked")
         root = data_root(root)
         out = []
-        missing_classes = sorted(set(classes) - {a.label for a in self.samples})
+        missing_classes = [] if multilabel else sorted(set(classes) - {a.label for a in self.samples})
         if missing_classes:
             raise DataError(f"the audit set has no image of class(es) {', '.join(missing_classes)}")
         for a in self.samples:
             path = (Path(root) / a.id).resolve()
             if not path.is_file():
                 raise DataError(f"audit image {a.id} not found under {root}")
-            if a.label not in classes:
-                raise DataError(f"audit image {a.id} has label {a.label!r}, not one of the classes")
+            names = [n for n in a.label.split("|") if n] if multilabel else [a.label]
+            unknown = [n for n in names if n not in classes]
+            if unknown:
+                raise DataError(f"audit image {a.id} has label {unknown[0]!r}, not one of the classes")
             digest = pixel_sha256(path)
             if digest != a.pixels:
                 raise DataError(
@@ -113,8 +119,40 @@ class AuditSet:
                         f"{mask}: the ground-truth mask no longer matches the audit set; "
                         "refresh the baseline to audit the new masks"
                     )
-            out.append(Sample(a.id, path, classes.index(a.label), "test", digest, mask))
+            positives = tuple(sorted(classes.index(n) for n in names))
+            label = positives[0] if positives else -1
+            out.append(Sample(a.id, path, label, "test", digest, mask, positives if multilabel else None))
         return out
+
+
+def build_multilabel_audit_set(data: DataSet, per_class: int) -> AuditSet:
+    """Multi-label data: for every class, up to ``per_class`` test images positive for it
+    (an image counts for each of its classes), and ``per_class`` images with no positive
+    class, so that every class has negatives for its AUC; in a stable order (pixel hash)."""
+    test = sorted(data.split("test"), key=lambda s: s.sha256)
+    need = {c: per_class for c in range(len(data.classes))}
+    chosen: list[Sample] = []
+    for s in test:
+        if s.labels and any(need[c] > 0 for c in s.labels):
+            chosen.append(s)
+            for c in s.labels:
+                need[c] -= 1
+    chosen += [s for s in test if not s.labels][:per_class]
+    if not any(s.labels for s in chosen):
+        raise DataError("cannot build an audit set: no test image is positive for any class")
+    root = Path(data.root).resolve()
+    return AuditSet(
+        tuple(
+            AuditSample(
+                s.id,
+                s.label_text(data.classes),
+                pixel_sha256(s.path),
+                None if s.mask is None else Path(os.path.relpath(s.mask, root)).as_posix(),
+                None if s.mask is None else pixel_sha256(s.mask),
+            )
+            for s in chosen
+        )
+    )
 
 
 def test_images_per_class(data: DataSet) -> dict[str, int]:
@@ -202,3 +240,25 @@ def check_reachable(rules: Thresholds, n_audit: int, n_correct: int, n_classes: 
         f"the gate could never pass on this baseline: min_samples {rules.min_samples_text} needs "
         f"{required} usable samples, but {why}; {fix}"
     )
+
+
+def expand_pairs(samples: list[Sample]) -> tuple[list[Sample], np.ndarray]:
+    """Multi-label audit samples as (image, class) pairs, one per positive class: a copy of
+    the sample whose ``label`` is that class (the class its maps explain), and the
+    ``(P, 2)`` array of (image index, class index)."""
+    import dataclasses
+
+    pairs, index = [], []
+    for i, s in enumerate(samples):
+        for c in s.labels or ():
+            pairs.append(dataclasses.replace(s, label=c))
+            index.append((i, c))
+    return pairs, np.array(index, dtype=np.int64).reshape(-1, 2)
+
+
+def multi_hot(samples: list[Sample], n_classes: int) -> np.ndarray:
+    """``(N, K)`` boolean positives of multi-label samples."""
+    out = np.zeros((len(samples), n_classes), dtype=bool)
+    for i, s in enumerate(samples):
+        out[i, list(s.labels or ())] = True
+    return out
