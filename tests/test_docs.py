@@ -21,3 +21,52 @@ def test_readme_stays_a_front_door() -> None:
     assert len(readme.encode()) <= 12 * 1024
     for link in ("docs/tutorial.md", "docs/reference/cli.md", "docs/reference/failure-modes.md"):
         assert f"]({link})" in readme and (ROOT / link).is_file(), link
+
+
+def test_own_model_examples_run_as_written(tmp_path: Path, phantom_root: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """docs/how-to/own-model.md: every ``# file:`` TOML block is written, every Python block
+    run and every ``$ drift-gate`` line executed, in order, in a fresh folder holding the
+    phantom data (``data/phantoms``) and a multi-label manifest (``data/nih/manifest.csv``)."""
+    import csv
+    import re
+    import shlex
+
+    from drift_gate.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "phantoms").symlink_to(phantom_root)
+    (tmp_path / "data" / "nih").mkdir()
+    with (phantom_root / "manifest.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    combos = [
+        "Effusion",
+        "Nodule|Pneumonia",
+        "No Finding",
+        "Effusion|Nodule",
+        "Pneumonia|Hernia",
+        "No Finding",
+    ]
+    with (tmp_path / "data" / "nih" / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        for i, r in enumerate(rows):
+            writer.writerow([f"../phantoms/{r['path']}", combos[i % len(combos)], r["split"]])
+    page = (ROOT / "docs" / "how-to" / "own-model.md").read_text(encoding="utf-8")
+    namespace: dict[str, object] = {}
+    ran = 0
+    for kind, body in re.findall(r"```(python|toml|console)\n(.*?)```", page, flags=re.S):
+        if kind == "toml" and body.startswith("# file: "):
+            name, _, text = body.partition("\n")
+            Path(name.removeprefix("# file: ").strip()).write_text(text)
+        elif kind == "python":
+            exec(compile(body, "own-model.md", "exec"), namespace)
+        elif kind == "console":
+            for line in body.splitlines():
+                if line.startswith("$ drift-gate "):
+                    args = shlex.split(line.removeprefix("$ drift-gate "))
+                    assert main([*args, "--no-progress"]) == 0, line
+                    ran += 1
+    assert ran == 6
+    gate = (tmp_path / "reports" / "gate.json").read_text()
+    assert '"chest/layercam/Nodule/iou.min"' in gate

@@ -5,8 +5,10 @@ The public API (:mod:`drift_gate.api`): :func:`gate`, :func:`baseline`,
 :func:`study`, :func:`track`, :func:`calibrate`, :func:`validate`; their results
 (:class:`GateResult`, :class:`CandidateResult`, :class:`RuleResult` with a
 :class:`Status`), the rules (:class:`Thresholds`, :func:`load_thresholds`),
-preprocessing (:class:`Preprocess`) and the errors. Names are imported on first
-use, so ``import drift_gate`` loads no torch.
+preprocessing (:class:`Preprocess`), models drift-gate did not train
+(:class:`ModelSpec`, :func:`load_spec`) and the CAM engine on any module
+(:class:`CamEngine`, :func:`find_layer`), and the errors. Names are imported on
+first use, so ``import drift_gate`` loads no torch.
 
 Packages follow the data flow: :mod:`drift_gate.data` (data sets, preprocessing,
 phantoms) -> :mod:`drift_gate.models` (backbones, checkpoints, ONNX) ->
@@ -43,6 +45,10 @@ _WHERE = {
     "Thresholds": "drift_gate.gating.thresholds",
     "load_thresholds": "drift_gate.gating.thresholds",
     "Preprocess": "drift_gate.data.preprocess",
+    "ModelSpec": "drift_gate.models.spec",
+    "load_spec": "drift_gate.models.spec",
+    "CamEngine": "drift_gate.evidence.cam",
+    "find_layer": "drift_gate.evidence.layers",
     "DriftGateError": "drift_gate.errors",
     "ConfigError": "drift_gate.errors",
     "DataError": "drift_gate.errors",
@@ -52,6 +58,7 @@ _WHERE = {
 
 __all__ = [
     "Approval",
+    "CamEngine",
     "CandidateResult",
     "CheckpointError",
     "ConfigError",
@@ -59,6 +66,7 @@ __all__ = [
     "DriftGateError",
     "Export",
     "GateResult",
+    "ModelSpec",
     "Preprocess",
     "RuleResult",
     "StaleBaselineError",
@@ -69,7 +77,9 @@ __all__ = [
     "baseline",
     "calibrate",
     "export",
+    "find_layer",
     "gate",
+    "load_spec",
     "load_thresholds",
     "phantoms",
     "study",

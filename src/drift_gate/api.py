@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from drift_gate.gating.gate import GateResult
     from drift_gate.gating.thresholds import Thresholds
     from drift_gate.models.export import Parity
+    from drift_gate.models.spec import ModelSpec
     from drift_gate.training.pipeline import TrainResult
     from drift_gate.training.profiles import Profile
 
@@ -60,6 +61,15 @@ def rules_from(thresholds: PathLike | Thresholds) -> Thresholds:
     from drift_gate.gating.thresholds import Thresholds, load_thresholds
 
     return thresholds if isinstance(thresholds, Thresholds) else load_thresholds(Path(thresholds))
+
+
+def spec_from(model: PathLike | ModelSpec | None) -> ModelSpec | None:
+    """A model spec from its TOML file (``--model``), or as given."""
+    from drift_gate.models.spec import ModelSpec, load_spec
+
+    if model is None or isinstance(model, ModelSpec):
+        return model
+    return load_spec(Path(model))
 
 
 def missing_checkpoint(path: Path, profile: Profile, what: str = "checkpoint") -> DataError:
@@ -104,6 +114,7 @@ def gate(
     *,
     candidates: Sequence[PathLike] = (),
     data: PathLike | None = None,
+    model: PathLike | ModelSpec | None = None,
     baselines: PathLike = "baselines",
     thresholds: PathLike | Thresholds = "thresholds.toml",
     profile: str | Profile | None = None,
@@ -122,8 +133,11 @@ def gate(
     """Gates candidate checkpoints against their stored baselines (``baselines/<arch>``).
 
     Args:
-        candidates: candidate checkpoints (several backbones allowed).
+        candidates: candidate checkpoints (several backbones allowed), or state dicts
+            (``.pt``, ``.pth``, ``.safetensors``) of the model that ``model`` describes.
         data: the data source that holds the audit images (a folder or its manifest).
+        model: the model spec (``model.toml`` or a :class:`~drift_gate.models.spec.ModelSpec`)
+            of candidates drift-gate did not train.
         profile: also gate every FT checkpoint that ``train(profile=...)`` wrote, on
             its data unless ``data`` is given.
         create_missing_baselines: with ``profile``: make a missing baseline from the
@@ -153,7 +167,9 @@ def gate(
 
     dist = _local(dist, device)
     rules = rules_from(thresholds)
+    spec = spec_from(model)
     chosen = [Path(c) for c in candidates]
+    candidates_given = set(chosen)
     source = None if data is None else Path(data)
     if profile is not None:
         prof = profile_from(profile, profiles)
@@ -200,6 +216,7 @@ def gate(
             use_onnx=onnx,
             dist=dist,
             precision=precision,
+            spec=spec if ckpt in candidates_given else None,
         )
         results.append(res)
         artifacts[res.candidate] = art
@@ -214,6 +231,7 @@ def baseline(
     *,
     reference: PathLike,
     data: PathLike,
+    model: PathLike | ModelSpec | None = None,
     out: PathLike | None = None,
     thresholds: PathLike | Thresholds = "thresholds.toml",
     per_class: int = 10,
@@ -223,18 +241,20 @@ def baseline(
     log: Log = quiet,
 ) -> Baseline:
     """Stores a reference checkpoint's CAMs on a fixed audit set (default
-    ``baselines/<arch>``), for the methods of ``thresholds``; refuses an audit set on
-    which those rules could never reach ``min_samples``. Returns the baseline as loaded
-    back and verified."""
+    ``baselines/<arch>``, or ``baselines/<model name>`` for a state dict described by the
+    spec ``model``), for the methods of ``thresholds``; refuses an audit set on which
+    those rules could never reach ``min_samples``. Returns the baseline as loaded back
+    and verified."""
     from drift_gate.data.datasets import load_dataset
-    from drift_gate.gating.baseline import create_baseline, load_baseline
-    from drift_gate.models.checkpoint import load_checkpoint
+    from drift_gate.gating.baseline import create_baseline, is_multilabel, load_baseline
+    from drift_gate.models.adapters import load_model
     from drift_gate.models.inference import resolve_device
 
     rules = rules_from(thresholds)
-    _, meta = load_checkpoint(Path(reference))
+    spec = spec_from(model)
+    _, meta = load_model(Path(reference), spec)
     folder = Path("baselines") / meta.arch if out is None else Path(out)
-    dataset = load_dataset(Path(data), meta.classes)
+    dataset = load_dataset(Path(data), meta.classes, multilabel=is_multilabel(meta))
     create_baseline(
         Path(reference),
         dataset,
@@ -246,6 +266,7 @@ def baseline(
         progress,
         rules=rules,
         log=log,
+        spec=spec,
     )
     return load_baseline(folder)
 
@@ -359,6 +380,7 @@ def export(
     profiles: PathLike = "profiles.toml",
     backbones: Sequence[str] | None = None,
     data: PathLike | None = None,
+    model: PathLike | ModelSpec | None = None,
     baselines: PathLike = "baselines",
     per_class: int = 10,
     tolerance: float = 1e-4,
@@ -370,12 +392,15 @@ def export(
     """Exports checkpoints to ONNX (``<stem>.onnx`` beside each), checked for parity with
     torch on the baseline's audit images (or ``per_class`` test images without one)."""
     from drift_gate.data.datasets import ImageDataset, load_dataset
-    from drift_gate.gating.audit import AuditSet, build_audit_set
-    from drift_gate.models.checkpoint import load_checkpoint
+    from drift_gate.gating.audit import AuditSet, build_audit_set, build_multilabel_audit_set
+    from drift_gate.gating.baseline import is_multilabel
+    from drift_gate.models.adapters import load_model
     from drift_gate.models.export import export_onnx
     from drift_gate.models.inference import resolve_device
 
+    spec = spec_from(model)
     chosen = [Path(c) for c in checkpoints]
+    given = set(chosen)
     source = None if data is None else Path(data)
     if profile is not None:
         prof = profile_from(profile, profiles)
@@ -395,18 +420,29 @@ def export(
     torch_device = resolve_device(device)
     out = []
     for ckpt in chosen:
-        _, meta = load_checkpoint(ckpt)
+        ckpt_spec = spec if ckpt in given else None
+        _, meta = load_model(ckpt, ckpt_spec)
         audit_file = Path(baselines) / meta.arch / "audit.json"
+        multilabel = is_multilabel(meta)
         if audit_file.is_file():
             audit = AuditSet.from_json(audit_file.read_text(encoding="utf-8"))
+        elif multilabel:
+            data_set = load_dataset(source, meta.classes, multilabel=True)
+            audit = build_multilabel_audit_set(data_set, per_class)
         else:
             audit = build_audit_set(load_dataset(source, meta.classes), per_class)
-        samples = audit.resolve(source, meta.classes)
+        samples = audit.resolve(source, meta.classes, multilabel=multilabel)
         ds = ImageDataset(
             samples, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess
         )
         path, par = export_onnx(
-            ckpt, ds, tolerance, device=torch_device, batch_size=batch_size, audit_sha256=audit.sha256
+            ckpt,
+            ds,
+            tolerance,
+            device=torch_device,
+            batch_size=batch_size,
+            audit_sha256=audit.sha256,
+            spec=ckpt_spec,
         )
         out.append(Export(path, par))
     return out

@@ -103,6 +103,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     base = api.baseline(
         reference=args.reference,
         data=args.data,
+        model=args.model,
         out=args.out,
         thresholds=args.thresholds,
         per_class=args.per_class,
@@ -119,6 +120,7 @@ def _gate(args: argparse.Namespace, dist: Dist) -> int:
     result = api.gate(
         candidates=args.candidate,
         data=args.data,
+        model=args.model,
         baselines=args.baselines,
         thresholds=args.thresholds,
         profile=args.profile,
@@ -142,6 +144,7 @@ def _gate(args: argparse.Namespace, dist: Dist) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     for e in api.export(
         checkpoints=args.checkpoint,
+        model=args.model,
         profile=args.profile,
         profiles=args.profiles,
         backbones=args.backbones,

@@ -145,13 +145,29 @@ def _add_train(sub: _Sub) -> None:
     )
 
 
+def _model_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="MODEL_TOML",
+        help="model spec of a state dict drift-gate did not train (torchvision, timm, Hugging Face, "
+        "torchxrayvision or your own class; see docs/how-to/own-model.md)",
+    )
+
+
 def _add_baseline(sub: _Sub) -> None:
     p = _command(
         sub, "baseline", "store a reference checkpoint's CAMs on a fixed audit set", DEVICE, BATCH, THRESHOLDS
     )
-    p.add_argument("--reference", type=Path, required=True, help="reference checkpoint (e.g. tl.pt)")
+    p.add_argument(
+        "--reference", type=Path, required=True, help="reference checkpoint (e.g. tl.pt) or state dict"
+    )
     p.add_argument("--data", type=Path, required=True, help="data set (folder or manifest)")
-    p.add_argument("--out", type=Path, default=None, help="baseline folder (default baselines/<arch>)")
+    _model_option(p)
+    p.add_argument(
+        "--out", type=Path, default=None, help="baseline folder (default baselines/<arch or model name>)"
+    )
     p.add_argument("--per-class", type=_positive, default=10, help="audit images per class")
 
 
@@ -167,8 +183,13 @@ def _add_gate(sub: _Sub) -> None:
         PRECISION,
     )
     p.add_argument(
-        "--candidate", type=Path, action="append", default=[], help="candidate checkpoint (repeatable)"
+        "--candidate",
+        type=Path,
+        action="append",
+        default=[],
+        help="candidate checkpoint, or state dict with --model (repeatable)",
     )
+    _model_option(p)
     p.add_argument(
         "--profile", default=None, help="gate every FT checkpoint that `train --profile NAME` wrote"
     )
@@ -198,6 +219,7 @@ def _add_export(sub: _Sub) -> None:
         PROFILES,
     )
     p.add_argument("--checkpoint", type=Path, action="append", default=[], help="checkpoint (repeatable)")
+    _model_option(p)
     p.add_argument(
         "--profile", default=None, help="export the TL and FT checkpoints of `train --profile NAME`"
     )

@@ -44,19 +44,30 @@ from drift_gate._io import (
     swap_in_folder,
     uninterrupted,
 )
-from drift_gate.data.datasets import DataSet, ImageDataset
+from drift_gate.data.datasets import DataSet, ImageDataset, Sample
 from drift_gate.data.preprocess import DEFAULT
-from drift_gate.errors import DataError, StaleBaselineError
-from drift_gate.evidence.cam import compute_cams, grid_warning
-from drift_gate.evidence.classification import classification_metrics, predicted_class
+from drift_gate.errors import ConfigError, DataError, StaleBaselineError
+from drift_gate.evidence.cam import CamResult, compute_cams, grid_warning
+from drift_gate.evidence.classification import (
+    classification_metrics,
+    multilabel_metrics,
+    predicted_class,
+    predicted_positive,
+)
 from drift_gate.gating.audit import (
     AuditSet,
     audit_summary,
     build_audit_set,
+    build_multilabel_audit_set,
     check_reachable,
+    expand_pairs,
+    multi_hot,
     test_images_per_class,
 )
-from drift_gate.models.checkpoint import CheckpointMeta, library_versions, load_checkpoint
+from drift_gate.models.checkpoint import CheckpointMeta, library_versions
+
+if TYPE_CHECKING:
+    from drift_gate.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from drift_gate.gating.thresholds import Thresholds
@@ -89,6 +100,9 @@ class Baseline:
     logits: np.ndarray
     labels: np.ndarray
     approved: dict[str, Any] = field(default_factory=dict)
+    #: multi-label baselines: the (image, class) pair of each map row; labels are then
+    #: ``(N, K)`` positives and logits ``(N, K)`` per image
+    pairs: np.ndarray | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -102,7 +116,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _meta_view(meta: CheckpointMeta) -> dict[str, Any]:
-    return {
+    view = {
         "arch": meta.arch,
         "classes": list(meta.classes),
         "input_size": meta.input_size,
@@ -110,6 +124,9 @@ def _meta_view(meta: CheckpointMeta) -> dict[str, Any]:
         "std": list(meta.std),
         "preprocess": meta.preprocess.as_dict(),
     }
+    if meta.model is not None:  # a model drift-gate did not train: its spec
+        view["model"] = meta.model
+    return view
 
 
 def create_baseline(
@@ -124,6 +141,7 @@ def create_baseline(
     *,
     rules: Thresholds | None = None,
     log: Callable[[str], None] | None = None,
+    spec: ModelSpec | None = None,
 ) -> Path:
     """Computes and writes a baseline for ``reference`` (atomically, file by file,
     ``baseline.json`` last, so a partial baseline is never mistaken for a whole one).
@@ -132,6 +150,7 @@ def create_baseline(
         rules: when given, a baseline on which these rules could never reach
             ``min_samples`` is refused before anything is written.
         log: receives lines that say what the audit set holds and why.
+        spec: the model spec of a reference drift-gate did not train (a state dict).
 
     Returns:
         The ``baseline.json`` path.
@@ -140,43 +159,69 @@ def create_baseline(
         DataError: the data does not fit the reference, or (with ``rules``) the
             audit set is too small for ``min_samples``.
     """
-    model, meta = load_checkpoint(reference, device)
+    from drift_gate.models.adapters import load_model
+
+    model, meta = load_model(reference, spec, device)
+    target = getattr(model, "target", None)
+    if target is not None:
+        (log or (lambda m: None))(f"CAM target layer: {target.describe()}")
     if tuple(data.classes) != tuple(meta.classes):
         raise DataError(
             f"data classes {list(data.classes)} differ from the checkpoint's {list(meta.classes)}"
         )
-    audit = build_audit_set(data, per_class)
-    samples = audit.resolve(data.root, data.classes)
-    ds = ImageDataset(samples, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess)
-    cams = compute_cams(model, ds, methods, device, batch_size, progress=progress)
-    labels = np.array([s.label for s in samples])
-    metrics = classification_metrics(cams.logits, labels, meta.classes)
-    correct = predicted_class(cams.logits) == labels
-    n = len(samples) // len(meta.classes)
-    sizing, lines = audit_summary(data, per_class, n, labels, correct)
+    if is_multilabel(meta):
+        audit = build_multilabel_audit_set(data, per_class)
+        samples = audit.resolve(data.root, data.classes, multilabel=True)
+        run = _multilabel_reference(model, meta, samples, methods, device, batch_size, progress)
+        cams, logits, labels, correct, extra = run
+        sizing, lines = multilabel_summary(meta, samples, extra["pairs"], correct, per_class)
+        n = per_class
+    else:
+        audit = build_audit_set(data, per_class)
+        samples = audit.resolve(data.root, data.classes)
+        ds = ImageDataset(
+            samples, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess
+        )
+        cams = compute_cams(model, ds, methods, device, batch_size, progress=progress)
+        logits, labels, extra = cams.logits, np.array([s.label for s in samples]), {}
+        correct = predicted_class(logits) == labels
+        n = len(samples) // len(meta.classes)
+        sizing, lines = audit_summary(data, per_class, n, labels, correct)
+    metrics = (
+        multilabel_metrics(logits, labels, meta.classes, operating_points(meta))
+        if is_multilabel(meta)
+        else classification_metrics(logits, labels, meta.classes)
+    )
     coarse = grid_warning(next(iter(cams.maps.values())).shape[1:], meta.input_size)
     for line in lines + ([f"warning: {coarse}"] if coarse else []):
         (log or (lambda m: None))(line)
     if rules is not None:
         check_reachable(
             rules,
-            len(samples),
+            len(correct),
             int(correct.sum()),
             len(meta.classes),
-            min(test_images_per_class(data).values()),
+            per_class if is_multilabel(meta) else min(test_images_per_class(data).values()),
         )
     arrays = {f"map_{m}": v.astype(np.float32) for m, v in cams.maps.items()}
-    arrays.update(logits=cams.logits.astype(np.float32), labels=labels)
+    arrays.update(logits=logits.astype(np.float32), labels=labels, **extra)
     npz = _npz_bytes(arrays)
     doc = {
         "schema_version": BASELINE_SCHEMA,
         **_meta_view(meta),
         "reference": {"path": str(reference), "sha256": file_sha256(reference), "phase": meta.phase},
-        "audit": {"sha256": audit.sha256, "n": len(samples), "per_class": n, **sizing},
+        "audit": {
+            "sha256": audit.sha256,
+            "n": len(samples),
+            "per_class": n,
+            **sizing,
+            **({"pairs": len(extra["pairs"])} if "pairs" in extra else {}),
+        },
         "maps": {
             "sha256": hashlib.sha256(npz).hexdigest(),
             "methods": list(cams.maps),
             "shape": list(next(iter(cams.maps.values())).shape[1:]),
+            **({"layer": target.path} if target is not None else {}),
         },
         "auc": metrics["auc_macro"],
         "accuracy": metrics["accuracy"],
@@ -186,6 +231,65 @@ def create_baseline(
     }
     _store(out, npz, audit.to_json(), json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return out / "baseline.json"
+
+
+def is_multilabel(meta: CheckpointMeta | dict[str, Any]) -> bool:
+    """Whether a model (its metadata, or a ``baseline.json``) has a multi-label head."""
+    model = meta.get("model") if isinstance(meta, dict) else meta.model
+    return isinstance(model, dict) and model.get("task") == "multilabel"
+
+
+def operating_points(meta: CheckpointMeta | dict[str, Any]) -> list[float]:
+    """A multi-label model's sigmoid threshold per class."""
+    model = meta.get("model") if isinstance(meta, dict) else meta.model
+    classes = meta["classes"] if isinstance(meta, dict) else meta.classes
+    assert isinstance(model, dict)
+    op = [float(v) for v in model.get("operating_point", [0.5])]
+    return op * len(classes) if len(op) == 1 else op
+
+
+def _multilabel_reference(
+    model: torch.nn.Module,
+    meta: CheckpointMeta,
+    samples: list[Sample],
+    methods: tuple[str, ...],
+    device: str | torch.device,
+    batch_size: int,
+    progress: bool,
+) -> tuple[CamResult, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The reference's logits per image and its maps per (image, positive class) pair."""
+    from drift_gate.models.inference import predict
+
+    def dataset(items: list[Sample]) -> ImageDataset:
+        return ImageDataset(
+            items, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess
+        )
+
+    logits, _ = predict(model, dataset(samples), torch.device(device), batch_size)  # type: ignore[arg-type]
+    pair_samples, pairs = expand_pairs(samples)
+    cams = compute_cams(model, dataset(pair_samples), methods, device, batch_size, progress=progress)
+    positives = multi_hot(samples, len(meta.classes))
+    predicted = predicted_positive(logits, operating_points(meta))
+    correct = predicted[pairs[:, 0], pairs[:, 1]]
+    return cams, logits, positives.astype(np.int8), correct, {"pairs": pairs}
+
+
+def multilabel_summary(
+    meta: CheckpointMeta, samples: list[Sample], pairs: np.ndarray, correct: np.ndarray, per_class: int
+) -> tuple[dict[str, Any], list[str]]:
+    """What a multi-label audit set holds (for ``baseline.json``), and lines that say so."""
+    per = {c: int((pairs[:, 1] == i).sum()) for i, c in enumerate(meta.classes)}
+    right = {c: int(correct[pairs[:, 1] == i].sum()) for i, c in enumerate(meta.classes)}
+    none = sum(1 for s in samples if not s.labels)
+    short = [c for c, k in per.items() if k < per_class]
+    lines = [
+        f"audit set: {len(samples)} test images, {len(pairs)} (image, positive class) pairs, "
+        f"{none} images without findings (negatives for AUC); up to {per_class} positives per class"
+        + (f"; fewer for {', '.join(short)}" if short else ""),
+        f"reference: predicts {int(correct.sum())} of the {len(pairs)} positive pairs at its "
+        "operating points (" + ", ".join(f"{c} {right[c]}/{per[c]}" for c in meta.classes) + ")",
+    ]
+    return {"requested_per_class": per_class, "pairs_per_class": per, "reference_correct": right}, lines
 
 
 def baseline_lock(folder: Path, shared: bool = False) -> contextlib.AbstractContextManager[None]:
@@ -279,13 +383,20 @@ def read_baseline(folder: Path) -> Baseline:
         )
     if not audit.samples:
         raise DataError("the audit set is empty: nothing could be checked")
-    maps, logits, labels = _arrays(folder / "maps.npz", npz, meta, len(audit.samples), how)
-    return Baseline(folder, meta, audit, maps, logits, labels, meta.get("approved") or {})
+    if "model" in meta:
+        from drift_gate.models.spec import ModelSpec
+
+        try:
+            ModelSpec.from_dict(meta["model"], f"{meta_path}: model")
+        except ConfigError as exc:
+            raise StaleBaselineError(f"{exc}; {how}") from None
+    maps, logits, labels, pairs = _arrays(folder / "maps.npz", npz, meta, len(audit.samples), how)
+    return Baseline(folder, meta, audit, maps, logits, labels, meta.get("approved") or {}, pairs)
 
 
 def _arrays(
     path: Path, npz: bytes, meta: dict[str, Any], n: int, how: str
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
     """The arrays of ``maps.npz``, checked against what ``baseline.json`` records before and
     after reading: sizes from the archive's directory (a zip bomb is refused unread),
     shapes, and finite values."""
@@ -304,7 +415,12 @@ def _arrays(
     auc = meta["auc"]
     if isinstance(auc, bool) or not isinstance(auc, int | float) or not 0.0 <= float(auc) <= 1.0:
         raise bad(f"baseline.json records an AUC of {auc!r}, not a number in [0, 1]")
-    expected = n * (len(methods) * grid[0] * grid[1] * 4 + len(classes) * 4 + 8) + (1 << 20)
+    multilabel, rows = is_multilabel(meta), n
+    if multilabel:
+        rows = meta["audit"].get("pairs")
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 0 < rows <= n * len(classes):
+            raise bad(f"baseline.json records no valid number of (image, class) pairs ({rows!r})")
+    expected = rows * (len(methods) * grid[0] * grid[1] * 4 + 16) + n * (len(classes) * 5 + 8) + (1 << 20)
     try:
         with zipfile.ZipFile(io.BytesIO(npz)) as zf:
             unpacked = sum(i.file_size for i in zf.infolist())
@@ -318,22 +434,30 @@ def _arrays(
         with np.load(io.BytesIO(npz), allow_pickle=False) as z:
             maps = {m: z[f"map_{m}"].astype(np.float32) for m in methods}
             logits, labels = z["logits"], z["labels"]
+            pairs = z["pairs"].astype(np.int64) if multilabel else None
     except (KeyError, ValueError, OSError) as exc:
         raise bad(f"unreadable arrays ({exc})") from exc
     for m, a in maps.items():
-        if a.shape != (n, *grid):
+        if a.shape != (rows, *grid):
             raise bad(
-                f"{m} maps have shape {a.shape}, but the baseline records {n} maps of {grid[0]}x{grid[1]}"
+                f"{m} maps have shape {a.shape}, but the baseline records {rows} maps of {grid[0]}x{grid[1]}"
             )
         if not np.isfinite(a).all():
             raise bad(f"the stored {m} maps contain NaN or Inf (the baseline is damaged, not the candidate)")
-    if logits.shape != (n, len(classes)) or labels.shape != (n,):
+    if pairs is not None and (
+        pairs.shape != (rows, 2)
+        or not (
+            (pairs[:, 0] >= 0) & (pairs[:, 0] < n) & (pairs[:, 1] >= 0) & (pairs[:, 1] < len(classes))
+        ).all()
+    ):
+        raise bad(f"the (image, class) pairs {pairs.shape} do not fit {n} images of {len(classes)} classes")
+    if logits.shape != (n, len(classes)) or labels.shape != ((n, len(classes)) if multilabel else (n,)):
         raise bad(
             f"logits {logits.shape} and labels {labels.shape} do not fit {n} images of {len(classes)} classes"
         )
     if not np.isfinite(logits).all():
         raise bad("the stored logits contain NaN or Inf")
-    return maps, logits, labels
+    return maps, logits, labels, pairs
 
 
 def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path) -> None:
@@ -343,7 +467,17 @@ def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path) 
     # baselines from before preprocessing was configurable used the default
     want["preprocess"] = baseline.meta.get("preprocess", DEFAULT.as_dict())
     got = _meta_view(meta)
+    mine, theirs = got.pop("model", None), baseline.meta.get("model")
     diff = [f"{k} {got[k]!r} (baseline {want[k]!r})" for k in want if got[k] != want[k]]
+    if mine != theirs:
+        if mine is None or not isinstance(theirs, dict):
+            diff.append("the baseline was made " + ("with" if mine is None else "without") + " a model spec")
+        else:
+            diff += [
+                f"model.{k} {mine.get(k)!r} (baseline {theirs.get(k)!r})"
+                for k in sorted(set(mine) | set(theirs))
+                if mine.get(k) != theirs.get(k)
+            ]
     if diff:
         raise StaleBaselineError(
             f"{candidate}: does not match the baseline in {baseline.path}: {'; '.join(diff)}; "

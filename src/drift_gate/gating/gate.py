@@ -21,12 +21,25 @@ from drift_gate._io import file_sha256
 from drift_gate.data.datasets import ImageDataset, Sample
 from drift_gate.data.preprocess import DEFAULT, Preprocess, read_image
 from drift_gate.distributed import Dist, gather_shards, in_order
-from drift_gate.errors import CheckpointError, StaleBaselineError
+from drift_gate.errors import CheckpointError, ConfigError, StaleBaselineError
 from drift_gate.evidence.cam import compute_cams, grid_warning, upsample
-from drift_gate.evidence.classification import classification_metrics, predicted_class
+from drift_gate.evidence.classification import (
+    classification_metrics,
+    multilabel_metrics,
+    predicted_class,
+    predicted_positive,
+)
 from drift_gate.evidence.metrics import drift_metrics, localisation
 from drift_gate.evidence.summary import Summary, select_samples, summarise
-from drift_gate.gating.baseline import APPROVED_STATISTIC, Baseline, check_compatible, load_baseline
+from drift_gate.gating.audit import expand_pairs
+from drift_gate.gating.baseline import (
+    APPROVED_STATISTIC,
+    Baseline,
+    check_compatible,
+    is_multilabel,
+    load_baseline,
+    operating_points,
+)
 from drift_gate.gating.rules import (
     FAIL,
     INCONCLUSIVE,
@@ -39,9 +52,10 @@ from drift_gate.gating.rules import (
     parity_rule,
 )
 from drift_gate.gating.thresholds import Thresholds
-from drift_gate.models.backbones import Classifier
-from drift_gate.models.checkpoint import CheckpointMeta, load_checkpoint
+from drift_gate.models.adapters import load_model
+from drift_gate.models.checkpoint import CheckpointMeta
 from drift_gate.models.export import OnnxModel, onnx_path, parity
+from drift_gate.models.spec import ModelSpec
 
 __all__ = ["RESULT_SCHEMA", "CandidateResult", "GateResult", "load_masks", "run_gate"]
 
@@ -165,7 +179,7 @@ class _Job:
     """One candidate, loaded and checked against its baseline: what every shard needs."""
 
     candidate: Path
-    model: Classifier
+    model: torch.nn.Module
     meta: CheckpointMeta
     base: Baseline
     samples: list[Sample]
@@ -176,6 +190,21 @@ class _Job:
     precision: str
     session: OnnxModel | None
     exported: Path
+    #: multi-label: the audit images (``samples`` are then their (image, class) pairs)
+    images: list[Sample] = field(default_factory=list)
+    pairs: np.ndarray | None = None
+
+
+def _image_logits(job: _Job) -> tuple[np.ndarray, np.ndarray | None]:
+    """A multi-label candidate's logits per audit image, from torch and from its ONNX export."""
+    from drift_gate.models.inference import predict
+
+    meta = job.meta
+    ds = ImageDataset(
+        job.images, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess
+    )
+    logits, _ = predict(job.model, ds, job.dist.device, job.batch_size)  # type: ignore[arg-type]
+    return logits, None if job.session is None else job.session.logits(ds, job.batch_size)
 
 
 def _prepare(
@@ -189,9 +218,10 @@ def _prepare(
     batch_size: int,
     progress: bool,
     precision: str,
+    spec: ModelSpec | None = None,
 ) -> _Job:
     """Loads the candidate and its baseline and checks that one may be gated against the other."""
-    model, meta = load_checkpoint(candidate, dist.device)
+    model, meta = load_model(candidate, spec, dist.device)
     base: Baseline = load_baseline(Path(baselines) / meta.arch)
     if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
         raise StaleBaselineError(
@@ -205,7 +235,20 @@ def _prepare(
             f"refresh it with `drift-gate baseline --out {base.path}`"
         )
     check_compatible(base, meta, candidate)
-    samples = base.audit.resolve(data_root, base.classes)
+    layer, stored = getattr(getattr(model, "target", None), "path", None), base.meta["maps"].get("layer")
+    if layer != stored:
+        raise StaleBaselineError(
+            f"{candidate}: its CAM target layer is {layer!r}, the baseline in {base.path} was made on "
+            f"{stored!r}; name the layer in the spec (target_layer) or refresh the baseline"
+        )
+    images = base.audit.resolve(data_root, base.classes, multilabel=is_multilabel(meta))
+    samples, pairs = images, None
+    if is_multilabel(meta):
+        samples, pairs = expand_pairs(images)
+        if base.pairs is None or not np.array_equal(pairs, base.pairs):
+            raise StaleBaselineError(
+                f"{base.path}: its (image, class) pairs do not match its audit set; refresh the baseline"
+            )
     exported = onnx_path(candidate)
     session = OnnxModel(exported, dist.device) if use_onnx and exported.is_file() else None
     return _Job(
@@ -221,6 +264,8 @@ def _prepare(
         precision,
         session,
         exported,
+        images,
+        pairs,
     )
 
 
@@ -244,7 +289,7 @@ def _shard(job: _Job, indices: Sequence[int]) -> dict[str, Any] | None:
     out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
     with_masks = any(s.mask is not None for s in job.samples)
     masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
-    if job.session is not None:
+    if job.session is not None and job.pairs is None:
         out["onnx"] = job.session.logits(ds, job.batch_size)
     for method in job.thresholds.methods:
         grid, stored = cams.maps[method].shape[1:], job.base.maps[method].shape[1:]
@@ -293,6 +338,23 @@ def _drift(
             n_audit=len(job.samples),
             n_classes=len(classes),
         )
+        for cls, bounds in job.thresholds.label_bounds(job.meta.arch).items():
+            if cls not in classes:
+                raise ConfigError(
+                    f"{bounds[0].source}: drift.{job.meta.arch}.labels.{cls}: {cls!r} is not one of the "
+                    f"model's classes ({', '.join(classes)})"
+                )
+            rules += evaluate_rules(
+                job.meta.arch,
+                method,
+                summary,
+                job.thresholds,
+                approved,
+                n_audit=int((labels == classes.index(cls)).sum()),
+                n_classes=1,
+                group=cls,
+                bounds=bounds,
+            )
         summaries[method] = _summary_dict(summary)
         per_sample[method] = {k: _none_if_nan(x) for k, x in v.items() if k != "degenerate"}
         per_sample[method]["degenerate"] = [float(x) for x in v["degenerate"]]
@@ -311,13 +373,15 @@ def run_gate(
     use_onnx: bool = True,
     dist: Dist | None = None,
     precision: str = "fp32",
+    spec: ModelSpec | None = None,
 ) -> tuple[CandidateResult, dict[str, Any]]:
     """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``.
 
     When ``<candidate stem>.onnx`` exists beside the candidate (and ``use_onnx``),
     predictions (AUC, true-positive selection) come from ONNX Runtime and a parity
     rule checks its logits against the checkpoint's; the CAMs always come from the
-    checkpoint (they need gradients).
+    checkpoint (they need gradients). A candidate drift-gate did not train (a state
+    dict) needs its ``spec``, which must equal the one its baseline was made with.
 
     Under ``torchrun`` (``dist``), each rank computes its batches of the audit set
     and the per-sample results are gathered on every rank, so every rank returns
@@ -348,6 +412,7 @@ def run_gate(
         batch_size,
         progress,
         precision,
+        spec,
     )
     meta, base, samples = job.meta, job.base, job.samples
     shards = gather_shards(dist, len(samples), batch_size, lambda idx: _shard(job, idx))
@@ -357,20 +422,31 @@ def run_gate(
         """One array of every shard, back in audit order."""
         return cast(np.ndarray, in_order(parts, get))
 
-    torch_logits = joined(lambda p: p["logits"])
     maps = {m: joined(lambda p, m=m: p["maps"][m]) for m in thresholds.methods}  # type: ignore[misc]
+    if job.pairs is None:
+        torch_logits = joined(lambda p: p["logits"])
+        onnx_logits = joined(lambda p: p["onnx"]) if job.session is not None else None
+    else:  # multi-label: map rows are (image, class) pairs; predictions are per image
+        torch_logits, onnx_logits = _image_logits(job)
     # Predictions come from what is deployed: the exported model when there is one.
     logits, onnx_info, rules = torch_logits, {}, []
-    if job.session is not None:
-        logits = joined(lambda p: p["onnx"])
+    if job.session is not None and onnx_logits is not None:
+        logits = onnx_logits
         par = parity(torch_logits, logits, job.session.provider)
         rules.append(parity_rule(meta.arch, par, thresholds))
         onnx_info = {"path": str(job.exported), "sha256": file_sha256(job.exported), **asdict(par)}
     labels = np.array([s.label for s in samples])
-    auc = classification_metrics(logits, labels, meta.classes)["auc_macro"]
-    selected = select_samples(
-        labels, predicted_class(base.logits), predicted_class(logits), thresholds.samples
-    )
+    if job.pairs is None:
+        auc = classification_metrics(logits, labels, meta.classes)["auc_macro"]
+        selected = select_samples(
+            labels, predicted_class(base.logits), predicted_class(logits), thresholds.samples
+        )
+    else:
+        ops = operating_points(base.meta)
+        auc = multilabel_metrics(logits, base.labels.astype(bool), meta.classes, ops)["auc_macro"]
+        img, cls = job.pairs[:, 0], job.pairs[:, 1]
+        both = predicted_positive(base.logits, ops)[img, cls] & predicted_positive(logits, ops)[img, cls]
+        selected = np.ones(len(samples), dtype=bool) if thresholds.samples == "all" else both
     baseline_auc = float(base.approved.get("auc", base.meta["auc"]))
     rules += auc_rules(meta.arch, auc, baseline_auc, thresholds)
     values = {
@@ -405,7 +481,7 @@ def run_gate(
         verdict=verdict,
         label=label,
         per_sample=per_sample,
-        sample_ids=[s.id for s in samples],
+        sample_ids=[s.id if job.pairs is None else f"{s.id} [{meta.classes[s.label]}]" for s in samples],
         selected=[bool(x) for x in selected],
         predictions=f"onnxruntime ({onnx_info['provider']})" if onnx_info else f"torch ({dist.device.type})",
         onnx=onnx_info,

@@ -9,7 +9,7 @@ from typing import Any
 
 from drift_gate.evidence.registry import METRICS, Direction
 from drift_gate.evidence.summary import Summary
-from drift_gate.gating.thresholds import Thresholds
+from drift_gate.gating.thresholds import Bound, Thresholds
 from drift_gate.models.export import Parity
 
 __all__ = [
@@ -130,8 +130,12 @@ def evaluate_rules(
     approved: dict[str, Any],
     n_audit: int = 0,
     n_classes: int = 0,
+    group: str = "overall",
+    bounds: list[Bound] | None = None,
 ) -> list[RuleResult]:
-    """Applies the drift bounds of one backbone x method to its overall summaries.
+    """Applies the drift bounds of one backbone x method to its overall summaries (or, with
+    ``group`` and ``bounds``, one class's bounds to that class's summaries: the rule is then
+    named ``<arch>/<method>/<class>/<metric>.<kind>``).
 
     Args:
         summaries: metric -> group -> :class:`Summary` (from :func:`summarise`).
@@ -145,10 +149,10 @@ def evaluate_rules(
     """
     out = []
     required = thresholds.required_samples(n_audit)
-    for b in thresholds.bounds(arch, method):
-        name = f"{arch}/{method}/{b.metric}.{b.kind}"
+    for b in thresholds.bounds(arch, method) if bounds is None else bounds:
+        name = f"{arch}/{method}/{'' if group == 'overall' else group + '/'}{b.metric}.{b.kind}"
         where = {"source": b.source, "method": method, "metric": b.metric, "kind": b.kind}
-        s = summaries.get(b.metric, {}).get("overall")
+        s = summaries.get(b.metric, {}).get(group)
         spec = METRICS[b.metric]
         approved_value = (approved.get(method) or {}).get(b.metric)
         relative = b.kind in ("max_drop", "max_rise")

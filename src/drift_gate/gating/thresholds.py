@@ -21,6 +21,9 @@ Shape::
     [drift.resnet50v2]             # per backbone, every method
     [drift.resnet50v2."gradcam++"] # per backbone and method (most specific wins)
     iou.min = 0.20
+    [drift.my-convnext]            # a model spec's name (model.toml) works the same way
+    [drift.my-convnext.labels.Effusion]  # one class (a multi-label head's label): its maps only
+    iou.min = 0.25                 # (absolute bounds; every method)
 
     [onnx]                         # when a candidate has an exported model.onnx beside it
     max_rel_diff = 1e-4            # ONNX Runtime vs torch logits, relative to the largest logit
@@ -82,6 +85,22 @@ class Thresholds:
     sources: dict[tuple[str | None, str | None, str], str] = field(default_factory=dict)
     path: str = "thresholds.toml"
     onnx_max_rel_diff: float = ONNX_MAX_REL_DIFF
+    #: (model, class) -> {"metric.kind": value}: absolute bounds on one class's maps
+    labels: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+
+    def label_bounds(self, arch: str) -> dict[str, list[Bound]]:
+        """Per-class bounds of one model: class name -> bounds."""
+        out: dict[str, list[Bound]] = {}
+        for (a, cls), table in sorted(self.labels.items()):
+            if a != arch:
+                continue
+            out[cls] = []
+            for key, value in sorted(table.items()):
+                metric, kind = key.rsplit(".", 1)
+                out[cls].append(
+                    Bound(metric, kind, value, self.sources.get((a, f"labels.{cls}", key), self.path))
+                )
+        return out
 
     def required_samples(self, n_audit: int) -> int:
         """The usable samples a rule needs on an audit set of ``n_audit`` images."""
@@ -122,6 +141,11 @@ class Thresholds:
                 for (a, m), v in sorted(self.tables.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or ""))
             },
             "onnx": {"max_rel_diff": self.onnx_max_rel_diff},
+            **(
+                {"labels": {f"{a}/{c}": dict(v) for (a, c), v in sorted(self.labels.items())}}
+                if self.labels
+                else {}
+            ),
         }
 
 
@@ -203,6 +227,25 @@ def _min_samples(ctx: _Ctx, value: Any) -> tuple[int, float | None]:
     return value, None
 
 
+def _model_scope(ctx: _Ctx, name: str, spec: Any) -> bool:
+    """Whether ``[drift.<name>]`` is a model's table: a registered backbone, or a model
+    spec's name whose table holds metrics or methods. A name this close to a backbone's
+    is taken for a misspelling of it."""
+    import difflib
+
+    if name in BACKBONES:
+        return True
+    if name in METRICS or not isinstance(spec, dict):
+        return False
+    close = difflib.get_close_matches(name, list(BACKBONES), n=1, cutoff=0.8)
+    if close and _is_table_of_tables(spec):
+        raise ConfigError(
+            f"{ctx.path}:{_table_line(ctx.text, ['drift', name])}: drift.{name}: unknown backbone "
+            f"{name!r} (did you mean {close[0]}?); known: {', '.join(BACKBONES)}"
+        )
+    return any(k in METRICS or k in METHODS or k == "labels" for k in spec)
+
+
 def _is_table_of_tables(spec: Any) -> bool:
     """A value that holds tables (a backbone's or method's), not ``kind = number`` bounds."""
     return isinstance(spec, dict) and any(isinstance(v, dict) for v in spec.values())
@@ -213,8 +256,9 @@ def _drift_table(ctx: _Ctx, table: list[str], raw: dict[str, Any]) -> dict[str, 
     for metric, spec in raw.items():
         if metric not in METRICS and table == ["drift"] and _is_table_of_tables(spec):
             raise ConfigError(
-                f"{ctx.path}:{_table_line(ctx.text, ['drift', metric])}: drift.{metric}: unknown backbone "
-                f"{metric!r}; known: {', '.join(BACKBONES)}"
+                f"{ctx.path}:{_table_line(ctx.text, ['drift', metric])}: drift.{metric}: neither a metric "
+                f"nor a model's table (backbones: {', '.join(BACKBONES)}, or a model spec's name "
+                "holding metric or method tables)"
             )
         if metric not in METRICS and len(table) == 2 and _is_table_of_tables(spec):
             raise ConfigError(
@@ -310,24 +354,39 @@ def _drift_section(ctx: _Ctx, drift: dict[str, Any]) -> dict[str, Any]:
         for key in tables[(arch, method)]:
             sources[(arch, method, key)] = ctx.where(table, key).rsplit(": ", 1)[0]
 
-    add(None, None, {k: v for k, v in drift.items() if k not in BACKBONES})
+    labels: dict[tuple[str, str], dict[str, float]] = {}
+    scopes = {k for k, v in drift.items() if _model_scope(ctx, k, v)}
+    add(None, None, {k: v for k, v in drift.items() if k not in scopes})
     for arch, table in drift.items():
-        if arch not in BACKBONES:
+        if arch not in scopes:
             continue
         if not isinstance(table, dict):
             raise ctx.fail(["drift"], arch, "expected a table of bounds")
-        add(arch, None, {k: v for k, v in table.items() if k not in METHODS})
+        add(arch, None, {k: v for k, v in table.items() if k not in METHODS and k != "labels"})
+        per_class = table.get("labels", {})
+        if not isinstance(per_class, dict):
+            raise ctx.fail(["drift", arch], "labels", "expected tables [drift.<model>.labels.<class>]")
+        for cls, bounds in per_class.items():
+            where = ["drift", arch, "labels", cls]
+            if not isinstance(bounds, dict):
+                raise ctx.fail(["drift", arch, "labels"], cls, "expected a table of bounds")
+            labels[(arch, cls)] = _drift_table(ctx, where, bounds)
+            for key in labels[(arch, cls)]:
+                if key.rsplit(".", 1)[1] in ("max_drop", "max_rise"):
+                    raise ctx.fail(where, key, "per-class bounds are absolute (min, max, abs_max)")
+                sources[(arch, f"labels.{cls}", key)] = ctx.where(where, key).rsplit(": ", 1)[0]
         for method, mtable in table.items():
             if method in METHODS:
                 if not isinstance(mtable, dict):
                     raise ctx.fail(["drift", arch], method, "expected a table of bounds")
                 add(arch, method, mtable)
-    return {"tables": tables, "sources": sources}
+    return {"tables": tables, "sources": sources, "labels": labels}
 
 
 def _check_applicable(ctx: _Ctx, result: Thresholds) -> None:
     """Contradictions are judged on what applies to each backbone x method."""
-    for arch in BACKBONES:
+    models = dict.fromkeys([*BACKBONES, *(a for a, _ in result.tables if a is not None)])
+    for arch in models:
         for method in result.methods:
             merged = {f"{b.metric}.{b.kind}": b.value for b in result.bounds(arch, method)}
             scope = ["drift"]
