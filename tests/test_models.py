@@ -689,3 +689,112 @@ def test_per_class_bounds_are_absolute_and_must_name_a_class(
     assert_error(_gate_with(made, None), capsys, r"thresholds.toml:\d+: .*per-class bounds are absolute")
     rules.write_text(text + "[drift.python-small_net.labels.Covid]\niou.min = 0.1\n")
     assert_error(_gate_with(made, None), capsys, r"labels.Covid: 'Covid' is not one of the model's classes")
+
+
+def test_export_gate_with_onnx_and_approve_a_state_dict(made: dict[str, Path]) -> None:
+    """Everything downstream of the gate works for a model given by a spec: the ONNX export
+    (checked for parity), predictions from ONNX Runtime in the gate, and approval."""
+    tmp = made["tmp"]
+    common = ["--model", str(made["spec"]), "--data", str(made["data"]), "--device", "cpu", "--no-progress"]
+    assert (
+        main(["export", "--checkpoint", str(made["ref"]), "--baselines", str(made["baselines"]), *common])
+        == 0
+    )
+    assert made["ref"].with_suffix(".onnx").is_file()
+    assert (
+        main(
+            [
+                "gate",
+                "--candidate",
+                str(made["ref"]),
+                "--baselines",
+                str(made["baselines"]),
+                "--reports",
+                str(tmp / "reports"),
+                "--thresholds",
+                str(tmp / "thresholds.toml"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    doc = json.loads((tmp / "reports" / "gate.json").read_text())["candidates"][0]
+    assert doc["predictions"].startswith("onnxruntime") and doc["onnx"]["max_rel_diff"] < 1e-4
+    assert main(["approve", "--result", str(tmp / "reports" / "gate.json")]) == 0
+    stored = json.loads((made["baselines"] / "python-small_net" / "baseline.json").read_text())
+    assert stored["approved"]["candidate_sha256"] == doc["candidate_sha256"]
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_binary_heads_with_one_or_two_logits(tmp_path: Path, phantom_root: Path, outputs: int) -> None:
+    """A single logit ``z`` is read as the logits ``(-z, z)``: the negative class is explained
+    by ``-z``, and the gate runs as for a two-logit head."""
+    import csv
+
+    from user_model import small_net
+
+    with (phantom_root / "manifest.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["label"] in ("normal", "covid19")]
+    manifest = tmp_path / "binary.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
+        w.writeheader()
+        w.writerows(
+            {"path": str(phantom_root / r["path"]), "label": r["label"], "split": r["split"]} for r in rows
+        )
+    spec = tmp_path / "model.toml"
+    spec.write_text(
+        '[model]\narch = "python:user_model:small_net"\ntask = "binary"\nclasses = ["normal", "covid19"]\n'
+        f"input_size = 64\n[model.kwargs]\noutputs = {outputs}\n"
+    )
+    torch.manual_seed(0)
+    net = small_net(outputs)
+    ref, cand = _weights(tmp_path, net, "ref.pt"), _weights(tmp_path, net, "ft.pt", 1e-3)
+    rules = tmp_path / "thresholds.toml"
+    rules.write_text(RULES.format(name="python-small_net"))
+    common = [
+        "--model",
+        str(spec),
+        "--data",
+        str(manifest),
+        "--thresholds",
+        str(rules),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    base = tmp_path / "baselines"
+    assert (
+        main(
+            [
+                "baseline",
+                "--reference",
+                str(ref),
+                "--out",
+                str(base / "python-small_net"),
+                "--per-class",
+                "2",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "gate",
+                "--candidate",
+                str(cand),
+                "--baselines",
+                str(base),
+                "--reports",
+                str(tmp_path / "r"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    logits = np.load(base / "python-small_net" / "maps.npz")["logits"]
+    assert logits.shape[1] == 2
+    if outputs == 1:
+        np.testing.assert_allclose(logits[:, 0], -logits[:, 1])
