@@ -43,6 +43,7 @@ __all__ = [
     "baseline",
     "export",
     "gate",
+    "keygen",
     "phantoms",
     "profile_data",
     "train",
@@ -126,6 +127,8 @@ def gate(
     batch_size: int = 16,
     onnx: bool = True,
     precision: str = "fp32",
+    public_key: PathLike | None = None,
+    signing_key: PathLike | None = None,
     progress: bool = False,
     log: Log = quiet,
     dist: Dist | None = None,
@@ -147,6 +150,10 @@ def gate(
         reports: write ``gate.json``, ``gate.md``, ``gate.junit.xml`` and ``gate.html``
             here (as a set); their paths are in ``result.report_paths``.
         onnx: predict with ``<candidate stem>.onnx`` when it is beside a candidate.
+        public_key: verify every baseline's signature with this key (a PEM file or its
+            text; default ``DRIFT_GATE_PUBLIC_KEY``); unsigned baselines are then refused.
+        signing_key: sign ``gate.json`` (default ``DRIFT_GATE_SIGNING_KEY``), so that
+            ``approve`` can tell it from an edited one.
         dist: the torchrun process group (see :mod:`drift_gate.distributed`).
 
     Returns:
@@ -160,6 +167,7 @@ def gate(
     """
     from drift_gate.data.datasets import load_dataset
     from drift_gate.distributed import barrier, main_first
+    from drift_gate.gating import signing
     from drift_gate.gating.baseline import create_baseline
     from drift_gate.gating.gate import GateResult, run_gate
     from drift_gate.gating.report import write_reports
@@ -168,6 +176,7 @@ def gate(
     dist = _local(dist, device)
     rules = rules_from(thresholds)
     spec = spec_from(model)
+    verify_with, signer = signing.public_key(public_key), signing.signing_key(signing_key)
     chosen = [Path(c) for c in candidates]
     candidates_given = set(chosen)
     source = None if data is None else Path(data)
@@ -192,6 +201,7 @@ def gate(
                         progress=progress,
                         rules=rules,
                         log=log,
+                        signer=signer,
                     )
             return root
 
@@ -217,12 +227,13 @@ def gate(
             dist=dist,
             precision=precision,
             spec=spec if ckpt in candidates_given else None,
+            public_key=verify_with,
         )
         results.append(res)
         artifacts[res.candidate] = art
     result = GateResult(results, rules.as_dict(), rules.path, library_versions())
     if reports is not None and dist.main:  # every rank holds the same result; one writes it
-        result.report_paths = write_reports(result, Path(reports), artifacts)
+        result.report_paths = write_reports(result, Path(reports), artifacts, signer=signer)
     barrier(dist)
     return result
 
@@ -237,6 +248,7 @@ def baseline(
     per_class: int = 10,
     device: str = "auto",
     batch_size: int = 16,
+    signing_key: PathLike | None = None,
     progress: bool = False,
     log: Log = quiet,
 ) -> Baseline:
@@ -244,14 +256,17 @@ def baseline(
     ``baselines/<arch>``, or ``baselines/<model name>`` for a state dict described by the
     spec ``model``), for the methods of ``thresholds``; refuses an audit set on which
     those rules could never reach ``min_samples``. Returns the baseline as loaded back
-    and verified."""
+    and verified. With a signing key (``signing_key`` or ``DRIFT_GATE_SIGNING_KEY``) the
+    baseline is signed."""
     from drift_gate.data.datasets import load_dataset
+    from drift_gate.gating import signing
     from drift_gate.gating.baseline import create_baseline, is_multilabel, load_baseline
     from drift_gate.models.adapters import load_model
     from drift_gate.models.inference import resolve_device
 
     rules = rules_from(thresholds)
     spec = spec_from(model)
+    signer = signing.signing_key(signing_key)
     _, meta = load_model(Path(reference), spec)
     folder = Path("baselines") / meta.arch if out is None else Path(out)
     dataset = load_dataset(Path(data), meta.classes, multilabel=is_multilabel(meta))
@@ -267,8 +282,11 @@ def baseline(
         rules=rules,
         log=log,
         spec=spec,
+        signer=signer,
     )
-    return load_baseline(folder)
+    if signer is None:
+        log("the baseline is not signed (no signing key: DRIFT_GATE_SIGNING_KEY or --signing-key)")
+    return load_baseline(folder, None if signer is None else signer.public_key())
 
 
 @dataclass(frozen=True)
@@ -286,12 +304,21 @@ def approve(
     result: PathLike | GateResult | Mapping[str, Any] = "reports/gate.json",
     candidate: str | None = None,
     force: bool = False,
+    public_key: PathLike | None = None,
+    signing_key: PathLike | None = None,
 ) -> list[Approval]:
     """Records a reviewed gate result (``gate.json``, or a :class:`GateResult`) as the
     approved one in each candidate's baseline; a candidate that did not pass needs
-    ``force`` (recorded in the baseline's history)."""
+    ``force`` (recorded in the baseline's history). Only a result the gate made against
+    the baseline as it is now is accepted; with a public key (``public_key`` or
+    ``DRIFT_GATE_PUBLIC_KEY``) a ``gate.json`` must carry the gate's signature, and the
+    approved baseline is signed with the signing key (``signing_key`` or
+    ``DRIFT_GATE_SIGNING_KEY``), which is then required."""
+    from drift_gate.gating import signing
     from drift_gate.gating.approval import approve as record
     from drift_gate.gating.gate import GateResult
+
+    verify_with, signer = signing.public_key(public_key), signing.signing_key(signing_key)
 
     if isinstance(result, GateResult):
         doc: Mapping[str, Any] = json.loads(json.dumps(result.to_dict()))
@@ -300,9 +327,20 @@ def approve(
     else:
         try:
             doc = json.loads(Path(result).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{result}: cannot read gate result ({exc})") from exc
-    chosen = [c for c in doc.get("candidates", []) if candidate is None or c["candidate"] == candidate]
+        except (OSError, ValueError, RecursionError) as exc:
+            raise DataError(f"{result}: cannot read gate result ({exc})") from None
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("candidates", []), list):
+        raise DataError(
+            f"{result if isinstance(result, str | os.PathLike) else 'gate result'}: not a gate result"
+        )
+    if verify_with is not None and not isinstance(result, GateResult):
+        where = str(result) if isinstance(result, str | os.PathLike) else "gate result"
+        signing.verify_document(doc, verify_with, where)
+    chosen = [
+        c
+        for c in doc.get("candidates", [])
+        if isinstance(c, dict) and (candidate is None or c.get("candidate") == candidate)
+    ]
     if not chosen:
         raise DataError(
             f"{result if not isinstance(result, Mapping | GateResult) else 'gate result'}: "
@@ -310,8 +348,10 @@ def approve(
         )
     out = []
     for c in chosen:
-        changes = record(dict(doc), c, force=force)
-        out.append(Approval(c["candidate"], Path(c["baseline"]), changes, c.get("verdict") != "pass"))
+        changes = record(dict(doc), c, force=force, public_key=verify_with, signer=signer)
+        out.append(
+            Approval(str(c["candidate"]), Path(str(c["baseline"])), changes, c.get("verdict") != "pass")
+        )
     return out
 
 
@@ -446,6 +486,15 @@ def export(
         )
         out.append(Export(path, par))
     return out
+
+
+def keygen(*, out: PathLike) -> tuple[Path, Path]:
+    """Makes an Ed25519 key pair for signed baselines: ``<out>.key`` (private, mode 0600;
+    keep it secret, e.g. as a CI secret) and ``<out>.pub`` (commit it, or configure it).
+    Returns both paths."""
+    from drift_gate.gating.signing import generate_keys
+
+    return generate_keys(Path(out))
 
 
 def phantoms(

@@ -135,14 +135,14 @@ def test_refresh_that_cannot_write_keeps_the_old_baseline(
     from gatekit import baseline_args, tree_digest
 
     before = tree_digest(env["baselines"])
-    real = store.atomic_write_text
+    real = store.atomic_write_bytes
 
-    def full(path: Path, text: str) -> None:
+    def full(path: Path, data: bytes) -> None:
         if path.name == "baseline.json":
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, text)
+        real(path, data)
 
-    monkeypatch.setattr(store, "atomic_write_text", full)
+    monkeypatch.setattr(store, "atomic_write_bytes", full)
     code = main(baseline_args(env, env["ft"]))
     assert_error(code, capsys, r"tiny: cannot write the baseline \(No space left")
     assert tree_digest(env["baselines"]) == before

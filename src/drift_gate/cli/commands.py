@@ -107,6 +107,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         out=args.out,
         thresholds=args.thresholds,
         per_class=args.per_class,
+        signing_key=args.signing_key,
         **_run(args),
     )
     size = sum(f.stat().st_size for f in base.path.iterdir() if f.is_file())
@@ -131,6 +132,8 @@ def _gate(args: argparse.Namespace, dist: Dist) -> int:
         batch_size=args.batch_size,
         onnx=not args.no_onnx,
         precision=args.precision,
+        public_key=args.public_key,
+        signing_key=args.signing_key,
         progress=_progress(args) and dist.main,
         log=_log,
         dist=dist,
@@ -235,8 +238,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    for approval in api.approve(result=args.result, candidate=args.candidate, force=args.force):
+    for approval in api.approve(
+        result=args.result,
+        candidate=args.candidate,
+        force=args.force,
+        public_key=args.public_key,
+        signing_key=args.signing_key,
+    ):
         print("\n".join(approval.changes))
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    private, public = api.keygen(out=args.out)
+    print(f"wrote {private} (private: keep it secret, e.g. a CI secret) and {public} (public: commit it)")
     return 0
 
 

@@ -70,6 +70,13 @@ COMMON = _parent(
         "--threads",
         {"type": _threads, "default": None, "help": "CPU threads for torch (default: torch's choice)"},
     ),
+    (
+        "--allow-outside-data-root",
+        {
+            "action": "store_true",
+            "help": "read images and masks that lie outside the data root (by path or symlink)",
+        },
+    ),
 )
 DEVICE = _parent(("--device", {"default": "auto", "help": "auto, cpu or cuda[:N]"}))
 BATCH = _parent(("--batch-size", {"type": _positive, "default": 16, "help": "images per batch"}))
@@ -169,6 +176,7 @@ def _add_baseline(sub: _Sub) -> None:
         "--out", type=Path, default=None, help="baseline folder (default baselines/<arch or model name>)"
     )
     p.add_argument("--per-class", type=_positive, default=10, help="audit images per class")
+    _key_options(p, public=False, signing=True)
 
 
 def _add_gate(sub: _Sub) -> None:
@@ -204,6 +212,7 @@ def _add_gate(sub: _Sub) -> None:
         "--reference", type=Path, default=None, help="check that the baseline was made from this checkpoint"
     )
     p.add_argument("--reports", type=Path, default=Path("reports"), help="report folder")
+    _key_options(p, public=True, signing=True)
     p.add_argument(
         "--no-onnx", action="store_true", help="predict with the checkpoint even if <stem>.onnx is beside it"
     )
@@ -352,6 +361,29 @@ def _add_approve(sub: _Sub) -> None:
         action="store_true",
         help="approve a candidate that did not pass (recorded as forced in the baseline's history)",
     )
+    _key_options(p, public=True, signing=True)
+
+
+def _key_options(p: argparse.ArgumentParser, public: bool, signing: bool) -> None:
+    if public:
+        p.add_argument(
+            "--public-key",
+            type=Path,
+            default=None,
+            help="verify signatures with this Ed25519 public key (default: $DRIFT_GATE_PUBLIC_KEY)",
+        )
+    if signing:
+        p.add_argument(
+            "--signing-key",
+            type=Path,
+            default=None,
+            help="sign what is written with this private key (default: $DRIFT_GATE_SIGNING_KEY)",
+        )
+
+
+def _add_keygen(sub: _Sub) -> None:
+    p = _command(sub, "keygen", "make an Ed25519 key pair for signed baselines and gate results")
+    p.add_argument("--out", type=Path, required=True, help="writes OUT.key (private, mode 0600) and OUT.pub")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_calibrate,
         _add_validate,
         _add_approve,
+        _add_keygen,
     ):
         add(sub)
     return parser

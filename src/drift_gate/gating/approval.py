@@ -1,5 +1,8 @@
 """Approvals: a reviewed gate result recorded in its baseline, under the baseline's lock, with
-the baseline's history. Only a result that passed, unless forced.
+the baseline's history. Only a result that passed, unless forced; only one the gate made
+against the baseline as it is now (bound by :attr:`Baseline.digest`); with a public key
+configured, only a signed one; the new baseline is written whole and, with a signing key,
+signed.
 """
 
 from __future__ import annotations
@@ -9,19 +12,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from drift_gate._io import (
-    atomic_write_text,
-)
 from drift_gate.errors import DataError, StaleBaselineError
-from drift_gate.gating.baseline import APPROVED_STATISTIC, Baseline, baseline_lock, read_baseline
+from drift_gate.gating.baseline import APPROVED_STATISTIC, Baseline, baseline_lock, read_baseline, write_set
 
 if TYPE_CHECKING:
-    pass
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = ["approve"]
 
 
-def approve(result: dict[str, Any], candidate: dict[str, Any], *, force: bool = False) -> list[str]:
+def approve(
+    result: dict[str, Any],
+    candidate: dict[str, Any],
+    *,
+    force: bool = False,
+    public_key: Ed25519PublicKey | None = None,
+    signer: Ed25519PrivateKey | None = None,
+) -> list[str]:
     """Records one candidate of a gate result (``gate.json``) as the approved one in
     its baseline (atomically); returns the lines describing what changed. Every
     approval is appended to the baseline's ``history``.
@@ -29,6 +36,9 @@ def approve(result: dict[str, Any], candidate: dict[str, Any], *, force: bool = 
     Args:
         force: approve a candidate whose verdict was not ``pass`` (recorded as
             forced in the history).
+        public_key: verify the baseline's signature before changing it.
+        signer: sign the approved baseline (required when ``public_key`` is given:
+            an unsigned baseline would then be refused by every gate).
 
     Raises:
         DataError: the candidate did not pass and ``force`` is not set.
@@ -42,15 +52,39 @@ def approve(result: dict[str, Any], candidate: dict[str, Any], *, force: bool = 
             "review the report, then approve with --force to accept it anyway (recorded in the "
             "baseline's history)"
         )
-    folder = Path(candidate["baseline"])
+    if public_key is not None and signer is None:
+        raise DataError(
+            "a public key is configured, so the approved baseline must be signed: set "
+            "DRIFT_GATE_SIGNING_KEY (or --signing-key); nothing was changed"
+        )
+    folder = Path(str(candidate.get("baseline")))
     with baseline_lock(folder):  # one approval at a time: none is lost
-        return _record(result, candidate, read_baseline(folder), verdict)
+        base = read_baseline(folder, public_key)
+        try:
+            return _record(result, candidate, base, verdict, signer)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(
+                f"the gate result is malformed ({exc.__class__.__name__}: {exc}); nothing was changed"
+            ) from None
 
 
-def _record(result: dict[str, Any], candidate: dict[str, Any], base: Baseline, verdict: Any) -> list[str]:
+def _record(
+    result: dict[str, Any],
+    candidate: dict[str, Any],
+    base: Baseline,
+    verdict: Any,
+    signer: Ed25519PrivateKey | None,
+) -> list[str]:
     """Writes the approval of ``candidate`` into ``base`` (the caller holds its lock)."""
+    bound = candidate.get("baseline_digest")
+    if bound is None:
+        raise DataError(
+            f"{base.path}: the gate result does not say which state of the baseline it was made "
+            "against (made by an older drift-gate, or not by the gate); run the gate again"
+        )
     if (
-        candidate["reference_sha256"] != base.meta["reference"]["sha256"]
+        bound != base.digest
+        or candidate["reference_sha256"] != base.meta["reference"]["sha256"]
         or candidate["audit_sha256"] != base.audit.sha256
     ):
         raise StaleBaselineError(
@@ -98,5 +132,10 @@ def _record(result: dict[str, Any], candidate: dict[str, Any], base: Baseline, v
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     ]
-    atomic_write_text(base.path / "baseline.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    files = {
+        "baseline.json": (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(),
+        "audit.json": (base.path / "audit.json").read_bytes(),
+        "maps.npz": (base.path / "maps.npz").read_bytes(),
+    }
+    write_set(base.path, files, signer)
     return changes

@@ -37,7 +37,6 @@ import torch
 
 from drift_gate._io import (
     atomic_write_bytes,
-    atomic_write_text,
     file_lock,
     file_sha256,
     recover_folder,
@@ -64,9 +63,12 @@ from drift_gate.gating.audit import (
     multi_hot,
     test_images_per_class,
 )
+from drift_gate.gating.signing import BASELINE_FILES, SIGNATURE_FILE, files_digest, sign_files, verify_files
 from drift_gate.models.checkpoint import CheckpointMeta, library_versions
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
     from drift_gate.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -103,6 +105,9 @@ class Baseline:
     #: multi-label baselines: the (image, class) pair of each map row; labels are then
     #: ``(N, K)`` positives and logits ``(N, K)`` per image
     pairs: np.ndarray | None = None
+    #: :func:`~drift_gate.gating.signing.files_digest` of the three files as read (what a
+    #: gate result is bound to)
+    digest: str = ""
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -142,6 +147,7 @@ def create_baseline(
     rules: Thresholds | None = None,
     log: Callable[[str], None] | None = None,
     spec: ModelSpec | None = None,
+    signer: Ed25519PrivateKey | None = None,
 ) -> Path:
     """Computes and writes a baseline for ``reference`` (atomically, file by file,
     ``baseline.json`` last, so a partial baseline is never mistaken for a whole one).
@@ -151,6 +157,7 @@ def create_baseline(
             ``min_samples`` is refused before anything is written.
         log: receives lines that say what the audit set holds and why.
         spec: the model spec of a reference drift-gate did not train (a state dict).
+        signer: signs the baseline (``signature.json``, :mod:`drift_gate.gating.signing`).
 
     Returns:
         The ``baseline.json`` path.
@@ -229,7 +236,7 @@ def create_baseline(
         "approved": {},
         "history": [],
     }
-    _store(out, npz, audit.to_json(), json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    _store(out, npz, audit.to_json(), json.dumps(doc, indent=2, sort_keys=True) + "\n", signer)
     return out / "baseline.json"
 
 
@@ -304,32 +311,41 @@ def baseline_lock(folder: Path, shared: bool = False) -> contextlib.AbstractCont
     return file_lock(lock, shared=shared)
 
 
-def _store(out: Path, npz: bytes, audit_json: str, baseline_json: str) -> None:
-    """Writes a baseline's three files into a new folder beside ``out`` and swaps it in
-    whole, under the baseline's lock: readers see the old set or the new one, and a
-    failure (disk full, a crash, Ctrl-C) leaves the old set as it was."""
+def _store(
+    out: Path, npz: bytes, audit_json: str, baseline_json: str, signer: Ed25519PrivateKey | None = None
+) -> None:
+    """Writes a baseline's files under the baseline's lock (:func:`write_set`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    files = {"maps.npz": npz, "audit.json": audit_json.encode(), "baseline.json": baseline_json.encode()}
     with baseline_lock(out):
-        recover_folder(out)
-        staging = out.parent / f".{out.name}.new-{os.getpid()}"
-        try:
-            staging.mkdir()
-            atomic_write_bytes(staging / "maps.npz", npz)
-            atomic_write_text(staging / "audit.json", audit_json)
-            atomic_write_text(staging / "baseline.json", baseline_json)
-            with uninterrupted():
-                swap_in_folder(staging, out)
-        except OSError as exc:
-            raise DataError(
-                f"{out}: cannot write the baseline ({exc.strerror or exc}); "
-                "the previous baseline is unchanged"
-            ) from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        write_set(out, files, signer)
 
 
-def load_baseline(path: Path) -> Baseline:
+def write_set(out: Path, files: dict[str, bytes], signer: Ed25519PrivateKey | None = None) -> None:
+    """Writes a baseline's files (and, with ``signer``, their ``signature.json``) into a new
+    folder beside ``out`` and swaps it in whole: readers see the old set or the new one,
+    and a failure (disk full, a crash, Ctrl-C) leaves the old set as it was. The caller
+    holds the baseline's lock."""
+    recover_folder(out)
+    if signer is not None:
+        files = {**files, SIGNATURE_FILE: sign_files(files, signer).encode()}
+    staging = out.parent / f".{out.name}.new-{os.getpid()}"
+    try:
+        staging.mkdir()
+        for name, data in files.items():
+            atomic_write_bytes(staging / name, data)
+        with uninterrupted():
+            swap_in_folder(staging, out)
+    except OSError as exc:
+        raise DataError(
+            f"{out}: cannot write the baseline ({exc.strerror or exc}); the previous baseline is unchanged"
+        ) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_baseline(path: Path, public_key: Ed25519PublicKey | None = None) -> Baseline:
     """Loads ``path`` (a folder or its ``baseline.json``) and verifies its integrity,
     holding the baseline's lock shared (so a refresh or an approval is never read half done).
 
@@ -342,19 +358,49 @@ def load_baseline(path: Path) -> Baseline:
     with baseline_lock(folder, shared=True):
         with contextlib.suppress(OSError):  # another reader may have restored it first
             recover_folder(folder)
-        return read_baseline(folder)
+        return read_baseline(folder, public_key)
 
 
-def read_baseline(folder: Path) -> Baseline:
-    """Reads and verifies a baseline; the caller holds its lock (:func:`load_baseline` takes it)."""
-    how = f"refresh it with `drift-gate baseline --reference CKPT --out {folder}`"
+#: Largest file of a baseline read into memory (checked before reading).
+MAX_FILE = {"baseline.json": 64 << 20, "audit.json": 256 << 20, "maps.npz": 4 << 30}
+
+
+def _read_files(folder: Path, how: str) -> dict[str, bytes]:
+    """A baseline's three files, read once (sizes checked first): what is verified and used."""
     meta_path = folder / "baseline.json"
     if not meta_path.is_file():
         raise StaleBaselineError(f"{meta_path}: no baseline (missing or partially written); {how}")
+    files = {}
+    for name in BASELINE_FILES:
+        path = folder / name
+        try:
+            size = path.stat().st_size
+            if size > MAX_FILE[name]:
+                raise StaleBaselineError(
+                    f"{path}: {size:,} bytes, more than a baseline holds; refused unread"
+                )
+            files[name] = path.read_bytes()
+        except FileNotFoundError:
+            raise StaleBaselineError(f"{path}: missing from the baseline; {how}") from None
+        except OSError as exc:
+            raise StaleBaselineError(f"{path}: unreadable ({exc.strerror or exc}); {how}") from None
+    return files
+
+
+def read_baseline(folder: Path, public_key: Ed25519PublicKey | None = None) -> Baseline:
+    """Reads and verifies a baseline (and, with ``public_key``, its signature, over the very
+    bytes then used); the caller holds its lock (:func:`load_baseline` takes it)."""
+    how = f"refresh it with `drift-gate baseline --reference CKPT --out {folder}`"
+    meta_path = folder / "baseline.json"
+    files = _read_files(folder, how)
+    if public_key is not None:
+        verify_files(folder, files, public_key)
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StaleBaselineError(f"{meta_path}: unreadable baseline ({exc}); {how}") from exc
+        meta = json.loads(files["baseline.json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise StaleBaselineError(f"{meta_path}: unreadable baseline ({exc}); {how}") from None
+    if not isinstance(meta, dict):
+        raise StaleBaselineError(f"{meta_path}: not a baseline (a JSON object); {how}")
     if meta.get("schema_version") != BASELINE_SCHEMA:
         raise StaleBaselineError(
             f"{meta_path}: baseline schema {meta.get('schema_version')} but this "
@@ -365,17 +411,14 @@ def read_baseline(folder: Path) -> Baseline:
         meta["reference"]["sha256"], meta["auc"]
     except (KeyError, TypeError) as exc:
         raise StaleBaselineError(f"{meta_path}: baseline.json lacks the field {exc}; {how}") from None
-    for name in ("maps.npz", "audit.json"):
-        if not (folder / name).is_file():
-            raise StaleBaselineError(f"{folder / name}: missing from the baseline; {how}")
-    npz = (folder / "maps.npz").read_bytes()
+    npz = files["maps.npz"]
     if hashlib.sha256(npz).hexdigest() != meta["maps"]["sha256"]:
         raise StaleBaselineError(
             f"{folder / 'maps.npz'}: hash differs from baseline.json (modified or corrupted); {how}"
         )
     try:
-        audit = AuditSet.from_json((folder / "audit.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        audit = AuditSet.from_json(files["audit.json"].decode("utf-8"))
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise StaleBaselineError(f"{folder / 'audit.json'}: unreadable audit set ({exc}); {how}") from exc
     if audit.sha256 != meta["audit"]["sha256"]:
         raise StaleBaselineError(
@@ -391,7 +434,10 @@ def read_baseline(folder: Path) -> Baseline:
         except ConfigError as exc:
             raise StaleBaselineError(f"{exc}; {how}") from None
     maps, logits, labels, pairs = _arrays(folder / "maps.npz", npz, meta, len(audit.samples), how)
-    return Baseline(folder, meta, audit, maps, logits, labels, meta.get("approved") or {}, pairs)
+    approved = meta.get("approved") or {}
+    if not isinstance(approved, dict):
+        raise StaleBaselineError(f"{meta_path}: 'approved' is not a table; {how}")
+    return Baseline(folder, meta, audit, maps, logits, labels, approved, pairs, files_digest(files))
 
 
 def _arrays(

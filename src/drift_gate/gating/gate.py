@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -51,11 +51,15 @@ from drift_gate.gating.rules import (
     evaluate_rules,
     parity_rule,
 )
+from drift_gate.gating.signing import SIGNATURE_FILE
 from drift_gate.gating.thresholds import Thresholds
 from drift_gate.models.adapters import load_model
 from drift_gate.models.checkpoint import CheckpointMeta
 from drift_gate.models.export import OnnxModel, onnx_path, parity
 from drift_gate.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["RESULT_SCHEMA", "CandidateResult", "GateResult", "load_masks", "run_gate"]
 
@@ -93,6 +97,11 @@ class CandidateResult:
     precision: str = "fp32"
     #: things a reviewer should know that do not change the verdict (e.g. a coarse CAM grid)
     warnings: list[str] = field(default_factory=list)
+    #: the baseline's files as the gate read them (:func:`~drift_gate.gating.signing.files_digest`);
+    #: ``approve`` only records a result made against the baseline as it still is
+    baseline_digest: str = ""
+    #: whether the baseline's signature was verified against a configured public key
+    baseline_signed: bool = False
 
 
 @dataclass
@@ -219,10 +228,11 @@ def _prepare(
     progress: bool,
     precision: str,
     spec: ModelSpec | None = None,
+    public_key: Ed25519PublicKey | None = None,
 ) -> _Job:
     """Loads the candidate and its baseline and checks that one may be gated against the other."""
     model, meta = load_model(candidate, spec, dist.device)
-    base: Baseline = load_baseline(Path(baselines) / meta.arch)
+    base: Baseline = load_baseline(Path(baselines) / meta.arch, public_key)
     if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
         raise StaleBaselineError(
             f"{reference}: sha256 differs from the reference the baseline in {base.path} was made "
@@ -374,6 +384,7 @@ def run_gate(
     dist: Dist | None = None,
     precision: str = "fp32",
     spec: ModelSpec | None = None,
+    public_key: Ed25519PublicKey | None = None,
 ) -> tuple[CandidateResult, dict[str, Any]]:
     """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``.
 
@@ -413,6 +424,7 @@ def run_gate(
         progress,
         precision,
         spec,
+        public_key,
     )
     meta, base, samples = job.meta, job.base, job.samples
     shards = gather_shards(dist, len(samples), batch_size, lambda idx: _shard(job, idx))
@@ -457,6 +469,9 @@ def run_gate(
     rules += drift_rules
     verdict, label = decide_verdict(rules)
     coarse = grid_warning(next(iter(maps.values())).shape[1:], meta.input_size)
+    unverified = None
+    if public_key is None and (base.path / SIGNATURE_FILE).is_file():
+        unverified = "the baseline is signed, but no public key is configured: its signature was not checked"
     artifacts = {
         "size": meta.input_size,
         "preprocess": meta.preprocess,
@@ -486,5 +501,7 @@ def run_gate(
         predictions=f"onnxruntime ({onnx_info['provider']})" if onnx_info else f"torch ({dist.device.type})",
         onnx=onnx_info,
         precision=precision,
-        warnings=[coarse] if coarse else [],
+        warnings=[w for w in (coarse, unverified) if w],
+        baseline_digest=base.digest,
+        baseline_signed=public_key is not None,
     ), artifacts

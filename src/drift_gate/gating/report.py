@@ -24,7 +24,7 @@ import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,10 @@ from drift_gate._io import atomic_write_text, uninterrupted, write_lock
 from drift_gate.evidence.registry import CORE_METRICS
 from drift_gate.gating.gate import CandidateResult, GateResult
 from drift_gate.gating.rules import FAIL, INCONCLUSIVE, PASS
+from drift_gate.gating.signing import sign_document
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["console_table", "html_report", "junit", "markdown", "png_bytes", "write_reports"]
 
@@ -325,8 +329,10 @@ def write_reports(
     artifacts: Mapping[str, Mapping[str, Any]],
     env: Mapping[str, str] | None = None,
     name: str = "gate",
+    signer: Ed25519PrivateKey | None = None,
 ) -> dict[str, Path]:
-    """Writes every report into ``out`` and prints the console table.
+    """Writes every report into ``out`` and prints the console table; with ``signer``,
+    ``gate.json`` carries a signature (:func:`drift_gate.gating.signing.sign_document`).
 
     Returns:
         Kind -> path of each written file.
@@ -341,7 +347,12 @@ def write_reports(
         "html": out / f"{name}.html",
     }
     texts = {
-        "json": json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n",
+        "json": json.dumps(
+            result.to_dict() if signer is None else sign_document(result.to_dict(), signer),
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n",
         "markdown": md,
         "junit": junit(result),
         "html": html_report(result, artifacts),
