@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from drift_gate.errors import ConfigError
-from drift_gate.gating.thresholds import parse_thresholds
+from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
 from gatekit import assert_error, gate
 
 CASES = {
@@ -89,3 +89,23 @@ def test_gate_refuses(env: dict[str, Path], case: str, capsys: pytest.CaptureFix
 def test_missing_file(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     env["thresholds"] = env["tmp"] / "nope.toml"
     assert_error(gate(env, env["tl"]), capsys, r"nope\.toml: thresholds file not found")
+
+
+@pytest.mark.parametrize(
+    ("bound", "pattern"),
+    [
+        ("iou.min = 2", r"iou.min: 2 is outside what iou can take: min must lie in \[0, 1\]"),
+        ("correlation.min = -5", r"correlation.min: -5 is outside .* \[-1, 1\]"),
+        ("displacement.max = 1.5", r"displacement.max: 1.5 is outside"),
+        ("concentration_change.abs_max = 3", r"concentration_change.abs_max: 3 is outside .* \[0, 1\]"),
+        (
+            "correlation.max_drop = 2.5",
+            r"correlation.max_drop: 2.5 is outside .* max_drop must lie in \[0, 2\]",
+        ),
+    ],
+)
+def test_bounds_outside_a_metrics_range_are_refused(tmp_path: Path, bound: str, pattern: str) -> None:
+    path = tmp_path / "thresholds.toml"
+    path.write_text(f"[auc]\nmin = 0.5\n[drift]\n{bound}\n")
+    with pytest.raises(ConfigError, match=r"thresholds.toml:4: drift\." + pattern):
+        load_thresholds(path)

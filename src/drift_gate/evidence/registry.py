@@ -42,12 +42,14 @@ class MetricSpec:
         ideal: the value for identical maps (``None`` where it depends on the
             maps themselves, as for the reference-based localisation metrics).
         description: one line for reports.
+        range: the values the metric can take (bounds outside it are refused).
     """
 
     name: str
     direction: Direction
     ideal: float | None
     description: str
+    range: tuple[float, float] = (0.0, 1.0)
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -63,10 +65,16 @@ METRICS: dict[str, MetricSpec] = {
             "peak_displacement", Direction.LOWER, 0.0, "distance between the maps' maxima / image diagonal"
         ),
         MetricSpec("iou", Direction.HIGHER, 1.0, "IoU of the top-q pixel masks"),
-        MetricSpec("correlation", Direction.HIGHER, 1.0, "Pearson correlation of the maps"),
-        MetricSpec("spearman", Direction.HIGHER, 1.0, "Spearman rank correlation of the maps"),
-        MetricSpec("concentration_change", Direction.ZERO, 0.0, "top-10 % mass share of B minus that of A"),
-        MetricSpec("gini_change", Direction.ZERO, 0.0, "Gini coefficient of B minus that of A"),
+        MetricSpec("correlation", Direction.HIGHER, 1.0, "Pearson correlation of the maps", (-1.0, 1.0)),
+        MetricSpec("spearman", Direction.HIGHER, 1.0, "Spearman rank correlation of the maps", (-1.0, 1.0)),
+        MetricSpec(
+            "concentration_change",
+            Direction.ZERO,
+            0.0,
+            "top-10 % mass share of B minus that of A",
+            (-1.0, 1.0),
+        ),
+        MetricSpec("gini_change", Direction.ZERO, 0.0, "Gini coefficient of B minus that of A", (-1.0, 1.0)),
         # Reference-based: need a ground-truth finding mask per sample (NaN without one).
         MetricSpec(
             "pointing_game",
@@ -94,6 +102,7 @@ METRICS: dict[str, MetricSpec] = {
             Direction.HIGHER,
             0.0,
             "mask_energy minus reference_mask_energy (negative: evidence left the finding)",
+            (-1.0, 1.0),
         ),
     )
 }

@@ -279,6 +279,17 @@ def _drift_table(ctx: _Ctx, table: list[str], raw: dict[str, Any]) -> dict[str, 
             number = _number(ctx, table, f"{metric}.{kind}", value)
             if kind in ("abs_max", "max_drop", "max_rise") and number < 0:
                 raise ctx.fail(table, f"{metric}.{kind}", f"{kind} must be >= 0, got {number}")
+            lo, hi = METRICS[metric].range
+            widest = hi - lo if kind in ("max_drop", "max_rise") else max(abs(lo), abs(hi))
+            if (kind in ("min", "max") and not lo <= number <= hi) or (
+                kind not in ("min", "max") and number > widest
+            ):
+                allowed = f"[{lo:g}, {hi:g}]" if kind in ("min", "max") else f"[0, {widest:g}]"
+                raise ctx.fail(
+                    table,
+                    f"{metric}.{kind}",
+                    f"{number:g} is outside what {metric} can take: {kind} must lie in {allowed}",
+                )
             out[f"{metric}.{kind}"] = number
     return out
 

@@ -126,14 +126,22 @@ class Calibration:
         return out
 
 
-def propose_bound(direction: Direction, centre: float, noise: float, k: float) -> tuple[str, float]:
+def propose_bound(
+    direction: Direction,
+    centre: float,
+    noise: float,
+    k: float,
+    limits: tuple[float, float] = (-math.inf, math.inf),
+) -> tuple[str, float]:
     """``(kind, bound)`` ``k`` noise widths beyond ``centre`` on the worse side,
-    rounded outwards to 0.01."""
+    rounded outwards to 0.01, and kept within the metric's ``limits`` (a bound beyond
+    them could never be reached, and the thresholds parser refuses it)."""
+    lo, hi = limits
     if direction is Direction.HIGHER:
-        return "min", math.floor((centre - k * noise) * 100 + 1e-9) / 100
+        return "min", max(lo, math.floor((centre - k * noise) * 100 + 1e-9) / 100)
     if direction is Direction.LOWER:
-        return "max", math.ceil((centre + k * noise) * 100 - 1e-9) / 100
-    return "abs_max", math.ceil((abs(centre) + k * noise) * 100 - 1e-9) / 100
+        return "max", min(hi, math.ceil((centre + k * noise) * 100 - 1e-9) / 100)
+    return "abs_max", min(max(abs(lo), abs(hi)), math.ceil((abs(centre) + k * noise) * 100 - 1e-9) / 100)
 
 
 def _bootstrap_sd(s: Summary) -> float:
@@ -199,7 +207,7 @@ def _noise_rows(
         boot = float(np.mean([_bootstrap_sd(s) for s in summaries]))
         noise = max(seed_sd or 0.0, boot)
         centre = float(np.mean(vals))
-        kind, bound = propose_bound(spec.direction, centre, noise, k)
+        kind, bound = propose_bound(spec.direction, centre, noise, k, spec.range)
         rows.append(
             NoiseRow(
                 arch,
