@@ -63,6 +63,20 @@ def _wrong_arch_baseline(env: dict[str, Path]) -> Path:
     return env["tl"]
 
 
+def _shared_nest(depth: int) -> list[object]:
+    """A list whose ``str`` would take 2**depth steps: each level holds the next one twice."""
+    node: list[object] = []
+    for _ in range(depth):
+        node = [node, node]
+    return node
+
+
+def _meta_with(obj: dict, **changes: object) -> str:  # type: ignore[type-arg]
+    meta = json.loads(obj["meta"])
+    meta.update(changes)
+    return json.dumps(meta)
+
+
 CASES: dict[str, tuple[Callable[[dict[str, Path]], Path], str]] = {
     "missing": (lambda e: e["tmp"] / "nope.pt", r"nope\.pt: checkpoint not found"),
     "empty": (lambda e: _bytes(e, b""), r"bad\.pt: checkpoint file is empty"),
@@ -109,6 +123,30 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], Path], str]] = {
     "metadata incomplete": (
         lambda e: _rewritten(e, lambda o: o.update(meta='{"arch": "tiny"}')),
         "metadata lacks classes",
+    ),
+    "metadata a shared nested list": (
+        lambda e: _rewritten(e, lambda o: o.update(meta=_shared_nest(40))),
+        "checkpoint metadata is list, not a JSON string",
+    ),
+    "metadata deeply nested": (
+        lambda e: _rewritten(e, lambda o: o.update(meta="[" * 100_000 + "]" * 100_000)),
+        "metadata is not valid JSON",
+    ),
+    "metadata classes a number": (
+        lambda e: _rewritten(e, lambda o: o.update(meta=_meta_with(o, classes=5))),
+        r"metadata field classes must be a list of 1 to 10,000 class names, got 5",
+    ),
+    "metadata input size a string": (
+        lambda e: _rewritten(e, lambda o: o.update(meta=_meta_with(o, input_size="32"))),
+        r"metadata field input_size must be an integer from 8 to 4096, got '32'",
+    ),
+    "metadata NaN std": (
+        lambda e: _rewritten(e, lambda o: o.update(meta=_meta_with(o, std=[float("nan")] * 3))),
+        r"metadata field std must be 1 or 3 positive numbers",
+    ),
+    "bytearray in the state dict": (
+        lambda e: _rewritten(e, lambda o: o["state_dict"].update(extra=bytearray(1024))),
+        "the state_dict holds bytearray, not only tensors",
     ),
     "more classes than weights": (
         lambda e: resaved(e, "six.pt", classes=("a", "b", "c", "d", "e", "f")),

@@ -117,12 +117,24 @@ class CheckpointMeta:
         return json.dumps(doc, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, source: Path) -> CheckpointMeta:
-        """Parses and validates metadata read from ``source``."""
+    def from_json(cls, text: object, source: Path) -> CheckpointMeta:
+        """Parses and validates metadata read from ``source``: a JSON string of bounded
+        size whose fields have the documented types and ranges (nothing else is used or
+        printed before this check)."""
+        if not isinstance(text, str):
+            raise CheckpointError(
+                f"{source}: checkpoint metadata is {type(text).__name__}, not a JSON string"
+            )
+        if len(text) > _MAX_META:
+            raise CheckpointError(
+                f"{source}: checkpoint metadata is {len(text):,} characters; refused unread"
+            )
         try:
             raw = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise CheckpointError(f"{source}: checkpoint metadata is not valid JSON") from exc
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{source}: checkpoint metadata is not a JSON object")
         names = {f.name for f in fields(cls)}
         missing = sorted(
             n
@@ -133,6 +145,9 @@ class CheckpointMeta:
             raise CheckpointError(f"{source}: checkpoint metadata lacks {', '.join(missing)}")
         # a drift-gate checkpoint is built from its registry arch, never from a stored spec
         raw = {k: v for k, v in raw.items() if k in names and k != "model"}
+        bad = _bad_fields(raw)
+        if bad:
+            raise CheckpointError(f"{source}: checkpoint metadata field {bad}")
         for key in ("classes", "mean", "std"):
             raw[key] = tuple(raw[key])
         try:
@@ -140,6 +155,58 @@ class CheckpointMeta:
         except ConfigError as exc:
             raise CheckpointError(str(exc)) from None
         return cls(**raw)
+
+
+#: Largest metadata string read (a drift-gate checkpoint's is about 2 KB).
+_MAX_META = 1 << 20
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bad_fields(raw: dict[str, Any]) -> str | None:
+    """The first field of checkpoint metadata with the wrong type or range, described."""
+    checks: dict[str, tuple[Any, str]] = {
+        "arch": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "a backbone name"),
+        "classes": (
+            lambda v: (
+                isinstance(v, list)
+                and 1 <= len(v) <= 10_000
+                and all(isinstance(c, str) and 0 < len(c) <= 200 for c in v)
+            ),
+            "a list of 1 to 10,000 class names",
+        ),
+        "input_size": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 4096,
+            "an integer from 8 to 4096",
+        ),
+        "mean": (
+            lambda v: isinstance(v, list) and len(v) in (1, 3) and all(map(_is_number, v)),
+            "1 or 3 numbers",
+        ),
+        "std": (
+            lambda v: isinstance(v, list) and len(v) in (1, 3) and all(_is_number(x) and x > 0 for x in v),
+            "1 or 3 positive numbers",
+        ),
+        "phase": (lambda v: isinstance(v, str) and len(v) <= 64, "a short string"),
+        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+        "data_manifest_sha256": (lambda v: isinstance(v, str) and len(v) <= 128, "a hash"),
+        "weights": (lambda v: isinstance(v, str) and len(v) <= 4096, "a string"),
+        "config_sha256": (lambda v: isinstance(v, str) and len(v) <= 128, "a hash"),
+        "epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+        "schema_version": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+        "metrics": (lambda v: isinstance(v, dict), "a table"),
+        "versions": (
+            lambda v: isinstance(v, dict) and all(isinstance(x, str) and len(x) <= 64 for x in v.values()),
+            "a table of version strings",
+        ),
+    }
+    for key, (ok, what) in checks.items():
+        if key in raw and not ok(raw[key]):
+            shown = repr(raw[key])
+            return f"{key} must be {what}, got {shown[:60]}{'…' if len(shown) > 60 else ''}"
+    return None
 
 
 def save_checkpoint(path: Path, model: Classifier, meta: CheckpointMeta) -> None:
@@ -225,11 +292,13 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
             f"{path}: checkpoint schema version {version} is newer than this "
             f"drift-gate supports ({SCHEMA_VERSION}); upgrade drift-gate"
         )
-    meta = CheckpointMeta.from_json(str(obj.get("meta", "")), path)
+    meta = CheckpointMeta.from_json(obj.get("meta", ""), path)
     state = obj.get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: checkpoint has no state_dict")
     for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path}: the state_dict holds {type(tensor).__name__}, not only tensors")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{path}: weight {name} contains NaN or Inf")
     model = build_classifier(meta.arch, len(meta.classes))
