@@ -26,7 +26,7 @@ def test_readme_stays_a_front_door() -> None:
 def test_own_model_examples_run_as_written(tmp_path: Path, phantom_root: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """docs/how-to/own-model.md: every ``# file:`` TOML block is written, every Python block
     run and every ``$ drift-gate`` line executed, in order, in a fresh folder holding the
-    phantom data (``data/phantoms``) and a multi-label manifest (``data/nih/manifest.csv``)."""
+    phantom data (``data/phantoms``) and a multi-label manifest (``data/nih.csv``)."""
     import csv
     import re
     import shlex
@@ -34,9 +34,9 @@ def test_own_model_examples_run_as_written(tmp_path: Path, phantom_root: Path, m
     from drift_gate.cli import main
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "phantoms").symlink_to(phantom_root)
-    (tmp_path / "data" / "nih").mkdir()
+    import shutil
+
+    shutil.copytree(phantom_root, tmp_path / "data" / "phantoms")
     with (phantom_root / "manifest.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     combos = [
@@ -47,11 +47,11 @@ def test_own_model_examples_run_as_written(tmp_path: Path, phantom_root: Path, m
         "Pneumonia|Hernia",
         "No Finding",
     ]
-    with (tmp_path / "data" / "nih" / "manifest.csv").open("w", newline="") as fh:
+    with (tmp_path / "data" / "nih.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "split"])
         for i, r in enumerate(rows):
-            writer.writerow([f"../phantoms/{r['path']}", combos[i % len(combos)], r["split"]])
+            writer.writerow([f"phantoms/{r['path']}", combos[i % len(combos)], r["split"]])
     page = (ROOT / "docs" / "how-to" / "own-model.md").read_text(encoding="utf-8")
     namespace: dict[str, object] = {}
     ran = 0

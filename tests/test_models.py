@@ -555,12 +555,12 @@ def _nih_manifest(tmp: Path, phantom_root: Path) -> Path:
         "Pneumonia|Hernia",
         "No Finding",
     ]
-    out = tmp / "nih.csv"
+    out = phantom_root / f"nih-{tmp.name}.csv"  # beside the images: inside the data root
     with out.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "split"])
         for i, r in enumerate(rows):
-            w.writerow([str(phantom_root / r["path"]), combos[i % len(combos)], r["split"]])
+            w.writerow([r["path"], combos[i % len(combos)], r["split"]])
     return out
 
 
@@ -735,13 +735,11 @@ def test_binary_heads_with_one_or_two_logits(tmp_path: Path, phantom_root: Path,
 
     with (phantom_root / "manifest.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["label"] in ("normal", "covid19")]
-    manifest = tmp_path / "binary.csv"
+    manifest = phantom_root / f"binary-{tmp_path.name}.csv"  # beside the images: inside the data root
     with manifest.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
         w.writeheader()
-        w.writerows(
-            {"path": str(phantom_root / r["path"]), "label": r["label"], "split": r["split"]} for r in rows
-        )
+        w.writerows({"path": r["path"], "label": r["label"], "split": r["split"]} for r in rows)
     spec = tmp_path / "model.toml"
     spec.write_text(
         '[model]\narch = "python:user_model:small_net"\ntask = "binary"\nclasses = ["normal", "covid19"]\n'

@@ -27,6 +27,11 @@ __all__ = [
 ]
 
 
+#: Set to ``1`` (or pass ``--allow-outside-data-root``) to read images and masks that lie
+#: outside the data root, directly or through a symlink.
+ALLOW_OUTSIDE = "DRIFT_GATE_ALLOW_OUTSIDE_DATA_ROOT"
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Calls ``write`` on a temporary file beside ``path`` and renames it into place.
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from drift_gate._io import ALLOW_OUTSIDE
 from drift_gate.cli.parser import build_parser
 from drift_gate.errors import DriftGateError
 
@@ -68,6 +69,9 @@ def _run(args: argparse.Namespace) -> int:
     """Runs the parsed command; every outcome becomes an exit code here."""
     _fixed_mmap_threshold()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    allow = os.environ.get(ALLOW_OUTSIDE)
+    if getattr(args, "allow_outside_data_root", False):
+        os.environ[ALLOW_OUTSIDE] = "1"
     try:
         if args.threads is not None:
             import torch
@@ -98,6 +102,10 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if allow is None:  # main() is also called in-process: the setting ends with the command
+            os.environ.pop(ALLOW_OUTSIDE, None)
+        else:
+            os.environ[ALLOW_OUTSIDE] = allow
 
 
 def _error(message: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from drift_gate._io import file_sha256
+from drift_gate._io import ALLOW_OUTSIDE, file_sha256
 from drift_gate.data.preprocess import (
     DEFAULT,
     Preprocess,
@@ -145,6 +146,22 @@ def _from_manifest(manifest: Path) -> tuple[list[_Row], Path]:
     return rows, root
 
 
+def confined(path: Path, root: Path, what: str = "image") -> Path:
+    """``path`` resolved, refused when it leaves the data root ``root`` (by ``..``, an
+    absolute path or a symlink), unless :data:`ALLOW_OUTSIDE` is set.
+
+    Raises:
+        DataError: the path lies outside the root.
+    """
+    resolved = Path(path).resolve()
+    if os.environ.get(ALLOW_OUTSIDE) == "1" or resolved.is_relative_to(Path(root).resolve()):
+        return resolved
+    raise DataError(
+        f"{what} {path} lies outside the data root {root} (a path or a symlink that leaves it); "
+        f"refused. Pass --allow-outside-data-root (or set {ALLOW_OUTSIDE}=1) to read it anyway"
+    )
+
+
 def data_root(source: Path) -> Path:
     """The folder that sample ids are relative to: a manifest file's folder, else
     ``source`` itself. Every command that takes ``--data`` resolves it here."""
@@ -217,7 +234,7 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel:
 
     samples = []
     for rel, label, split, digest, mask in rows:
-        path = (root / rel).resolve()
+        path = confined(root / rel, root)
         if not path.is_file():
             raise DataError(f"{path}: image listed in the data set does not exist")
         actual = _sha256(path)
@@ -230,7 +247,14 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel:
         if split not in SPLITS:
             raise DataError(f"{path}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         samples.append(
-            Sample(rel, path, classes.index(label), split, actual, (root / mask).resolve() if mask else None)
+            Sample(
+                rel,
+                path,
+                classes.index(label),
+                split,
+                actual,
+                confined(root / mask, root, "mask") if mask else None,
+            )
         )
 
     by_hash: dict[str, set[str]] = defaultdict(set)
@@ -261,7 +285,7 @@ def _multilabel(source: Path, root: Path, rows: list[_Row], classes: Sequence[st
     index = {c: i for i, c in enumerate(classes)}
     samples = []
     for rel, label, split, digest, mask in rows:
-        path = (root / rel).resolve()
+        path = confined(root / rel, root)
         if not path.is_file():
             raise DataError(f"{path}: image listed in the data set does not exist")
         actual = _sha256(path)
@@ -278,7 +302,7 @@ def _multilabel(source: Path, root: Path, rows: list[_Row], classes: Sequence[st
                 positives[0] if positives else -1,
                 split,
                 actual,
-                (root / mask).resolve() if mask else None,
+                confined(root / mask, root, "mask") if mask else None,
                 positives,
             )
         )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from drift_gate.data.datasets import DataSet, Sample, data_root
+from drift_gate.data.datasets import DataSet, Sample, confined, data_root
 from drift_gate.data.preprocess import decode_image
 from drift_gate.errors import DataError
 
@@ -96,7 +96,7 @@ class AuditSet:
         if missing_classes:
             raise DataError(f"the audit set has no image of class(es) {', '.join(missing_classes)}")
         for a in self.samples:
-            path = (Path(root) / a.id).resolve()
+            path = confined(Path(root) / a.id, root, "audit image")
             if not path.is_file():
                 raise DataError(f"audit image {a.id} not found under {root}")
             names = [n for n in a.label.split("|") if n] if multilabel else [a.label]
@@ -111,7 +111,7 @@ class AuditSet:
                 )
             mask = None
             if a.mask is not None:
-                mask = (Path(root) / a.mask).resolve()
+                mask = confined(Path(root) / a.mask, root, "mask")
                 if not mask.is_file():
                     raise DataError(f"mask {a.mask} of audit image {a.id} not found under {root}")
                 if pixel_sha256(mask) != a.mask_pixels:
