@@ -57,7 +57,10 @@ def approve(
             "a public key is configured, so the approved baseline must be signed: set "
             "DRIFT_GATE_SIGNING_KEY (or --signing-key); nothing was changed"
         )
-    folder = Path(str(candidate.get("baseline")))
+    named = candidate.get("baseline")
+    folder = Path(named) if isinstance(named, str) and named and "\x00" not in named else None
+    if folder is None or not (folder / "baseline.json").is_file():
+        raise StaleBaselineError(f"the gate result names no baseline that exists ({str(named)[:80]!r})")
     with baseline_lock(folder):  # one approval at a time: none is lost
         base = read_baseline(folder, public_key)
         try:

@@ -435,9 +435,39 @@ def read_baseline(folder: Path, public_key: Ed25519PublicKey | None = None) -> B
             raise StaleBaselineError(f"{exc}; {how}") from None
     maps, logits, labels, pairs = _arrays(folder / "maps.npz", npz, meta, len(audit.samples), how)
     approved = meta.get("approved") or {}
-    if not isinstance(approved, dict):
-        raise StaleBaselineError(f"{meta_path}: 'approved' is not a table; {how}")
+    why = _bad_approval(approved)
+    if why:
+        raise StaleBaselineError(f"{meta_path}: the approved result is malformed ({why}); {how}")
     return Baseline(folder, meta, audit, maps, logits, labels, approved, pairs, files_digest(files))
+
+
+def _is_unit(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= float(v) <= 1.0
+
+
+def _bad_approval(approved: object) -> str | None:
+    """What is wrong with a stored approval (``None`` if nothing): the gate compares its
+    numbers with the candidate's, so each must be a finite number of the right kind."""
+    import math
+
+    if not isinstance(approved, dict):
+        return "not a table"
+    if not approved:
+        return None
+    if "auc" in approved and not _is_unit(approved["auc"]):
+        return f"auc {approved['auc']!r} is not a number in [0, 1]"
+    if not isinstance(approved.get("statistic", "mean"), str):
+        return "statistic is not a name"
+    stats = approved.get("statistics", {})
+    if not isinstance(stats, dict) or not all(isinstance(v, dict) for v in stats.values()):
+        return "statistics is not a table of tables"
+    for method, per in stats.items():
+        for metric, value in per.items():
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            ):
+                return f"{method}/{metric} is {value!r}, not a finite number"
+    return None
 
 
 def _arrays(
