@@ -77,3 +77,46 @@ def test_an_audit_id_that_leaves_the_data_root_is_refused(
     meta["audit"]["sha256"] = audit["sha256"]
     (folder / "baseline.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     assert_error(gate(env, env["ft"]), capsys, r"audit image .*copy.png lies outside the data root")
+
+
+@pytest.mark.parametrize(
+    ("path", "pattern"),
+    [
+        ("a\x00b.png", r"image path '.*a\\x00b.png': not a usable path"),
+        ("x" * 300 + ".png", r"not a usable path"),
+    ],
+    ids=["NUL byte", "over-long name"],
+)
+def test_nul_bytes_and_over_long_names_in_a_manifest(
+    env: dict[str, Path], phantom_root: Path, capsys: pytest.CaptureFixture[str], path: str, pattern: str
+) -> None:
+    root = _copy(phantom_root, env["tmp"] / "data")
+    i, _ = _train_rows(root)
+    _rewrite_manifest(root, {i: path})
+    assert_error(main(baseline_args({**env, "data": root}, env["tl"])), capsys, pattern)
+
+
+def test_a_report_folder_that_cannot_be_written_keeps_the_previous_reports(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full while the third report is written: exit 2, the previous set whole."""
+    import errno
+
+    import drift_gate.gating.report as report
+    from gatekit import tree_digest
+
+    assert gate(env, env["ft"]) in (0, 1)
+    before = tree_digest(env["reports"])
+    real = report.atomic_write_bytes
+
+    def full(path: Path, data: bytes) -> None:
+        if "junit" in path.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(report, "atomic_write_bytes", full)
+    assert_error(
+        gate(env, env["ft"]), capsys, r"cannot write the reports \(No space left on device\); the previous"
+    )
+    assert tree_digest(env["reports"]) == before
+    assert not [p for p in env["reports"].iterdir() if ".new-" in p.name]

@@ -75,8 +75,8 @@ def test_gate_interrupted_while_writing_finishes_the_report_set(
     assert gate(env, env["tl"]) == 0
     monkeypatch.setattr(
         drift_gate.gating.report,
-        "atomic_write_text",
-        _then_sigterm(drift_gate.gating.report.atomic_write_text),
+        "atomic_write_bytes",
+        _then_sigterm(drift_gate.gating.report.atomic_write_bytes),
     )
     assert gate(env, env["ft"]) == 130
     assert result(env)["candidates"][0]["candidate"] == str(env["ft"])

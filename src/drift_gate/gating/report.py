@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from drift_gate._io import atomic_write_text, uninterrupted, write_lock
+from drift_gate._io import atomic_write_bytes, uninterrupted, write_lock
+from drift_gate.errors import DataError
 from drift_gate.evidence.registry import CORE_METRICS
 from drift_gate.gating.gate import CandidateResult, GateResult
 from drift_gate.gating.rules import FAIL, INCONCLUSIVE, PASS
@@ -338,7 +339,10 @@ def write_reports(
         Kind -> path of each written file.
     """
     env = os.environ if env is None else env
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{out}: cannot create the report folder ({exc.strerror or exc})") from None
     md = markdown(result)
     paths = {
         "json": out / f"{name}.json",
@@ -358,8 +362,23 @@ def write_reports(
         "html": html_report(result, artifacts),
     }
     # Concurrent runs into one folder take turns, and an interrupt cannot split the set.
-    with write_lock(out), uninterrupted():
-        for kind, text in texts.items():
-            atomic_write_text(paths[kind], text)
+    # All four are written beside their targets first, then renamed in: an error while
+    # writing (disk full) leaves the previous set whole, and an interrupt cannot split it.
+    data = {kind: text.encode("utf-8") for kind, text in texts.items()}
+    staged = {kind: p.with_name(f".{p.name}.new-{os.getpid()}") for kind, p in paths.items()}
+    try:
+        with write_lock(out), uninterrupted():
+            try:
+                for kind, blob in data.items():
+                    atomic_write_bytes(staged[kind], blob)
+                for kind, p in staged.items():
+                    os.replace(p, paths[kind])
+            finally:
+                for p in staged.values():
+                    p.unlink(missing_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"{out}: cannot write the reports ({exc.strerror or exc}); the previous reports are unchanged"
+        ) from None
     _github(result, md, env)
     return paths
