@@ -122,10 +122,16 @@ def gate(session: nox.Session) -> None:
     so); in CI (``CI`` set) a missing baseline fails the gate, since a pull request must
     not be able to delete the baseline it is gated against and have it re-created.
     Exits 1 when a rule is violated or the evidence is inconclusive.
+    A committed public key, ``.github/drift-gate.pub`` (protected by CODEOWNERS), makes
+    the gate verify every baseline's signature (unless ``DRIFT_GATE_PUBLIC_KEY`` is set).
     """
     args = session.posargs or ["--profile", "demo"]
     create = [] if os.environ.get("CI") else ["--create-missing-baselines"]
-    _run(session, "drift-gate", "gate", *create, *args)
+    committed = ROOT / ".github" / "drift-gate.pub"
+    verify = []
+    if committed.is_file() and not os.environ.get("DRIFT_GATE_PUBLIC_KEY"):
+        verify = ["--public-key", str(committed)]
+    _run(session, "drift-gate", "gate", *create, *verify, *args)
 
 
 @nox.session(python=False)

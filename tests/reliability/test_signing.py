@@ -21,10 +21,30 @@ def _no_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DRIFT_GATE_PUBLIC_KEY", raising=False)
 
 
+def _fixed_pair(out: Path, seed: int) -> None:
+    """A key pair from a fixed seed (as ``keygen`` writes it), so messages that name key
+    ids are the same in every run."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
+    key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.key").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    Path(f"{out}.key").chmod(0o600)
+    Path(f"{out}.pub").write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
 @pytest.fixture()
 def keys(tmp_path: Path) -> dict[str, Path]:
-    assert main(["keygen", "--out", str(tmp_path / "keys" / "ci")]) == 0
-    assert main(["keygen", "--out", str(tmp_path / "keys" / "other")]) == 0
+    _fixed_pair(tmp_path / "keys" / "ci", 1)
+    _fixed_pair(tmp_path / "keys" / "other", 2)
     return {
         "key": tmp_path / "keys" / "ci.key",
         "pub": tmp_path / "keys" / "ci.pub",
@@ -42,14 +62,15 @@ def signed(env: dict[str, Path], keys: dict[str, Path]) -> dict[str, Path]:
 
 
 def test_keygen_never_overwrites_and_keeps_the_private_key_private(
-    keys: dict[str, Path], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert keys["key"].stat().st_mode & 0o777 == 0o600
-    before = keys["key"].read_bytes()
-    assert_error(
-        main(["keygen", "--out", str(keys["key"].with_suffix(""))]), capsys, r"ci.key: exists already"
-    )
-    assert keys["key"].read_bytes() == before
+    out = tmp_path / "keys" / "ci"
+    assert main(["keygen", "--out", str(out)]) == 0
+    key = Path(f"{out}.key")
+    assert key.stat().st_mode & 0o777 == 0o600
+    before = key.read_bytes()
+    assert_error(main(["keygen", "--out", str(out)]), capsys, r"ci.key: exists already")
+    assert key.read_bytes() == before
 
 
 def test_a_signed_baseline_verifies_and_the_gate_says_so(signed: dict[str, Path]) -> None:
