@@ -213,10 +213,21 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel:
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: data source not found")
+    from drift_gate.data.nih import is_nih, nih_rows
+
     if source.is_file():
         rows, root = _from_manifest(source)
     elif (source / "manifest.csv").is_file():
         rows, root = _from_manifest(source / "manifest.csv")
+    elif is_nih(source):
+        if not multilabel or not classes:
+            raise DataError(
+                f"{source}: NIH ChestX-ray14 is multi-label: gate it with a model spec whose "
+                "task is multilabel (docs/how-to/own-model.md)"
+            )
+        rows, root = nih_rows(source, classes), source
+    elif multilabel:
+        raise DataError(f"{source}: multi-label data needs a manifest (path,label with labels A|B)")
     else:
         rows, root = _from_folder(source), source
     if not rows:
@@ -283,8 +294,6 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel:
 def _multilabel(source: Path, root: Path, rows: list[_Row], classes: Sequence[str] | None) -> DataSet:
     if not classes:
         raise DataError(f"{source}: multi-label data needs the model's class names")
-    if source.is_dir() and not (source / "manifest.csv").is_file():
-        raise DataError(f"{source}: multi-label data needs a manifest (path,label with labels A|B)")
     classes = tuple(classes)
     index = {c: i for i, c in enumerate(classes)}
     samples = []
