@@ -249,18 +249,7 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel:
 
     samples = []
     for rel, label, split, digest, mask in rows:
-        path = confined(root / rel, root)
-        if not path.is_file():
-            raise DataError(f"{path}: image listed in the data set does not exist")
-        actual = _sha256(path)
-        if digest is not None and digest.lower() != actual:
-            raise DataError(
-                f"{path}: sha256 {actual[:12]}… does not match the manifest's "
-                f"{digest[:12]}…; the file changed since the manifest was written"
-            )
-        split = split or _split_from_hash(actual)
-        if split not in SPLITS:
-            raise DataError(f"{path}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        path, actual, split = _verified(root, rel, digest, split)
         samples.append(
             Sample(
                 rel,
@@ -291,6 +280,24 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel:
     return DataSet(root, classes, tuple(samples))
 
 
+def _verified(root: Path, rel: str, digest: str | None, split: str | None) -> tuple[Path, str, str]:
+    """An image of a data set: its path (inside the root), its file hash (checked against
+    the manifest's) and its split (from the manifest, else from the hash)."""
+    path = confined(root / rel, root)
+    if not path.is_file():
+        raise DataError(f"{path}: image listed in the data set does not exist")
+    actual = _sha256(path)
+    if digest is not None and digest.lower() != actual:
+        raise DataError(
+            f"{path}: sha256 {actual[:12]}… does not match the manifest's "
+            f"{digest[:12]}…; the file changed since the manifest was written"
+        )
+    split = split or _split_from_hash(actual)
+    if split not in SPLITS:
+        raise DataError(f"{path}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return path, actual, split
+
+
 def _multilabel(source: Path, root: Path, rows: list[_Row], classes: Sequence[str] | None) -> DataSet:
     if not classes:
         raise DataError(f"{source}: multi-label data needs the model's class names")
@@ -298,15 +305,7 @@ def _multilabel(source: Path, root: Path, rows: list[_Row], classes: Sequence[st
     index = {c: i for i, c in enumerate(classes)}
     samples = []
     for rel, label, split, digest, mask in rows:
-        path = confined(root / rel, root)
-        if not path.is_file():
-            raise DataError(f"{path}: image listed in the data set does not exist")
-        actual = _sha256(path)
-        if digest is not None and digest.lower() != actual:
-            raise DataError(f"{path}: sha256 does not match the manifest's; the file changed")
-        split = split or _split_from_hash(actual)
-        if split not in SPLITS:
-            raise DataError(f"{path}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        path, actual, split = _verified(root, rel, digest, split)
         positives = tuple(sorted({index[t.strip()] for t in label.split("|") if t.strip() in index}))
         samples.append(
             Sample(

@@ -21,7 +21,6 @@ or ``{"model": ...}``, and DDP's ``module.`` prefix), or ``.safetensors``.
 from __future__ import annotations
 
 import importlib
-import pickle
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 
 from drift_gate.errors import CheckpointError, ConfigError
 from drift_gate.evidence.layers import TargetLayer, find_layer
-from drift_gate.models.checkpoint import CheckpointMeta, foreign_format, load_checkpoint
+from drift_gate.models.checkpoint import CheckpointMeta, foreign_format, load_checkpoint, weights_only_load
 from drift_gate.models.spec import ModelSpec
 
 __all__ = ["ForeignModel", "build_model", "is_drift_gate_checkpoint", "load_model", "read_state_dict"]
@@ -256,17 +255,12 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         why = foreign_format(path)
         if why is not None:
             raise CheckpointError(f"{path}: {why}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for damaged or unsafe files
-            if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
-                raise CheckpointError(
-                    f"{path}: contains Python objects (a whole pickled model?) that would run code "
-                    "when loaded; refused. Save torch.save(model.state_dict(), 'model.pt') instead"
-                ) from exc
-            raise CheckpointError(
-                f"{path}: not a readable state dict, truncated or corrupt ({exc.__class__.__name__})"
-            ) from exc
+        state = weights_only_load(
+            path,
+            unsafe="contains Python objects (a whole pickled model?) that would run code when loaded; "
+            "refused. Save torch.save(model.state_dict(), 'model.pt') instead",
+            damaged="not a readable state dict, truncated or corrupt",
+        )
     out = _unwrap(state, path)
     for name, t in out.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -34,6 +34,7 @@ __all__ = [
     "library_versions",
     "load_checkpoint",
     "save_checkpoint",
+    "weights_only_load",
 ]
 
 
@@ -256,6 +257,22 @@ def foreign_format(path: Path) -> str | None:
     return None
 
 
+def weights_only_load(path: Path, unsafe: str, damaged: str) -> object:
+    """``torch.load(weights_only=True)``; a file that would run code is refused with
+    ``unsafe``, a damaged one with ``damaged`` and the error's type.
+
+    Raises:
+        CheckpointError: either case, naming ``path``.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged or unsafe files
+        # the weights-only unpickler met an object it will not build (a GLOBAL or REDUCE)
+        if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
+            raise CheckpointError(f"{path}: {unsafe}") from exc
+        raise CheckpointError(f"{path}: {damaged} ({exc.__class__.__name__})") from exc
+
+
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Classifier, CheckpointMeta]:
     """Loads a checkpoint as an eval-mode model and its metadata.
 
@@ -272,15 +289,11 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
     foreign = foreign_format(path)
     if foreign is not None:
         raise CheckpointError(f"{path}: {foreign}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged or unsafe files
-        # the weights-only unpickler met an object it will not build (a GLOBAL or REDUCE)
-        if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
-            reason = "it contains Python objects that would run code when loaded; refused"
-        else:
-            reason = f"not a readable checkpoint, truncated or corrupt ({exc.__class__.__name__})"
-        raise CheckpointError(f"{path}: {reason}") from exc
+    obj = weights_only_load(
+        path,
+        unsafe="it contains Python objects that would run code when loaded; refused",
+        damaged="not a readable checkpoint, truncated or corrupt",
+    )
     if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
         raise CheckpointError(
             f"{path}: not a drift-gate checkpoint; a plain state dict needs its model spec "
