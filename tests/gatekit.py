@@ -48,6 +48,30 @@ max_drop = 0.2
 """
 
 
+def multilabel_manifest(phantom_root: Path, out: Path, prefix: str = "") -> Path:
+    """The phantom images relabelled as NIH ChestX-ray14 writes ``Finding Labels``: several
+    findings joined by ``|``, ``No Finding``, and a finding a model may not know; image
+    paths are ``prefix`` + the phantom manifest's (relative to ``out``'s folder)."""
+    import csv
+
+    with (phantom_root / "manifest.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    combos = [
+        "Effusion",
+        "Nodule|Pneumonia",
+        "No Finding",
+        "Effusion|Nodule",
+        "Pneumonia|Hernia",
+        "No Finding",
+    ]
+    with out.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        for i, r in enumerate(rows):
+            w.writerow([prefix + r["path"], combos[i % len(combos)], r["split"]])
+    return out
+
+
 def baseline_args(env: dict[str, Path], reference: Path) -> list[str]:
     """``drift-gate baseline`` arguments that (re)make ``env``'s tiny baseline."""
     return [

@@ -27,31 +27,16 @@ def test_own_model_examples_run_as_written(tmp_path: Path, phantom_root: Path, m
     """docs/how-to/own-model.md: every ``# file:`` TOML block is written, every Python block
     run and every ``$ drift-gate`` line executed, in order, in a fresh folder holding the
     phantom data (``data/phantoms``) and a multi-label manifest (``data/nih.csv``)."""
-    import csv
     import re
     import shlex
-
-    from drift_gate.cli import main
-
-    monkeypatch.chdir(tmp_path)
     import shutil
 
+    from drift_gate.cli import main
+    from gatekit import multilabel_manifest
+
+    monkeypatch.chdir(tmp_path)
     shutil.copytree(phantom_root, tmp_path / "data" / "phantoms")
-    with (phantom_root / "manifest.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    combos = [
-        "Effusion",
-        "Nodule|Pneumonia",
-        "No Finding",
-        "Effusion|Nodule",
-        "Pneumonia|Hernia",
-        "No Finding",
-    ]
-    with (tmp_path / "data" / "nih.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "split"])
-        for i, r in enumerate(rows):
-            writer.writerow([f"phantoms/{r['path']}", combos[i % len(combos)], r["split"]])
+    multilabel_manifest(phantom_root, tmp_path / "data" / "nih.csv", prefix="phantoms/")
     page = (ROOT / "docs" / "how-to" / "own-model.md").read_text(encoding="utf-8")
     namespace: dict[str, object] = {}
     ran = 0

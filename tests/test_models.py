@@ -21,7 +21,7 @@ from drift_gate.evidence.cam import METHODS, CamEngine, minmax, upsample
 from drift_gate.evidence.layers import find_layer
 from drift_gate.models.adapters import ForeignModel
 from drift_gate.models.spec import ModelSpec, load_spec
-from gatekit import assert_error, tree_digest
+from gatekit import assert_error, multilabel_manifest, tree_digest
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
@@ -541,27 +541,8 @@ FINDINGS = ["Effusion", "Nodule", "Pneumonia"]
 
 
 def _nih_manifest(tmp: Path, phantom_root: Path) -> Path:
-    """The phantom images relabelled as NIH ChestX-ray14 writes ``Finding Labels``: several
-    findings joined by ``|``, or ``No Finding`` (and a finding the model does not know)."""
-    import csv
-
-    with (phantom_root / "manifest.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    combos = [
-        "Effusion",
-        "Nodule|Pneumonia",
-        "No Finding",
-        "Effusion|Nodule",
-        "Pneumonia|Hernia",
-        "No Finding",
-    ]
-    out = phantom_root / f"nih-{tmp.name}.csv"  # beside the images: inside the data root
-    with out.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "split"])
-        for i, r in enumerate(rows):
-            w.writerow([r["path"], combos[i % len(combos)], r["split"]])
-    return out
+    """A multi-label manifest beside the phantom images (inside the data root)."""
+    return multilabel_manifest(phantom_root, phantom_root / f"nih-{tmp.name}.csv")
 
 
 def test_multilabel_torchxrayvision_end_to_end(tmp_path: Path, phantom_root: Path) -> None:
