@@ -53,7 +53,7 @@ def test_auc_drop(env: dict[str, Path]) -> None:
     """A reference fitted to the audit images (AUC ~1 there) vs a candidate whose head
     says nothing (AUC exactly 0.5): the AUC rule fails, the label says so."""
     from drift_gate.data.datasets import ImageDataset
-    from drift_gate.gating.baseline import load_baseline
+    from drift_gate.gating.stored import load_baseline
     from drift_gate.training.loops import extract_features, train_head
     from drift_gate.training.profiles import PhaseConfig
 

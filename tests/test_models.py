@@ -26,14 +26,8 @@ from gatekit import assert_error, multilabel_manifest, tree_digest
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
-REFERENCE = {
-    "layercam": pytorch_grad_cam.LayerCAM,
-    "gradcam++": pytorch_grad_cam.GradCAMPlusPlus,
-    "gradcam": pytorch_grad_cam.GradCAM,
-    "xgradcam": pytorch_grad_cam.XGradCAM,
-    "hirescam": pytorch_grad_cam.HiResCAM,
-    "ablationcam": pytorch_grad_cam.AblationCAM,
-}
+from test_cam import REFERENCE  # noqa: E402  (one map of method -> pytorch-grad-cam class)
+
 GRADIENT = tuple(m for m in METHODS if m != "ablationcam")
 CLASSES = ["normal", "bacterial_pneumonia", "viral_pneumonia", "covid19", "tuberculosis"]
 

@@ -27,8 +27,8 @@ from drift_gate.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from drift_gate.distributed import Dist
-    from drift_gate.gating.baseline import Baseline
     from drift_gate.gating.gate import GateResult
+    from drift_gate.gating.stored import Baseline
     from drift_gate.gating.thresholds import Thresholds
     from drift_gate.models.export import Parity
     from drift_gate.models.spec import ModelSpec
@@ -260,14 +260,17 @@ def baseline(
     baseline is signed."""
     from drift_gate.data.datasets import load_dataset
     from drift_gate.gating import signing
-    from drift_gate.gating.baseline import create_baseline, is_multilabel, load_baseline
+    from drift_gate.gating.baseline import create_baseline
+    from drift_gate.gating.multilabel import is_multilabel
+    from drift_gate.gating.stored import load_baseline
     from drift_gate.models.adapters import load_model
     from drift_gate.models.inference import resolve_device
 
     rules = rules_from(thresholds)
     spec = spec_from(model)
     signer = signing.signing_key(signing_key)
-    _, meta = load_model(Path(reference), spec)
+    torch_device = resolve_device(device)
+    net, meta = load_model(Path(reference), spec, torch_device)
     folder = Path("baselines") / meta.arch if out is None else Path(out)
     dataset = load_dataset(Path(data), meta.classes, multilabel=is_multilabel(meta))
     create_baseline(
@@ -276,13 +279,14 @@ def baseline(
         folder,
         rules.methods,
         per_class,
-        resolve_device(device),
+        torch_device,
         batch_size,
         progress,
         rules=rules,
         log=log,
         spec=spec,
         signer=signer,
+        loaded=(net, meta),
     )
     if signer is None:
         log("the baseline is not signed (no signing key: DRIFT_GATE_SIGNING_KEY or --signing-key)")
@@ -433,7 +437,7 @@ def export(
     torch on the baseline's audit images (or ``per_class`` test images without one)."""
     from drift_gate.data.datasets import ImageDataset, load_dataset
     from drift_gate.gating.audit import AuditSet, build_audit_set, build_multilabel_audit_set
-    from drift_gate.gating.baseline import is_multilabel
+    from drift_gate.gating.multilabel import is_multilabel
     from drift_gate.models.adapters import load_model
     from drift_gate.models.export import export_onnx
     from drift_gate.models.inference import resolve_device

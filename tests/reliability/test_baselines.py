@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from drift_gate.cli import main
-from drift_gate.gating.baseline import load_baseline
+from drift_gate.gating.stored import load_baseline
 from gatekit import RULES, assert_error, gate
 
 REFRESH = "refresh it with `drift-gate baseline"

@@ -55,7 +55,7 @@ def test_a_gate_waits_for_the_report_lock(env: dict[str, Path]) -> None:
 def test_approve_waits_for_the_baseline_lock(env: dict[str, Path]) -> None:
     """``baseline``, ``approve`` and the gate share one lock per baseline: an approval that
     finds it held waits, changing nothing, and then records its result (none is lost)."""
-    from drift_gate.gating.baseline import baseline_lock
+    from drift_gate.gating.stored import baseline_lock
     from gatekit import gate
 
     assert gate(env, env["ft"]) == 0

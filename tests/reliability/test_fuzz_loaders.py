@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drift_gate.errors import DriftGateError
-from drift_gate.gating.baseline import read_baseline
+from drift_gate.gating.stored import read_baseline
 from drift_gate.models.checkpoint import CheckpointMeta
 from drift_gate.models.spec import ModelSpec
 

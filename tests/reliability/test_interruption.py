@@ -23,7 +23,7 @@ import drift_gate.gating.baseline
 import drift_gate.gating.gate
 import drift_gate.gating.report
 from drift_gate.cli import main
-from drift_gate.gating.baseline import load_baseline
+from drift_gate.gating.stored import load_baseline
 from gatekit import baseline_args, gate, gate_args, result, tree_digest
 
 

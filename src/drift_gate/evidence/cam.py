@@ -170,10 +170,7 @@ class CamEngine:
         act = act.detach().float().clone().requires_grad_(True)
         with torch.enable_grad():
             logits = model.forward_head(act)
-            if targets is None:
-                targets = logits.argmax(1)
-            targets = targets.to(logits.device)
-            chosen = logits.gather(1, targets[:, None]).squeeze(1)
+            targets, chosen = _chosen(logits, targets)
             grad = None
             if any(m in GRADIENT_METHODS for m in self.methods):
                 (grad,) = torch.autograd.grad(chosen.sum(), act)
@@ -181,15 +178,20 @@ class CamEngine:
         # pass, and min-max normalisation of small maps amplifies float32 rounding.
         a = act.detach().double()
         grad = None if grad is None else grad.double()
+        maps = self._maps(a, grad, lambda: self._ablation(a, targets, chosen.detach()))
+        return CamBatch(logits.detach(), targets, maps)
+
+    def _maps(self, a: Tensor, grad: Tensor | None, ablation: Callable[[], Tensor]) -> dict[str, Tensor]:
+        """Every method's ReLU'd float32 map from the float64 activation and gradient grids."""
         maps = {}
         for m in self.methods:
             if m == "ablationcam":
-                raw = self._ablation(a, targets, chosen.detach())
+                raw = ablation()
             else:
                 assert grad is not None
                 raw = GRADIENT_METHODS[m](a, grad)
-            maps[m] = raw.clamp(min=0).to(act.dtype)
-        return CamBatch(logits.detach(), targets, maps)
+            maps[m] = raw.clamp(min=0).float()
+        return maps
 
     def _net(self) -> torch.nn.Module:
         net = getattr(self.model, "net", None)
@@ -223,10 +225,7 @@ class CamEngine:
                 "it must run exactly once"
             )
         logits = logits.float()
-        if targets is None:
-            targets = logits.argmax(1)
-        targets = targets.to(logits.device)
-        chosen = logits.gather(1, targets[:, None]).squeeze(1)
+        targets, chosen = _chosen(logits, targets)
         grad = None
         if any(m in GRADIENT_METHODS for m in self.methods):
             (raw_grad,) = torch.autograd.grad(chosen.sum(), cap.leaf, allow_unused=True)
@@ -239,14 +238,7 @@ class CamEngine:
                 )
         raw_act = cap.leaf.detach()
         a = to_grid(raw_act, layer).double()
-        maps = {}
-        for m in self.methods:
-            if m == "ablationcam":
-                raw = self._ablation_hooked(x, raw_act, a, targets, chosen.detach())
-            else:
-                assert grad is not None
-                raw = GRADIENT_METHODS[m](a, grad)
-            maps[m] = raw.clamp(min=0).float()
+        maps = self._maps(a, grad, lambda: self._ablation_hooked(x, raw_act, a, targets, chosen.detach()))
         return CamBatch(logits.detach(), targets, maps)
 
     @torch.no_grad()
@@ -299,6 +291,14 @@ class CamEngine:
                 )
                 weights[i, channels] = (scores[i] - out) / scores[i]
         return (weights[:, :, None, None] * a).sum(1)
+
+
+def _chosen(logits: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The target classes (default: the predicted ones) and their logits."""
+    if targets is None:
+        targets = logits.argmax(1)
+    targets = targets.to(logits.device)
+    return targets, logits.gather(1, targets[:, None]).squeeze(1)
 
 
 def upsample(maps: Tensor, size: int | tuple[int, int]) -> Tensor:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drift_gate.errors import DataError, StaleBaselineError
-from drift_gate.gating.baseline import APPROVED_STATISTIC, Baseline, baseline_lock, read_baseline, write_set
+from drift_gate.gating.baseline import APPROVED_STATISTIC, write_set
+from drift_gate.gating.stored import Baseline, baseline_lock, read_baseline
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey

@@ -32,14 +32,8 @@ from drift_gate.evidence.classification import (
 from drift_gate.evidence.metrics import drift_metrics, localisation
 from drift_gate.evidence.summary import Summary, select_samples, summarise
 from drift_gate.gating.audit import expand_pairs
-from drift_gate.gating.baseline import (
-    APPROVED_STATISTIC,
-    Baseline,
-    check_compatible,
-    is_multilabel,
-    load_baseline,
-    operating_points,
-)
+from drift_gate.gating.baseline import APPROVED_STATISTIC, check_compatible
+from drift_gate.gating.multilabel import is_multilabel, operating_points
 from drift_gate.gating.rules import (
     FAIL,
     INCONCLUSIVE,
@@ -52,7 +46,8 @@ from drift_gate.gating.rules import (
     parity_rule,
 )
 from drift_gate.gating.signing import SIGNATURE_FILE
-from drift_gate.gating.thresholds import Thresholds
+from drift_gate.gating.stored import Baseline, load_baseline
+from drift_gate.gating.thresholds import Bound, Thresholds
 from drift_gate.models.adapters import load_model
 from drift_gate.models.checkpoint import CheckpointMeta
 from drift_gate.models.export import OnnxModel, onnx_path, parity
@@ -245,6 +240,12 @@ def _prepare(
             f"refresh it with `drift-gate baseline --out {base.path}`"
         )
     check_compatible(base, meta, candidate)
+    for cls, bounds in thresholds.label_bounds(meta.arch).items():  # before any CAM is computed
+        if cls not in meta.classes:
+            raise ConfigError(
+                f"{bounds[0].source}: drift.{meta.arch}.labels.{cls}: {cls!r} is not one of the "
+                f"model's classes ({', '.join(meta.classes)})"
+            )
     layer, stored = getattr(getattr(model, "target", None), "path", None), base.meta["maps"].get("layer")
     if layer != stored:
         raise StaleBaselineError(
@@ -337,32 +338,26 @@ def _drift(
     approved = _approved(job.base, job.thresholds)
     rules, summaries, per_sample = [], {}, {}
     classes = job.meta.classes
+    # (group, its bounds, its audit rows, its classes): the whole set, then each class's own bounds
+    groups: list[tuple[str, list[Bound] | None, int, int]] = [
+        ("overall", None, len(job.samples), len(classes))
+    ]
+    groups += [
+        (cls, bounds, int((labels == classes.index(cls)).sum()), 1)
+        for cls, bounds in job.thresholds.label_bounds(job.meta.arch).items()
+    ]
     for method, v in values.items():
         summary = summarise(v, selected, labels, classes)
-        rules += evaluate_rules(
-            job.meta.arch,
-            method,
-            summary,
-            job.thresholds,
-            approved,
-            n_audit=len(job.samples),
-            n_classes=len(classes),
-        )
-        for cls, bounds in job.thresholds.label_bounds(job.meta.arch).items():
-            if cls not in classes:
-                raise ConfigError(
-                    f"{bounds[0].source}: drift.{job.meta.arch}.labels.{cls}: {cls!r} is not one of the "
-                    f"model's classes ({', '.join(classes)})"
-                )
+        for group, bounds, n_audit, n_classes in groups:
             rules += evaluate_rules(
                 job.meta.arch,
                 method,
                 summary,
                 job.thresholds,
                 approved,
-                n_audit=int((labels == classes.index(cls)).sum()),
-                n_classes=1,
-                group=cls,
+                n_audit=n_audit,
+                n_classes=n_classes,
+                group=group,
                 bounds=bounds,
             )
         summaries[method] = _summary_dict(summary)

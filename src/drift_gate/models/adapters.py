@@ -32,7 +32,7 @@ from drift_gate.evidence.layers import TargetLayer, find_layer
 from drift_gate.models.checkpoint import CheckpointMeta, foreign_format, load_checkpoint, weights_only_load
 from drift_gate.models.spec import ModelSpec
 
-__all__ = ["ForeignModel", "build_model", "is_drift_gate_checkpoint", "load_model", "read_state_dict"]
+__all__ = ["ForeignModel", "build_model", "load_model", "read_state_dict"]
 
 
 class ForeignModel(nn.Module):
@@ -261,6 +261,8 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             "refused. Save torch.save(model.state_dict(), 'model.pt') instead",
             damaged="not a readable state dict, truncated or corrupt",
         )
+    if isinstance(state, dict) and state.get("format") == "drift-gate-checkpoint":
+        raise ConfigError(f"{path}: a drift-gate checkpoint carries its own model description; drop --model")
     out = _unwrap(state, path)
     for name, t in out.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -296,20 +298,6 @@ def _load_weights(net: nn.Module, spec: ModelSpec, state: dict[str, Tensor], pat
     return spec
 
 
-def is_drift_gate_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a checkpoint drift-gate wrote (read without code)."""
-    path = Path(path)
-    if path.suffix.lower() in (".safetensors", ".pt2", ".onnx") or not path.is_file():
-        return False
-    if foreign_format(path) is not None:
-        return False
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # judged (and reported) by the loader itself
-        return False
-    return isinstance(obj, dict) and obj.get("format") == "drift-gate-checkpoint"
-
-
 def meta_for(spec: ModelSpec, weights: str) -> CheckpointMeta:
     """The metadata the rest of drift-gate reads, for a model described by a spec."""
     return CheckpointMeta(
@@ -338,13 +326,7 @@ def load_model(
         CheckpointError: unreadable, unsafe or mismatched weights.
     """
     path = Path(path)
-    if is_drift_gate_checkpoint(path):
-        if spec is not None:
-            raise ConfigError(
-                f"{path}: a drift-gate checkpoint carries its own model description; drop --model"
-            )
-        return load_checkpoint(path, device)
-    if spec is None:  # says why the file is not a drift-gate checkpoint, and what to give
+    if spec is None:  # a drift-gate checkpoint, or the reason it is not and what to give
         return load_checkpoint(path, device)
     state = read_state_dict(path)  # refuses unsafe, damaged or non-finite weights first
     if spec.family == "hf":

@@ -1,0 +1,267 @@
+"""Stored baselines, read back: the lock every reader and writer of one takes, and the
+verification of its files (sizes before reading, hashes, signature, shapes, types and
+ranges of every field) before anything in them is used."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from drift_gate._io import (
+    file_lock,
+    recover_folder,
+)
+from drift_gate.errors import ConfigError, DataError, StaleBaselineError
+from drift_gate.gating.audit import (
+    AuditSet,
+)
+from drift_gate.gating.multilabel import (
+    is_multilabel,
+)
+from drift_gate.gating.signing import BASELINE_FILES, files_digest, verify_files
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["BASELINE_SCHEMA", "MAX_FILE", "Baseline", "baseline_lock", "load_baseline", "read_baseline"]
+
+
+BASELINE_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A loaded, verified baseline."""
+
+    path: Path
+    meta: dict[str, Any]
+    audit: AuditSet
+    maps: dict[str, np.ndarray]
+    logits: np.ndarray
+    labels: np.ndarray
+    approved: dict[str, Any] = field(default_factory=dict)
+    #: multi-label baselines: the (image, class) pair of each map row; labels are then
+    #: ``(N, K)`` positives and logits ``(N, K)`` per image
+    pairs: np.ndarray | None = None
+    #: :func:`~drift_gate.gating.signing.files_digest` of the three files as read (what a
+    #: gate result is bound to)
+    digest: str = ""
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.meta["classes"])
+
+
+def baseline_lock(folder: Path, shared: bool = False) -> contextlib.AbstractContextManager[None]:
+    """The lock of one baseline: ``baseline`` and ``approve`` hold it exclusively, the gate
+    shared while it reads. Its file sits beside the folder (``.<name>.lock``), so it
+    outlives the folder's replacement. On a read-only file system readers go without it
+    (nobody can write there either)."""
+    folder = Path(folder)
+    lock = folder.parent / f".{folder.name}.lock"
+    if shared and not os.access(lock.parent if not lock.exists() else lock, os.W_OK):
+        return contextlib.nullcontext()
+    return file_lock(lock, shared=shared)
+
+
+def load_baseline(path: Path, public_key: Ed25519PublicKey | None = None) -> Baseline:
+    """Loads ``path`` (a folder or its ``baseline.json``) and verifies its integrity,
+    holding the baseline's lock shared (so a refresh or an approval is never read half done).
+
+    Raises:
+        StaleBaselineError: missing or partial baselines, schema mismatches and
+            files whose hashes differ from those recorded (tampering); the
+            message names the file and says how to refresh it.
+    """
+    folder = Path(path).parent if Path(path).suffix == ".json" else Path(path)
+    with baseline_lock(folder, shared=True):
+        with contextlib.suppress(OSError):  # another reader may have restored it first
+            recover_folder(folder)
+        return read_baseline(folder, public_key)
+
+
+#: Largest file of a baseline read into memory (checked before reading).
+MAX_FILE = {"baseline.json": 64 << 20, "audit.json": 256 << 20, "maps.npz": 4 << 30}
+
+
+def _read_files(folder: Path, how: str) -> dict[str, bytes]:
+    """A baseline's three files, read once (sizes checked first): what is verified and used."""
+    meta_path = folder / "baseline.json"
+    if not meta_path.is_file():
+        raise StaleBaselineError(f"{meta_path}: no baseline (missing or partially written); {how}")
+    files = {}
+    for name in BASELINE_FILES:
+        path = folder / name
+        try:
+            size = path.stat().st_size
+            if size > MAX_FILE[name]:
+                raise StaleBaselineError(
+                    f"{path}: {size:,} bytes, more than a baseline holds; refused unread"
+                )
+            files[name] = path.read_bytes()
+        except FileNotFoundError:
+            raise StaleBaselineError(f"{path}: missing from the baseline; {how}") from None
+        except OSError as exc:
+            raise StaleBaselineError(f"{path}: unreadable ({exc.strerror or exc}); {how}") from None
+    return files
+
+
+def read_baseline(folder: Path, public_key: Ed25519PublicKey | None = None) -> Baseline:
+    """Reads and verifies a baseline (and, with ``public_key``, its signature, over the very
+    bytes then used); the caller holds its lock (:func:`load_baseline` takes it)."""
+    how = f"refresh it with `drift-gate baseline --reference CKPT --out {folder}`"
+    meta_path = folder / "baseline.json"
+    files = _read_files(folder, how)
+    if public_key is not None:
+        verify_files(folder, files, public_key)
+    try:
+        meta = json.loads(files["baseline.json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise StaleBaselineError(f"{meta_path}: unreadable baseline ({exc}); {how}") from None
+    if not isinstance(meta, dict):
+        raise StaleBaselineError(f"{meta_path}: not a baseline (a JSON object); {how}")
+    if meta.get("schema_version") != BASELINE_SCHEMA:
+        raise StaleBaselineError(
+            f"{meta_path}: baseline schema {meta.get('schema_version')} but this "
+            f"drift-gate reads schema {BASELINE_SCHEMA}; {how}"
+        )
+    try:
+        meta["maps"]["sha256"], meta["maps"]["methods"], meta["audit"]["sha256"], meta["classes"]
+        meta["reference"]["sha256"], meta["auc"]
+    except (KeyError, TypeError) as exc:
+        raise StaleBaselineError(f"{meta_path}: baseline.json lacks the field {exc}; {how}") from None
+    npz = files["maps.npz"]
+    if hashlib.sha256(npz).hexdigest() != meta["maps"]["sha256"]:
+        raise StaleBaselineError(
+            f"{folder / 'maps.npz'}: hash differs from baseline.json (modified or corrupted); {how}"
+        )
+    try:
+        audit = AuditSet.from_json(files["audit.json"].decode("utf-8"))
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise StaleBaselineError(f"{folder / 'audit.json'}: unreadable audit set ({exc}); {how}") from exc
+    if audit.sha256 != meta["audit"]["sha256"]:
+        raise StaleBaselineError(
+            f"{folder / 'audit.json'}: hash differs from baseline.json (modified); {how}"
+        )
+    if not audit.samples:
+        raise DataError("the audit set is empty: nothing could be checked")
+    if "model" in meta:
+        from drift_gate.models.spec import ModelSpec
+
+        try:
+            ModelSpec.from_dict(meta["model"], f"{meta_path}: model")
+        except ConfigError as exc:
+            raise StaleBaselineError(f"{exc}; {how}") from None
+    maps, logits, labels, pairs = _arrays(folder / "maps.npz", npz, meta, len(audit.samples), how)
+    approved = meta.get("approved") or {}
+    why = _bad_approval(approved)
+    if why:
+        raise StaleBaselineError(f"{meta_path}: the approved result is malformed ({why}); {how}")
+    return Baseline(folder, meta, audit, maps, logits, labels, approved, pairs, files_digest(files))
+
+
+def _is_unit(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= float(v) <= 1.0
+
+
+def _bad_approval(approved: object) -> str | None:
+    """What is wrong with a stored approval (``None`` if nothing): the gate compares its
+    numbers with the candidate's, so each must be a finite number of the right kind."""
+    import math
+
+    if not isinstance(approved, dict):
+        return "not a table"
+    if not approved:
+        return None
+    if "auc" in approved and not _is_unit(approved["auc"]):
+        return f"auc {approved['auc']!r} is not a number in [0, 1]"
+    if not isinstance(approved.get("statistic", "mean"), str):
+        return "statistic is not a name"
+    stats = approved.get("statistics", {})
+    if not isinstance(stats, dict) or not all(isinstance(v, dict) for v in stats.values()):
+        return "statistics is not a table of tables"
+    for method, per in stats.items():
+        for metric, value in per.items():
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            ):
+                return f"{method}/{metric} is {value!r}, not a finite number"
+    return None
+
+
+def _arrays(
+    path: Path, npz: bytes, meta: dict[str, Any], n: int, how: str
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
+    """The arrays of ``maps.npz``, checked against what ``baseline.json`` records before and
+    after reading: sizes from the archive's directory (a zip bomb is refused unread),
+    shapes, and finite values."""
+    import zipfile
+
+    def bad(what: str) -> StaleBaselineError:
+        return StaleBaselineError(f"{path}: {what}; {how}")
+
+    methods, grid, classes = meta["maps"]["methods"], meta["maps"].get("shape"), meta["classes"]
+    if not (
+        isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and 0 < g <= 4096 for g in grid)
+    ):
+        raise bad(f"baseline.json records no valid map shape ({grid!r})")
+    if not (isinstance(methods, list) and isinstance(classes, list) and 0 < len(classes) <= 10_000):
+        raise bad("baseline.json records no valid methods or classes")
+    auc = meta["auc"]
+    if isinstance(auc, bool) or not isinstance(auc, int | float) or not 0.0 <= float(auc) <= 1.0:
+        raise bad(f"baseline.json records an AUC of {auc!r}, not a number in [0, 1]")
+    multilabel, rows = is_multilabel(meta), n
+    if multilabel:
+        rows = meta["audit"].get("pairs")
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 0 < rows <= n * len(classes):
+            raise bad(f"baseline.json records no valid number of (image, class) pairs ({rows!r})")
+    expected = rows * (len(methods) * grid[0] * grid[1] * 4 + 16) + n * (len(classes) * 5 + 8) + (1 << 20)
+    try:
+        with zipfile.ZipFile(io.BytesIO(npz)) as zf:
+            unpacked = sum(i.file_size for i in zf.infolist())
+    except zipfile.BadZipFile as exc:
+        raise bad(f"not a readable archive ({exc})") from exc
+    if unpacked > 2 * expected:
+        raise bad(
+            f"unpacks to {unpacked:,} bytes where {n} audit images need about {expected:,}; refused unread"
+        )
+    try:
+        with np.load(io.BytesIO(npz), allow_pickle=False) as z:
+            maps = {m: z[f"map_{m}"].astype(np.float32) for m in methods}
+            logits, labels = z["logits"], z["labels"]
+            pairs = z["pairs"].astype(np.int64) if multilabel else None
+    except (KeyError, ValueError, OSError) as exc:
+        raise bad(f"unreadable arrays ({exc})") from exc
+    for m, a in maps.items():
+        if a.shape != (rows, *grid):
+            raise bad(
+                f"{m} maps have shape {a.shape}, but the baseline records {rows} maps of {grid[0]}x{grid[1]}"
+            )
+        if not np.isfinite(a).all():
+            raise bad(f"the stored {m} maps contain NaN or Inf (the baseline is damaged, not the candidate)")
+    if pairs is not None and (
+        pairs.shape != (rows, 2)
+        or not (
+            (pairs[:, 0] >= 0) & (pairs[:, 0] < n) & (pairs[:, 1] >= 0) & (pairs[:, 1] < len(classes))
+        ).all()
+    ):
+        raise bad(f"the (image, class) pairs {pairs.shape} do not fit {n} images of {len(classes)} classes")
+    if logits.shape != (n, len(classes)) or labels.shape != ((n, len(classes)) if multilabel else (n,)):
+        raise bad(
+            f"logits {logits.shape} and labels {labels.shape} do not fit {n} images of {len(classes)} classes"
+        )
+    if not np.isfinite(logits).all():
+        raise bad("the stored logits contain NaN or Inf")
+    return maps, logits, labels, pairs
