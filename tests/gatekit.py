@@ -221,3 +221,23 @@ def parse_failure_modes(text: str) -> list[tuple[str, int, str]]:
         if m:
             rows.append((m["test"], int(m["code"]), m["message"].replace(chr(92) + "|", "|")))
     return rows
+
+
+def fixed_key_pair(out: Path, seed: int) -> None:
+    """A key pair from a fixed seed (as ``keygen`` writes it), so messages that name key
+    ids are the same in every run."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
+    key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.key").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    Path(f"{out}.key").chmod(0o600)
+    Path(f"{out}.pub").write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )

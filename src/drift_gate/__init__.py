@@ -32,6 +32,8 @@ _WHERE = {
     "train": "drift_gate.api",
     "export": "drift_gate.api",
     "keygen": "drift_gate.api",
+    "bundle": "drift_gate.api",
+    "verify_bundle": "drift_gate.api",
     "phantoms": "drift_gate.api",
     "study": "drift_gate.studies.api",
     "track": "drift_gate.studies.api",
@@ -76,6 +78,7 @@ __all__ = [
     "__version__",
     "approve",
     "baseline",
+    "bundle",
     "calibrate",
     "export",
     "find_layer",
@@ -88,6 +91,7 @@ __all__ = [
     "track",
     "train",
     "validate",
+    "verify_bundle",
 ]
 
 
@@ -105,7 +109,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from drift_gate.api import Approval, Export, approve, baseline, export, gate, phantoms, train
+    from drift_gate.api import (
+        Approval,
+        Export,
+        approve,
+        baseline,
+        bundle,
+        export,
+        gate,
+        keygen,
+        phantoms,
+        train,
+        verify_bundle,
+    )
     from drift_gate.data.preprocess import Preprocess
     from drift_gate.errors import CheckpointError, ConfigError, DataError, DriftGateError, StaleBaselineError
     from drift_gate.gating.gate import CandidateResult, GateResult

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from drift_gate.gating.gate import GateResult
     from drift_gate.gating.stored import Baseline
     from drift_gate.gating.thresholds import Thresholds
+    from drift_gate.integrations.bundle import BundleCheck
     from drift_gate.models.export import Parity
     from drift_gate.models.spec import ModelSpec
     from drift_gate.training.pipeline import TrainResult
@@ -41,12 +42,14 @@ __all__ = [
     "PathLike",
     "approve",
     "baseline",
+    "bundle",
     "export",
     "gate",
     "keygen",
     "phantoms",
     "profile_data",
     "train",
+    "verify_bundle",
 ]
 
 
@@ -129,6 +132,8 @@ def gate(
     precision: str = "fp32",
     public_key: PathLike | None = None,
     signing_key: PathLike | None = None,
+    mlflow: str | None = None,
+    mlflow_experiment: str = "drift-gate",
     progress: bool = False,
     log: Log = quiet,
     dist: Dist | None = None,
@@ -150,10 +155,14 @@ def gate(
         reports: write ``gate.json``, ``gate.md``, ``gate.junit.xml`` and ``gate.html``
             here (as a set); their paths are in ``result.report_paths``.
         onnx: predict with ``<candidate stem>.onnx`` when it is beside a candidate.
-        public_key: verify every baseline's signature with this key (a PEM file or its
-            text; default ``DRIFT_GATE_PUBLIC_KEY``); unsigned baselines are then refused.
+        public_key: verify every baseline's signature with this key, or a ring of several
+            (a PEM file or its text; default ``DRIFT_GATE_PUBLIC_KEY``); unsigned baselines
+            are then refused.
         signing_key: sign ``gate.json`` (default ``DRIFT_GATE_SIGNING_KEY``), so that
             ``approve`` can tell it from an edited one.
+        mlflow: log every candidate as a run to this MLflow tracking URI, in the
+            experiment ``mlflow_experiment`` (:mod:`drift_gate.integrations.tracking`;
+            needs ``drift-gate[mlflow]``); checked before anything is computed.
         dist: the torchrun process group (see :mod:`drift_gate.distributed`).
 
     Returns:
@@ -177,6 +186,11 @@ def gate(
     rules = rules_from(thresholds)
     spec = spec_from(model)
     verify_with, signer = signing.public_key(public_key), signing.signing_key(signing_key)
+    tracking = None
+    if mlflow is not None and dist.main:
+        from drift_gate.integrations.tracking import open_tracking
+
+        tracking = open_tracking(mlflow, mlflow_experiment)
     chosen = [Path(c) for c in candidates]
     candidates_given = set(chosen)
     source = None if data is None else Path(data)
@@ -234,6 +248,11 @@ def gate(
     result = GateResult(results, rules.as_dict(), rules.path, library_versions())
     if reports is not None and dist.main:  # every rank holds the same result; one writes it
         result.report_paths = write_reports(result, Path(reports), artifacts, signer=signer)
+    if tracking is not None:
+        from drift_gate.integrations.tracking import log_gate
+
+        runs = log_gate(tracking, result, artifacts, result.report_paths)
+        log(f"mlflow: {len(runs)} run(s) in experiment {mlflow_experiment!r} at {tracking.uri}")
     barrier(dist)
     return result
 
@@ -246,6 +265,7 @@ def baseline(
     out: PathLike | None = None,
     thresholds: PathLike | Thresholds = "thresholds.toml",
     per_class: int = 10,
+    uncertain: str = "zeros",
     device: str = "auto",
     batch_size: int = 16,
     signing_key: PathLike | None = None,
@@ -257,7 +277,9 @@ def baseline(
     spec ``model``), for the methods of ``thresholds``; refuses an audit set on which
     those rules could never reach ``min_samples``. Returns the baseline as loaded back
     and verified. With a signing key (``signing_key`` or ``DRIFT_GATE_SIGNING_KEY``) the
-    baseline is signed."""
+    baseline is signed. ``data`` may be a public data set's folder as it ships
+    (:mod:`drift_gate.data.formats`); ``uncertain`` says how CheXpert's and MIMIC-CXR's
+    uncertain labels are read (``zeros``, ``ones`` or ``ignore``)."""
     from drift_gate.data.datasets import load_dataset
     from drift_gate.gating import signing
     from drift_gate.gating.baseline import create_baseline
@@ -272,7 +294,9 @@ def baseline(
     torch_device = resolve_device(device)
     net, meta = load_model(Path(reference), spec, torch_device)
     folder = Path("baselines") / meta.arch if out is None else Path(out)
-    dataset = load_dataset(Path(data), meta.classes, multilabel=is_multilabel(meta))
+    dataset = load_dataset(Path(data), meta.classes, multilabel=is_multilabel(meta), uncertain=uncertain)
+    if dataset.description:
+        log(f"data: {dataset.description}")
     create_baseline(
         Path(reference),
         dataset,
@@ -290,7 +314,7 @@ def baseline(
     )
     if signer is None:
         log("the baseline is not signed (no signing key: DRIFT_GATE_SIGNING_KEY or --signing-key)")
-    return load_baseline(folder, None if signer is None else signer.public_key())
+    return load_baseline(folder, None if signer is None else signing.Keyring.of(signer))
 
 
 @dataclass(frozen=True)
@@ -308,6 +332,7 @@ def approve(
     result: PathLike | GateResult | Mapping[str, Any] = "reports/gate.json",
     candidate: str | None = None,
     force: bool = False,
+    by: str | None = None,
     public_key: PathLike | None = None,
     signing_key: PathLike | None = None,
 ) -> list[Approval]:
@@ -317,7 +342,8 @@ def approve(
     the baseline as it is now is accepted; with a public key (``public_key`` or
     ``DRIFT_GATE_PUBLIC_KEY``) a ``gate.json`` must carry the gate's signature, and the
     approved baseline is signed with the signing key (``signing_key`` or
-    ``DRIFT_GATE_SIGNING_KEY``), which is then required."""
+    ``DRIFT_GATE_SIGNING_KEY``), which is then required. ``by`` names who approves in the
+    history (default: ``$GITHUB_ACTOR``, else the user running it)."""
     from drift_gate.gating import signing
     from drift_gate.gating.approval import approve as record
     from drift_gate.gating.gate import GateResult
@@ -352,7 +378,7 @@ def approve(
         )
     out = []
     for c in chosen:
-        changes = record(dict(doc), c, force=force, public_key=verify_with, signer=signer)
+        changes = record(dict(doc), c, force=force, public_key=verify_with, signer=signer, by=by)
         out.append(
             Approval(str(c["candidate"]), Path(str(c["baseline"])), changes, c.get("verdict") != "pass")
         )
@@ -499,6 +525,38 @@ def keygen(*, out: PathLike) -> tuple[Path, Path]:
     from drift_gate.gating.signing import generate_keys
 
     return generate_keys(Path(out))
+
+
+def bundle(
+    *,
+    result: PathLike = "reports/gate.json",
+    out: PathLike | None = None,
+    candidate: str | None = None,
+    signing_key: PathLike | None = None,
+) -> list[Path]:
+    """Writes a change-control evidence bundle per candidate of a gate result
+    (:mod:`drift_gate.integrations.bundle`): into the folder ``out`` (default: the
+    result's), or to the file ``out`` (``.tar``) for one candidate. With a signing key
+    (``signing_key`` or ``DRIFT_GATE_SIGNING_KEY``) its manifest is signed. Returns the
+    bundles' paths."""
+    from drift_gate.gating import signing
+    from drift_gate.integrations.bundle import make_bundles
+
+    signer = signing.signing_key(signing_key)
+    return make_bundles(Path(result), None if out is None else Path(out), candidate, signer)
+
+
+def verify_bundle(*, path: PathLike, public_key: PathLike | None = None) -> BundleCheck:
+    """Checks a bundle written by :func:`bundle`: every file against its manifest and, with
+    a public key (``public_key`` or ``DRIFT_GATE_PUBLIC_KEY``), the manifest's signature.
+
+    Raises:
+        BundleMismatchError: a file was changed, added or removed, or the signature fails.
+    """
+    from drift_gate.gating import signing
+    from drift_gate.integrations.bundle import verify_bundle as check
+
+    return check(Path(path), signing.public_key(public_key))
 
 
 def phantoms(

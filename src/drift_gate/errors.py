@@ -7,6 +7,7 @@ The CLI maps every :class:`DriftGateError` to its ``exit_code`` in one place
 from __future__ import annotations
 
 __all__ = [
+    "BundleMismatchError",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -45,3 +46,10 @@ class StaleBaselineError(DriftGateError):
 
 class ExportError(DriftGateError):
     """The exported model does not reproduce the checkpoint (nothing was written)."""
+
+
+class BundleMismatchError(DriftGateError):
+    """An evidence bundle whose files do not match its manifest or signature (exit code 1:
+    the check ran and failed, as a gate's rule does)."""
+
+    exit_code = 1

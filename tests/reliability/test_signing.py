@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from drift_gate.cli import main
-from gatekit import assert_error, baseline_args, gate, result, tree_digest
+from gatekit import assert_error, baseline_args, fixed_key_pair, gate, result, tree_digest
 
 
 @pytest.fixture(autouse=True)
@@ -21,30 +21,10 @@ def _no_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DRIFT_GATE_PUBLIC_KEY", raising=False)
 
 
-def _fixed_pair(out: Path, seed: int) -> None:
-    """A key pair from a fixed seed (as ``keygen`` writes it), so messages that name key
-    ids are the same in every run."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        NoEncryption,
-        PrivateFormat,
-        PublicFormat,
-    )
-
-    key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.key").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    Path(f"{out}.key").chmod(0o600)
-    Path(f"{out}.pub").write_bytes(
-        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    )
-
-
 @pytest.fixture()
 def keys(tmp_path: Path) -> dict[str, Path]:
-    _fixed_pair(tmp_path / "keys" / "ci", 1)
-    _fixed_pair(tmp_path / "keys" / "other", 2)
+    fixed_key_pair(tmp_path / "keys" / "ci", 1)
+    fixed_key_pair(tmp_path / "keys" / "other", 2)
     return {
         "key": tmp_path / "keys" / "ci.key",
         "pub": tmp_path / "keys" / "ci.pub",
@@ -132,6 +112,33 @@ def test_a_baseline_signed_by_another_key_is_refused(
         gate(signed, signed["ft"], "--public-key", str(signed["other_pub"])),
         capsys,
         r"signature.json: signed by key '[0-9a-f]{16}', not by the configured public key",
+    )
+
+
+def test_key_rotation_through_a_ring_of_public_keys(
+    signed: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rotation: while the ring holds the old and the new key, a baseline signed by either
+    passes; after re-signing with the new key and dropping the old one from the ring, a
+    baseline still signed by the old key is refused by its key id."""
+    ring = signed["tmp"] / "ring.pub"
+    ring.write_bytes(signed["pub"].read_bytes() + signed["other_pub"].read_bytes())
+    assert gate(signed, signed["ft"], "--public-key", str(ring)) in (0, 1)  # old key, in the ring
+    assert result(signed)["candidates"][0]["baseline_signed"] is True
+    assert main([*baseline_args(signed, signed["tl"]), "--signing-key", str(signed["other_key"])]) == 0
+    assert gate(signed, signed["ft"], "--public-key", str(ring)) in (0, 1)  # new key, in the ring
+    assert gate(signed, signed["ft"], "--public-key", str(signed["other_pub"])) in (0, 1)  # old one dropped
+    assert main([*baseline_args(signed, signed["tl"]), "--signing-key", str(signed["key"])]) == 0
+    assert_error(
+        gate(signed, signed["ft"], "--public-key", str(signed["other_pub"])),
+        capsys,
+        r"signature.json: signed by key '[0-9a-f]{16}', not by the configured public key",
+    )
+    ring.write_bytes(
+        signed["other_pub"].read_bytes() + b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+    )
+    assert_error(
+        gate(signed, signed["ft"], "--public-key", str(ring)), capsys, "public key 2 of 2 is not a PEM"
     )
 
 

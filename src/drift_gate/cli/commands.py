@@ -107,6 +107,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         out=args.out,
         thresholds=args.thresholds,
         per_class=args.per_class,
+        uncertain=args.uncertain,
         signing_key=args.signing_key,
         **_run(args),
     )
@@ -134,6 +135,8 @@ def _gate(args: argparse.Namespace, dist: Dist) -> int:
         precision=args.precision,
         public_key=args.public_key,
         signing_key=args.signing_key,
+        mlflow=args.mlflow,
+        mlflow_experiment=args.mlflow_experiment,
         progress=_progress(args) and dist.main,
         log=_log,
         dist=dist,
@@ -242,10 +245,29 @@ def cmd_approve(args: argparse.Namespace) -> int:
         result=args.result,
         candidate=args.candidate,
         force=args.force,
+        by=args.by,
         public_key=args.public_key,
         signing_key=args.signing_key,
     ):
         print("\n".join(approval.changes))
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    for path in api.bundle(
+        result=args.result, out=args.out, candidate=args.candidate, signing_key=args.signing_key
+    ):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_verify_bundle(args: argparse.Namespace) -> int:
+    check = api.verify_bundle(path=args.bundle, public_key=args.public_key)
+    signed = f"signed by key {check.signed_by}" if check.signed_by else "signature not checked"
+    print(
+        f"{check.path}: OK: {check.files} files match the manifest ({signed}); candidate "
+        f"{check.candidate}, verdict {check.verdict}, {check.approvals} approval(s)"
+    )
     return 0
 
 

@@ -102,7 +102,7 @@ PRECISION = _parent(
 
 def _command(sub: _Sub, name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help, parents=[COMMON, *parents])
-    p.set_defaults(func=getattr(commands, f"cmd_{name}"))
+    p.set_defaults(func=getattr(commands, f"cmd_{name.replace('-', '_')}"))
     return p
 
 
@@ -170,7 +170,21 @@ def _add_baseline(sub: _Sub) -> None:
     p.add_argument(
         "--reference", type=Path, required=True, help="reference checkpoint (e.g. tl.pt) or state dict"
     )
-    p.add_argument("--data", type=Path, required=True, help="data set (folder or manifest)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help=(
+            "data set: a manifest, a folder of class subfolders, or a public data set's folder as it "
+            "ships (NIH ChestX-ray14, CheXpert, MIMIC-CXR-JPG, RSNA Pneumonia, COVID-QU-Ex)"
+        ),
+    )
+    p.add_argument(
+        "--uncertain",
+        choices=("zeros", "ones", "ignore"),
+        default="zeros",
+        help="CheXpert / MIMIC-CXR uncertain labels (-1): negative, positive, or leave the image out",
+    )
     _model_option(p)
     p.add_argument(
         "--out", type=Path, default=None, help="baseline folder (default baselines/<arch or model name>)"
@@ -215,6 +229,15 @@ def _add_gate(sub: _Sub) -> None:
     _key_options(p, public=True, signing=True)
     p.add_argument(
         "--no-onnx", action="store_true", help="predict with the checkpoint even if <stem>.onnx is beside it"
+    )
+    p.add_argument(
+        "--mlflow",
+        default=None,
+        metavar="URI",
+        help="also log each candidate as an MLflow run to this tracking URI (needs drift-gate[mlflow])",
+    )
+    p.add_argument(
+        "--mlflow-experiment", default="drift-gate", help="the MLflow experiment (default: drift-gate)"
     )
 
 
@@ -361,6 +384,11 @@ def _add_approve(sub: _Sub) -> None:
         action="store_true",
         help="approve a candidate that did not pass (recorded as forced in the baseline's history)",
     )
+    p.add_argument(
+        "--by",
+        default=None,
+        help="who approves, recorded in the baseline's history (default: $GITHUB_ACTOR, else your user name)",
+    )
     _key_options(p, public=True, signing=True)
 
 
@@ -370,7 +398,10 @@ def _key_options(p: argparse.ArgumentParser, public: bool, signing: bool) -> Non
             "--public-key",
             type=Path,
             default=None,
-            help="verify signatures with this Ed25519 public key (default: $DRIFT_GATE_PUBLIC_KEY)",
+            help=(
+                "verify signatures with this Ed25519 public key, or with any key of a ring of several "
+                "concatenated in one PEM file (default: $DRIFT_GATE_PUBLIC_KEY)"
+            ),
         )
     if signing:
         p.add_argument(
@@ -384,6 +415,33 @@ def _key_options(p: argparse.ArgumentParser, public: bool, signing: bool) -> Non
 def _add_keygen(sub: _Sub) -> None:
     p = _command(sub, "keygen", "make an Ed25519 key pair for signed baselines and gate results")
     p.add_argument("--out", type=Path, required=True, help="writes OUT.key (private, mode 0600) and OUT.pub")
+
+
+def _add_bundle(sub: _Sub) -> None:
+    p = _command(
+        sub,
+        "bundle",
+        "write a change-control evidence bundle (one .tar per candidate) from a gate result",
+    )
+    p.add_argument("--result", type=Path, default=Path("reports/gate.json"), help="the gate's gate.json")
+    p.add_argument("--candidate", default=None, help="only this candidate of the result")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the bundles (default: the result's), or a .tar file for one candidate",
+    )
+    _key_options(p, public=False, signing=True)
+
+
+def _add_verify_bundle(sub: _Sub) -> None:
+    p = _command(
+        sub,
+        "verify-bundle",
+        "check an evidence bundle: every file against its manifest, and its signature (exit 1 if not)",
+    )
+    p.add_argument("bundle", type=Path, help="the bundle (.tar)")
+    _key_options(p, public=True, signing=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_calibrate,
         _add_validate,
         _add_approve,
+        _add_bundle,
+        _add_verify_bundle,
         _add_keygen,
     ):
         add(sub)

@@ -13,6 +13,7 @@ input is :mod:`drift_gate.preprocess`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from drift_gate._io import ALLOW_OUTSIDE, file_sha256
+from drift_gate.data.masks import Mask, parse_mask
 from drift_gate.data.preprocess import (
     DEFAULT,
     Preprocess,
@@ -53,7 +55,8 @@ class Sample:
         label: class index.
         split: ``train``, ``val`` or ``test``.
         sha256: hash of the file's bytes.
-        mask: path of a ground-truth finding mask, if any.
+        mask: the ground-truth finding mask, if any: a mask image's path or boxes
+            (:mod:`drift_gate.data.masks`).
         labels: multi-label data: the indices of every positive class (``label`` is
             then the first, or -1 for an image with none); ``None`` for single-label data.
     """
@@ -63,7 +66,7 @@ class Sample:
     label: int
     split: str
     sha256: str
-    mask: Path | None = None
+    mask: Mask | None = None
     labels: tuple[int, ...] | None = None
 
     def label_text(self, classes: Sequence[str]) -> str:
@@ -80,6 +83,8 @@ class DataSet:
     root: Path
     classes: tuple[str, ...]
     samples: tuple[Sample, ...]
+    #: How a public data set's files were read (views, label policy, splits); else empty.
+    description: str = ""
 
     def split(self, name: str) -> list[Sample]:
         """The samples of one split, in a stable order."""
@@ -194,17 +199,26 @@ def _from_folder(root: Path) -> list[_Row]:
     return rows
 
 
-def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel: bool = False) -> DataSet:
+def load_dataset(
+    source: Path,
+    classes: Sequence[str] | None = None,
+    multilabel: bool = False,
+    uncertain: str = "zeros",
+) -> DataSet:
     """Reads and validates a data set.
 
     Args:
-        source: a ``.csv`` manifest, a folder with ``manifest.csv``, or a folder of
-            class subfolders (optionally under ``train``/``val``/``test``).
+        source: a ``.csv`` manifest, a folder with ``manifest.csv``, a public data set's
+            folder as it ships (:mod:`drift_gate.data.formats`: NIH ChestX-ray14,
+            CheXpert, MIMIC-CXR-JPG, RSNA Pneumonia, COVID-QU-Ex), or a folder of class
+            subfolders (optionally under ``train``/``val``/``test``).
         classes: the expected class names in order; by default the sorted labels
             found (the phantoms' manifest lists them in their canonical order).
         multilabel: the ``label`` column lists every finding of an image separated
             by ``|`` (as NIH ChestX-ray14's ``Finding Labels``); names that are not
             among ``classes`` (``No Finding``) count as negatives for every class.
+        uncertain: CheXpert's and MIMIC-CXR's uncertain labels (``-1``) read as
+            ``zeros``, ``ones``, or ``ignore`` (images with one are left out).
 
     Raises:
         DataError: missing source, unknown labels, empty classes or splits,
@@ -213,19 +227,23 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel:
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: data source not found")
-    from drift_gate.data.nih import is_nih, nih_rows
+    from drift_gate.data.formats import detect
 
+    described = ""
     if source.is_file():
         rows, root = _from_manifest(source)
     elif (source / "manifest.csv").is_file():
         rows, root = _from_manifest(source / "manifest.csv")
-    elif is_nih(source):
-        if not multilabel or not classes:
+    elif (reader := detect(source)) is not None:
+        if reader.multilabel and (not multilabel or not classes):
             raise DataError(
-                f"{source}: NIH ChestX-ray14 is multi-label: gate it with a model spec whose "
+                f"{source}: {reader.title} is multi-label: gate it with a model spec whose "
                 "task is multilabel (docs/how-to/own-model.md)"
             )
-        rows, root = nih_rows(source, classes), source
+        if multilabel and not reader.multilabel:
+            raise DataError(f"{source}: {reader.title} has one class per image; it is not multi-label")
+        rows, described = reader.read(source, classes or (), uncertain)
+        root = source
     elif multilabel:
         raise DataError(f"{source}: multi-label data needs a manifest (path,label with labels A|B)")
     else:
@@ -233,7 +251,7 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel:
     if not rows:
         raise DataError(f"{source}: no images found (PNG, JPEG, TIFF or DICOM)")
     if multilabel:
-        return _multilabel(source, root, rows, classes)
+        return dataclasses.replace(_multilabel(source, root, rows, classes), description=described)
 
     found = list(dict.fromkeys(r[1] for r in rows))
     if classes is None:
@@ -257,7 +275,7 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel:
                 classes.index(label),
                 split,
                 actual,
-                confined(root / mask, root, "mask") if mask else None,
+                parse_mask(mask, root) if mask else None,
             )
         )
 
@@ -277,7 +295,7 @@ def load_dataset(source: Path, classes: Sequence[str] | None = None, multilabel:
         empty = [c for i, c in enumerate(classes) if counts[(split, i)] == 0]
         if empty:
             raise DataError(f"{source}: class(es) {', '.join(empty)} have no images in the {split} split")
-    return DataSet(root, classes, tuple(samples))
+    return DataSet(root, classes, tuple(samples), described)
 
 
 def _verified(root: Path, rel: str, digest: str | None, split: str | None) -> tuple[Path, str, str]:
@@ -314,7 +332,7 @@ def _multilabel(source: Path, root: Path, rows: list[_Row], classes: Sequence[st
                 positives[0] if positives else -1,
                 split,
                 actual,
-                confined(root / mask, root, "mask") if mask else None,
+                parse_mask(mask, root) if mask else None,
                 positives,
             )
         )

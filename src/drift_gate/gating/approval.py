@@ -14,12 +14,37 @@ from typing import TYPE_CHECKING, Any
 
 from drift_gate.errors import DataError, StaleBaselineError
 from drift_gate.gating.baseline import APPROVED_STATISTIC, write_set
+from drift_gate.gating.signing import key_id
 from drift_gate.gating.stored import Baseline, baseline_lock, read_baseline
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["approve"]
+    from drift_gate.gating.signing import Keyring
+
+__all__ = ["approve", "approver"]
+
+
+def approver(by: str | None = None) -> str:
+    """Who approves: ``by``, else ``$GITHUB_ACTOR`` (in a GitHub workflow), else the user
+    running the process.
+
+    Raises:
+        DataError: a name that is empty, over 200 characters or holds control characters.
+    """
+    import getpass
+    import os
+
+    if by is None:
+        by = os.environ.get("GITHUB_ACTOR") or ""
+        if not by:
+            try:
+                by = getpass.getuser()
+            except (OSError, KeyError):
+                by = "unknown"
+    if not by.strip() or len(by) > 200 or any(ord(ch) < 32 or ord(ch) == 127 for ch in by):
+        raise DataError(f"approver {by[:40]!r}: not a usable name (1-200 printable characters)")
+    return by
 
 
 def approve(
@@ -27,8 +52,9 @@ def approve(
     candidate: dict[str, Any],
     *,
     force: bool = False,
-    public_key: Ed25519PublicKey | None = None,
+    public_key: Keyring | None = None,
     signer: Ed25519PrivateKey | None = None,
+    by: str | None = None,
 ) -> list[str]:
     """Records one candidate of a gate result (``gate.json``) as the approved one in
     its baseline (atomically); returns the lines describing what changed. Every
@@ -40,6 +66,7 @@ def approve(
         public_key: verify the baseline's signature before changing it.
         signer: sign the approved baseline (required when ``public_key`` is given:
             an unsigned baseline would then be refused by every gate).
+        by: who approves, for the history (default :func:`approver`).
 
     Raises:
         DataError: the candidate did not pass and ``force`` is not set.
@@ -65,7 +92,7 @@ def approve(
     with baseline_lock(folder):  # one approval at a time: none is lost
         base = read_baseline(folder, public_key)
         try:
-            return _record(result, candidate, base, verdict, signer)
+            return _record(result, candidate, base, verdict, signer, approver(by))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DataError(
                 f"the gate result is malformed ({exc.__class__.__name__}: {exc}); nothing was changed"
@@ -78,6 +105,7 @@ def _record(
     base: Baseline,
     verdict: Any,
     signer: Ed25519PrivateKey | None,
+    by: str,
 ) -> list[str]:
     """Writes the approval of ``candidate`` into ``base`` (the caller holds its lock)."""
     bound = candidate.get("baseline_digest")
@@ -134,6 +162,8 @@ def _record(
             "verdict": verdict,
             "forced": verdict != "pass",
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "by": by,
+            **({"key_id": key_id(signer)} if signer is not None else {}),
         },
     ]
     files = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from drift_gate.data.datasets import DataSet, Sample, confined, data_root
+from drift_gate.data.masks import Boxes, Mask, mask_text, parse_mask
 from drift_gate.data.preprocess import decode_image
 from drift_gate.errors import DataError
 
@@ -39,6 +39,17 @@ def pixel_sha256(path: Path) -> str:
     h = hashlib.sha256(f"{arr.shape}".encode())
     h.update(arr.tobytes())
     return h.hexdigest()
+
+
+def mask_fields(mask: Mask | None, root: Path) -> tuple[str | None, str | None]:
+    """An audit sample's ``mask`` and ``mask_pixels``: a mask file's path (relative to
+    ``root``) and decoded-pixel hash, or boxes' text and the hash of that text."""
+    if mask is None:
+        return None, None
+    text = mask_text(mask, root)
+    if isinstance(mask, Boxes):
+        return text, hashlib.sha256(text.encode()).hexdigest()
+    return text, pixel_sha256(mask)
 
 
 @dataclass(frozen=True)
@@ -109,12 +120,15 @@ class AuditSet:
                     f"{path}: pixels no longer match the audit set; the gate only "
                     "runs on the audited images (refresh the baseline to audit new ones)"
                 )
-            mask = None
+            mask: Mask | None = None
             if a.mask is not None:
-                mask = confined(Path(root) / a.mask, root, "mask")
-                if not mask.is_file():
+                mask = parse_mask(a.mask, root)
+                if isinstance(mask, Boxes):
+                    if hashlib.sha256(a.mask.encode()).hexdigest() != a.mask_pixels:
+                        raise DataError(f"audit image {a.id}: its mask boxes do not match their hash")
+                elif not mask.is_file():
                     raise DataError(f"mask {a.mask} of audit image {a.id} not found under {root}")
-                if pixel_sha256(mask) != a.mask_pixels:
+                elif pixel_sha256(mask) != a.mask_pixels:
                     raise DataError(
                         f"{mask}: the ground-truth mask no longer matches the audit set; "
                         "refresh the baseline to audit the new masks"
@@ -147,8 +161,7 @@ def build_multilabel_audit_set(data: DataSet, per_class: int) -> AuditSet:
                 s.id,
                 s.label_text(data.classes),
                 pixel_sha256(s.path),
-                None if s.mask is None else Path(os.path.relpath(s.mask, root)).as_posix(),
-                None if s.mask is None else pixel_sha256(s.mask),
+                *mask_fields(s.mask, root),
             )
             for s in chosen
         )
@@ -175,15 +188,8 @@ def build_audit_set(data: DataSet, per_class: int) -> AuditSet:
     root = Path(data.root).resolve()
     for c, pool in pools.items():
         for s in pool[:n]:
-            mask = None if s.mask is None else Path(os.path.relpath(s.mask, root)).as_posix()
             chosen.append(
-                AuditSample(
-                    s.id,
-                    data.classes[c],
-                    pixel_sha256(s.path),
-                    mask,
-                    None if s.mask is None else pixel_sha256(s.mask),
-                )
+                AuditSample(s.id, data.classes[c], pixel_sha256(s.path), *mask_fields(s.mask, root))
             )
     return AuditSet(tuple(chosen))
 

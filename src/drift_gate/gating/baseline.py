@@ -201,6 +201,11 @@ def create_baseline(
             "shape": list(next(iter(cams.maps.values())).shape[1:]),
             **({"layer": target.path} if target is not None else {}),
         },
+        "data": {
+            "manifest_sha256": data.manifest_sha256,
+            "images": len(data.samples),
+            **({"read_as": data.description} if data.description else {}),
+        },
         "auc": metrics["auc_macro"],
         "accuracy": metrics["accuracy"],
         "versions": library_versions(),

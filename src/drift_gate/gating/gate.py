@@ -19,7 +19,8 @@ import torch
 
 from drift_gate._io import file_sha256
 from drift_gate.data.datasets import ImageDataset, Sample
-from drift_gate.data.preprocess import DEFAULT, Preprocess, read_image
+from drift_gate.data.masks import read_mask
+from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.distributed import Dist, gather_shards, in_order
 from drift_gate.errors import CheckpointError, ConfigError, StaleBaselineError
 from drift_gate.evidence.cam import compute_cams, grid_warning, upsample
@@ -54,7 +55,7 @@ from drift_gate.models.export import OnnxModel, onnx_path, parity
 from drift_gate.models.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from drift_gate.gating.signing import Keyring
 
 __all__ = ["RESULT_SCHEMA", "CandidateResult", "GateResult", "load_masks", "run_gate"]
 
@@ -149,7 +150,7 @@ def load_masks(samples: Sequence[Sample], size: int, preprocess: Preprocess = DE
     out = np.zeros((len(samples), size, size), dtype=bool)
     for i, s in enumerate(samples):
         if s.mask is not None:
-            out[i] = read_image(s.mask, size, preprocess)[0].numpy() >= 0.5
+            out[i] = read_mask(s.mask, s.path, size, preprocess)
     return out
 
 
@@ -223,7 +224,7 @@ def _prepare(
     progress: bool,
     precision: str,
     spec: ModelSpec | None = None,
-    public_key: Ed25519PublicKey | None = None,
+    public_key: Keyring | None = None,
 ) -> _Job:
     """Loads the candidate and its baseline and checks that one may be gated against the other."""
     model, meta = load_model(candidate, spec, dist.device)
@@ -379,7 +380,7 @@ def run_gate(
     dist: Dist | None = None,
     precision: str = "fp32",
     spec: ModelSpec | None = None,
-    public_key: Ed25519PublicKey | None = None,
+    public_key: Keyring | None = None,
 ) -> tuple[CandidateResult, dict[str, Any]]:
     """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``.
 

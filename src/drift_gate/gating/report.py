@@ -38,7 +38,7 @@ from drift_gate.gating.signing import sign_document
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["console_table", "html_report", "junit", "markdown", "png_bytes", "write_reports"]
+__all__ = ["console_table", "html_report", "junit", "markdown", "overlay_pngs", "png_bytes", "write_reports"]
 
 
 _MARK = {PASS: "PASS", FAIL: "FAIL", INCONCLUSIVE: "INCONCLUSIVE", "skipped": "skip"}
@@ -211,7 +211,7 @@ def _distributions(c: CandidateResult, method: str) -> str:
     return _png(fig)
 
 
-def _overlays(c: CandidateResult, method: str, artifacts: Mapping[str, Any], which: list[int]) -> str:
+def _overlays(c: CandidateResult, method: str, artifacts: Mapping[str, Any], which: list[int]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,7 +239,23 @@ def _overlays(c: CandidateResult, method: str, artifacts: Mapping[str, Any], whi
                 ax.imshow(overlay.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
             ax.set_title(title, fontsize=7)
             ax.axis("off")
-    return _png(fig)
+    return png_bytes(fig)
+
+
+def overlay_pngs(c: CandidateResult, method: str, artifacts: Mapping[str, Any] | None) -> dict[str, bytes]:
+    """PNG figures of the (up to three) selected samples whose maps drifted most and least
+    (lowest and highest IoU), each as image, reference map, candidate map; keyed
+    ``most`` and ``least``. Empty without the gate's artifacts or usable samples."""
+    iou = np.array([np.nan if v is None else v for v in c.per_sample[method]["iou"]], float)
+    usable = np.flatnonzero(np.array(c.selected, bool) & ~np.isnan(iou))
+    if artifacts is None or not len(usable):
+        return {}
+    order = usable[np.argsort(iou[usable], kind="stable")]
+    k = min(3, len(order))
+    return {
+        "most": _overlays(c, method, artifacts, [int(i) for i in order[:k]]),
+        "least": _overlays(c, method, artifacts, [int(i) for i in order[::-1][:k]]),
+    }
 
 
 def _class_table(c: CandidateResult, method: str) -> str:
@@ -300,19 +316,13 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
                     "<table><tr><th>against the ground-truth masks</th><th>reference</th>"
                     f"<th>candidate</th></tr>{cells}</table>"
                 )
-            iou = np.array([np.nan if v is None else v for v in c.per_sample[method]["iou"]], float)
-            usable = np.flatnonzero(np.array(c.selected, bool) & ~np.isnan(iou))
-            if art is not None and len(usable):
-                order = usable[np.argsort(iou[usable], kind="stable")]
-                k = min(3, len(order))
-                for title, pick in (
-                    ("drifted most (lowest IoU)", order[:k]),
-                    ("drifted least (highest IoU)", order[::-1][:k]),
-                ):
-                    parts.append(
-                        f"<h4>{title}</h4><img alt='overlays {html.escape(method)} {title}' "
-                        f"src='{_overlays(c, method, art, [int(i) for i in pick])}'>"
-                    )
+            titles = {"most": "drifted most (lowest IoU)", "least": "drifted least (highest IoU)"}
+            for which, png in overlay_pngs(c, method, art).items():
+                uri = "data:image/png;base64," + base64.b64encode(png).decode()
+                parts.append(
+                    f"<h4>{titles[which]}</h4><img alt='overlays {html.escape(method)} {titles[which]}' "
+                    f"src='{uri}'>"
+                )
     parts.append("<h2>Rules</h2><pre>" + html.escape(json.dumps(result.thresholds, indent=2)) + "</pre>")
     # Lets a headless browser (and the test suite) confirm that every image decoded.
     parts.append(

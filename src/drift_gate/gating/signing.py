@@ -12,12 +12,17 @@ Keys (``drift-gate keygen`` makes a pair):
 
 * the **signing key** (private, a secret): ``DRIFT_GATE_SIGNING_KEY``, a PEM file's
   path or the PEM text itself, or ``--signing-key``;
-* the **public key**: ``DRIFT_GATE_PUBLIC_KEY`` (path or PEM text) or ``--public-key``.
-  When one is configured the gate refuses a baseline that is unsigned or whose
-  signature does not verify, and ``approve`` refuses a ``gate.json`` that is not
-  signed by it. Without one nothing is verified (and reports say so).
+* the **public keys**: ``DRIFT_GATE_PUBLIC_KEY`` (path or PEM text) or ``--public-key``:
+  one PEM public key, or several concatenated (a key ring). When they are configured
+  the gate refuses a baseline that is unsigned or whose signature does not verify with
+  the ring's key of that id, and ``approve`` refuses a ``gate.json`` not signed by one
+  of them. Without them nothing is verified (and reports say so).
 
 A key's id is the first 16 hex digits of the sha256 of its raw public bytes.
+
+Rotating a key: add the new public key to the ring (both keys accepted), re-sign every
+baseline with the new signing key (``drift-gate baseline`` or ``approve``), then remove
+the old public key; a baseline still signed by it is then refused by its key id.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BASELINE_FILES",
     "SIGNATURE_FILE",
+    "Keyring",
     "files_digest",
     "generate_keys",
     "key_id",
@@ -54,6 +61,37 @@ SIGNATURE_FILE = "signature.json"
 BASELINE_FILES = ("baseline.json", "audit.json", "maps.npz")
 _FORMAT = "drift-gate-signature"
 _MAX_KEY = 16 * 1024
+_MAX_RING = 64
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+class Keyring:
+    """The public keys a baseline or gate result may be signed by, by key id."""
+
+    def __init__(self, keys: list[Ed25519PublicKey]) -> None:
+        if not keys:
+            raise ConfigError("a key ring needs at least one public key")
+        self._keys = {key_id(k): k for k in keys}
+
+    @classmethod
+    def of(cls, key: Ed25519PublicKey | Ed25519PrivateKey) -> Keyring:
+        """The ring of one key (a private key's public half)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return cls([key.public_key() if isinstance(key, Ed25519PrivateKey) else key])
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids of the accepted keys, sorted."""
+        return sorted(self._keys)
+
+    def get(self, kid: object) -> Ed25519PublicKey | None:
+        """The key with id ``kid``, or None when the ring has none."""
+        return self._keys.get(kid) if isinstance(kid, str) else None
+
+    def describe(self) -> str:
+        ids = self.ids
+        return f"the configured public key {ids[0]!r}" if len(ids) == 1 else f"the configured keys {ids}"
 
 
 def _pem(source: str | os.PathLike[str], what: str) -> bytes:
@@ -87,21 +125,30 @@ def signing_key(source: str | os.PathLike[str] | None = None) -> Ed25519PrivateK
     return key
 
 
-def public_key(source: str | os.PathLike[str] | None = None) -> Ed25519PublicKey | None:
-    """The public key from ``source`` or ``DRIFT_GATE_PUBLIC_KEY``; None when neither is set."""
+def public_key(source: str | os.PathLike[str] | None = None) -> Keyring | None:
+    """The public key ring from ``source`` or ``DRIFT_GATE_PUBLIC_KEY`` (one PEM public key
+    or several concatenated); None when neither is set."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     source = source or os.environ.get("DRIFT_GATE_PUBLIC_KEY") or None
     if source is None:
         return None
-    try:
-        key = load_pem_public_key(_pem(source, "public key"))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"the public key is not a PEM public key ({exc})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError("the public key is not an Ed25519 key (make a pair with `drift-gate keygen`)")
-    return key
+    pem = _pem(source, "public key")
+    blocks = _PEM_BLOCK.findall(pem) or [pem]
+    if len(blocks) > _MAX_RING:
+        raise ConfigError(f"the public key ring holds {len(blocks)} keys; at most {_MAX_RING}")
+    keys = []
+    for n, block in enumerate(blocks, 1):
+        which = "the public key" if len(blocks) == 1 else f"public key {n} of {len(blocks)}"
+        try:
+            key = load_pem_public_key(block)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{which} is not a PEM public key (it could not be decoded)") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ConfigError(f"{which} is not an Ed25519 key (make a pair with `drift-gate keygen`)")
+        keys.append(key)
+    return Keyring(keys)
 
 
 def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
@@ -175,7 +222,7 @@ def _check_signature(pub: Ed25519PublicKey, payload: bytes, value: object) -> bo
     return True
 
 
-def verify_files(folder: Path, files: Mapping[str, bytes], pub: Ed25519PublicKey) -> None:
+def verify_files(folder: Path, files: Mapping[str, bytes], ring: Keyring) -> None:
     """Checks ``folder/signature.json`` against ``files`` (the bytes about to be used).
 
     Raises:
@@ -196,10 +243,10 @@ def verify_files(folder: Path, files: Mapping[str, bytes], pub: Ed25519PublicKey
         raise StaleBaselineError(f"{path}: unreadable signature ({exc}); {how}") from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("files"), dict):
         raise StaleBaselineError(f"{path}: not a drift-gate signature file; {how}")
-    if doc.get("key_id") != key_id(pub):
+    pub = ring.get(doc.get("key_id"))
+    if pub is None:
         raise StaleBaselineError(
-            f"{path}: signed by key {str(doc.get('key_id'))[:16]!r}, not by the configured public key "
-            f"{key_id(pub)!r}; {how}"
+            f"{path}: signed by key {str(doc.get('key_id'))[:16]!r}, not by {ring.describe()}; {how}"
         )
     manifest = {k: v for k, v in doc.items() if k != "signature"}
     if not _check_signature(pub, _canonical(manifest), doc.get("signature")):
@@ -218,7 +265,7 @@ def sign_document(doc: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, A
     return {**body, "signature": {"algorithm": "ed25519", "key_id": key_id(key), "value": value}}
 
 
-def verify_document(doc: Mapping[str, Any], pub: Ed25519PublicKey, source: str) -> None:
+def verify_document(doc: Mapping[str, Any], ring: Keyring, source: str) -> None:
     """Checks a signed document (``gate.json``).
 
     Raises:
@@ -230,8 +277,9 @@ def verify_document(doc: Mapping[str, Any], pub: Ed25519PublicKey, source: str) 
             f"{source}: not signed, and a public key is configured; only a gate result the gate "
             "signed (DRIFT_GATE_SIGNING_KEY set when it ran) can be approved"
         )
-    if sig.get("key_id") != key_id(pub):
-        raise DataError(f"{source}: signed by key {str(sig.get('key_id'))[:16]!r}, not the configured one")
+    pub = ring.get(sig.get("key_id"))
+    if pub is None:
+        raise DataError(f"{source}: signed by key {str(sig.get('key_id'))[:16]!r}, not by {ring.describe()}")
     body = {k: v for k, v in doc.items() if k != "signature"}
     if not _check_signature(pub, _canonical(body), sig.get("value")):
         raise DataError(f"{source}: the signature does not verify (the gate result was edited)")

@@ -29,7 +29,7 @@ from drift_gate.gating.multilabel import (
 from drift_gate.gating.signing import BASELINE_FILES, files_digest, verify_files
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from drift_gate.gating.signing import Keyring
 
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def baseline_lock(folder: Path, shared: bool = False) -> contextlib.AbstractCont
     return file_lock(lock, shared=shared)
 
 
-def load_baseline(path: Path, public_key: Ed25519PublicKey | None = None) -> Baseline:
+def load_baseline(path: Path, public_key: Keyring | None = None) -> Baseline:
     """Loads ``path`` (a folder or its ``baseline.json``) and verifies its integrity,
     holding the baseline's lock shared (so a refresh or an approval is never read half done).
 
@@ -118,7 +118,7 @@ def _read_files(folder: Path, how: str) -> dict[str, bytes]:
     return files
 
 
-def read_baseline(folder: Path, public_key: Ed25519PublicKey | None = None) -> Baseline:
+def read_baseline(folder: Path, public_key: Keyring | None = None) -> Baseline:
     """Reads and verifies a baseline (and, with ``public_key``, its signature, over the very
     bytes then used); the caller holds its lock (:func:`load_baseline` takes it)."""
     how = f"refresh it with `drift-gate baseline --reference CKPT --out {folder}`"
