@@ -212,3 +212,16 @@ def test_profile_mode_creates_missing_baselines_and_gates_every_backbone(
     assert (tmp_path / "b" / "tiny" / "baseline.json").is_file()
     (c,) = json.loads((tmp_path / "r" / "gate.json").read_text())["candidates"]
     assert c["candidate"].endswith("ft.pt") and c["verdict"] == "pass"
+    # a baseline made from another model than the TL checkpoint beside the FT one is refused
+    made_from_ft = [
+        *baseline_args(
+            {"data": phantom_root, "baselines": tmp_path / "b", "thresholds": tmp_path / "thresholds.toml"},
+            trained / "ft.pt",
+        )
+    ]
+    assert main(made_from_ft) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "tl.pt: sha256 differs from the reference the baseline in" in err
+    assert "gated against maps of a model it does not descend from" in err

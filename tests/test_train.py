@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import drift_gate.training.loops as loops_mod
+from drift_gate._io import file_sha256
 from drift_gate.cli import main
 from drift_gate.data.datasets import DataSet
 from drift_gate.models.checkpoint import load_checkpoint
@@ -79,6 +80,51 @@ def test_training_is_deterministic(tiny_profile: Profile, phantom_data: DataSet,
         outs.append(tmp_path / run / "tiny")
     for phase in ("tl", "ft"):
         assert _states_equal(outs[0] / f"{phase}.pt", outs[1] / f"{phase}.pt")
+    # trained again into the same folder: bit-identical files (what a baseline records as its
+    # reference's sha256; the profile, its output folder included, is part of the metadata)
+    profile = dataclasses.replace(tiny_profile, out=str(tmp_path / "a"))
+    before = {p: file_sha256(outs[0] / f"{p}.pt") for p in ("tl", "ft")}
+    train_backbone(
+        profile,
+        "tiny",
+        phantom_data,
+        torch.device("cpu"),
+        tmp_path,
+        progress=False,
+        log=lambda m: None,
+        force=True,
+    )
+    assert {p: file_sha256(outs[0] / f"{p}.pt") for p in ("tl", "ft")} == before
+
+
+def test_checkpoints_made_by_other_code_are_not_reused(
+    tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The up-to-date check is keyed by the training code too (code.json beside the
+    checkpoints), without changing the checkpoints' bytes."""
+    import drift_gate.training.pipeline as pipeline_mod
+
+    def run() -> list[str]:
+        messages: list[str] = []
+        train_backbone(
+            tiny_profile,
+            "tiny",
+            phantom_data,
+            torch.device("cpu"),
+            tmp_path,
+            progress=False,
+            log=messages.append,
+        )
+        return messages
+
+    run()
+    out = Path(tiny_profile.out) / "tiny"
+    first = file_sha256(out / "tl.pt")
+    assert sum("is up to date" in m for m in run()) == 2
+    monkeypatch.setattr(pipeline_mod, "code_sha256", lambda *a: "0" * 64)
+    assert not any("is up to date" in m for m in run()), "other code: both phases are trained again"
+    assert file_sha256(out / "tl.pt") == first, "same weights and settings: the same bytes"
+    assert json.loads((out / "code.json").read_text()) == {"tl.pt": "0" * 64, "ft.pt": "0" * 64}
 
 
 def test_interrupted_fine_tuning_resumes_to_the_same_weights(
@@ -126,6 +172,17 @@ def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp
         "tiny", tiny_profile.pretrain, 32, tmp_path, torch.device("cpu"), 8, log=logs.append
     )
     assert path == again and "cached" in logs[-1]
+    import drift_gate.training.pretrain as pretrain_mod
+
+    real = pretrain_mod.code_sha256
+    try:
+        pretrain_mod.code_sha256 = lambda *a: "0" * 64  # type: ignore[assignment]
+        other = pretrain_mod.pretrain_synthetic(
+            "tiny", tiny_profile.pretrain, 32, tmp_path, torch.device("cpu"), 8, log=logs.append
+        )
+    finally:
+        pretrain_mod.code_sha256 = real
+    assert other != path and "cached" not in logs[-1], "other code never reuses the cache"
     from drift_gate.models.backbones import build_classifier
     from drift_gate.models.weights import load_body_weights
 

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import IO
 
 __all__ = [
+    "TRAINING_CODE",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "code_sha256",
     "default_cache_dir",
     "file_lock",
     "file_sha256",
@@ -186,3 +188,27 @@ def default_cache_dir() -> Path:
     ``~/.cache/drift-gate``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "drift-gate"
+
+
+#: The package parts whose code decides what training makes: the phantom data and its
+#: loading, the models, the training loops and the classification metrics that pick the
+#: best epoch (the same set keys CI's cache of trained artefacts).
+TRAINING_CODE = ("data", "models", "training", "evidence/classification.py")
+
+
+def code_sha256(parts: tuple[str, ...] = TRAINING_CODE) -> str:
+    """sha256 over the source of drift-gate's ``parts`` (subpackages or modules, relative
+    to the package) and the torch version: what a cache of their outputs is keyed by, so
+    that changed code never reuses what older code made."""
+    import torch
+
+    root = Path(__file__).resolve().parent
+    files: list[Path] = []
+    for part in parts:
+        target = root / part
+        files += sorted(target.rglob("*.py")) if target.is_dir() else [target]
+    h = hashlib.sha256(f"torch {torch.__version__}".encode())
+    for f in files:
+        h.update(f"\x1f{f.relative_to(root).as_posix()}\x1f".encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()

@@ -83,9 +83,9 @@ def missing_checkpoint(path: Path, profile: Profile, what: str = "checkpoint") -
 
 
 def profile_data(profile: Profile, *, progress: bool = False, log: Log = quiet) -> Path:
-    """A profile's data source; the embedded phantoms are (re)generated when missing
-    or made with other settings."""
-    from drift_gate._io import atomic_write_text
+    """A profile's data source; the embedded phantoms are (re)generated when missing,
+    made with other settings or by other generator code."""
+    from drift_gate._io import atomic_write_text, code_sha256
     from drift_gate.data.phantom_set import generate_dataset
 
     if profile.data != "phantoms":
@@ -93,7 +93,10 @@ def profile_data(profile: Profile, *, progress: bool = False, log: Log = quiet) 
     root = Path(profile.data_dir)
     stamp = root / ".phantoms.json"
     cfg = profile.phantoms
-    want = json.dumps({"n_per_class": cfg.n_per_class, "size": cfg.size, "seed": cfg.seed}, sort_keys=True)
+    code = code_sha256(("data/phantoms.py", "data/phantom_set.py"))  # what made them, too
+    want = json.dumps(
+        {"n_per_class": cfg.n_per_class, "size": cfg.size, "seed": cfg.seed, "code": code}, sort_keys=True
+    )
     if not ((root / "manifest.csv").is_file() and stamp.is_file() and stamp.read_text() == want):
         log(f"generating the phantom data set in {root} ...")
         generate_dataset(root, cfg.n_per_class, cfg.seed, cfg.size, progress=progress)
@@ -147,7 +150,9 @@ def gate(
         model: the model spec (``model.toml`` or a :class:`~drift_gate.models.spec.ModelSpec`)
             of candidates drift-gate did not train.
         profile: also gate every FT checkpoint that ``train(profile=...)`` wrote, on
-            its data unless ``data`` is given.
+            its data unless ``data`` is given; each must be gated against a baseline made
+            from the TL checkpoint beside it (else a clear error: the training did not
+            make the model the baseline was made from).
         create_missing_baselines: with ``profile``: make a missing baseline from the
             backbone's TL checkpoint (never the default: a CI run must not re-create
             what it is gated against).
@@ -193,6 +198,7 @@ def gate(
         tracking = open_tracking(mlflow, mlflow_experiment)
     chosen = [Path(c) for c in candidates]
     candidates_given = set(chosen)
+    references: dict[Path, Path] = {}
     source = None if data is None else Path(data)
     if profile is not None:
         prof = profile_from(profile, profiles)
@@ -221,7 +227,11 @@ def gate(
 
         # rank 0 makes the data and the baselines; the other ranks then find them
         source = main_first(dist, prepare)
-        chosen += [Path(prof.out) / arch / "ft.pt" for arch in prof.backbones]
+        from_profile = [Path(prof.out) / arch / "ft.pt" for arch in prof.backbones]
+        chosen += from_profile
+        # a profile's FT checkpoint descends from the TL checkpoint beside it: the baseline
+        # must have been made from exactly that one
+        references = {ft: ft.parent / "tl.pt" for ft in from_profile}
     if not chosen:
         raise ConfigError("nothing to gate: give --candidate CKPT or --profile NAME")
     if source is None:
@@ -235,7 +245,7 @@ def gate(
             source,
             device=dist.device,
             batch_size=batch_size,
-            reference=None if reference is None else Path(reference),
+            reference=Path(reference) if reference is not None else references.get(ckpt),
             progress=progress,
             use_onnx=onnx,
             dist=dist,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from drift_gate._io import atomic_write_text, file_sha256
+from drift_gate._io import atomic_write_text, code_sha256, file_sha256
 from drift_gate.data.datasets import DataSet, ImageDataset
 from drift_gate.distributed import Dist, barrier, main_first
 from drift_gate.errors import CheckpointError, DataError
@@ -86,11 +86,38 @@ def _write_phase(
     return path
 
 
+_CODE_STAMP = "code.json"
+
+
+def _code_stamp(path: Path) -> str | None:
+    """The training code's hash recorded for the checkpoint ``path`` (beside it, in
+    ``code.json``; kept out of the checkpoint so that its bytes, and the baselines that
+    record them, do not change with code that does not change the weights)."""
+    try:
+        stamp = json.loads((path.parent / _CODE_STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    value = stamp.get(path.name) if isinstance(stamp, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _record_code(path: Path, code: str) -> None:
+    stamps: dict[str, str] = {}
+    try:
+        loaded = json.loads((path.parent / _CODE_STAMP).read_text())
+        stamps = {k: v for k, v in loaded.items() if isinstance(v, str)} if isinstance(loaded, dict) else {}
+    except (OSError, ValueError):
+        pass
+    stamps[path.name] = code
+    atomic_write_text(path.parent / _CODE_STAMP, json.dumps(stamps, indent=2, sort_keys=True) + "\n")
+
+
 def _up_to_date(
-    path: Path, config_sha256: str, device: torch.device
+    path: Path, config_sha256: str, device: torch.device, code: str | None = None
 ) -> tuple[Classifier, CheckpointMeta] | None:
-    """The checkpoint at ``path`` if it was trained with this configuration."""
-    if not path.is_file():
+    """The checkpoint at ``path`` if it was trained with this configuration (and, with
+    ``code``, by this training code)."""
+    if not path.is_file() or (code is not None and _code_stamp(path) != code):
         return None
     try:
         model, meta = load_checkpoint(path, device)
@@ -269,21 +296,26 @@ def train_backbone(
     sets = {s: ImageDataset(data.split(s), size, mean, std, preprocess=pre) for s in ("train", "val", "test")}
     run = _Run(profile, arch, data, dist, out, config_sha, sets, progress, log)
     paths, metrics = {}, {}
-    current = None if force else _up_to_date(out / "tl.pt", config_sha, dist.device)
+    code = code_sha256()
+    current = None if force else _up_to_date(out / "tl.pt", config_sha, dist.device, code)
     if current is not None:
         log(f"[{arch}] TL checkpoint is up to date ({out / 'tl.pt'}); skipping")
         model, tl_meta = current
     else:
         model, tl_meta = _tl_phase(run, cache_dir)
+        if dist.main:
+            _record_code(out / "tl.pt", code)
     paths["tl"], metrics["tl"] = out / "tl.pt", tl_meta.metrics
     if "ft" not in phases:
         return TrainResult(arch, paths, metrics)
-    current = None if force else _up_to_date(out / "ft.pt", config_sha, dist.device)
+    current = None if force or current is None else _up_to_date(out / "ft.pt", config_sha, dist.device, code)
     if current is not None:
         ft_meta = current[1]
         log(f"[{arch}] FT checkpoint is up to date ({out / 'ft.pt'}); skipping")
     else:
         ft_meta = _ft_phase(run, model, precision, keep_epochs)
+        if dist.main:
+            _record_code(out / "ft.pt", code)
     paths["ft"], metrics["ft"] = out / "ft.pt", ft_meta.metrics
     return TrainResult(arch, paths, metrics)
 

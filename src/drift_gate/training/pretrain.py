@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from drift_gate._io import atomic_write_bytes
+from drift_gate._io import atomic_write_bytes, code_sha256
 from drift_gate.data.phantom_set import render_source_set
 from drift_gate.data.phantoms import SOURCE_LABELS
 from drift_gate.models.backbones import build_classifier, get_backbone
@@ -27,7 +27,8 @@ __all__ = ["pretrain_synthetic"]
 def _source_images(
     cfg: PretrainConfig, size: int, cache_dir: Path, progress: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    key = hashlib.sha256(f"{json.dumps(asdict(cfg), sort_keys=True)}|{size}".encode()).hexdigest()[:16]
+    code = code_sha256(("data/phantoms.py", "data/phantom_set.py"))
+    key = hashlib.sha256(f"{json.dumps(asdict(cfg), sort_keys=True)}|{size}|{code}".encode()).hexdigest()[:16]
     path = cache_dir / f"source-{key}.npz"
     if path.is_file():
         with np.load(path) as npz:
@@ -60,9 +61,9 @@ def pretrain_synthetic(
         Path of a file holding ``{"body": state_dict}``.
     """
     size = cfg.size_for(input_size)
-    key = hashlib.sha256(f"{arch}|{json.dumps(asdict(cfg), sort_keys=True)}|{size}|v1".encode()).hexdigest()[
-        :16
-    ]
+    # keyed by the settings and by the code that makes it (changed code never reuses it)
+    settings = f"{arch}|{json.dumps(asdict(cfg), sort_keys=True)}|{size}|{code_sha256()}"
+    key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     path = cache_dir / f"synthetic-{arch}-{key}.pt"
     if path.is_file():
         log(f"  synthetic pretraining: cached ({path})")
