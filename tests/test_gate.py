@@ -225,3 +225,33 @@ def test_profile_mode_creates_missing_baselines_and_gates_every_backbone(
     err = capsys.readouterr().err
     assert "tl.pt: sha256 differs from the reference the baseline in" in err
     assert "gated against maps of a model it does not descend from" in err
+
+
+def test_newly_correct_samples_are_their_own_group_with_their_own_rules(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Samples the reference got wrong and the candidate right are counted and summarised
+    apart; [newly_correct] bounds apply to them, and are skipped (not failed) when the group
+    is smaller than its min_samples."""
+    env["thresholds"].write_text(
+        RULES.format(drift="iou.min = 0.0") + "[newly_correct]\nmin_samples = 1\niou.min = 0.9999\n"
+    )
+    gate(env, env["ft"])
+    c = result(env)["candidates"][0]
+    assert sum(c["groups"].values()) == c["n_audit"] and c["groups"]["newly_correct"] > 0, c["groups"]
+    newly = [r for r in c["rules"] if "/newly_correct/" in r["rule"]]
+    assert {r["rule"] for r in newly} == {
+        "tiny/layercam/newly_correct/iou.min",
+        "tiny/gradcam++/newly_correct/iou.min",
+    }
+    assert all(r["status"] == "fail" for r in newly) and c["verdict"] == "fail"
+    group = c["summaries"]["layercam"]["iou"]["newly_correct"]
+    assert group["n"] + group["n_degenerate"] == c["groups"]["newly_correct"]
+    assert "newly right" in capsys.readouterr().out
+    env["thresholds"].write_text(
+        RULES.format(drift="iou.min = 0.0") + "[newly_correct]\nmin_samples = 999\niou.min = 0.9999\n"
+    )
+    gate(env, env["ft"])
+    c = result(env)["candidates"][0]
+    newly = [r for r in c["rules"] if "/newly_correct/" in r["rule"]]
+    assert newly and all(r["status"] == "skipped" for r in newly) and c["verdict"] == "pass"

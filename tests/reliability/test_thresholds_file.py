@@ -32,6 +32,14 @@ CASES = {
         r"thresholds\.toml:2: drift\.resnet50v2: expected a table of bounds",
     ),
     "misspelled metric": ("[drift]\niuo.min = 0.3\n", r"thresholds\.toml:2: drift\.iuo: unknown metric"),
+    "newly_correct: a relative bound": (
+        "[drift]\niou.min = 0.3\n[newly_correct]\niou.max_drop = 0.1\n",
+        r"thresholds\.toml:4: newly_correct\.iou\.max_drop: newly-correct bounds are absolute",
+    ),
+    "newly_correct: min_samples": (
+        "[drift]\niou.min = 0.3\n[newly_correct]\nmin_samples = 0\n",
+        r"thresholds\.toml:4: newly_correct\.min_samples: expected a whole number >= 1",
+    ),
     "misspelled bound": ("[drift]\niou.mni = 0.3\n", r"thresholds\.toml:2: drift\.iou\.mni: unknown bound"),
     "misspelled method": (
         "[gate]\nmethods = ['layercm']\n[drift]\niou.min = 0.3\n",

@@ -98,6 +98,11 @@ class CandidateResult:
     baseline_digest: str = ""
     #: whether the baseline's signature was verified against a configured public key
     baseline_signed: bool = False
+    #: how many audit samples (image, class pairs for multi-label) each model gets right:
+    #: ``both_correct``, ``newly_correct`` (reference wrong, candidate right: where a new
+    #: shortcut would carry the prediction; summarised as its own group), ``newly_wrong``,
+    #: ``both_wrong``
+    groups: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -334,11 +339,25 @@ def _approved(base: Baseline, thresholds: Thresholds) -> dict[str, Any]:
     return approved
 
 
+def _correct_groups(ref_ok: np.ndarray, cand_ok: np.ndarray) -> dict[str, int]:
+    return {
+        "both_correct": int((ref_ok & cand_ok).sum()),
+        "newly_correct": int((~ref_ok & cand_ok).sum()),
+        "newly_wrong": int((ref_ok & ~cand_ok).sum()),
+        "both_wrong": int((~ref_ok & ~cand_ok).sum()),
+    }
+
+
 def _drift(
-    job: _Job, values: dict[str, dict[str, np.ndarray]], selected: np.ndarray, labels: np.ndarray
+    job: _Job,
+    values: dict[str, dict[str, np.ndarray]],
+    selected: np.ndarray,
+    labels: np.ndarray,
+    newly: np.ndarray,
 ) -> tuple[list[RuleResult], dict[str, Any], dict[str, Any]]:
-    """Per method: the summaries of the per-sample metrics, the drift rules on them, and
-    the per-sample values for the reports."""
+    """Per method: the summaries of the per-sample metrics (overall, per class, and the
+    ``newly_correct`` group), the drift rules on them, and the per-sample values for the
+    reports."""
     approved = _approved(job.base, job.thresholds)
     rules, summaries, per_sample = [], {}, {}
     classes = job.meta.classes
@@ -352,6 +371,20 @@ def _drift(
     ]
     for method, v in values.items():
         summary = summarise(v, selected, labels, classes)
+        fresh = summarise(v, newly, labels, classes)
+        for metric in summary:
+            summary[metric]["newly_correct"] = fresh[metric]["overall"]
+        if job.thresholds.newly_correct:
+            rules += evaluate_rules(
+                job.meta.arch,
+                method,
+                summary,
+                job.thresholds,
+                approved,
+                group="newly_correct",
+                bounds=job.thresholds.newly_correct_bounds(),
+                required=job.thresholds.newly_correct_min_samples,
+            )
         for group, bounds, n_audit, n_classes in groups:
             rules += evaluate_rules(
                 job.meta.arch,
@@ -452,11 +485,14 @@ def run_gate(
         selected = select_samples(
             labels, predicted_class(base.logits), predicted_class(logits), thresholds.samples
         )
+        ref_ok, cand_ok = predicted_class(base.logits) == labels, predicted_class(logits) == labels
     else:
         ops = operating_points(base.meta)
         auc = multilabel_metrics(logits, base.labels.astype(bool), meta.classes, ops)["auc_macro"]
         img, cls = job.pairs[:, 0], job.pairs[:, 1]
-        both = predicted_positive(base.logits, ops)[img, cls] & predicted_positive(logits, ops)[img, cls]
+        ref_ok = predicted_positive(base.logits, ops)[img, cls]
+        cand_ok = predicted_positive(logits, ops)[img, cls]
+        both = ref_ok & cand_ok
         selected = np.ones(len(samples), dtype=bool) if thresholds.samples == "all" else both
     baseline_auc = float(base.approved.get("auc", base.meta["auc"]))
     rules += auc_rules(meta.arch, auc, baseline_auc, thresholds)
@@ -464,7 +500,7 @@ def run_gate(
         m: {k: joined(lambda p, m=m, k=k: p["metrics"][m][k]) for k in parts[0][1]["metrics"][m]}  # type: ignore[misc]
         for m in thresholds.methods
     }
-    drift_rules, summaries, per_sample = _drift(job, values, selected, labels)
+    drift_rules, summaries, per_sample = _drift(job, values, selected, labels, ~ref_ok & cand_ok)
     rules += drift_rules
     verdict, label = decide_verdict(rules)
     coarse = grid_warning(next(iter(maps.values())).shape[1:], meta.input_size)
@@ -503,4 +539,5 @@ def run_gate(
         warnings=[w for w in (coarse, unverified) if w],
         baseline_digest=base.digest,
         baseline_signed=public_key is not None,
+        groups=_correct_groups(ref_ok, cand_ok),
     ), artifacts

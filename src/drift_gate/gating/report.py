@@ -52,6 +52,17 @@ def _f(x: Any) -> str:
     return str(x)
 
 
+def groups_line(c: CandidateResult) -> str:
+    """How many audit samples each model gets right, as one line."""
+    g = c.groups
+    if not g:
+        return ""
+    return (
+        f"right under both {g['both_correct']}, newly right {g['newly_correct']} (reference wrong; "
+        f"summarised as its own group), newly wrong {g['newly_wrong']}, wrong under both {g['both_wrong']}"
+    )
+
+
 def console_table(result: GateResult) -> str:
     """The verdict table: one block per candidate, one line per rule."""
     lines = []
@@ -62,6 +73,8 @@ def console_table(result: GateResult) -> str:
             f"samples {c.n_selected}/{c.n_audit}  ->  {_MARK[c.verdict]}: {c.label}"
         )
         lines.append(f"  predictions: {c.predictions}")
+        if c.groups:
+            lines.append(f"  samples: {groups_line(c)}")
         lines += [f"  warning: {w}" for w in c.warnings]
         lines.append(f"  {'rule':<{width}}{'status':<14}{'observed':>10}  bound")
         for r in c.rules:
@@ -83,6 +96,7 @@ def markdown(result: GateResult) -> str:
             f"| {c.arch} | `{Path(c.candidate).name}` | {c.predictions} | {c.auc:.4f} | "
             f"{c.reference_auc:.4f} | {c.n_selected}/{c.n_audit} | **{_MARK[c.verdict]}** {c.label} |"
         )
+    out += [f"\n{c.arch} samples: {groups_line(c)}" for c in result.candidates if c.groups]
     warnings = [(c, w) for c in result.candidates for w in c.warnings]
     if warnings:
         out += [""] + [f"> **Warning ({c.arch})**: {w}" for c, w in warnings]
@@ -108,6 +122,13 @@ def markdown(result: GateResult) -> str:
                 out.append(
                     f"| {metric} | {_f(s['mean'])} | {_f(s['median'])} | "
                     f"[{_f(s['ci_low'])}, {_f(s['ci_high'])}] | {s['n_degenerate']} |"
+                )
+            fresh = {k: c.summaries[m][k].get("newly_correct") for k in CORE_METRICS}
+            if all(fresh.values()) and fresh["iou"]["n"]:  # type: ignore[index]
+                out.append(
+                    f"| newly right ({fresh['iou']['n']}): "  # type: ignore[index]
+                    + ", ".join(f"{k} {_f(v['mean'])}" for k, v in fresh.items() if v)
+                    + " | | | | |"
                 )
             out += _localisation_rows(c.summaries[m])
     return "\n".join(out) + "\n"
@@ -260,9 +281,11 @@ def overlay_pngs(c: CandidateResult, method: str, artifacts: Mapping[str, Any] |
 
 def _class_table(c: CandidateResult, method: str) -> str:
     rows = []
-    groups = ["overall", *c.classes]
+    groups = ["overall", *c.classes, "newly_correct"]
     head = "".join(f"<th>{html.escape(m)} (mean)</th>" for m in CORE_METRICS)
     for g in groups:
+        if g not in c.summaries[method]["iou"]:
+            continue
         n = c.summaries[method]["iou"][g]["n"]
         cells = "".join(f"<td>{_f(c.summaries[method][m][g]['mean'])}</td>" for m in CORE_METRICS)
         rows.append(f"<tr><td>{html.escape(g)}</td><td>{n}</td>{cells}</tr>")
@@ -287,6 +310,8 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
             f"AUC {c.auc:.4f} (reference {c.reference_auc:.4f}); {c.n_selected} of "
             f"{c.n_audit} audit samples selected. Predictions: {html.escape(c.predictions)}.</p>"
         )
+        if c.groups:
+            parts.append(f"<p>Samples: {html.escape(groups_line(c))}.</p>")
         parts += [f"<p class='inconclusive'>Warning: {html.escape(w)}</p>" for w in c.warnings]
         parts.append(
             "<table><tr><th>rule</th><th>status</th><th>observed</th><th>bound</th><th>source</th></tr>"

@@ -132,6 +132,7 @@ def evaluate_rules(
     n_classes: int = 0,
     group: str = "overall",
     bounds: list[Bound] | None = None,
+    required: int | None = None,
 ) -> list[RuleResult]:
     """Applies the drift bounds of one backbone x method to its overall summaries (or, with
     ``group`` and ``bounds``, one class's bounds to that class's summaries: the rule is then
@@ -143,12 +144,16 @@ def evaluate_rules(
             for relative bounds; relative bounds without one are skipped.
         n_audit: audit images (what a relative ``min_samples`` is a share of).
         n_classes: classes of the audit set (to say how large an audit set would do).
+        required: a group's own smallest size (the ``newly_correct`` group): with fewer
+            samples its rules are skipped, not inconclusive (most updates newly get few
+            samples right, and that is no reason to doubt them).
 
     Kept in one piece: one loop over the bounds, each of its four outcomes (not
     computed, too few samples, no approved value, checked) spelled out where it happens.
     """
     out = []
-    required = thresholds.required_samples(n_audit)
+    own_size = required
+    required = thresholds.required_samples(n_audit) if own_size is None else own_size
     for b in thresholds.bounds(arch, method) if bounds is None else bounds:
         name = f"{arch}/{method}/{'' if group == 'overall' else group + '/'}{b.metric}.{b.kind}"
         where = {"source": b.source, "method": method, "metric": b.metric, "kind": b.kind}
@@ -162,6 +167,19 @@ def evaluate_rules(
             direction, bound = _bound(b.kind, b.value, approved_value)
         if s is None:
             out.append(RuleResult(name, SKIPPED, None, bound, direction, f"{b.metric} not computed", **where))
+            continue
+        if s.n < required and own_size is not None:
+            out.append(
+                RuleResult(
+                    name,
+                    SKIPPED,
+                    None,
+                    bound,
+                    direction,
+                    f"{group}: {s.n} usable samples, fewer than its min_samples {own_size}: not checked",
+                    **where,
+                )
+            )
             continue
         if s.n < required:
             shown = thresholds.min_samples_text

@@ -27,6 +27,11 @@ Shape::
 
     [onnx]                         # when a candidate has an exported model.onnx beside it
     max_rel_diff = 1e-4            # ONNX Runtime vs torch logits, relative to the largest logit
+
+    [newly_correct]                # samples the candidate newly gets right (the reference got
+    min_samples = 5                # them wrong): where a new shortcut would carry the prediction.
+    displacement.max = 0.15        # Absolute bounds on that group (every backbone x method);
+                                   # with fewer samples its rules are skipped, not failed
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ BOUND_KINDS = ("min", "max", "abs_max", "max_drop", "max_rise")
 _GATE_KEYS = {"methods", "samples", "min_samples", "statistic"}
 _AUC_KEYS = {"min", "max_drop"}
 _ONNX_KEYS = {"max_rel_diff"}
+#: Default smallest "newly correct" group whose rules are checked.
+NEWLY_CORRECT_MIN_SAMPLES = 5
 #: Default bound on ONNX Runtime vs torch logits (relative to the largest |logit|).
 ONNX_MAX_REL_DIFF = 1e-4
 _STATISTICS = ("mean", "median", "ci")
@@ -87,6 +94,17 @@ class Thresholds:
     onnx_max_rel_diff: float = ONNX_MAX_REL_DIFF
     #: (model, class) -> {"metric.kind": value}: absolute bounds on one class's maps
     labels: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    #: ``[newly_correct]``: absolute bounds on the samples the candidate newly gets right
+    newly_correct: dict[str, float] = field(default_factory=dict)
+    newly_correct_min_samples: int = NEWLY_CORRECT_MIN_SAMPLES
+
+    def newly_correct_bounds(self) -> list[Bound]:
+        """The ``[newly_correct]`` bounds (every backbone x method)."""
+        out = []
+        for key, value in sorted(self.newly_correct.items()):
+            metric, kind = key.rsplit(".", 1)
+            out.append(Bound(metric, kind, value, self.sources.get((None, "newly_correct", key), self.path)))
+        return out
 
     def label_bounds(self, arch: str) -> dict[str, list[Bound]]:
         """Per-class bounds of one model: class name -> bounds."""
@@ -144,6 +162,11 @@ class Thresholds:
             **(
                 {"labels": {f"{a}/{c}": dict(v) for (a, c), v in sorted(self.labels.items())}}
                 if self.labels
+                else {}
+            ),
+            **(
+                {"newly_correct": {"min_samples": self.newly_correct_min_samples, **self.newly_correct}}
+                if self.newly_correct
                 else {}
             ),
         }
@@ -394,6 +417,23 @@ def _drift_section(ctx: _Ctx, drift: dict[str, Any]) -> dict[str, Any]:
     return {"tables": tables, "sources": sources, "labels": labels}
 
 
+def _newly_correct_section(ctx: _Ctx, raw: Any) -> dict[str, Any]:
+    """``[newly_correct]``: ``min_samples`` and absolute bounds on that group."""
+    if not isinstance(raw, dict):
+        raise ctx.fail([], "newly_correct", f"expected a table [newly_correct], got {type(raw).__name__}")
+    n = raw.get("min_samples", NEWLY_CORRECT_MIN_SAMPLES)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ctx.fail(["newly_correct"], "min_samples", f"expected a whole number >= 1, got {n!r}")
+    bounds = _drift_table(ctx, ["newly_correct"], {k: v for k, v in raw.items() if k != "min_samples"})
+    sources = {}
+    for key in bounds:
+        if key.rsplit(".", 1)[1] in ("max_drop", "max_rise"):
+            raise ctx.fail(["newly_correct"], key, "newly-correct bounds are absolute (min, max, abs_max)")
+        sources[(None, "newly_correct", key)] = ctx.where(["newly_correct"], key).rsplit(": ", 1)[0]
+    _check_contradictions(ctx, ["newly_correct"], bounds)
+    return {"newly_correct": bounds, "newly_correct_min_samples": n, "sources": sources}
+
+
 def _check_applicable(ctx: _Ctx, result: Thresholds) -> None:
     """Contradictions are judged on what applies to each backbone x method."""
     models = dict.fromkeys([*BACKBONES, *(a for a, _ in result.tables if a is not None)])
@@ -426,17 +466,23 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     ctx = _Ctx(text, path)
-    unknown = sorted(set(doc) - {"gate", "auc", "drift", "onnx"})
+    unknown = sorted(set(doc) - {"gate", "auc", "drift", "onnx", "newly_correct"})
     if unknown:
-        raise ctx.fail([unknown[0]], None, "unknown table; expected [gate], [auc], [drift] and [onnx]")
+        raise ctx.fail(
+            [unknown[0]], None, "unknown table; expected [gate], [auc], [drift], [newly_correct] and [onnx]"
+        )
     drift = doc.get("drift", {})
     if not isinstance(drift, dict):
         raise ctx.fail([], "drift", f"expected a table [drift], got {type(drift).__name__}")
+    drift_rules = _drift_section(ctx, drift)
+    newly = _newly_correct_section(ctx, doc.get("newly_correct", {}))
+    drift_rules["sources"].update(newly.pop("sources"))
     result = Thresholds(
         **_gate_section(ctx, _section(ctx, doc, "gate", _GATE_KEYS)),
         **_auc_section(ctx, _section(ctx, doc, "auc", _AUC_KEYS)),
         **_onnx_section(ctx, _section(ctx, doc, "onnx", _ONNX_KEYS)),
-        **_drift_section(ctx, drift),
+        **drift_rules,
+        **newly,
         path=path,
     )
     _check_applicable(ctx, result)
