@@ -31,6 +31,7 @@ from drift_gate.evidence.classification import (
     predicted_positive,
 )
 from drift_gate.evidence.metrics import drift_metrics, localisation
+from drift_gate.evidence.sanity import randomised_copy, rank_correlation
 from drift_gate.evidence.summary import Summary, select_samples, summarise
 from drift_gate.gating.audit import expand_pairs
 from drift_gate.gating.baseline import APPROVED_STATISTIC, check_compatible
@@ -45,6 +46,7 @@ from drift_gate.gating.rules import (
     decide_verdict,
     evaluate_rules,
     parity_rule,
+    sanity_rule,
 )
 from drift_gate.gating.signing import SIGNATURE_FILE
 from drift_gate.gating.stored import Baseline, load_baseline
@@ -307,6 +309,16 @@ def _shard(job: _Job, indices: Sequence[int]) -> dict[str, Any] | None:
         precision=job.precision,
     )
     out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
+    if job.thresholds.sanity_max_correlation is not None:  # the same maps from a randomised copy
+        twin = compute_cams(
+            randomised_copy(job.model, job.thresholds.sanity_randomise),
+            ds,
+            job.thresholds.methods,
+            job.dist.device,
+            job.batch_size,
+            precision=job.precision,
+        )
+        out["sanity"] = {m: rank_correlation(cams.maps[m], twin.maps[m]) for m in job.thresholds.methods}
     with_masks = any(s.mask is not None for s in job.samples)
     masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
     if job.session is not None and job.pairs is None:
@@ -502,6 +514,10 @@ def run_gate(
     }
     drift_rules, summaries, per_sample = _drift(job, values, selected, labels, ~ref_ok & cand_ok)
     rules += drift_rules
+    if thresholds.sanity_max_correlation is not None:
+        for m in thresholds.methods:
+            corr = joined(lambda p, m=m: p["sanity"][m])  # type: ignore[misc]
+            rules.append(sanity_rule(meta.arch, m, corr[selected], thresholds))
     verdict, label = decide_verdict(rules)
     coarse = grid_warning(next(iter(maps.values())).shape[1:], meta.input_size)
     unverified = None

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from drift_gate.evidence.registry import METRICS, Direction
 from drift_gate.evidence.summary import Summary
 from drift_gate.gating.thresholds import Bound, Thresholds
@@ -271,6 +273,38 @@ def auc_rules(arch: str, auc: float, baseline_auc: float, thresholds: Thresholds
     return out
 
 
+def sanity_rule(arch: str, method: str, correlations: np.ndarray, thresholds: Thresholds) -> RuleResult:
+    """The ``[sanity]`` precondition for one method: the median rank correlation between
+    the candidate's maps and those of its randomised copy (over the selected samples) must
+    not exceed the bound; above it the maps do not explain this model: inconclusive."""
+    bound = thresholds.sanity_max_correlation
+    assert bound is not None
+    name = f"{arch}/{method}/sanity.randomised_correlation.max"
+    where = {"source": f"{thresholds.path} [sanity]", "method": method, "metric": "randomised_correlation"}
+    finite = correlations[np.isfinite(correlations)]
+    if not len(finite):
+        empty = "no sample to compare"
+        return RuleResult(
+            name, SKIPPED, None, bound, f"<= {bound:g}", empty, scope="sanity", kind="max", **where
+        )
+    observed = float(np.median(finite))
+    what = thresholds.sanity_randomise
+    if observed <= bound:
+        message = f"maps change with the model: median rank correlation {observed:.3f}, {what} reset"
+        return RuleResult(
+            name, PASS, observed, bound, f"<= {bound:g}", message, scope="sanity", kind="max", **where
+        )
+    message = (
+        f"maps insensitive to the model: median rank correlation {observed:.3f} with the maps of the "
+        f"candidate with its {what} re-initialised (> {bound:g}); {method} at this layer is not explaining "
+        "this model, so its drift cannot be judged: inconclusive, never a pass"
+    )
+    status = INCONCLUSIVE
+    return RuleResult(
+        name, status, observed, bound, f"<= {bound:g}", message, scope="sanity", kind="max", **where
+    )
+
+
 def decide_verdict(rules: list[RuleResult]) -> tuple[Status, str]:
     """A candidate's verdict and its label from its rules (a gate that checked nothing
     is inconclusive, never a pass)."""
@@ -291,6 +325,8 @@ def decide_verdict(rules: list[RuleResult]) -> tuple[Status, str]:
         labels.append("the exported ONNX model differs from the audited checkpoint")
     if labels:
         return FAIL, "; ".join(labels)
+    if any(r.status == INCONCLUSIVE and r.scope == "sanity" for r in rules):
+        return INCONCLUSIVE, "maps insensitive to the model (sanity check)"
     if INCONCLUSIVE in statuses:
         return INCONCLUSIVE, "too few usable samples to judge the evidence"
     return PASS, "evidence and AUC within bounds"

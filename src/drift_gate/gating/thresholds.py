@@ -28,6 +28,11 @@ Shape::
     [onnx]                         # when a candidate has an exported model.onnx beside it
     max_rel_diff = 1e-4            # ONNX Runtime vs torch logits, relative to the largest logit
 
+    [sanity]                       # opt-in: maps must depend on the model (Adebayo et al. 2018)
+    randomise = "head"             # or "head+block": what is re-initialised in a copy of the candidate
+    max_randomised_correlation = 0.5  # median rank correlation of the candidate's maps with the
+                                   # copy's; above it the verdict is inconclusive, never a pass
+
     [newly_correct]                # samples the candidate newly gets right (the reference got
     min_samples = 5                # them wrong): where a new shortcut would carry the prediction.
     displacement.max = 0.15        # Absolute bounds on that group (every backbone x method);
@@ -94,6 +99,10 @@ class Thresholds:
     onnx_max_rel_diff: float = ONNX_MAX_REL_DIFF
     #: (model, class) -> {"metric.kind": value}: absolute bounds on one class's maps
     labels: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    #: ``[sanity]``: what a copy of the candidate has re-initialised, and the largest median
+    #: rank correlation its maps may keep with the candidate's (None: not checked)
+    sanity_randomise: str = "head"
+    sanity_max_correlation: float | None = None
     #: ``[newly_correct]``: absolute bounds on the samples the candidate newly gets right
     newly_correct: dict[str, float] = field(default_factory=dict)
     newly_correct_min_samples: int = NEWLY_CORRECT_MIN_SAMPLES
@@ -162,6 +171,16 @@ class Thresholds:
             **(
                 {"labels": {f"{a}/{c}": dict(v) for (a, c), v in sorted(self.labels.items())}}
                 if self.labels
+                else {}
+            ),
+            **(
+                {
+                    "sanity": {
+                        "randomise": self.sanity_randomise,
+                        "max_randomised_correlation": self.sanity_max_correlation,
+                    }
+                }
+                if self.sanity_max_correlation is not None
                 else {}
             ),
             **(
@@ -417,6 +436,22 @@ def _drift_section(ctx: _Ctx, drift: dict[str, Any]) -> dict[str, Any]:
     return {"tables": tables, "sources": sources, "labels": labels}
 
 
+def _sanity_section(ctx: _Ctx, raw: dict[str, Any]) -> dict[str, Any]:
+    if not raw:
+        return {}
+    what = raw.get("randomise", "head")
+    if what not in ("head", "head+block"):
+        raise ctx.fail(["sanity"], "randomise", f"expected 'head' or 'head+block', got {what!r}")
+    if "max_randomised_correlation" not in raw:
+        raise ctx.fail(["sanity"], None, "set max_randomised_correlation (the check's bound)")
+    bound = _number(ctx, ["sanity"], "max_randomised_correlation", raw["max_randomised_correlation"])
+    if not -1 <= bound <= 1:
+        raise ctx.fail(
+            ["sanity"], "max_randomised_correlation", f"a correlation lies in [-1, 1], not {bound:g}"
+        )
+    return {"sanity_randomise": what, "sanity_max_correlation": bound}
+
+
 def _newly_correct_section(ctx: _Ctx, raw: Any) -> dict[str, Any]:
     """``[newly_correct]``: ``min_samples`` and absolute bounds on that group."""
     if not isinstance(raw, dict):
@@ -466,10 +501,12 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     ctx = _Ctx(text, path)
-    unknown = sorted(set(doc) - {"gate", "auc", "drift", "onnx", "newly_correct"})
+    unknown = sorted(set(doc) - {"gate", "auc", "drift", "onnx", "newly_correct", "sanity"})
     if unknown:
         raise ctx.fail(
-            [unknown[0]], None, "unknown table; expected [gate], [auc], [drift], [newly_correct] and [onnx]"
+            [unknown[0]],
+            None,
+            "unknown table; expected [gate], [auc], [drift], [sanity], [newly_correct] and [onnx]",
         )
     drift = doc.get("drift", {})
     if not isinstance(drift, dict):
@@ -483,6 +520,7 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
         **_onnx_section(ctx, _section(ctx, doc, "onnx", _ONNX_KEYS)),
         **drift_rules,
         **newly,
+        **_sanity_section(ctx, _section(ctx, doc, "sanity", {"randomise", "max_randomised_correlation"})),
         path=path,
     )
     _check_applicable(ctx, result)

@@ -1,0 +1,100 @@
+"""Sanity checks for a map method (Adebayo et al., *Sanity Checks for Saliency Maps*, 2018):
+maps that barely change when the model's weights are randomised do not explain the model.
+
+:func:`randomised_copy` re-initialises a copy of a model's head (its last linear layer)
+and, with ``"head+block"``, also the block its CAMs are computed on; the gate computes the
+candidate's maps again on that copy and :func:`rank_correlation` compares them per sample.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["RANDOMISE", "randomised_copy", "rank_correlation"]
+
+#: What :func:`randomised_copy` re-initialises.
+RANDOMISE = ("head", "head+block")
+
+
+def _reset(module: nn.Module) -> int:
+    n = 0
+    for m in module.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+            n += 1
+    return n
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _last_block(model: nn.Module) -> nn.Module | None:
+    """The last block with weights up to the CAM target layer: drift-gate's backbones'
+    last ``body`` stage with parameters; a foreign model's target layer, or its parent when
+    the layer itself has none (an activation)."""
+    body = getattr(model, "body", None)
+    if isinstance(body, nn.Sequential):
+        return next((m for m in reversed(body) if _has_parameters(m)), None)
+    path = getattr(getattr(model, "target", None), "path", None)
+    inner = getattr(model, "model", model)
+    if not isinstance(path, str) or not isinstance(inner, nn.Module):
+        return None
+    parts = path.split(".")
+    for depth in range(len(parts), 0, -1):
+        try:
+            found = inner.get_submodule(".".join(parts[:depth]))
+        except AttributeError:
+            return None
+        if _has_parameters(found):
+            return found
+    return None
+
+
+def randomised_copy(model: nn.Module, what: str = "head", seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with its head (the last ``nn.Linear``, or ``model.head``)
+    re-initialised, and with ``"head+block"`` also the last block with weights up to the
+    layer its CAMs are computed on.
+    The global random state is left as it was.
+
+    Raises:
+        ValueError: ``what`` is unknown, or the model has no linear head to randomise.
+    """
+    if what not in RANDOMISE:
+        raise ValueError(f"randomise {what!r}: expected one of {', '.join(RANDOMISE)}")
+    twin = copy.deepcopy(model)
+    head = getattr(twin, "head", None)
+    if not isinstance(head, nn.Module):
+        linears = [m for m in twin.modules() if isinstance(m, nn.Linear)]
+        head = linears[-1] if linears else None
+    if head is None:
+        raise ValueError("the model has no linear head to randomise")
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        _reset(head)
+        if what == "head+block":
+            block = _last_block(twin)
+            if block is not None:
+                _reset(block)
+    return twin.eval()
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each pair of maps ``a[i]``, ``b[i]`` (ties averaged); NaN
+    where either map is constant."""
+    from scipy.stats import rankdata
+
+    x = rankdata(a.reshape(len(a), -1), axis=1)
+    y = rankdata(b.reshape(len(b), -1), axis=1)
+    x -= x.mean(1, keepdims=True)
+    y -= y.mean(1, keepdims=True)
+    den = np.sqrt((x * x).sum(1) * (y * y).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (x * y).sum(1) / den
+    out[den == 0] = np.nan
+    return np.asarray(out, dtype=np.float64)

@@ -1,0 +1,63 @@
+"""Sanity checks for the maps (model randomisation): the randomised copy, the rank
+correlation, and the [sanity] rule in the gate (pass, and inconclusive, never a pass)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drift_gate.evidence.sanity import randomised_copy, rank_correlation
+from drift_gate.models.backbones import build_classifier
+from gatekit import RULES, gate, result
+
+
+def test_randomised_copy_resets_the_head_and_block_only_and_keeps_the_rng() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("tiny", 5)
+    with torch.no_grad():  # as if trained: no parameter at its initial value
+        for p in model.parameters():
+            p.add_(0.1)
+    state = torch.get_rng_state()
+    head = randomised_copy(model, "head")
+    assert torch.equal(torch.get_rng_state(), state), "the global random state is untouched"
+    assert not torch.equal(head.head.weight, model.head.weight)
+    assert all(
+        torch.equal(a, b) for a, b in zip(head.body.parameters(), model.body.parameters(), strict=True)
+    )
+    both = randomised_copy(model, "head+block")
+    pairs = zip(both.body.parameters(), model.body.parameters(), strict=True)
+    changed = [not torch.equal(a, b) for a, b in pairs]
+    assert any(changed) and not all(changed), "the last block with weights, not the whole body"
+    assert torch.equal(randomised_copy(model, "head").head.weight, head.head.weight), "seeded: reproducible"
+    with pytest.raises(ValueError, match="randomise 'all'"):
+        randomised_copy(model, "all")
+
+
+def test_rank_correlation() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.random((4, 3, 3))
+    out = rank_correlation(a, np.stack([a[0], -a[1], a[2] ** 3, np.zeros((3, 3))]))
+    assert out[0] == pytest.approx(1) and out[1] == pytest.approx(-1) and out[2] == pytest.approx(1)
+    assert np.isnan(out[3]), "a constant map has no rank correlation"
+
+
+@pytest.mark.parametrize(("bound", "status"), [(1.0, "pass"), (-1.0, "inconclusive")])
+def test_the_sanity_rule_in_the_gate(env: dict[str, Path], bound: float, status: str) -> None:
+    env["thresholds"].write_text(
+        RULES.format(drift="iou.min = 0.0")
+        + f'[sanity]\nrandomise = "head+block"\nmax_randomised_correlation = {bound}\n'
+    )
+    code = gate(env, env["ft"])
+    c = result(env)["candidates"][0]
+    rules = [r for r in c["rules"] if r["rule"].endswith("sanity.randomised_correlation.max")]
+    assert len(rules) == 2 and all(r["status"] == status for r in rules)
+    assert all(-1 <= r["observed"] <= 1 for r in rules)
+    if status == "inconclusive":
+        assert code == 1 and c["verdict"] == "inconclusive"
+        assert c["label"] == "maps insensitive to the model (sanity check)"
+        assert "maps insensitive to the model" in rules[0]["message"]
+    else:
+        assert code == 0
