@@ -53,6 +53,7 @@ def test_study_writes_table_json_plot_and_report(run: Path, capsys: pytest.Captu
     assert "<table>" in page and "data:image/png;base64," in page
     printed = capsys.readouterr().out
     assert "| tiny | ablationcam |" in printed and "stability ranking" in printed
+    assert set(row["consistency"]) == {"reference", "candidate"} and "intra-class consistency" in printed
 
 
 def test_track_first_epoch_equals_the_gate_on_that_checkpoint(run: Path) -> None:
@@ -86,6 +87,7 @@ def test_track_first_epoch_equals_the_gate_on_that_checkpoint(run: Path) -> None
         for metric, value in rows[0]["vs_tl"][method].items():
             assert value == c["summaries"][method][metric]["overall"]["mean"], (method, metric)
     assert rows[0]["auc"] == c["auc"]
+    assert rows[0]["consistency"]["layercam"] == c["consistency"]["layercam"]["candidate"]["overall"]["mean"]
     assert (out / "track.png").read_bytes()[:4] == b"\x89PNG"
 
 

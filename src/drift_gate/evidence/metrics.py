@@ -16,6 +16,7 @@ row-major tie-break. Spearman and Gini need a full sort and are opt-in in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "displacement",
     "drift_metrics",
     "gini",
+    "intra_class_consistency",
     "iou",
     "is_degenerate",
     "localisation",
@@ -397,3 +399,32 @@ def localisation(maps: ArrayLike, masks: ArrayLike) -> dict[str, np.ndarray]:
     hit = kflat.gather(1, flat.argmax(1, keepdim=True))[:, 0].double()
     energy = _sum64(torch.where(kflat, flat, 0), 1) / _sum64(flat, 1).clamp_min(1e-300)
     return {"pointing_game": _nan_where(hit, undefined), "mask_energy": _nan_where(energy, undefined)}
+
+
+def intra_class_consistency(
+    maps: np.ndarray, labels: np.ndarray, selected: np.ndarray, classes: Sequence[str]
+) -> dict[str, dict[str, float | int | None]]:
+    """How alike the maps of one class are: the mean pairwise soft IoU
+    (``sum(min(a, b)) / sum(max(a, b))`` of min-max normalised maps) over the selected
+    samples of each class, as in the C-Score of the study's authors; ``overall`` is the
+    mean over the classes with two or more samples. Constant maps are left out.
+
+    Returns:
+        group -> ``{"mean": value or None, "n": samples}``.
+    """
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+    usable = (hi[:, 0] > lo[:, 0]) & np.asarray(selected, dtype=bool)
+    norm = (flat - lo) / np.where(hi > lo, hi - lo, 1.0)
+    out: dict[str, dict[str, float | int | None]] = {}
+    for c, name in enumerate(classes):
+        a = norm[usable & (np.asarray(labels) == c)]
+        scores = []
+        for i in range(len(a) - 1):
+            inter = np.minimum(a[i], a[i + 1 :]).sum(1)
+            union = np.maximum(a[i], a[i + 1 :]).sum(1)
+            scores.append(inter / union)
+        out[name] = {"mean": float(np.concatenate(scores).mean()) if scores else None, "n": len(a)}
+    means = [v["mean"] for v in out.values() if v["mean"] is not None]
+    out["overall"] = {"mean": float(np.mean(means)) if means else None, "n": int(usable.sum())}
+    return out

@@ -30,7 +30,7 @@ from drift_gate.evidence.classification import (
     predicted_class,
     predicted_positive,
 )
-from drift_gate.evidence.metrics import drift_metrics, localisation
+from drift_gate.evidence.metrics import drift_metrics, intra_class_consistency, localisation
 from drift_gate.evidence.sanity import randomised_copy, rank_correlation
 from drift_gate.evidence.summary import Summary, select_samples, summarise
 from drift_gate.gating.audit import expand_pairs
@@ -105,6 +105,10 @@ class CandidateResult:
     #: shortcut would carry the prediction; summarised as its own group), ``newly_wrong``,
     #: ``both_wrong``
     groups: dict[str, int] = field(default_factory=dict)
+    #: method -> ``reference`` / ``candidate`` -> group (class or ``overall``) ->
+    #: ``{"mean", "n"}``: how alike one class's maps are (mean pairwise soft IoU over the
+    #: selected samples; :func:`~drift_gate.evidence.metrics.intra_class_consistency`)
+    consistency: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -556,4 +560,11 @@ def run_gate(
         baseline_digest=base.digest,
         baseline_signed=public_key is not None,
         groups=_correct_groups(ref_ok, cand_ok),
+        consistency={
+            m: {
+                "reference": intra_class_consistency(base.maps[m], labels, selected, meta.classes),
+                "candidate": intra_class_consistency(maps[m], labels, selected, meta.classes),
+            }
+            for m in thresholds.methods
+        },
     ), artifacts

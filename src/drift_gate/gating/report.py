@@ -131,6 +131,14 @@ def markdown(result: GateResult) -> str:
                     + " | | | | |"
                 )
             out += _localisation_rows(c.summaries[m])
+            k = c.consistency.get(m)
+            if k:
+                ref, cand = k["reference"]["overall"]["mean"], k["candidate"]["overall"]["mean"]
+                out += [
+                    "",
+                    "intra-class consistency (mean pairwise soft IoU of one class's maps): "
+                    f"reference {_f(ref)} -> candidate {_f(cand)}",
+                ]
     return "\n".join(out) + "\n"
 
 
@@ -292,6 +300,22 @@ def _class_table(c: CandidateResult, method: str) -> str:
     return f"<table><tr><th>group</th><th>n</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def _consistency_table(c: CandidateResult, method: str) -> str:
+    k = c.consistency.get(method)
+    if not k:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(g)}</td><td>{k['candidate'][g]['n']}</td><td>{_f(k['reference'][g]['mean'])}</td>"
+        f"<td>{_f(k['candidate'][g]['mean'])}</td></tr>"
+        for g in ["overall", *c.classes]
+        if g in k["candidate"]
+    )
+    return (
+        "<table><tr><th>intra-class consistency (mean pairwise soft IoU)</th><th>n</th><th>reference</th>"
+        f"<th>candidate</th></tr>{rows}</table>"
+    )
+
+
 def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) -> str:
     """The self-contained HTML report (kept in one piece: it builds the page top to bottom)."""
     parts = [
@@ -330,6 +354,7 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
                 f"<img alt='metric distributions {html.escape(method)}' src='{_distributions(c, method)}'>"
             )
             parts.append(_class_table(c, method))
+            parts.append(_consistency_table(c, method))
             loc = c.summaries[method]
             if "mask_energy" in loc:
                 cells = "".join(

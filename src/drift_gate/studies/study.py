@@ -96,6 +96,9 @@ def _row(arch: str, method: str, c: CandidateResult, tl_test: float, ft_test: fl
     for metric in ("reference_pointing_game", "pointing_game", "reference_mask_energy", "mask_energy"):
         if metric in s:
             out[metric] = s[metric]["overall"]["mean"]
+    k = c.consistency.get(method)
+    if k:
+        out["consistency"] = {side: k[side]["overall"]["mean"] for side in ("reference", "candidate")}
     return out
 
 
@@ -188,6 +191,10 @@ def _fmt(s: dict[str, Any]) -> str:
     return f"{s['mean']:.3f}{ci}"
 
 
+def _opt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
 def study_markdown(result: StudyResult) -> str:
     out = [
         "| backbone | method | TL AUC | FT AUC | n (TP) | displacement | IoU | correlation "
@@ -214,6 +221,18 @@ def study_markdown(result: StudyResult) -> str:
             + " | ".join("—" if r[m]["std"] is None else f"{r[m]['std']:.3f}" for m in CORE_METRICS)
             + " |"
         )
+    cons = [r for r in result.rows if r.get("consistency")]
+    if cons:
+        out += [
+            "",
+            "| intra-class consistency (mean pairwise soft IoU of one class's maps) | TL | FT |",
+            "|---|---|---|",
+        ]
+        out += [
+            f"| {r['backbone']} / {r['method']} | {_opt(r['consistency']['reference'])} | "
+            f"{_opt(r['consistency']['candidate'])} |"
+            for r in cons
+        ]
     loc = [r for r in result.rows if r.get("mask_energy") is not None]
     if loc:
         out += [

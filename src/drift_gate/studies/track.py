@@ -86,8 +86,10 @@ def run_track(
             "n": c.n_selected,
             "vs_tl": {},
         }
+        row["consistency"] = {}
         for method in thresholds.methods:
             row["vs_tl"][method] = {m: c.summaries[method][m]["overall"]["mean"] for m in CORE_METRICS}
+            row["consistency"][method] = c.consistency[method]["candidate"]["overall"]["mean"]
         selected = np.array(c.selected, dtype=bool)
         if previous is not None:
             # Samples selected for both epochs (true positives of TL and of both epochs).
@@ -140,10 +142,12 @@ def _write_track(result: TrackResult, methods: tuple[str, ...], out: Path) -> No
         ax.set_xlabel("FT epoch")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{result.arch}: evidence drift per fine-tuning epoch (true positives, mean)", y=1.04)
-    lines = ["| epoch | AUC | n | " + " | ".join(f"{m} {k}" for m in methods for k in CORE_METRICS) + " |"]
-    lines.append("|---|---|---|" + "---|" * (len(methods) * len(CORE_METRICS)))
+    cols = [f"{m} {k}" for m in methods for k in CORE_METRICS] + [f"{m} consistency" for m in methods]
+    lines = ["| epoch | AUC | n | " + " | ".join(cols) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(cols))
     for r in result.rows:
         vals = [r["vs_tl"][m][k] for m in methods for k in CORE_METRICS]
+        vals += [r["consistency"][m] for m in methods]
         lines.append(
             f"| {r['epoch']} | {r['auc']:.4f} | {r['n']} | "
             + " | ".join("—" if v is None else f"{v:.4f}" for v in vals)
