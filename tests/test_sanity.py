@@ -49,15 +49,19 @@ def test_the_sanity_rule_in_the_gate(env: dict[str, Path], bound: float, status:
     env["thresholds"].write_text(
         RULES.format(drift="iou.min = 0.0")
         + f'[sanity]\nrandomise = "head+block"\nmax_randomised_correlation = {bound}\n'
+        + f"max_class_correlation = {bound}\n"
     )
     code = gate(env, env["ft"])
     c = result(env)["candidates"][0]
-    rules = [r for r in c["rules"] if r["rule"].endswith("sanity.randomised_correlation.max")]
-    assert len(rules) == 2 and all(r["status"] == status for r in rules)
+    rules = [r for r in c["rules"] if "/sanity." in r["rule"]]
+    assert {r["rule"].split("/", 1)[1] for r in rules} == {
+        f"{m}/sanity.{k}_correlation.max" for m in ("layercam", "gradcam++") for k in ("randomised", "class")
+    }
+    assert all(r["status"] == status for r in rules)
     assert all(-1 <= r["observed"] <= 1 for r in rules)
     if status == "inconclusive":
         assert code == 1 and c["verdict"] == "inconclusive"
-        assert c["label"] == "maps insensitive to the model (sanity check)"
+        assert c["label"] == "maps insensitive to the model or class (sanity check)"
         assert "maps insensitive to the model" in rules[0]["message"]
     else:
         assert code == 0

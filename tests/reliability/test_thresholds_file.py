@@ -36,6 +36,18 @@ CASES = {
         "[drift]\niou.min = 0.3\n[newly_correct]\niou.max_drop = 0.1\n",
         r"thresholds\.toml:4: newly_correct\.iou\.max_drop: newly-correct bounds are absolute",
     ),
+    "sanity: what to randomise": (
+        "[drift]\niou.min = 0.3\n[sanity]\nrandomise = 'all'\nmax_randomised_correlation = 0.5\n",
+        r"thresholds\.toml:4: sanity\.randomise: expected 'head' or 'head\+block'",
+    ),
+    "sanity: a correlation out of range": (
+        "[drift]\niou.min = 0.3\n[sanity]\nmax_class_correlation = 1.5\n",
+        r"thresholds\.toml:4: sanity\.max_class_correlation: a correlation lies in \[-1, 1\]",
+    ),
+    "sanity: no bound": (
+        "[drift]\niou.min = 0.3\n[sanity]\nrandomise = 'head'\n",
+        r"thresholds\.toml:3: sanity: set max_randomised_correlation and/or max_class_correlation",
+    ),
     "newly_correct: min_samples": (
         "[drift]\niou.min = 0.3\n[newly_correct]\nmin_samples = 0\n",
         r"thresholds\.toml:4: newly_correct\.min_samples: expected a whole number >= 1",

@@ -8,6 +8,7 @@ returns one :class:`GateResult` from which every report is written.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -323,6 +324,20 @@ def _shard(job: _Job, indices: Sequence[int]) -> dict[str, Any] | None:
             precision=job.precision,
         )
         out["sanity"] = {m: rank_correlation(cams.maps[m], twin.maps[m]) for m in job.thresholds.methods}
+    if job.thresholds.sanity_max_class_correlation is not None:  # the maps of another class
+        k = len(meta.classes)
+        other = [dataclasses.replace(s, label=(s.label + 1) % k) for s in chosen]
+        shifted = compute_cams(
+            job.model,
+            ImageDataset(other, size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess),
+            job.thresholds.methods,
+            job.dist.device,
+            job.batch_size,
+            precision=job.precision,
+        )
+        out["class_sanity"] = {
+            m: rank_correlation(cams.maps[m], shifted.maps[m]) for m in job.thresholds.methods
+        }
     with_masks = any(s.mask is not None for s in job.samples)
     masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
     if job.session is not None and job.pairs is None:
@@ -518,10 +533,12 @@ def run_gate(
     }
     drift_rules, summaries, per_sample = _drift(job, values, selected, labels, ~ref_ok & cand_ok)
     rules += drift_rules
-    if thresholds.sanity_max_correlation is not None:
-        for m in thresholds.methods:
-            corr = joined(lambda p, m=m: p["sanity"][m])  # type: ignore[misc]
-            rules.append(sanity_rule(meta.arch, m, corr[selected], thresholds))
+    for key, bound in (("sanity", thresholds.sanity_max_correlation),
+                       ("class_sanity", thresholds.sanity_max_class_correlation)):  # fmt: skip
+        if bound is not None:
+            for m in thresholds.methods:
+                corr = joined(lambda p, m=m, key=key: p[key][m])  # type: ignore[misc]
+                rules.append(sanity_rule(meta.arch, m, corr[selected], thresholds, key == "class_sanity"))
     verdict, label = decide_verdict(rules)
     coarse = grid_warning(next(iter(maps.values())).shape[1:], meta.input_size)
     unverified = None

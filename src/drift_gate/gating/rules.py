@@ -273,14 +273,18 @@ def auc_rules(arch: str, auc: float, baseline_auc: float, thresholds: Thresholds
     return out
 
 
-def sanity_rule(arch: str, method: str, correlations: np.ndarray, thresholds: Thresholds) -> RuleResult:
-    """The ``[sanity]`` precondition for one method: the median rank correlation between
-    the candidate's maps and those of its randomised copy (over the selected samples) must
-    not exceed the bound; above it the maps do not explain this model: inconclusive."""
-    bound = thresholds.sanity_max_correlation
+def sanity_rule(
+    arch: str, method: str, correlations: np.ndarray, thresholds: Thresholds, other_class: bool = False
+) -> RuleResult:
+    """A ``[sanity]`` precondition for one method: the median rank correlation between
+    the candidate's maps and those of its randomised copy (``other_class``: its maps for
+    another class) over the selected samples must not exceed the bound; above it the maps
+    do not explain this model (or this class): inconclusive, never a pass."""
+    bound = thresholds.sanity_max_class_correlation if other_class else thresholds.sanity_max_correlation
     assert bound is not None
-    name = f"{arch}/{method}/sanity.randomised_correlation.max"
-    where = {"source": f"{thresholds.path} [sanity]", "method": method, "metric": "randomised_correlation"}
+    metric = "class_correlation" if other_class else "randomised_correlation"
+    name = f"{arch}/{method}/sanity.{metric}.max"
+    where = {"source": f"{thresholds.path} [sanity]", "method": method, "metric": metric}
     finite = correlations[np.isfinite(correlations)]
     if not len(finite):
         empty = "no sample to compare"
@@ -288,16 +292,21 @@ def sanity_rule(arch: str, method: str, correlations: np.ndarray, thresholds: Th
             name, SKIPPED, None, bound, f"<= {bound:g}", empty, scope="sanity", kind="max", **where
         )
     observed = float(np.median(finite))
-    what = thresholds.sanity_randomise
+    against = (
+        "its maps for another class"
+        if other_class
+        else f"the maps of the candidate with its {thresholds.sanity_randomise} re-initialised"
+    )
     if observed <= bound:
-        message = f"maps change with the model: median rank correlation {observed:.3f}, {what} reset"
+        subject = "class" if other_class else "model"
+        message = f"maps depend on the {subject}: median rank correlation {observed:.3f}"
         return RuleResult(
             name, PASS, observed, bound, f"<= {bound:g}", message, scope="sanity", kind="max", **where
         )
     message = (
-        f"maps insensitive to the model: median rank correlation {observed:.3f} with the maps of the "
-        f"candidate with its {what} re-initialised (> {bound:g}); {method} at this layer is not explaining "
-        "this model, so its drift cannot be judged: inconclusive, never a pass"
+        f"maps insensitive to the {'class explained' if other_class else 'model'}: median rank correlation "
+        f"{observed:.3f} with {against} (> {bound:g}); {method} at this layer cannot show what moved: "
+        "inconclusive, never a pass"
     )
     status = INCONCLUSIVE
     return RuleResult(
@@ -326,7 +335,7 @@ def decide_verdict(rules: list[RuleResult]) -> tuple[Status, str]:
     if labels:
         return FAIL, "; ".join(labels)
     if any(r.status == INCONCLUSIVE and r.scope == "sanity" for r in rules):
-        return INCONCLUSIVE, "maps insensitive to the model (sanity check)"
+        return INCONCLUSIVE, "maps insensitive to the model or class (sanity check)"
     if INCONCLUSIVE in statuses:
         return INCONCLUSIVE, "too few usable samples to judge the evidence"
     return PASS, "evidence and AUC within bounds"

@@ -32,6 +32,7 @@ Shape::
     randomise = "head"             # or "head+block": what is re-initialised in a copy of the candidate
     max_randomised_correlation = 0.5  # median rank correlation of the candidate's maps with the
                                    # copy's; above it the verdict is inconclusive, never a pass
+    max_class_correlation = 0.9    # optional: its maps for the true class vs for another class
 
     [newly_correct]                # samples the candidate newly gets right (the reference got
     min_samples = 5                # them wrong): where a new shortcut would carry the prediction.
@@ -61,6 +62,7 @@ BOUND_KINDS = ("min", "max", "abs_max", "max_drop", "max_rise")
 _GATE_KEYS = {"methods", "samples", "min_samples", "statistic"}
 _AUC_KEYS = {"min", "max_drop"}
 _ONNX_KEYS = {"max_rel_diff"}
+_SANITY_KEYS = {"randomise", "max_randomised_correlation", "max_class_correlation"}
 #: Default smallest "newly correct" group whose rules are checked.
 NEWLY_CORRECT_MIN_SAMPLES = 5
 #: Default bound on ONNX Runtime vs torch logits (relative to the largest |logit|).
@@ -103,6 +105,7 @@ class Thresholds:
     #: rank correlation its maps may keep with the candidate's (None: not checked)
     sanity_randomise: str = "head"
     sanity_max_correlation: float | None = None
+    sanity_max_class_correlation: float | None = None
     #: ``[newly_correct]``: absolute bounds on the samples the candidate newly gets right
     newly_correct: dict[str, float] = field(default_factory=dict)
     newly_correct_min_samples: int = NEWLY_CORRECT_MIN_SAMPLES
@@ -178,9 +181,10 @@ class Thresholds:
                     "sanity": {
                         "randomise": self.sanity_randomise,
                         "max_randomised_correlation": self.sanity_max_correlation,
+                        "max_class_correlation": self.sanity_max_class_correlation,
                     }
                 }
-                if self.sanity_max_correlation is not None
+                if self.sanity_max_correlation is not None or self.sanity_max_class_correlation is not None
                 else {}
             ),
             **(
@@ -442,14 +446,19 @@ def _sanity_section(ctx: _Ctx, raw: dict[str, Any]) -> dict[str, Any]:
     what = raw.get("randomise", "head")
     if what not in ("head", "head+block"):
         raise ctx.fail(["sanity"], "randomise", f"expected 'head' or 'head+block', got {what!r}")
-    if "max_randomised_correlation" not in raw:
-        raise ctx.fail(["sanity"], None, "set max_randomised_correlation (the check's bound)")
-    bound = _number(ctx, ["sanity"], "max_randomised_correlation", raw["max_randomised_correlation"])
-    if not -1 <= bound <= 1:
-        raise ctx.fail(
-            ["sanity"], "max_randomised_correlation", f"a correlation lies in [-1, 1], not {bound:g}"
-        )
-    return {"sanity_randomise": what, "sanity_max_correlation": bound}
+    out: dict[str, Any] = {"sanity_randomise": what}
+    for key, field_name in (
+        ("max_randomised_correlation", "sanity_max_correlation"),
+        ("max_class_correlation", "sanity_max_class_correlation"),
+    ):
+        if key in raw:
+            bound = _number(ctx, ["sanity"], key, raw[key])
+            if not -1 <= bound <= 1:
+                raise ctx.fail(["sanity"], key, f"a correlation lies in [-1, 1], not {bound:g}")
+            out[field_name] = bound
+    if len(out) == 1:
+        raise ctx.fail(["sanity"], None, "set max_randomised_correlation and/or max_class_correlation")
+    return out
 
 
 def _newly_correct_section(ctx: _Ctx, raw: Any) -> dict[str, Any]:
@@ -520,7 +529,7 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
         **_onnx_section(ctx, _section(ctx, doc, "onnx", _ONNX_KEYS)),
         **drift_rules,
         **newly,
-        **_sanity_section(ctx, _section(ctx, doc, "sanity", {"randomise", "max_randomised_correlation"})),
+        **_sanity_section(ctx, _section(ctx, doc, "sanity", _SANITY_KEYS)),
         path=path,
     )
     _check_applicable(ctx, result)
