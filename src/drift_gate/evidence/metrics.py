@@ -23,7 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from drift_gate.evidence.registry import LOCALISATION_METRICS, METRICS, RANK_METRICS, ArrayLike
+from drift_gate.evidence.registry import (
+    FAITHFULNESS_METRICS,
+    LOCALISATION_METRICS,
+    METRICS,
+    RANK_METRICS,
+    ArrayLike,
+)
 
 __all__ = [
     "concentration",
@@ -319,7 +325,8 @@ def drift_metrics(
     ta, tb = torch.as_tensor(a), torch.as_tensor(b)
     if ta.shape != tb.shape:
         raise ValueError(f"map shapes differ: {tuple(ta.shape)} vs {tuple(tb.shape)}")
-    names = [n for n in METRICS if n not in LOCALISATION_METRICS and (ranks or n not in RANK_METRICS)]
+    computed_elsewhere = (*LOCALISATION_METRICS, *FAITHFULNESS_METRICS)
+    names = [n for n in METRICS if n not in computed_elsewhere and (ranks or n not in RANK_METRICS)]
     keys = (*names, "concentration_a", "concentration_b", "degenerate")
     starts = range(0, len(ta), chunk)
     workers = min(torch.get_num_threads(), len(starts))

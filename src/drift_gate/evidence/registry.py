@@ -12,6 +12,7 @@ from torch import Tensor
 
 __all__ = [
     "CORE_METRICS",
+    "FAITHFULNESS_METRICS",
     "LOCALISATION_METRICS",
     "METRICS",
     "RANK_METRICS",
@@ -97,6 +98,28 @@ METRICS: dict[str, MetricSpec] = {
             None,
             "share of the reference map's mass inside the mask",
         ),
+        # Faithfulness (opt-in, [faithfulness]): deletion/insertion on the candidate model.
+        MetricSpec(
+            "faithfulness",
+            Direction.HIGHER,
+            None,
+            "insertion minus deletion area of the candidate's map on the candidate model",
+            (-1.0, 1.0),
+        ),
+        MetricSpec(
+            "reference_faithfulness",
+            Direction.HIGHER,
+            None,
+            "insertion minus deletion area of the reference's map on the candidate model",
+            (-1.0, 1.0),
+        ),
+        MetricSpec(
+            "faithfulness_change",
+            Direction.HIGHER,
+            0.0,
+            "faithfulness minus reference_faithfulness (positive: the model relies on where its map moved)",
+            (-2.0, 2.0),
+        ),
         MetricSpec(
             "mask_energy_change",
             Direction.HIGHER,
@@ -118,6 +141,9 @@ LOCALISATION_METRICS = (
     "reference_mask_energy",
     "mask_energy_change",
 )
+
+#: Per-sample faithfulness metrics (computed by the gate when [faithfulness] is set).
+FAITHFULNESS_METRICS = ("faithfulness", "reference_faithfulness", "faithfulness_change")
 
 #: Metrics that need a full sort of every map (O(P log P)); opt-in in drift_metrics.
 RANK_METRICS = ("spearman", "gini_change")

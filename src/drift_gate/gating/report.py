@@ -131,6 +131,7 @@ def markdown(result: GateResult) -> str:
                     + " | | | | |"
                 )
             out += _localisation_rows(c.summaries[m])
+            out += _faithfulness_rows(c.summaries[m])
             k = c.consistency.get(m)
             if k:
                 ref, cand = k["reference"]["overall"]["mean"], k["candidate"]["overall"]["mean"]
@@ -159,6 +160,22 @@ def _localisation_rows(summaries: Mapping[str, Any]) -> list[str]:
         f"{mean('pointing_game')} |",
         f"| mask energy (share of the map inside the mask) | {mean('reference_mask_energy')} | "
         f"{mean('mask_energy')} |",
+    ]
+
+
+def _faithfulness_rows(summaries: Mapping[str, Any]) -> list[str]:
+    """Deletion / insertion faithfulness of both maps on the candidate (when computed)."""
+    if "faithfulness" not in summaries:
+        return []
+    ref = summaries["reference_faithfulness"]["overall"]["mean"]
+    cand = summaries["faithfulness"]["overall"]["mean"]
+    change = summaries["faithfulness_change"]["overall"]["mean"]
+    return [
+        "",
+        "| faithfulness on the candidate (insertion − deletion area) | reference map | candidate map "
+        "| change |",
+        "|---|---|---|---|",
+        f"| mean over the selected samples | {_f(ref)} | {_f(cand)} | {_f(change)} |",
     ]
 
 
@@ -355,6 +372,15 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
             )
             parts.append(_class_table(c, method))
             parts.append(_consistency_table(c, method))
+            if "faithfulness" in c.summaries[method]:
+                f = c.summaries[method]
+                parts.append(
+                    "<table><tr><th>faithfulness on the candidate (insertion − deletion)</th>"
+                    f"<th>reference map</th><th>candidate map</th><th>change</th></tr><tr><td>mean</td>"
+                    f"<td>{_f(f['reference_faithfulness']['overall']['mean'])}</td>"
+                    f"<td>{_f(f['faithfulness']['overall']['mean'])}</td>"
+                    f"<td>{_f(f['faithfulness_change']['overall']['mean'])}</td></tr></table>"
+                )
             loc = c.summaries[method]
             if "mask_energy" in loc:
                 cells = "".join(

@@ -34,6 +34,10 @@ Shape::
                                    # copy's; above it the verdict is inconclusive, never a pass
     max_class_correlation = 0.9    # optional: its maps for the true class vs for another class
 
+    [faithfulness]                 # opt-in: deletion / insertion curves of both maps on the
+    steps = 10                     # candidate; faithfulness_change usable in [drift] rules;
+    baseline = "blur"              # 2 x (steps + 1) forward passes per image, map and method
+
     [newly_correct]                # samples the candidate newly gets right (the reference got
     min_samples = 5                # them wrong): where a new shortcut would carry the prediction.
     displacement.max = 0.15        # Absolute bounds on that group (every backbone x method);
@@ -63,6 +67,7 @@ _GATE_KEYS = {"methods", "samples", "min_samples", "statistic"}
 _AUC_KEYS = {"min", "max_drop"}
 _ONNX_KEYS = {"max_rel_diff"}
 _SANITY_KEYS = {"randomise", "max_randomised_correlation", "max_class_correlation"}
+_FAITHFULNESS_KEYS = {"steps", "baseline"}
 #: Default smallest "newly correct" group whose rules are checked.
 NEWLY_CORRECT_MIN_SAMPLES = 5
 #: Default bound on ONNX Runtime vs torch logits (relative to the largest |logit|).
@@ -106,6 +111,9 @@ class Thresholds:
     sanity_randomise: str = "head"
     sanity_max_correlation: float | None = None
     sanity_max_class_correlation: float | None = None
+    #: ``[faithfulness]``: deletion/insertion steps (0: not computed) and the baseline
+    faithfulness_steps: int = 0
+    faithfulness_baseline: str = "blur"
     #: ``[newly_correct]``: absolute bounds on the samples the candidate newly gets right
     newly_correct: dict[str, float] = field(default_factory=dict)
     newly_correct_min_samples: int = NEWLY_CORRECT_MIN_SAMPLES
@@ -185,6 +193,11 @@ class Thresholds:
                     }
                 }
                 if self.sanity_max_correlation is not None or self.sanity_max_class_correlation is not None
+                else {}
+            ),
+            **(
+                {"faithfulness": {"steps": self.faithfulness_steps, "baseline": self.faithfulness_baseline}}
+                if self.faithfulness_steps
                 else {}
             ),
             **(
@@ -461,6 +474,18 @@ def _sanity_section(ctx: _Ctx, raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _faithfulness_section(ctx: _Ctx, raw: dict[str, Any]) -> dict[str, Any]:
+    if not raw:
+        return {}
+    steps = raw.get("steps", 10)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100:
+        raise ctx.fail(["faithfulness"], "steps", f"expected a whole number in [1, 100], got {steps!r}")
+    baseline = raw.get("baseline", "blur")
+    if baseline not in ("blur", "mean"):
+        raise ctx.fail(["faithfulness"], "baseline", f"expected 'blur' or 'mean', got {baseline!r}")
+    return {"faithfulness_steps": steps, "faithfulness_baseline": baseline}
+
+
 def _newly_correct_section(ctx: _Ctx, raw: Any) -> dict[str, Any]:
     """``[newly_correct]``: ``min_samples`` and absolute bounds on that group."""
     if not isinstance(raw, dict):
@@ -510,12 +535,13 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     ctx = _Ctx(text, path)
-    unknown = sorted(set(doc) - {"gate", "auc", "drift", "onnx", "newly_correct", "sanity"})
+    unknown = sorted(set(doc) - {"gate", "auc", "drift", "onnx", "newly_correct", "sanity", "faithfulness"})
     if unknown:
         raise ctx.fail(
             [unknown[0]],
             None,
-            "unknown table; expected [gate], [auc], [drift], [sanity], [newly_correct] and [onnx]",
+            "unknown table; expected [gate], [auc], [drift], [sanity], [faithfulness], [newly_correct] "
+            "or [onnx]",
         )
     drift = doc.get("drift", {})
     if not isinstance(drift, dict):
@@ -530,6 +556,7 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
         **drift_rules,
         **newly,
         **_sanity_section(ctx, _section(ctx, doc, "sanity", _SANITY_KEYS)),
+        **_faithfulness_section(ctx, _section(ctx, doc, "faithfulness", _FAITHFULNESS_KEYS)),
         path=path,
     )
     _check_applicable(ctx, result)
