@@ -22,6 +22,7 @@ __all__ = [
     "default_cache_dir",
     "file_lock",
     "file_sha256",
+    "read_bounded",
     "recover_folder",
     "swap_in_folder",
     "uninterrupted",
@@ -212,3 +213,18 @@ def code_sha256(parts: tuple[str, ...] = TRAINING_CODE) -> str:
         h.update(f"\x1f{f.relative_to(root).as_posix()}\x1f".encode())
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def read_bounded(path: Path, limit: int, what: str, error: type[Exception]) -> bytes:
+    """The bytes of ``path``, refused unread when larger than ``limit``.
+
+    Raises:
+        error: too large, or unreadable (the message names the file and ``what`` it is).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > limit:
+            raise error(f"{path}: too large for a {what}")
+        return path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None

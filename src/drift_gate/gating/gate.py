@@ -422,31 +422,24 @@ def _drift(
     approved = _approved(job.base, job.thresholds)
     rules, summaries, per_sample = [], {}, {}
     classes = job.meta.classes
-    # (group, its bounds, its audit rows, its classes): the whole set, then each class's own bounds
-    groups: list[tuple[str, list[Bound] | None, int, int]] = [
-        ("overall", None, len(job.samples), len(classes))
+    # (group, its bounds, its audit rows, its classes, its own min_samples): the whole set,
+    # each class's own bounds, and the samples the candidate newly gets right
+    groups: list[tuple[str, list[Bound] | None, int, int, int | None]] = [
+        ("overall", None, len(job.samples), len(classes), None)
     ]
     groups += [
-        (cls, bounds, int((labels == classes.index(cls)).sum()), 1)
+        (cls, bounds, int((labels == classes.index(cls)).sum()), 1, None)
         for cls, bounds in job.thresholds.label_bounds(job.meta.arch).items()
     ]
+    if job.thresholds.newly_correct:
+        t = job.thresholds
+        groups.append(("newly_correct", t.newly_correct_bounds(), 0, 0, t.newly_correct_min_samples))
     for method, v in values.items():
         summary = summarise(v, selected, labels, classes)
         fresh = summarise(v, newly, labels, classes)
         for metric in summary:
             summary[metric]["newly_correct"] = fresh[metric]["overall"]
-        if job.thresholds.newly_correct:
-            rules += evaluate_rules(
-                job.meta.arch,
-                method,
-                summary,
-                job.thresholds,
-                approved,
-                group="newly_correct",
-                bounds=job.thresholds.newly_correct_bounds(),
-                required=job.thresholds.newly_correct_min_samples,
-            )
-        for group, bounds, n_audit, n_classes in groups:
+        for group, bounds, n_audit, n_classes, required in groups:
             rules += evaluate_rules(
                 job.meta.arch,
                 method,
@@ -457,6 +450,7 @@ def _drift(
                 n_classes=n_classes,
                 group=group,
                 bounds=bounds,
+                required=required,
             )
         summaries[method] = _summary_dict(summary)
         per_sample[method] = {k: _none_if_nan(x) for k, x in v.items() if k != "degenerate"}

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from drift_gate._io import read_bounded
 from drift_gate.errors import ConfigError, DataError, StaleBaselineError
 
 if TYPE_CHECKING:
@@ -99,13 +100,7 @@ def _pem(source: str | os.PathLike[str], what: str) -> bytes:
     text = os.fspath(source)
     if text.lstrip().startswith("-----BEGIN"):
         return text.encode()
-    path = Path(text)
-    try:
-        if path.stat().st_size > _MAX_KEY:
-            raise ConfigError(f"{path}: too large for a {what}")
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    return read_bounded(Path(text), _MAX_KEY, what, ConfigError)
 
 
 def signing_key(source: str | os.PathLike[str] | None = None) -> Ed25519PrivateKey | None:

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from drift_gate._io import atomic_write_bytes
+from drift_gate._io import atomic_write_bytes, read_bounded
 from drift_gate.errors import BundleMismatchError, DataError, StaleBaselineError
 from drift_gate.gating.signing import BASELINE_FILES, SIGNATURE_FILE, files_digest
 
@@ -59,12 +59,7 @@ def _sha(data: bytes) -> str:
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        if path.stat().st_size > _MAX_MEMBER:
-            raise DataError(f"{path}: too large for a {what}")
-        return path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    return read_bounded(path, _MAX_MEMBER, what, DataError)
 
 
 def _gate_doc(result: Path) -> tuple[bytes, dict[str, Any]]:
