@@ -603,7 +603,7 @@ def test_multilabel_torchxrayvision_end_to_end(tmp_path: Path, phantom_root: Pat
     assert doc["n_audit"] == pairs and len(doc["sample_ids"]) == pairs
     assert any(i.endswith("[Nodule]") for i in doc["sample_ids"])
     # per-label summaries: one group per finding, beside the overall one
-    assert set(doc["summaries"]["layercam"]["iou"]) == {"overall", *FINDINGS}
+    assert set(doc["summaries"]["layercam"]["iou"]) == {"overall", "newly_correct", *FINDINGS}
     # and a rule on one label's maps
     nodule = {r["rule"]: r for r in doc["rules"]}["xrv-chest/layercam/Nodule/iou.min"]
     assert nodule["status"] == "pass" and nodule["source"].endswith("thresholds.toml:13")

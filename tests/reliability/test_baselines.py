@@ -77,7 +77,7 @@ def test_baseline_from_another_reference(env: dict[str, Path], capsys: pytest.Ca
     line = assert_error(
         gate(env, env["tl"], "--reference", str(env["ft"])), capsys, "sha256 differs from the reference"
     )
-    assert "refresh it with `drift-gate baseline --reference" in line
+    assert "re-make the baseline: `drift-gate baseline --reference" in line
 
 
 def test_thresholds_need_a_method_the_baseline_lacks(
