@@ -242,11 +242,11 @@ def _prepare(
     """Loads the candidate and its baseline and checks that one may be gated against the other."""
     model, meta = load_model(candidate, spec, dist.device)
     base: Baseline = load_baseline(Path(baselines) / meta.arch, public_key)
-    if reference is not None and (actual := file_sha256(reference)) != base.meta["reference"]["sha256"]:
+    if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
         raise StaleBaselineError(
-            f"{reference}: sha256 differs from the reference the baseline in {base.path} was made from "
-            f"({actual[:12]}… vs {str(base.meta['reference']['sha256'])[:12]}…), so the candidate would be "
-            "gated against maps of a model it does not descend from. If this checkpoint is the right "
+            f"{reference}: sha256 differs from the reference the baseline in {base.path} was made from, "
+            "so the candidate would be gated against maps of a model it does not descend from. If this "
+            "checkpoint is the right "
             f"reference, re-make the baseline: `drift-gate baseline --reference {reference} --out "
             f"{base.path}`; if the baseline is, train with the code and settings that made it"
         )
