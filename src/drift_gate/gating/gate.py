@@ -31,7 +31,7 @@ from drift_gate.evidence.classification import (
     predicted_class,
     predicted_positive,
 )
-from drift_gate.evidence.faithfulness import deletion_insertion
+from drift_gate.evidence.faithfulness import faithfulness_metrics
 from drift_gate.evidence.metrics import drift_metrics, intra_class_consistency, localisation
 from drift_gate.evidence.sanity import randomised_copy, rank_correlation
 from drift_gate.evidence.summary import Summary, select_samples, summarise
@@ -356,34 +356,20 @@ def _shard(job: _Job, indices: Sequence[int]) -> dict[str, Any] | None:
         except ValueError as exc:  # non-finite or absurd CAM values from this candidate
             raise CheckpointError(f"{job.candidate}: its {method} maps cannot be compared ({exc})") from exc
         if job.thresholds.faithfulness_steps:
-            out["metrics"][method].update(_faithfulness(job, ds, reference, cams.maps[method], cams.targets))
-    return out
-
-
-def _faithfulness(
-    job: _Job, ds: ImageDataset, reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Deletion / insertion faithfulness of the reference's and the candidate's maps on the
-    candidate model (:mod:`drift_gate.evidence.faithfulness`), a chunk of images at a time."""
-    t = job.thresholds
-    parts: dict[str, list[np.ndarray]] = {"faithfulness": [], "reference_faithfulness": []}
-    for start in range(0, len(ds), job.batch_size):
-        rows = range(start, min(start + job.batch_size, len(ds)))
-        x = torch.stack([ds[i][0] for i in rows])
-        for key, maps in (("faithfulness", candidate), ("reference_faithfulness", reference)):
-            deletion, insertion = deletion_insertion(
-                job.model,
-                x,
-                maps[rows.start : rows.stop],
-                targets[rows.start : rows.stop],
-                t.faithfulness_steps,
-                t.faithfulness_baseline,
-                multilabel=job.pairs is not None,
-                batch_size=job.batch_size,
+            t = job.thresholds
+            out["metrics"][method].update(
+                faithfulness_metrics(
+                    job.model,
+                    ds,
+                    reference,
+                    cams.maps[method],
+                    cams.targets,
+                    t.faithfulness_steps,
+                    t.faithfulness_baseline,
+                    multilabel=job.pairs is not None,
+                    batch_size=job.batch_size,
+                )
             )
-            parts[key].append(insertion - deletion)
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    out["faithfulness_change"] = out["faithfulness"] - out["reference_faithfulness"]
     return out
 
 
