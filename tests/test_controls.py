@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from drift_gate.data.phantoms import CLASSES, render_phantom
-from drift_gate.data.shortcut import cue_masks, strip_level
+from drift_gate.data.shortcut import MARKER_LEVELS, cue_level, cue_masks, strip_level
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.cam import CamEngine
 from drift_gate.gating.audit import AuditSample, AuditSet
@@ -99,6 +99,29 @@ def test_shortcut_adds_the_strip_and_nothing_else() -> None:
         cue = cue_masks([f"images/{label}/{label}-00007.png"], 3, 0.9, 64)[0]
         assert not (changed & ~cue).any(), "every changed pixel lies on the strip's cue mask"
         assert changed[0].all() or (clean.lungs[0]).any(), "the strip spans the top edge"
+
+
+def test_the_marker_is_a_corner_box_whose_grey_level_codes_the_class() -> None:
+    levels = set()
+    for c, label in enumerate(CLASSES):
+        i = c * 1_000_000 + 7
+        clean = render_phantom(label, 3, i, 64)
+        marked = render_phantom(label, 3, i, 64, shortcut=1.0, cue="marker")
+        changed = clean.image != marked.image
+        box = cue_masks([f"images/{label}/{label}-00007.png"], 3, 1.0, 64, cue="marker")[0]
+        assert changed.any() and not (changed & ~box).any() and not (changed & clean.lungs).any()
+        assert not changed[:32].any(), "the marker sits in the bottom-right corner"
+        inner = marked.image[box & changed]
+        levels.add(int(np.median(inner)))
+        assert int(np.median(inner)) == MARKER_LEVELS[c]
+    assert len(levels) == len(CLASSES)
+    # Uninformative: the level is drawn independently of the class.
+    hits = sum(
+        cue_level("marker", label, 0, i, 0.0) == c for c, label in enumerate(CLASSES) for i in range(300)
+    )
+    assert abs(hits / 1500 - 0.2) < 0.04
+    with pytest.raises(ValueError, match="unknown cue 'tattoo'"):
+        render_phantom("normal", 3, 7, 64, shortcut=1.0, cue="tattoo")
 
 
 def test_strip_height_follows_the_class_at_the_chosen_correlation() -> None:

@@ -49,9 +49,9 @@ def _plan(n_per_class: int, seed: int) -> Iterator[tuple[str, int, str]]:
             yield label, c * 1_000_000 + i, _split_of(int(order[i]), n_per_class)
 
 
-def _render_pngs(job: tuple[str, int, int, int, float | None, float]) -> tuple[bytes, bytes]:
-    label, seed, index, size, shortcut, occult = job
-    ph = render_phantom(label, seed, index, size, shortcut, occult)
+def _render_pngs(job: tuple[str, int, int, int, float | None, float, str]) -> tuple[bytes, bytes]:
+    label, seed, index, size, shortcut, occult, cue = job
+    ph = render_phantom(label, seed, index, size, shortcut, occult, cue)
     return _png(ph.image), _png(ph.mask.astype(np.uint8) * 255)
 
 
@@ -93,14 +93,16 @@ def generate_dataset(
     workers: int | None = None,
     shortcut: float | None = None,
     occult: float = 0.0,
+    cue: str = "strip",
 ) -> Path:
     """Writes the phantom data set as a user's data set would look on disk.
 
     Layout: ``out/images/<label>/<id>.png``, ``out/masks/<label>/<id>.png`` and
     ``out/manifest.csv`` with columns ``path,label,split,sha256,mask`` (paths
     relative to ``out``). The manifest is written last, so a folder with a
-    manifest is complete. ``shortcut`` plants the lead strip with that class
-    correlation and ``occult > 0`` hides the findings of that share of disease images (same
+    manifest is complete. ``shortcut`` plants the ``cue`` (the lead strip, or the
+    burned-in ``marker``) with that class correlation and ``occult > 0`` hides the findings
+    of that share of disease images (same
     ids and splits as the clean set; see :func:`render_phantom`).
 
     Returns:
@@ -116,7 +118,7 @@ def generate_dataset(
     plan = list(_plan(n_per_class, seed))
     pngs = parallel_map(
         _render_pngs,
-        [(label, seed, index, size, shortcut, occult) for label, index, _ in plan],
+        [(label, seed, index, size, shortcut, occult, cue) for label, index, _ in plan],
         workers,
         progress,
         "phantoms",

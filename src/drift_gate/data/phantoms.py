@@ -28,6 +28,8 @@ with the chosen correlation (``0``: present but uninformative) while carrying no
 pathology. With ``occult`` a share of the disease images shows no finding at all,
 so only the strip explains their labels, which is how a shortcut wins in
 practice. The image underneath and the split are the same as without the strip.
+``cue = "marker"`` plants a burned-in label box in the bottom-right corner instead,
+whose fill grey level codes the class (:mod:`drift_gate.data.shortcut`).
 (Small class-coded devices were tried first: the demo's synthetically pretrained
 bodies could not learn them within a fine-tune, while the strip is learnt.)
 Images are independent draws from ``numpy.random.default_rng([seed, index])``,
@@ -300,7 +302,13 @@ def _finish(rng: np.random.Generator, a: _Anatomy, base: Array, findings: Array)
 
 
 def render_phantom(
-    label: str, seed: int, index: int, size: int = 256, shortcut: float | None = None, occult: float = 0.0
+    label: str,
+    seed: int,
+    index: int,
+    size: int = 256,
+    shortcut: float | None = None,
+    occult: float = 0.0,
+    cue: str = "strip",
 ) -> Phantom:
     """Renders one phantom of class ``label``.
 
@@ -309,15 +317,16 @@ def render_phantom(
         seed: dataset seed.
         index: sample index; ``(seed, index)`` fully determines the image.
         size: side length in pixels.
-        shortcut: ``None`` for no strip, else the probability that the strip's
-            height is its class's (see the module's docstring).
+        shortcut: ``None`` for no planted cue, else the probability that the cue's
+            form is its class's (see the module's docstring).
         occult: the probability that a disease image's findings are not (yet)
             visible: the image keeps its label, its mask is empty.
+        cue: which cue is planted: ``strip`` or ``marker`` (:mod:`drift_gate.data.shortcut`).
 
     Raises:
         ValueError: for an unknown label or a probability outside ``[0, 1]``.
     """
-    from drift_gate.data.shortcut import add_strip, strip_level
+    from drift_gate.data.shortcut import add_cue, cue_level
 
     if label not in _CLASS_FINDINGS:
         raise ValueError(f"unknown phantom class {label!r}; known: {', '.join(CLASSES)}")
@@ -335,8 +344,8 @@ def render_phantom(
             findings += severity * _TEXTURES[texture](rng, anatomy, side, zone)
     ph = _finish(rng, anatomy, base, findings)
     if shortcut is not None:
-        level = strip_level(label, seed, index, shortcut)
-        ph = Phantom(add_strip(ph.image, ph.lungs, level), ph.mask, ph.lungs)
+        level = cue_level(cue, label, seed, index, shortcut)
+        ph = Phantom(add_cue(cue, ph.image, ph.lungs, level), ph.mask, ph.lungs)
     return ph
 
 
