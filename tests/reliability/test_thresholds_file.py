@@ -48,6 +48,18 @@ CASES = {
         "[drift]\niou.min = 0.3\n[sanity]\nrandomise = 'head'\n",
         r"thresholds\.toml:3: sanity: set max_randomised_correlation and/or max_class_correlation",
     ),
+    "counterfactual: no bound": (
+        "[drift]\niou.min = 0.3\n[counterfactual]\nborder = 0.1\n",
+        r"thresholds\.toml:3: counterfactual: set max_score_drop",
+    ),
+    "counterfactual: border out of range": (
+        "[drift]\niou.min = 0.3\n[counterfactual]\nborder = 0.6\nmax_score_drop = 0.1\n",
+        r"thresholds\.toml:4: counterfactual\.border: a share of the side in \(0, 0\.5\)",
+    ),
+    "counterfactual: replacement": (
+        "[drift]\niou.min = 0.3\n[counterfactual]\nbaseline = 'noise'\nmax_score_drop = 0.1\n",
+        r"thresholds\.toml:4: counterfactual\.baseline: expected 'swap', 'edge', 'mean' or 'blur'",
+    ),
     "newly_correct: min_samples": (
         "[drift]\niou.min = 0.3\n[newly_correct]\nmin_samples = 0\n",
         r"thresholds\.toml:4: newly_correct\.min_samples: expected a whole number >= 1",

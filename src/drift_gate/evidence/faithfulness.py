@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["BASELINES", "deletion_insertion", "faithfulness_metrics"]
+__all__ = ["BASELINES", "deletion_insertion", "faithfulness_metrics", "replacement"]
 
 #: What removed pixels are replaced with.
 BASELINES = ("blur", "mean")
 
 
-def _baseline(x: torch.Tensor, kind: str) -> torch.Tensor:
+def replacement(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """What removed pixels of ``x`` become: its blurred copy, or the mean (zero after
+    normalisation)."""
     if kind == "mean":
         return torch.zeros_like(x)
     from torchvision.transforms.functional import gaussian_blur
@@ -65,7 +67,7 @@ def deletion_insertion(
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(h * w).expand(n, -1).contiguous())
     rank = rank.reshape(n, 1, h, w)
-    base = _baseline(x, baseline)
+    base = replacement(x, baseline)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     scores = np.zeros((2, n, steps + 1))
     jobs = [(i, k) for i in range(n) for k in range(steps + 1)]

@@ -12,6 +12,7 @@ from torch import Tensor
 
 __all__ = [
     "CORE_METRICS",
+    "COUNTERFACTUAL_METRICS",
     "FAITHFULNESS_METRICS",
     "LOCALISATION_METRICS",
     "METRICS",
@@ -120,6 +121,20 @@ METRICS: dict[str, MetricSpec] = {
             "faithfulness minus reference_faithfulness (positive: the model relies on where its map moved)",
             (-2.0, 2.0),
         ),
+        # Counterfactual (opt-in, [counterfactual]): the candidate's maps pointing outside.
+        MetricSpec(
+            "outside_anatomy",
+            Direction.LOWER,
+            None,
+            "1 if the candidate map's maximum lies in the border band (outside the anatomy), else 0",
+        ),
+        MetricSpec(
+            "counterfactual_drop",
+            Direction.LOWER,
+            None,
+            "the candidate's score minus its score with that border region replaced (NaN: map inside)",
+            (-1.0, 1.0),
+        ),
         MetricSpec(
             "mask_energy_change",
             Direction.HIGHER,
@@ -144,6 +159,8 @@ LOCALISATION_METRICS = (
 
 #: Per-sample faithfulness metrics (computed by the gate when [faithfulness] is set).
 FAITHFULNESS_METRICS = ("faithfulness", "reference_faithfulness", "faithfulness_change")
+#: Metrics of the counterfactual check (computed on the candidate only, opt-in).
+COUNTERFACTUAL_METRICS = ("outside_anatomy", "counterfactual_drop")
 
 #: Metrics that need a full sort of every map (O(P log P)); opt-in in drift_metrics.
 RANK_METRICS = ("spearman", "gini_change")

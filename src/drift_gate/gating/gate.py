@@ -31,6 +31,7 @@ from drift_gate.evidence.classification import (
     predicted_class,
     predicted_positive,
 )
+from drift_gate.evidence.counterfactual import counterfactual_metrics
 from drift_gate.evidence.faithfulness import faithfulness_metrics
 from drift_gate.evidence.metrics import drift_metrics, intra_class_consistency, localisation
 from drift_gate.evidence.sanity import randomised_copy, rank_correlation
@@ -45,6 +46,7 @@ from drift_gate.gating.rules import (
     RuleResult,
     Status,
     auc_rules,
+    counterfactual_rule,
     decide_verdict,
     evaluate_rules,
     parity_rule,
@@ -370,6 +372,21 @@ def _shard(job: _Job, indices: Sequence[int]) -> dict[str, Any] | None:
                     batch_size=job.batch_size,
                 )
             )
+        if job.thresholds.counterfactual_border is not None:
+            t = job.thresholds
+            assert t.counterfactual_border is not None
+            out["metrics"][method].update(
+                counterfactual_metrics(
+                    job.model,
+                    ds,
+                    cams.maps[method],
+                    cams.targets,
+                    t.counterfactual_border,
+                    t.counterfactual_baseline,
+                    multilabel=job.pairs is not None,
+                    batch_size=job.batch_size,
+                )
+            )
     return out
 
 
@@ -541,14 +558,20 @@ def run_gate(
         m: {k: joined(lambda p, m=m, k=k: p["metrics"][m][k]) for k in parts[0][1]["metrics"][m]}  # type: ignore[misc]
         for m in thresholds.methods
     }
-    drift_rules, summaries, per_sample = _drift(job, values, selected, labels, ~ref_ok & cand_ok)
+    newly = ~ref_ok & cand_ok
+    drift_rules, summaries, per_sample = _drift(job, values, selected, labels, newly)
     rules += drift_rules
+    if thresholds.counterfactual_border is not None:
+        rules += [
+            counterfactual_rule(meta.arch, m, values[m]["counterfactual_drop"][selected | newly], thresholds)
+            for m in thresholds.methods
+        ]
     for key, bound in (("sanity", thresholds.sanity_max_correlation),
                        ("class_sanity", thresholds.sanity_max_class_correlation)):  # fmt: skip
         if bound is not None:
             for m in thresholds.methods:
                 corr = joined(lambda p, m=m, key=key: p[key][m])  # type: ignore[misc]
-                rules.append(sanity_rule(meta.arch, m, corr[selected], thresholds, key == "class_sanity"))
+                rules.append(sanity_rule(meta.arch, m, corr, thresholds, key == "class_sanity"))
     verdict, label = decide_verdict(rules)
     coarse = grid_warning(next(iter(maps.values())).shape[1:], meta.input_size)
     unverified = None

@@ -278,7 +278,8 @@ def sanity_rule(
 ) -> RuleResult:
     """A ``[sanity]`` precondition for one method: the median rank correlation between
     the candidate's maps and those of its randomised copy (``other_class``: its maps for
-    another class) over the selected samples must not exceed the bound; above it the maps
+    another class) over every audit sample (a property of the method on this model, so not only the
+    selected ones) must not exceed the bound; above it the maps
     do not explain this model (or this class): inconclusive, never a pass."""
     bound = thresholds.sanity_max_class_correlation if other_class else thresholds.sanity_max_correlation
     assert bound is not None
@@ -312,6 +313,34 @@ def sanity_rule(
     return RuleResult(
         name, status, observed, bound, f"<= {bound:g}", message, scope="sanity", kind="max", **where
     )
+
+
+def counterfactual_rule(arch: str, method: str, drops: np.ndarray, thresholds: Thresholds) -> RuleResult:
+    """The ``[counterfactual]`` rule for one method: over the judged samples whose
+    candidate map points outside the anatomy (``drops`` finite), the mean drop of the
+    candidate's score when that region is replaced must not exceed the bound. Fewer such
+    samples than ``min_samples``: skipped (nothing points outside)."""
+    bound, needed = thresholds.counterfactual_max_drop, thresholds.counterfactual_min_samples
+    name = f"{arch}/{method}/counterfactual_drop.max"
+    where = {
+        "source": f"{thresholds.path} [counterfactual]",
+        "method": method,
+        "metric": "counterfactual_drop",
+    }
+    finite = drops[np.isfinite(drops)]
+    if len(finite) < needed:
+        message = f"{len(finite)} judged maps point outside the anatomy (min_samples {needed}): not checked"
+        return RuleResult(name, SKIPPED, None, bound, f"<= {bound:g}", message, kind="max", **where)
+    observed = float(finite.mean())
+    share = f"{len(finite)} of {len(drops)} judged maps point outside the anatomy"
+    if observed <= bound:
+        message = f"{share}; replacing that region lowers the candidate's score by {observed:.3f} on average"
+        return RuleResult(name, PASS, observed, bound, f"<= {bound:g}", message, kind="max", **where)
+    message = (
+        f"{share}, and the candidate relies on it: replacing that region lowers its score by "
+        f"{observed:.3f} on average (> {bound:g}), a shortcut outside the anatomy"
+    )
+    return RuleResult(name, FAIL, observed, bound, f"<= {bound:g}", message, kind="max", **where)
 
 
 def decide_verdict(rules: list[RuleResult]) -> tuple[Status, str]:

@@ -38,6 +38,12 @@ Shape::
     steps = 10                     # candidate; faithfulness_change usable in [drift] rules;
     baseline = "blur"              # 2 x (steps + 1) forward passes per image, map and method
 
+    [counterfactual]               # opt-in: where a candidate map's maximum lies in the band
+    border = 0.1                   # along the edges (outside the anatomy: markers, text), that
+    baseline = "swap"              # region is replaced (by another image's; or "edge", "mean",
+    max_score_drop = 0.1           # "blur") and the candidate's score drop measured; its mean over
+    min_samples = 3                # the selected and newly-correct samples must stay below the bound
+
     [newly_correct]                # samples the candidate newly gets right (the reference got
     min_samples = 5                # them wrong): where a new shortcut would carry the prediction.
     displacement.max = 0.15        # Absolute bounds on that group (every backbone x method);
@@ -68,6 +74,11 @@ _AUC_KEYS = {"min", "max_drop"}
 _ONNX_KEYS = {"max_rel_diff"}
 _SANITY_KEYS = {"randomise", "max_randomised_correlation", "max_class_correlation"}
 _FAITHFULNESS_KEYS = {"steps", "baseline"}
+_COUNTERFACTUAL_KEYS = {"border", "baseline", "max_score_drop", "min_samples"}
+#: Default smallest number of samples pointing outside the anatomy whose drop is judged.
+COUNTERFACTUAL_MIN_SAMPLES = 3
+#: Default width of the border band treated as outside the anatomy (share of the side).
+COUNTERFACTUAL_BORDER = 0.1
 #: Default smallest "newly correct" group whose rules are checked.
 NEWLY_CORRECT_MIN_SAMPLES = 5
 #: Default bound on ONNX Runtime vs torch logits (relative to the largest |logit|).
@@ -117,6 +128,12 @@ class Thresholds:
     #: ``[newly_correct]``: absolute bounds on the samples the candidate newly gets right
     newly_correct: dict[str, float] = field(default_factory=dict)
     newly_correct_min_samples: int = NEWLY_CORRECT_MIN_SAMPLES
+    #: ``[counterfactual]``: the border band (None: not computed), the replacement, the
+    #: largest mean score drop and the fewest samples pointing outside that are judged
+    counterfactual_border: float | None = None
+    counterfactual_baseline: str = "swap"
+    counterfactual_max_drop: float = 0.1
+    counterfactual_min_samples: int = COUNTERFACTUAL_MIN_SAMPLES
 
     def newly_correct_bounds(self) -> list[Bound]:
         """The ``[newly_correct]`` bounds (every backbone x method)."""
@@ -198,6 +215,18 @@ class Thresholds:
             **(
                 {"faithfulness": {"steps": self.faithfulness_steps, "baseline": self.faithfulness_baseline}}
                 if self.faithfulness_steps
+                else {}
+            ),
+            **(
+                {
+                    "counterfactual": {
+                        "border": self.counterfactual_border,
+                        "baseline": self.counterfactual_baseline,
+                        "max_score_drop": self.counterfactual_max_drop,
+                        "min_samples": self.counterfactual_min_samples,
+                    }
+                }
+                if self.counterfactual_border is not None
                 else {}
             ),
             **(
@@ -486,6 +515,32 @@ def _faithfulness_section(ctx: _Ctx, raw: dict[str, Any]) -> dict[str, Any]:
     return {"faithfulness_steps": steps, "faithfulness_baseline": baseline}
 
 
+def _counterfactual_section(ctx: _Ctx, raw: dict[str, Any]) -> dict[str, Any]:
+    if not raw:
+        return {}
+    where = ["counterfactual"]
+    border = _number(ctx, where, "border", raw.get("border", COUNTERFACTUAL_BORDER))
+    if not 0 < border < 0.5:
+        raise ctx.fail(where, "border", f"a share of the side in (0, 0.5), not {border:g}")
+    baseline = raw.get("baseline", "swap")
+    if baseline not in ("swap", "edge", "mean", "blur"):
+        raise ctx.fail(where, "baseline", f"expected 'swap', 'edge', 'mean' or 'blur', got {baseline!r}")
+    if "max_score_drop" not in raw:
+        raise ctx.fail(where, None, "set max_score_drop (the largest mean drop of the candidate's score)")
+    drop = _number(ctx, where, "max_score_drop", raw["max_score_drop"])
+    if not 0 <= drop <= 1:
+        raise ctx.fail(where, "max_score_drop", f"a score drop lies in [0, 1], not {drop:g}")
+    n = raw.get("min_samples", COUNTERFACTUAL_MIN_SAMPLES)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ctx.fail(where, "min_samples", f"expected a whole number >= 1, got {n!r}")
+    return {
+        "counterfactual_border": border,
+        "counterfactual_baseline": baseline,
+        "counterfactual_max_drop": drop,
+        "counterfactual_min_samples": n,
+    }
+
+
 def _newly_correct_section(ctx: _Ctx, raw: Any) -> dict[str, Any]:
     """``[newly_correct]``: ``min_samples`` and absolute bounds on that group."""
     if not isinstance(raw, dict):
@@ -535,13 +590,14 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     ctx = _Ctx(text, path)
-    unknown = sorted(set(doc) - {"gate", "auc", "drift", "onnx", "newly_correct", "sanity", "faithfulness"})
+    tables = ("gate", "auc", "drift", "onnx", "newly_correct", "sanity", "faithfulness", "counterfactual")
+    unknown = sorted(set(doc) - set(tables))
     if unknown:
         raise ctx.fail(
             [unknown[0]],
             None,
-            "unknown table; expected [gate], [auc], [drift], [sanity], [faithfulness], [newly_correct] "
-            "or [onnx]",
+            "unknown table; expected [gate], [auc], [drift], [sanity], [faithfulness], [counterfactual], "
+            "[newly_correct] or [onnx]",
         )
     drift = doc.get("drift", {})
     if not isinstance(drift, dict):
@@ -557,6 +613,7 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
         **newly,
         **_sanity_section(ctx, _section(ctx, doc, "sanity", _SANITY_KEYS)),
         **_faithfulness_section(ctx, _section(ctx, doc, "faithfulness", _FAITHFULNESS_KEYS)),
+        **_counterfactual_section(ctx, _section(ctx, doc, "counterfactual", _COUNTERFACTUAL_KEYS)),
         path=path,
     )
     _check_applicable(ctx, result)

@@ -1,0 +1,105 @@
+"""The counterfactual check: a map pointing into the border band gets that region replaced,
+and the score drop says whether the model relies on it; the gate rules on the mean drop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from drift_gate.evidence.counterfactual import border_band, counterfactual_drop
+from drift_gate.gating.rules import counterfactual_rule
+from drift_gate.gating.thresholds import parse_thresholds
+from gatekit import RULES, gate, result
+
+
+class _Corner(nn.Module):
+    """Class 1's logit follows the brightness of the bottom-right 3x3 corner (a marker)."""
+
+    def __init__(self, uses_corner: bool = True) -> None:
+        super().__init__()
+        self.uses_corner = uses_corner
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        part = x[:, :, -3:, -3:] if self.uses_corner else x[:, :, 6:10, 6:10]
+        score = (part.mean((1, 2, 3)) - 0.5) * 12 * self.w
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def _inputs() -> tuple[torch.Tensor, np.ndarray]:
+    """Four 16 px images; the class-1 ones carry a bright corner marker, class 0 a dark one."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 16, 16) * 0.2 + 0.4
+    targets = np.array([1, 0, 1, 0])
+    for i, t in enumerate(targets):
+        x[i, :, -3:, -3:] = 1.0 if t else 0.0
+    return x, targets
+
+
+def _maps(peak: tuple[int, int]) -> np.ndarray:
+    m = np.zeros((4, 4, 4), np.float32)
+    m[:, peak[0], peak[1]] = 1.0
+    return m
+
+
+def test_border_band() -> None:
+    band = border_band((20, 20), 0.1)
+    assert band.sum() == 20 * 20 - 16 * 16 and band[0].all() and not band[2:18, 2:18].any()
+
+
+@pytest.mark.parametrize("baseline", ["swap", "mean", "edge"])
+def test_replacing_a_marker_the_model_uses_drops_its_score(baseline: str) -> None:
+    x, targets = _inputs()
+    outside, drop = counterfactual_drop(_Corner(), x, _maps((3, 3)), targets, 0.2, baseline)
+    assert outside.tolist() == [1, 1, 1, 1]
+    # Class 1 loses its bright marker: a large drop of its score.
+    assert (drop[targets == 1] > 0.3).all(), drop
+    # A model that ignores the corner loses nothing when it is replaced.
+    _, drop = counterfactual_drop(_Corner(uses_corner=False), x, _maps((3, 3)), targets, 0.2, baseline)
+    assert np.abs(drop).max() < 1e-6
+
+
+def test_maps_inside_are_not_perturbed() -> None:
+    x, targets = _inputs()
+    maps = _maps((1, 2))
+    maps[3] = 0.5  # a constant map points nowhere
+    outside, drop = counterfactual_drop(_Corner(), x, maps, targets, 0.2)
+    assert outside[:3].tolist() == [0, 0, 0] and np.isnan(outside[3]) and np.isnan(drop).all()
+    with pytest.raises(ValueError, match="border must lie in"):
+        counterfactual_drop(_Corner(), x, maps, targets, 0.5)
+    with pytest.raises(ValueError, match="baseline 'noise'"):
+        counterfactual_drop(_Corner(), x, maps, targets, 0.2, "noise")
+
+
+def test_the_rule_fails_a_large_mean_drop_and_skips_too_few() -> None:
+    rules = parse_thresholds(
+        RULES.format(drift="iou.min = 0.0") + "[counterfactual]\nmax_score_drop = 0.2\nmin_samples = 2\n"
+    )
+    assert rules.counterfactual_border == 0.1 and rules.counterfactual_baseline == "swap"
+    fail = counterfactual_rule("tiny", "layercam", np.array([0.5, 0.3, np.nan]), rules)
+    assert fail.status == "fail" and fail.observed == pytest.approx(0.4) and "2 of 3" in fail.message
+    ok = counterfactual_rule("tiny", "layercam", np.array([0.1, 0.0, np.nan]), rules)
+    assert ok.status == "pass"
+    few = counterfactual_rule("tiny", "layercam", np.array([0.9, np.nan, np.nan]), rules)
+    assert few.status == "skipped" and "min_samples 2" in few.message
+
+
+def test_the_gate_reports_the_counterfactual_check(env: dict[str, Path]) -> None:
+    env["thresholds"].write_text(
+        RULES.format(drift="iou.min = 0.0")
+        + "[counterfactual]\nborder = 0.3\nmax_score_drop = 1.0\nmin_samples = 1\n"
+    )
+    assert gate(env, env["ft"]) == 0
+    c = result(env)["candidates"][0]
+    for method in ("layercam", "gradcam++"):
+        outside = c["per_sample"][method]["outside_anatomy"]
+        drops = c["per_sample"][method]["counterfactual_drop"]
+        assert len(outside) == len(drops) == c["n_audit"]
+        assert all((d is None) == (o != 1) for o, d in zip(outside, drops, strict=True))
+        assert "counterfactual_drop" in c["summaries"][method]
+    rules = [r for r in c["rules"] if r["rule"].endswith("counterfactual_drop.max")]
+    assert len(rules) == 2 and all(r["status"] in ("pass", "skipped") for r in rules)
