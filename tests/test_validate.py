@@ -15,6 +15,7 @@ import pytest
 from drift_gate.cli import main
 from drift_gate.cli.parser import _CONTROLS
 from drift_gate.data.datasets import DataSet
+from drift_gate.errors import ConfigError
 from drift_gate.evidence.registry import Direction
 from drift_gate.gating.gate import run_gate
 from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
@@ -103,6 +104,36 @@ def test_calibration_proposes_thresholds_every_run_passes(
     assert json.loads((out / "calibration.json").read_text())["source"] == "seeds"
 
 
+def test_calibration_covers_a_retrained_reference_and_pretraining(
+    tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
+) -> None:
+    profile, rules = tiny
+    synthetic = replace(profile, weights="synthetic")
+    thresholds = load_thresholds(rules)
+    out = tmp_path / "cal"
+    cal = run_calibration(
+        synthetic, phantom_data, thresholds, out, seeds=[0], per_class=2, vary=("tl", "pretrain"),
+        cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    assert cal.source == "seeds", "three runs: the profile's fine-tune, a retrained TL, a re-run pretraining"
+    assert [r["source"] for r in cal.runs["tiny"]] == ["seed", "tl", "pretrain"]
+    assert [r["seed"] for r in cal.runs["tiny"]] == [0, 1, 2], "the next TL seed, the next pretraining seed"
+    for source in ("tl", "pretrain"):  # each gated against its own reference's maps
+        assert (out / "runs" / "tiny" / "baselines" / source / "tiny" / "baseline.json").is_file()
+        assert (out / "runs" / "tiny" / source / "tiny" / "ft.pt").is_file()
+    assert all(r.sources == ["seed", "tl", "pretrain"] and r.seed_sd is not None for r in cal.rows)
+    text = (out / "thresholds.proposed.toml").read_text()
+    assert (
+        "a retrained TL reference (marked (tl))" in text
+        and "synthetic pretraining (marked (pretrain))" in text
+    )
+    assert " (tl) " in text and " (pretrain);" in text
+    with pytest.raises(ConfigError, match="unknown noise source"):
+        run_calibration(profile, phantom_data, thresholds, out, seeds=[0], vary=("weather",))
+    with pytest.raises(ConfigError, match="--vary pretrain needs weights = 'synthetic'"):
+        run_calibration(profile, phantom_data, thresholds, out, seeds=[0], per_class=2, vary=("pretrain",))
+
+
 def test_bootstrap_calibration_from_one_run(
     tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
 ) -> None:
@@ -126,14 +157,23 @@ def test_reduced_validation_with_the_tiny_backbone(
     assert rows["permuted"].ok and rows["permuted"].detail["max_map_difference"] <= 1e-4
     cue = rows["shortcut"].detail["cue_energy"]
     assert 0 < cue["strip_area"] < 1 and set(cue["candidate"]) == {"layercam", "gradcam++"}
+    # The randomised control is judged by the sanity check alone (the tiny rules have none,
+    # so the documented example's bound applies): its rows carry the correlations.
+    assert set(rows["randomised"].detail["sanity"]) == {"layercam", "gradcam++"}
+    assert rows["randomised"].expected == "caught by [sanity]"
+    # The marker and its twin share a reference and a baseline, on the same biased images.
+    assert rows["marker"].expected == "fail" and rows["marker-twin"].expected == "pass"
+    assert rows["marker"].detail["cue"] == rows["marker-twin"].detail["cue"] == "marker"
+    assert rows["marker"].n_audit == rows["marker-twin"].n_audit
+    assert (tmp_path / "marker-reference" / "tiny" / "tl.pt").is_file()
     assert res.ok == all(r.ok for r in res.rows)
     saved = json.loads((tmp_path / "validate.json").read_text())
     assert [r["control"] for r in saved["rows"]] == list(CONTROLS)
     md = (tmp_path / "validate.md").read_text()
     assert md == validation_markdown(res) and "reference gated against itself" in md
     # The shortcut's reference was trained on phantoms whose strip is uninformative.
-    assert (tmp_path / "shortcut-reference" / "tiny" / "tl.pt").is_file()
-    assert not (tmp_path / "shortcut-reference" / "tiny" / "ft.pt").exists()
+    assert (tmp_path / "strip-reference" / "tiny" / "tl.pt").is_file()
+    assert not (tmp_path / "strip-reference" / "tiny" / "ft.pt").exists()
 
 
 def test_validate_cli_exit_code_says_whether_every_control_held(

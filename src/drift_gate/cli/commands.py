@@ -209,6 +209,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         profiles=args.profiles,
         thresholds=args.thresholds,
         runs=args.runs,
+        vary=tuple(v.strip() for v in args.vary.split(",") if v.strip()),
         k=args.k,
         per_class=args.per_class,
         out=args.out,

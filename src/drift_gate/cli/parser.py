@@ -331,19 +331,27 @@ def _add_calibrate(sub: _Sub) -> None:
         help="fine-tuning runs per backbone, seeds = profile seed, +1, ... (the profile's ft.pt is the "
         "first); 1 = bootstrap over audit samples only",
     )
+    p.add_argument(
+        "--vary",
+        default="",
+        help="further noise sources, comma-separated: tl (a retrained TL reference), pretrain (a re-run "
+        "of the synthetic pretraining); each adds one retrained TL + FT pair per backbone, gated against "
+        "its own reference",
+    )
     p.add_argument("--k", type=_positive_float, default=3.0, help="noise widths between centre and bound")
     p.add_argument("--out", type=Path, default=Path("reports/calibrate"), help="output folder")
 
 
 #: studies.validate.CONTROLS, spelled out so that building the parser imports no torch.
-_CONTROLS = ("self", "permuted", "seed", "shortcut")
+_CONTROLS = ("self", "permuted", "seed", "randomised", "shortcut", "marker", "marker-twin")
 
 
 def _add_validate(sub: _Sub) -> None:
     p = _command(
         sub,
         "validate",
-        "run the gate on controls with known verdicts (self, permuted, another seed, planted shortcut)",
+        "run the gate on controls with known verdicts (self, permuted, another seed, planted shortcuts "
+        "and their uninformative twin, a randomised model)",
         DEVICE,
         BATCH,
         PROFILES,

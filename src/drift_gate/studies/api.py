@@ -111,6 +111,7 @@ def calibrate(
     profiles: PathLike = "profiles.toml",
     thresholds: PathLike | Thresholds = "thresholds.toml",
     runs: int = 3,
+    vary: Sequence[str] = (),
     k: float = 3.0,
     per_class: int = 10,
     out: PathLike = "reports/calibrate",
@@ -120,7 +121,9 @@ def calibrate(
     log: Log = quiet,
 ) -> Calibration:
     """Each metric's noise over ``runs`` seed-to-seed fine-tunes (and the bootstrap), and
-    the bounds it implies: writes ``thresholds.proposed.toml`` and ``calibration.{md,json}``."""
+    the bounds it implies: writes ``thresholds.proposed.toml`` and ``calibration.{md,json}``.
+    ``vary`` adds whole retrained runs as noise sources: ``tl`` (a retrained TL reference),
+    ``pretrain`` (a re-run of the synthetic pretraining)."""
     from drift_gate.data.datasets import load_dataset
     from drift_gate.models.inference import resolve_device
     from drift_gate.studies.calibrate import run_calibration
@@ -141,6 +144,7 @@ def calibrate(
         batch_size=batch_size,
         progress=progress,
         log=log,
+        vary=tuple(vary),
     )
 
 

@@ -14,6 +14,13 @@ every backbone x method x metric it records
 * ``noise = max(seed sd, bootstrap sd)``, so that a handful of seeds cannot
   make the noise look smaller than the audit set's own sampling noise.
 
+Seeds of the fine-tune are not all that varies between two honest runs of the same
+code. With ``vary`` the pool also holds, per backbone, a whole retrained pair gated
+against *its own* reference's maps: ``tl``, the TL reference trained again with the next
+seed and fine-tuned from; ``pretrain`` (synthetic weights only), the synthetic pretraining
+run again with its next seed, then TL and FT. The proposed file says which sources each
+bound covers (:data:`VARY`).
+
 Bounds are proposed for the study's four metrics (:data:`CALIBRATED`); the
 localisation change against ground-truth masks gets a calibrated bound written
 as a comment, to switch on by hand (:data:`OPT_IN`).
@@ -30,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -39,21 +46,22 @@ import numpy as np
 import torch
 
 from drift_gate import __version__
-from drift_gate._io import atomic_write_text
+from drift_gate._io import atomic_write_text, default_cache_dir
 from drift_gate.data.datasets import DataSet
-from drift_gate.errors import DataError
+from drift_gate.errors import ConfigError, DataError
 from drift_gate.evidence.registry import CORE_METRICS, METRICS, Direction
 from drift_gate.evidence.summary import Summary
 from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import CandidateResult, run_gate
 from drift_gate.gating.rules import _statistic
 from drift_gate.gating.thresholds import Thresholds, parse_thresholds
-from drift_gate.training.pipeline import finetune_from
+from drift_gate.training.pipeline import finetune_from, train_backbone
 from drift_gate.training.profiles import Profile
 
 __all__ = [
     "CALIBRATED",
     "OPT_IN",
+    "VARY",
     "Calibration",
     "NoiseRow",
     "calibration_markdown",
@@ -72,6 +80,10 @@ CALIBRATED = CORE_METRICS
 #: inconclusive.
 OPT_IN = ("mask_energy_change",)
 _Z95 = 1.959963984540054
+#: Noise sources besides the fine-tuning seed: a retrained TL reference, a re-run of the
+#: synthetic pretraining (each with its next seed, then fine-tuned and gated against its
+#: own reference).
+VARY = {"tl": "a retrained TL reference", "pretrain": "a re-run of the synthetic pretraining"}
 Log = Callable[[str], None]
 
 
@@ -91,10 +103,15 @@ class NoiseRow:
     kind: str
     bound: float
     n: list[int]
+    #: per run: ``seed`` (a fine-tune of the profile's TL), ``tl`` or ``pretrain`` (:data:`VARY`)
+    sources: list[str] = field(default_factory=list)
 
     def comment(self, k: float) -> str:
         """Where the bound came from, for the TOML comment."""
-        runs = " ".join(f"{v:.3f}" for v in self.values)
+        runs = " ".join(
+            f"{v:.3f}" if src == "seed" else f"{v:.3f} ({src})"
+            for v, src in zip(self.values, self.sources or ["seed"] * len(self.values), strict=True)
+        )
         seed = "—" if self.seed_sd is None else f"{self.seed_sd:.3f}"
         sign = "-" if self.kind == "min" else "+"
         centre = f"|{self.centre:.3f}|" if self.kind == "abs_max" else f"{self.centre:.3f}"
@@ -178,6 +195,44 @@ def seed_runs(
     return runs
 
 
+def retrained_runs(
+    profile: Profile,
+    arch: str,
+    data: DataSet,
+    vary: tuple[str, ...],
+    out: Path,
+    thresholds: Thresholds,
+    per_class: int,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+    log: Log,
+    cache_dir: Path | None = None,
+) -> list[tuple[str, int, Path, Path]]:
+    """Per source in ``vary``: ``(source, seed, FT checkpoint, its reference's baselines)``
+    of a whole retrained TL + FT pair (kept under ``out/<source>``, reused when up to date)."""
+    runs = []
+    for source in vary:
+        if source == "tl":
+            p = replace(profile, seed=profile.seed + 1, out=str(out / "tl"))
+            seed = p.seed
+        else:
+            if profile.weights != "synthetic":
+                raise ConfigError(
+                    f"calibrate --vary pretrain needs weights = 'synthetic', not {profile.weights!r}"
+                )
+            seed = profile.pretrain.seed + 1
+            p = replace(profile, pretrain=replace(profile.pretrain, seed=seed), out=str(out / "pretrain"))
+        log(f"[{arch}] calibration run: {VARY[source]} (seed {seed}), then its fine-tune")
+        trained = train_backbone(p, arch, data, device, cache_dir or default_cache_dir(), progress, log=log)
+        base = out / "baselines" / source
+        create_baseline(
+            trained.checkpoints["tl"], data, base / arch, thresholds.methods, per_class, device, batch_size
+        )
+        runs.append((source, seed, trained.checkpoints["ft"], base))
+    return runs
+
+
 def _noise_rows(
     arch: str,
     method: str,
@@ -185,6 +240,7 @@ def _noise_rows(
     statistic: str,
     k: float,
     metrics: tuple[str, ...],
+    sources: list[str],
 ) -> list[NoiseRow]:
     rows = []
     for metric in metrics:
@@ -222,6 +278,7 @@ def _noise_rows(
                 kind,
                 bound,
                 [s.n for s in summaries],
+                sources,
             )
         )
     return rows
@@ -239,16 +296,23 @@ def run_calibration(
     batch_size: int = 16,
     progress: bool = False,
     log: Log = lambda message: None,
+    vary: tuple[str, ...] = (),
+    cache_dir: Path | None = None,
 ) -> Calibration:
     """Measures the noise of every metric and proposes bounds (see the module).
 
     Args:
         seeds: fine-tuning seeds; one seed (the profile's) means bootstrap only.
+        vary: further noise sources (:data:`VARY`), one retrained run each.
+        cache_dir: synthetic-pretraining cache of the retrained runs (default: the user's).
         k: noise widths between the centre and the bound.
         per_class: audit images per class (as for ``drift-gate baseline``).
     """
     device = torch.device(device)
-    source = "seeds" if len(seeds) > 1 else "bootstrap"
+    unknown = [v for v in vary if v not in VARY]
+    if unknown:
+        raise ConfigError(f"unknown noise source(s) {', '.join(unknown)}; known: {', '.join(VARY)}")
+    source = "seeds" if len(seeds) + len(vary) > 1 else "bootstrap"
     plain = Thresholds(
         methods=thresholds.methods, samples=thresholds.samples, min_samples=1, statistic=thresholds.statistic
     )
@@ -257,18 +321,33 @@ def run_calibration(
         tl = Path(profile.out) / arch / "tl.pt"
         create_baseline(tl, data, out / "baselines" / arch, thresholds.methods, per_class, device, batch_size)
         runs = seed_runs(profile, arch, data, seeds, out / "runs", device, progress, log)
+        pool = [("seed", seed, path, out / "baselines") for seed, path in runs]
+        pool += retrained_runs(
+            profile,
+            arch,
+            data,
+            vary,
+            out / "runs" / arch,
+            thresholds,
+            per_class,
+            device,
+            batch_size,
+            progress,
+            log,
+        )
         results = []
-        for seed, path in runs:
-            c, _ = run_gate(path, out / "baselines", plain, data.root, device, batch_size, use_onnx=False)
+        for what, seed, path, base in pool:
+            c, _ = run_gate(path, base, plain, data.root, device, batch_size, use_onnx=False)
             results.append((seed, c))
-            log(f"[{arch}] seed {seed}: AUC {c.auc:.4f}, {c.n_selected}/{c.n_audit} true positives")
+            log(f"[{arch}] {what} {seed}: AUC {c.auc:.4f}, {c.n_selected}/{c.n_audit} true positives")
         cal.n_audit[arch] = results[0][1].n_audit
         cal.runs[arch] = [
-            {"seed": s, "checkpoint": str(p), "auc": c.auc, "n_selected": c.n_selected}
-            for (s, p), (_, c) in zip(runs, results, strict=True)
+            {"source": w, "seed": s, "checkpoint": str(p), "auc": c.auc, "n_selected": c.n_selected}
+            for (w, s, p, _), (_, c) in zip(pool, results, strict=True)
         ]
+        sources = [w for w, *_ in pool]
         for method in thresholds.methods:
-            every = _noise_rows(arch, method, results, thresholds.statistic, k, tuple(METRICS))
+            every = _noise_rows(arch, method, results, thresholds.statistic, k, tuple(METRICS), sources)
             if not every:
                 raise DataError(
                     f"{arch}/{method}: a calibration run has no usable audit sample "
@@ -288,25 +367,35 @@ def _fmt(x: float) -> str:
 def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
     """A complete ``thresholds.toml``: ``[gate]``, ``[auc]`` and ``[onnx]`` as in
     ``thresholds``, and the calibrated ``[drift]`` tables with their provenance."""
-    seeds = sorted({s for r in cal.rows for s in r.seeds})
+    seeds = sorted(
+        {
+            s
+            for r in cal.rows
+            for s, src in zip(r.seeds, r.sources or ["seed"] * len(r.seeds), strict=True)
+            if src == "seed"
+        }
+    )
     how = (
         f"{len(seeds)} fine-tuning runs per backbone (seeds {', '.join(map(str, seeds))}) from its TL "
         "checkpoint"
         if cal.source == "seeds"
         else "the profile's FT checkpoint alone (bootstrap over audit samples)"
     )
+    extra = sorted({src for r in cal.rows for src in r.sources if src != "seed"}, key=list(VARY).index)
+    if extra:
+        how += "; and " + "; ".join(f"{VARY[x]} (marked ({x})) and its fine-tune" for x in extra)
     n_audit = sorted(set(cal.n_audit.values()))
     lines = [
         f"# Proposed by `drift-gate calibrate --profile {cal.profile}` (drift-gate {__version__}, "
         f"{date.today().isoformat()}).",
-        f"# Noise source: {how}, each gated against the TL maps on the audit set",
+        f"# Noise sources: {how}, each gated against its own TL reference's maps on the audit set",
         f"# ({'/'.join(map(str, n_audit))} test images; samples {thresholds.samples!r}; "
         f"statistic {cal.statistic!r}).",
         "# Per metric: centre = mean of the runs' statistic; noise = max(seed-to-seed sd,",
         "# bootstrap sd of the statistic over audit samples); bound = centre -/+ k x noise",
         f"# on the worse side (|centre| + k x noise for metrics best at 0), k = {cal.k:g},",
         "# rounded outwards to 0.01. An update that moves the evidence like an ordinary",
-        "# fine-tune with another seed passes; one that moves it k noise widths further fails.",
+        "# run of these sources passes; one that moves it k noise widths further fails.",
         "",
         "[gate]",
         f"methods = [{', '.join(json.dumps(m) for m in thresholds.methods)}]",
@@ -373,7 +462,9 @@ def calibration_markdown(cal: Calibration) -> str:
             f"{r.centre:.4f} | {seed} | {r.bootstrap_sd:.4f} | {proposed} |"
         )
     for arch, runs in cal.runs.items():
-        aucs = ", ".join(f"seed {r['seed']}: {r['auc']:.4f} ({r['n_selected']} TP)" for r in runs)
+        aucs = ", ".join(
+            f"{r.get('source', 'seed')} {r['seed']}: {r['auc']:.4f} ({r['n_selected']} TP)" for r in runs
+        )
         out.append(f"\n{arch} AUC on the audit set: {aucs}")
     return "\n".join(out) + "\n"
 

@@ -17,6 +17,19 @@ control         candidate                                              expected
                 visible findings, so only the strip explains their
                 labels), gated on equally biased audit images: its
                 AUC holds, its evidence moves
+``randomised``  the reference with its head and last block             caught by
+                re-initialised: its maps no longer explain a trained   [sanity]
+                model, and the sanity check must say so
+``marker``      another cue and regime: a reference trained on         fail
+                phantoms with a burned-in label box in the
+                bottom-right corner whose grey level is
+                uninformative, fine-tuned where it predicts the
+                class, every finding visible (the cue competes with
+                real evidence), gated on those biased images
+``marker-twin`` the same fine-tune on the same patients, findings      pass
+                and boxes, the grey level uninformative (the
+                reference's own data), gated on the same biased
+                images: a catch of ``marker`` must be specific
 ==============  =====================================================  =========
 
 The shortcut's audit images get their own baseline (its reference's maps on
@@ -47,10 +60,12 @@ from drift_gate.errors import ConfigError
 from drift_gate.evidence.cam import minmax, upsample
 from drift_gate.evidence.metrics import localisation
 from drift_gate.evidence.registry import LOCALISATION_METRICS, METRICS
+from drift_gate.evidence.sanity import randomised_copy
 from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import CandidateResult, run_gate
-from drift_gate.gating.rules import FAIL, PASS
+from drift_gate.gating.rules import FAIL, INCONCLUSIVE, PASS
 from drift_gate.gating.thresholds import Thresholds
+from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
 from drift_gate.studies.controls import write_permuted_candidate
 from drift_gate.studies.validate_report import (
     ControlRow,
@@ -64,6 +79,7 @@ from drift_gate.training.profiles import Profile
 __all__ = [
     "CONTROLS",
     "PERMUTED_TOLERANCE",
+    "RANDOMISED_CONTROL",
     "SELF_TOLERANCE",
     "SHORTCUT_LABEL",
     "phantoms_with_strip",
@@ -71,7 +87,9 @@ __all__ = [
 ]
 
 
-CONTROLS = ("self", "permuted", "seed", "shortcut")
+CONTROLS = ("self", "permuted", "seed", "randomised", "shortcut", "marker", "marker-twin")
+#: What the ``randomised`` control re-initialises, and its seed (not the sanity check's own).
+RANDOMISED_CONTROL = ("head+block", 7)
 #: The label a planted shortcut must get: the evidence moved, the AUC did not.
 SHORTCUT_LABEL = "evidence drift despite stable AUC"
 #: Largest |metric - ideal| accepted for the reference gated against itself (the
@@ -138,9 +156,10 @@ def _row(control: str, expected: str, c: CandidateResult, ok: bool, detail: dict
 
 
 def phantoms_with_strip(
-    profile: Profile, out: Path, shortcut: float, occult: float, progress: bool
+    profile: Profile, out: Path, shortcut: float, occult: float, progress: bool, cue: str = "strip"
 ) -> DataSet:
-    """The profile's phantoms with the lead strip (generated once into ``out``)."""
+    """The profile's phantoms with a planted cue, the lead strip by default (generated once
+    into ``out``)."""
     if profile.data != "phantoms":
         raise ConfigError(
             f"profile {profile.name!r}: the planted-shortcut control needs the phantom generator "
@@ -148,12 +167,11 @@ def phantoms_with_strip(
         )
     p = profile.phantoms
     stamp = out / ".phantoms.json"
-    want = json.dumps(
-        {"n_per_class": p.n_per_class, "size": p.size, "seed": p.seed, "shortcut": shortcut, "occult": occult}
-    )
+    settings = {"n_per_class": p.n_per_class, "size": p.size, "seed": p.seed, "shortcut": shortcut}
+    want = json.dumps({**settings, "occult": occult, **({"cue": cue} if cue != "strip" else {})})
     if not ((out / "manifest.csv").is_file() and stamp.is_file() and stamp.read_text() == want):
         generate_dataset(
-            out, p.n_per_class, p.seed, p.size, progress=progress, shortcut=shortcut, occult=occult
+            out, p.n_per_class, p.seed, p.size, progress=progress, shortcut=shortcut, occult=occult, cue=cue
         )
         atomic_write_text(stamp, want)
     return load_dataset(out)
@@ -172,6 +190,7 @@ class _Bench:
     progress: bool
     log: Log
     result: ValidationResult
+    shortcut_per_class: int = 20
 
     def gate(self, candidate: Path, base: Path, root: Path) -> tuple[CandidateResult, dict[str, Any]]:
         return run_gate(
@@ -231,53 +250,87 @@ def _seed_control(b: _Bench, arch: str, tl: Path, base: Path, seed: int) -> None
     b.log(f"[{arch}] seed: {c.verdict} ({c.label})")
 
 
-def _shortcut_control(
-    b: _Bench,
-    arch: str,
-    sites: tuple[DataSet, DataSet],
-    cache_dir: Path,
-    shortcut: float,
-    occult: float,
-    per_class: int,
-) -> None:
-    """A reference trained where the strip says nothing, fine-tuned where it predicts the
-    class, gated on equally biased images: must fail as evidence drift."""
-    site_a, site_b = sites
-    profile, device = b.profile, b.device
-    b.log(f"[{arch}] shortcut control: reference = TL on phantoms whose strip is uninformative")
-    ref_profile = replace(profile, out=str(b.out / "shortcut-reference"))
+def _cue_reference(b: _Bench, arch: str, sites: tuple[DataSet, DataSet], cue: str, cache_dir: Path) -> Path:
+    """A TL reference trained on phantoms whose ``cue`` is present but uninformative
+    (``sites[0]``), and its baseline on the biased audit images (``sites[1]``)."""
+    b.log(f"[{arch}] {cue} controls: reference = TL on phantoms whose {cue} is uninformative")
+    ref_profile = replace(b.profile, out=str(b.out / f"{cue}-reference"))
     reference = train_backbone(
-        ref_profile, arch, site_a, device, cache_dir, b.progress, log=b.log, phases=("tl",)
+        ref_profile, arch, sites[0], b.device, cache_dir, b.progress, log=b.log, phases=("tl",)
     ).checkpoints["tl"]
-    base = b.out / "baselines" / "shortcut"
+    base = b.out / "baselines" / f"{cue}-shortcut" / arch
     create_baseline(
-        reference, site_b, base / arch, b.thresholds.methods, per_class, device, b.batch_size, b.progress
+        reference,
+        sites[1],
+        base,
+        b.thresholds.methods,
+        b.shortcut_per_class,
+        b.device,
+        b.batch_size,
+        b.progress,
     )
-    b.log(
-        f"[{arch}] shortcut control: fine-tuning on phantoms whose strip predicts the class "
-        f"(correlation {shortcut:g}, {occult:.0%} of findings occult)"
-    )
+    return reference
+
+
+def _cue_control(
+    b: _Bench,
+    control: str,
+    arch: str,
+    reference: Path,
+    train_on: DataSet,
+    audit_on: DataSet,
+    cue: str,
+    detail: dict[str, Any],
+) -> None:
+    """A fine-tune of ``reference`` on ``train_on``, gated on ``audit_on``'s images against
+    the reference's maps on them (:func:`_cue_reference` made the baseline); ``shortcut``
+    and ``marker`` must fail as evidence drift, ``marker-twin`` must pass."""
+    profile = b.profile
+    base = b.out / "baselines" / f"{cue}-shortcut"
+    b.log(f"[{arch}] {control} control: fine-tuning on {train_on.root}")
     cand = finetune_from(
         reference,
-        site_b,
+        train_on,
         profile.phase_for(arch, "ft"),
-        b.out / "candidates" / arch / "ft.shortcut.pt",
+        b.out / "candidates" / arch / f"ft.{control}.pt",
         profile.seed,
         profile.batch_size,
-        device,
+        b.device,
         b.progress,
         b.log,
     )
-    c, art = b.gate(cand, base, site_b.root)
-    cues = cue_masks(c.sample_ids, profile.phantoms.seed, shortcut, art["size"])
+    c, art = b.gate(cand, base, audit_on.root)
+    cues = cue_masks(c.sample_ids, profile.phantoms.seed, detail["correlation"], art["size"], cue)
     energy = {
         "reference": _cue_energy(art["reference"], cues, art["size"]),
         "candidate": _cue_energy(art["candidate"], cues, art["size"]),
         "strip_area": float(cues.mean()),
     }
-    ok = c.verdict == FAIL and c.label == SHORTCUT_LABEL
-    b.add("shortcut", FAIL, c, ok, {"cue_energy": energy, "correlation": shortcut, "occult": occult})
-    b.log(f"[{arch}] shortcut: {c.verdict} ({c.label}); map mass on the strip {energy}")
+    expected = PASS if control == "marker-twin" else FAIL
+    ok = c.verdict == PASS if expected == PASS else (c.verdict == FAIL and c.label == SHORTCUT_LABEL)
+    b.add(control, expected, c, ok, {"cue_energy": energy, "cue": cue, **detail})
+    b.log(f"[{arch}] {control}: {c.verdict} ({c.label}); map mass on the {cue} {energy}")
+
+
+def _randomised_control(b: _Bench, arch: str, tl: Path, base: Path) -> None:
+    """The reference with its head and last block re-initialised: the sanity check must
+    find its maps insensitive to the model (whatever the AUC rules say)."""
+    what, seed = RANDOMISED_CONTROL
+    model, meta = load_checkpoint(tl, "cpu")
+    path = b.out / "candidates" / arch / "tl.randomised.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, randomised_copy(model, what, seed), meta)  # type: ignore[arg-type]
+    thresholds = b.thresholds
+    if thresholds.sanity_max_correlation is None:  # the documented example's check
+        thresholds = replace(thresholds, sanity_randomise="head+block", sanity_max_correlation=0.6)
+    c, _ = run_gate(
+        path, base, thresholds, b.data.root, b.device, b.batch_size, progress=b.progress, use_onnx=False
+    )
+    sanity = [r for r in c.rules if r.scope == "sanity"]
+    ok = bool(sanity) and all(r.status == INCONCLUSIVE for r in sanity)
+    observed = {r.method: r.observed for r in sanity}
+    b.add("randomised", "caught by [sanity]", c, ok, {"randomised": what, "sanity": observed})
+    b.log(f"[{arch}] randomised: {c.verdict} ({c.label}); sanity correlations {observed}")
 
 
 def run_validation(
@@ -315,14 +368,36 @@ def run_validation(
     Writes ``validate.json`` and ``validate.md`` into ``out``.
     """
     result = ValidationResult(profile.name, thresholds.path, shortcut)
-    b = _Bench(profile, data, thresholds, out, torch.device(device), batch_size, progress, log, result)
-    sites = None
+    b = _Bench(
+        profile,
+        data,
+        thresholds,
+        out,
+        torch.device(device),
+        batch_size,
+        progress,
+        log,
+        result,
+        shortcut_per_class,
+    )
+    cache_dir = cache_dir or default_cache_dir()
+    detail = {"correlation": shortcut, "occult": occult}
+
+    def site(cue: str, kind: str, rho: float, hidden: float) -> DataSet:
+        return phantoms_with_strip(profile, out / f"data-{cue}-{kind}", rho, hidden, progress, cue)
+
+    # Per cue: the reference's data (present, uninformative), the shortcut's (predictive,
+    # half the findings occult) and, for the marker's twin, the same images uninformative.
+    strip = marker = None
     if "shortcut" in controls:
-        # Site A: the strip is there but says nothing; site B: it predicts the class.
-        sites = (
-            phantoms_with_strip(profile, out / "data-strip-uninformative", 0.0, 0.0, progress),
-            phantoms_with_strip(profile, out / "data-strip-shortcut", shortcut, occult, progress),
-        )
+        strip = (site("strip", "uninformative", 0.0, 0.0), site("strip", "shortcut", shortcut, occult))
+    if "marker" in controls or "marker-twin" in controls:
+        # Every finding visible: the marker competes with real evidence. The twin fine-tunes
+        # on the reference's own images (the same patients and findings as the shortcut's,
+        # only the marker's grey level uninformative), so it differs from the shortcut in the
+        # label correlation alone.
+        plain = site("marker", "uninformative", 0.0, 0.0)
+        marker = (plain, site("marker", "shortcut", shortcut, 0.0), plain)
     for arch in profile.backbones:
         tl = Path(profile.out) / arch / "tl.pt"
         clean = out / "baselines" / "clean"
@@ -331,10 +406,18 @@ def run_validation(
             _self_and_permuted(b, arch, tl, clean, controls)
         if "seed" in controls:
             _seed_control(b, arch, tl, clean, seed)
-        if sites is not None:
-            _shortcut_control(
-                b, arch, sites, cache_dir or default_cache_dir(), shortcut, occult, shortcut_per_class
-            )
+        if "randomised" in controls:
+            _randomised_control(b, arch, tl, clean)
+        if strip is not None:
+            reference = _cue_reference(b, arch, strip, "strip", cache_dir)
+            _cue_control(b, "shortcut", arch, reference, strip[1], strip[1], "strip", detail)
+        if marker is not None:
+            reference = _cue_reference(b, arch, marker[:2], "marker", cache_dir)
+            for control, train_on in (("marker", marker[1]), ("marker-twin", marker[2])):
+                if control in controls:
+                    _cue_control(
+                        b, control, arch, reference, train_on, marker[1], "marker", {**detail, "occult": 0.0}
+                    )
     atomic_write_text(out / "validate.json", json.dumps(result.to_dict(), indent=2) + "\n")
     atomic_write_text(out / "validate.md", validation_markdown(result))
     return result

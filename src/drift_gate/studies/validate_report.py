@@ -88,6 +88,9 @@ _WHAT = {
     "permuted": "target channels permuted (same function)",
     "seed": "fine-tune with another seed (clean data)",
     "shortcut": "fine-tuned where a lead strip predicts the class",
+    "randomised": "head and last block re-initialised",
+    "marker": "fine-tuned where a corner marker's grey level predicts the class",
+    "marker-twin": "the same fine-tune, the marker uninformative",
 }
 
 
@@ -97,10 +100,17 @@ def _extra(r: ControlRow) -> str:
         return f"max \\|metric − ideal\\| {d['max_deviation_from_ideal']:.1e}"
     if r.control == "permuted":
         return f"max map difference {d['max_map_difference']:.1e}"
-    if r.control == "shortcut":
+    if r.control == "randomised":
+        parts = [f"{m} {v:.2f}" for m, v in d["sanity"].items() if v is not None]
+        return f"rank correlation with a re-randomised copy: {', '.join(parts)}"
+    if r.control in ("shortcut", "marker", "marker-twin"):
         e = d["cue_energy"]
         parts = [f"{m} {e['reference'][m]:.2f} → {e['candidate'][m]:.2f}" for m in e["candidate"]]
-        return f"map mass on the strip (area {e['strip_area']:.2f}): " + ", ".join(parts)
+        text = f"map mass on the {d.get('cue', 'strip')} (area {e['strip_area']:.2f}): " + ", ".join(parts)
+        drops = d.get("counterfactual")
+        if drops:
+            text += "; score drop with it replaced: " + ", ".join(f"{m} {v:.2f}" for m, v in drops.items())
+        return text
     return ""
 
 
