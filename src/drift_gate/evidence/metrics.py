@@ -24,10 +24,7 @@ import torch
 from torch import Tensor
 
 from drift_gate.evidence.registry import (
-    COUNTERFACTUAL_METRICS,
-    FAITHFULNESS_METRICS,
-    LOCALISATION_METRICS,
-    METRICS,
+    PAIRWISE_METRICS,
     RANK_METRICS,
     ArrayLike,
 )
@@ -326,8 +323,7 @@ def drift_metrics(
     ta, tb = torch.as_tensor(a), torch.as_tensor(b)
     if ta.shape != tb.shape:
         raise ValueError(f"map shapes differ: {tuple(ta.shape)} vs {tuple(tb.shape)}")
-    computed_elsewhere = (*LOCALISATION_METRICS, *FAITHFULNESS_METRICS, *COUNTERFACTUAL_METRICS)
-    names = [n for n in METRICS if n not in computed_elsewhere and (ranks or n not in RANK_METRICS)]
+    names = [n for n in PAIRWISE_METRICS if ranks or n not in RANK_METRICS]
     keys = (*names, "concentration_a", "concentration_b", "degenerate")
     starts = range(0, len(ta), chunk)
     workers = min(torch.get_num_threads(), len(starts))

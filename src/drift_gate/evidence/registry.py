@@ -16,6 +16,7 @@ __all__ = [
     "FAITHFULNESS_METRICS",
     "LOCALISATION_METRICS",
     "METRICS",
+    "PAIRWISE_METRICS",
     "RANK_METRICS",
     "ArrayLike",
     "Direction",
@@ -161,6 +162,12 @@ LOCALISATION_METRICS = (
 FAITHFULNESS_METRICS = ("faithfulness", "reference_faithfulness", "faithfulness_change")
 #: Metrics of the counterfactual check (computed on the candidate only, opt-in).
 COUNTERFACTUAL_METRICS = ("outside_anatomy", "counterfactual_drop")
+#: Metrics that compare two maps with each other (what ``drift_metrics`` computes).
+PAIRWISE_METRICS = tuple(
+    name
+    for name in METRICS
+    if name not in (*LOCALISATION_METRICS, *FAITHFULNESS_METRICS, *COUNTERFACTUAL_METRICS)
+)
 
 #: Metrics that need a full sort of every map (O(P log P)); opt-in in drift_metrics.
 RANK_METRICS = ("spearman", "gini_change")
