@@ -28,11 +28,11 @@ from drift_gate.evidence.layers import find_layer
 from drift_gate.evidence.metrics import localisation
 from drift_gate.models.checkpoint import load_checkpoint
 
-#: Earlier target layers per backbone (module paths in drift-gate's classifiers), each
-#: with twice the last block's grid.
+#: Earlier target layers per backbone (module paths in drift-gate's classifiers): twice the
+#: last block's grid (8x8 at the demo's sizes), and four times for ResNet50V2's stage 2.
 EARLIER = {
     "densenet201": ("body.0.denseblock3",),
-    "resnet50v2": ("body.1.2",),
+    "resnet50v2": ("body.1.2", "body.1.1"),
     "inception_v3": ("body.14",),
     "tiny": (),
 }
@@ -41,7 +41,9 @@ EARLIER = {
 def _rows(arch: str, ckpt: Path, samples: list[Sample], size: int, per_layer: tuple[str, ...]) -> list[str]:
     model, meta = load_checkpoint(ckpt)
     ds = ImageDataset(samples, size, meta.mean, meta.std, cache=True, preprocess=meta.preprocess)
-    masks = np.stack([read_mask(s.mask, s.path, size, meta.preprocess) for s in samples])
+    masks = np.stack(
+        [read_mask(s.mask, s.path, size, meta.preprocess) for s in samples if s.mask is not None]
+    )
     out = []
     for path in ("", *per_layer):
         layer = find_layer(model, path, size, meta.preprocess.channels) if path else None
