@@ -104,13 +104,13 @@ class NoiseRow:
     bound: float
     n: list[int]
     #: per run: ``seed`` (a fine-tune of the profile's TL), ``tl`` or ``pretrain`` (:data:`VARY`)
-    sources: list[str] = field(default_factory=list)
+    sources: list[str]
 
     def comment(self, k: float) -> str:
         """Where the bound came from, for the TOML comment."""
         runs = " ".join(
             f"{v:.3f}" if src == "seed" else f"{v:.3f} ({src})"
-            for v, src in zip(self.values, self.sources or ["seed"] * len(self.values), strict=True)
+            for v, src in zip(self.values, self.sources, strict=True)
         )
         seed = "—" if self.seed_sd is None else f"{self.seed_sd:.3f}"
         sign = "-" if self.kind == "min" else "+"
@@ -367,14 +367,7 @@ def _fmt(x: float) -> str:
 def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
     """A complete ``thresholds.toml``: ``[gate]``, ``[auc]`` and ``[onnx]`` as in
     ``thresholds``, and the calibrated ``[drift]`` tables with their provenance."""
-    seeds = sorted(
-        {
-            s
-            for r in cal.rows
-            for s, src in zip(r.seeds, r.sources or ["seed"] * len(r.seeds), strict=True)
-            if src == "seed"
-        }
-    )
+    seeds = sorted({s for r in cal.rows for s, src in zip(r.seeds, r.sources, strict=True) if src == "seed"})
     how = (
         f"{len(seeds)} fine-tuning runs per backbone (seeds {', '.join(map(str, seeds))}) from its TL "
         "checkpoint"

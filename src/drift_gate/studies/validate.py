@@ -192,11 +192,13 @@ class _Bench:
     result: ValidationResult
     shortcut_per_class: int = 20
 
-    def gate(self, candidate: Path, base: Path, root: Path) -> tuple[CandidateResult, dict[str, Any]]:
+    def gate(
+        self, candidate: Path, base: Path, root: Path, thresholds: Thresholds | None = None
+    ) -> tuple[CandidateResult, dict[str, Any]]:
         return run_gate(
             candidate,
             base,
-            self.thresholds,
+            thresholds or self.thresholds,
             root,
             self.device,
             self.batch_size,
@@ -323,9 +325,7 @@ def _randomised_control(b: _Bench, arch: str, tl: Path, base: Path) -> None:
     thresholds = b.thresholds
     if thresholds.sanity_max_correlation is None:  # the documented example's check
         thresholds = replace(thresholds, sanity_randomise="head+block", sanity_max_correlation=0.6)
-    c, _ = run_gate(
-        path, base, thresholds, b.data.root, b.device, b.batch_size, progress=b.progress, use_onnx=False
-    )
+    c, _ = b.gate(path, base, b.data.root, thresholds)
     sanity = [r for r in c.rules if r.scope == "sanity"]
     ok = bool(sanity) and all(r.status == INCONCLUSIVE for r in sanity)
     observed = {r.method: r.observed for r in sanity}
