@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from drift_gate.evidence.summary import Summary
-from drift_gate.gating.rules import FAIL, INCONCLUSIVE, PASS, SKIPPED, evaluate_rules
+from drift_gate.gating.rules import (
+    FAIL,
+    FEWEST_TO_FAIL,
+    INCONCLUSIVE,
+    PASS,
+    SKIPPED,
+    decide_verdict,
+    evaluate_rules,
+)
 from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
 
 TEXT = """\
@@ -96,6 +104,50 @@ def test_evaluate_rules_statuses() -> None:
         "densenet201", "layercam", {"iou": _summary(0.9, n=3), "displacement": _summary(0.0, n=3)}, t, {}
     )
     assert {r.status for r in few if not r.rule.endswith("max_drop")} == {INCONCLUSIVE}
+
+
+def test_below_min_samples_only_a_violation_beyond_the_ci_fails() -> None:
+    """Too few samples cannot show a pass, but enough of them can show a violation: the
+    whole 95 % CI beyond the bound fails; a CI that reaches the bound, or fewer than
+    FEWEST_TO_FAIL samples, stays inconclusive."""
+    text = TEXT.replace("min_samples = 5", "min_samples = 30")
+    t = parse_thresholds(text.replace("[drift]\n", "[drift]\nconcentration_change.abs_max = 0.1\n"))
+
+    def status(**s: dict[str, Summary]) -> dict[str, str]:
+        rules = evaluate_rules("densenet201", "layercam", s, t, {})
+        return {r.rule.rsplit("/", 1)[1]: r.status for r in rules}
+
+    clear = status(
+        iou=_summary(0.1, n=FEWEST_TO_FAIL, lo=0.05, hi=0.29),  # >= 0.30: all of the CI below
+        displacement=_summary(0.2, n=FEWEST_TO_FAIL, lo=0.16, hi=0.25),  # <= 0.15: all above
+        concentration_change=_summary(-0.2, n=FEWEST_TO_FAIL, lo=-0.3, hi=-0.11),  # |x| <= 0.1
+    )
+    assert clear == {"iou.min": FAIL, "displacement.max": FAIL, "concentration_change.abs_max": FAIL}
+    reaches = status(
+        iou=_summary(0.1, n=20, lo=0.05, hi=0.31),
+        displacement=_summary(0.2, n=20, lo=0.15, hi=0.25),
+        concentration_change=_summary(-0.2, n=20, lo=-0.3, hi=-0.05),
+    )
+    assert set(reaches.values()) == {INCONCLUSIVE}
+    too_few = status(
+        iou=_summary(0.1, n=FEWEST_TO_FAIL - 1, lo=0.05, hi=0.29),
+        displacement=_summary(0.2, n=FEWEST_TO_FAIL - 1, lo=0.16, hi=0.25),
+        concentration_change=_summary(-0.2, n=FEWEST_TO_FAIL - 1, lo=-0.3, hi=-0.11),
+    )
+    assert set(too_few.values()) == {INCONCLUSIVE}
+    rule = next(
+        r
+        for r in evaluate_rules(
+            "densenet201", "layercam", {"displacement": _summary(0.2, n=12, lo=0.16, hi=0.25)}, t, {}
+        )
+        if r.metric == "displacement"
+    )
+    assert (
+        rule.observed == 0.2
+        and "only 12 usable samples" in rule.message
+        and "[0.1600, 0.2500]" in rule.message
+    )
+    assert decide_verdict([rule])[0] == FAIL
 
 
 def test_ci_statistic_takes_the_conservative_end() -> None:

@@ -16,6 +16,7 @@ from drift_gate.models.export import Parity
 
 __all__ = [
     "FAIL",
+    "FEWEST_TO_FAIL",
     "INCONCLUSIVE",
     "PASS",
     "SKIPPED",
@@ -39,6 +40,12 @@ class Status(enum.StrEnum):
 
 
 PASS, FAIL, INCONCLUSIVE, SKIPPED = Status.PASS, Status.FAIL, Status.INCONCLUSIVE, Status.SKIPPED
+
+#: Below ``min_samples`` a drift rule is inconclusive (too few samples to show that the
+#: evidence stayed), unless at least this many samples show a violation that the whole
+#: bootstrap 95 % CI of their mean agrees on: few samples cannot prove a pass, but they
+#: can prove a fail. Below it the percentile bootstrap is too unreliable to trust.
+FEWEST_TO_FAIL = 10
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,15 @@ def _passes(kind: str, observed: float, bound: float) -> bool:
     return observed <= bound
 
 
+def _ci_violates(s: Summary, kind: str, bound: float) -> bool:
+    """Whether every value in ``s``'s 95 % CI of the mean breaks the bound."""
+    if s.ci_low is None or s.ci_high is None:
+        return False
+    if kind == "abs_max":
+        return s.ci_low > bound or s.ci_high < -bound
+    return not (_passes(kind, s.ci_low, bound) or _passes(kind, s.ci_high, bound))
+
+
 def samples_needed(n_usable: int, n_audit: int, required: int, n_classes: int, share: float | None) -> str:
     """What the audit set would need for ``required`` usable samples, at the rate seen."""
     if n_usable == 0 or n_audit == 0:
@@ -150,8 +166,11 @@ def evaluate_rules(
             samples its rules are skipped, not inconclusive (most updates newly get few
             samples right, and that is no reason to doubt them).
 
-    Kept in one piece: one loop over the bounds, each of its four outcomes (not
-    computed, too few samples, no approved value, checked) spelled out where it happens.
+    With fewer samples than ``min_samples`` a rule is inconclusive, unless
+    :data:`FEWEST_TO_FAIL` or more samples violate it beyond their 95 % CI: then it fails.
+
+    Kept in one piece: one loop over the bounds, each of its outcomes (not computed, too
+    few samples, no approved value, checked) spelled out where it happens.
     """
     out = []
     own_size = required
@@ -187,6 +206,21 @@ def evaluate_rules(
             shown = thresholds.min_samples_text
             if thresholds.min_samples_share is not None:
                 shown += f" of {n_audit} = {required}"
+            if bound is not None and s.n >= FEWEST_TO_FAIL and _ci_violates(s, b.kind, bound):
+                out.append(
+                    RuleResult(
+                        name,
+                        FAIL,
+                        s.mean,
+                        bound,
+                        direction,
+                        f"only {s.n} usable samples (min_samples is {shown}), but the whole 95 % CI "
+                        f"of their mean [{s.ci_low:.4f}, {s.ci_high:.4f}] is outside the bound "
+                        f"({direction}): too few to show a pass, enough to show a violation",
+                        **where,
+                    )
+                )
+                continue
             out.append(
                 RuleResult(
                     name,
