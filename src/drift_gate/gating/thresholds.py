@@ -5,7 +5,8 @@ Shape::
     [gate]
     methods = ["layercam", "gradcam++"]
     samples = "true-positive"      # or "all"
-    min_samples = 30               # fewer usable samples: inconclusive, never a pass;
+    min_samples = 30               # fewer usable samples: inconclusive, never a pass (a fail
+                                   # only if 10 or more break a bound with their whole 95 % CI);
                                    # or a share of the audit set: "40%"
     statistic = "mean"             # "median", or "ci" (the conservative end of the 95 % CI)
 
@@ -61,26 +62,42 @@ from typing import Any
 
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.cam import METHODS
-from drift_gate.evidence.registry import METRICS
+from drift_gate.gating._toml import Ctx, as_number, section
+from drift_gate.gating.bound_tables import (
+    BOUND_KINDS,
+    NEWLY_CORRECT_MIN_SAMPLES,
+    check_contradictions,
+    drift_section,
+    newly_correct_section,
+)
+from drift_gate.gating.opt_in_tables import (
+    COUNTERFACTUAL_BORDER,
+    COUNTERFACTUAL_KEYS,
+    COUNTERFACTUAL_MIN_SAMPLES,
+    FAITHFULNESS_KEYS,
+    SANITY_KEYS,
+    counterfactual_section,
+    faithfulness_section,
+    sanity_section,
+)
 from drift_gate.models.backbones import BACKBONES
 
-__all__ = ["BOUND_KINDS", "ONNX_MAX_REL_DIFF", "Bound", "Thresholds", "load_thresholds", "parse_thresholds"]
+__all__ = [
+    "BOUND_KINDS",
+    "COUNTERFACTUAL_BORDER",
+    "COUNTERFACTUAL_MIN_SAMPLES",
+    "NEWLY_CORRECT_MIN_SAMPLES",
+    "ONNX_MAX_REL_DIFF",
+    "Bound",
+    "Thresholds",
+    "load_thresholds",
+    "parse_thresholds",
+]
 
 
-#: Bound kinds: absolute (min, max, abs_max) and relative to the approved value.
-BOUND_KINDS = ("min", "max", "abs_max", "max_drop", "max_rise")
 _GATE_KEYS = {"methods", "samples", "min_samples", "statistic"}
 _AUC_KEYS = {"min", "max_drop"}
 _ONNX_KEYS = {"max_rel_diff"}
-_SANITY_KEYS = {"randomise", "max_randomised_correlation", "max_class_correlation"}
-_FAITHFULNESS_KEYS = {"steps", "baseline"}
-_COUNTERFACTUAL_KEYS = {"border", "baseline", "max_score_drop", "min_samples"}
-#: Default smallest number of samples pointing outside the anatomy whose drop is judged.
-COUNTERFACTUAL_MIN_SAMPLES = 3
-#: Default width of the border band treated as outside the anatomy (share of the side).
-COUNTERFACTUAL_BORDER = 0.1
-#: Default smallest "newly correct" group whose rules are checked.
-NEWLY_CORRECT_MIN_SAMPLES = 5
 #: Default bound on ONNX Runtime vs torch logits (relative to the largest |logit|).
 ONNX_MAX_REL_DIFF = 1e-4
 _STATISTICS = ("mean", "median", "ci")
@@ -237,69 +254,10 @@ class Thresholds:
         }
 
 
-def _header_re(parts: list[str]) -> re.Pattern[str]:
-    inner = r"\s*\.\s*".join(rf'(?:"{re.escape(p)}"|{re.escape(p)})' for p in parts)
-    return re.compile(rf"^\s*\[\s*{inner}\s*\]\s*(#.*)?$")
-
-
-def _line_of(text: str, table: list[str], key: str | None = None) -> int:
-    """1-based line of ``key`` inside table ``table`` (or of the table header)."""
-    lines = text.splitlines()
-    header = _header_re(table) if table else None
-    start = 0
-    if header is not None:
-        for i, line in enumerate(lines):
-            if header.match(line):
-                start = i + 1
-                break
-        else:
-            start = 0
-    if key is None:
-        return max(start, 1)
-    first = key.split(".")[0]
-    key_re = re.compile(rf'^\s*(?:"{re.escape(first)}"|{re.escape(first)})\s*[.=]')
-    for i in range(start, len(lines)):
-        if i > start and lines[i].lstrip().startswith("[") and header is not None:
-            break
-        if key_re.match(lines[i]):
-            return i + 1
-    return max(start, 1)
-
-
-def _table_line(text: str, table: list[str]) -> int:
-    """1-based line of the first header ``[table]`` or ``[table.<more>]``, else of the
-    first dotted key that starts with the table's last part."""
-    inner = r"\s*\.\s*".join(rf'(?:"{re.escape(p)}"|{re.escape(p)})' for p in table)
-    header = re.compile(rf"^\s*\[\s*{inner}\s*[\].]")
-    for i, line in enumerate(text.splitlines()):
-        if header.match(line):
-            return i + 1
-    return _line_of(text, table[:-1], table[-1])
-
-
-class _Ctx:
-    def __init__(self, text: str, path: str) -> None:
-        self.text, self.path = text, path
-
-    def where(self, table: list[str], key: str | None = None) -> str:
-        name = ".".join(f'"{p}"' if not re.fullmatch(r"[A-Za-z0-9_-]+", p) else p for p in table)
-        full = f"{name}.{key}" if key and name else (key or name)
-        return f"{self.path}:{_line_of(self.text, table, key)}: {full}"
-
-    def fail(self, table: list[str], key: str | None, message: str) -> ConfigError:
-        return ConfigError(f"{self.where(table, key)}: {message}")
-
-
-def _number(ctx: _Ctx, table: list[str], key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ctx.fail(table, key, f"expected a finite number, got {type(value).__name__} {value!r}")
-    return float(value)
-
-
 _SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
-def _min_samples(ctx: _Ctx, value: Any) -> tuple[int, float | None]:
+def _min_samples(ctx: Ctx, value: Any) -> tuple[int, float | None]:
     """``min_samples``: an integer >= 1, or a share of the audit set such as ``"40%"``."""
     if isinstance(value, str):
         m = _SHARE.match(value)
@@ -315,94 +273,7 @@ def _min_samples(ctx: _Ctx, value: Any) -> tuple[int, float | None]:
     return value, None
 
 
-def _model_scope(ctx: _Ctx, name: str, spec: Any) -> bool:
-    """Whether ``[drift.<name>]`` is a model's table: a registered backbone, or a model
-    spec's name whose table holds metrics or methods. A name this close to a backbone's
-    is taken for a misspelling of it."""
-    import difflib
-
-    if name in BACKBONES:
-        return True
-    if name in METRICS or not isinstance(spec, dict):
-        return False
-    close = difflib.get_close_matches(name, list(BACKBONES), n=1, cutoff=0.8)
-    if close and _is_table_of_tables(spec):
-        raise ConfigError(
-            f"{ctx.path}:{_table_line(ctx.text, ['drift', name])}: drift.{name}: unknown backbone "
-            f"{name!r} (did you mean {close[0]}?); known: {', '.join(BACKBONES)}"
-        )
-    return any(k in METRICS or k in METHODS or k == "labels" for k in spec)
-
-
-def _is_table_of_tables(spec: Any) -> bool:
-    """A value that holds tables (a backbone's or method's), not ``kind = number`` bounds."""
-    return isinstance(spec, dict) and any(isinstance(v, dict) for v in spec.values())
-
-
-def _drift_table(ctx: _Ctx, table: list[str], raw: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for metric, spec in raw.items():
-        if metric not in METRICS and table == ["drift"] and _is_table_of_tables(spec):
-            raise ConfigError(
-                f"{ctx.path}:{_table_line(ctx.text, ['drift', metric])}: drift.{metric}: neither a metric "
-                f"nor a model's table (backbones: {', '.join(BACKBONES)}, or a model spec's name "
-                "holding metric or method tables)"
-            )
-        if metric not in METRICS and len(table) == 2 and _is_table_of_tables(spec):
-            raise ConfigError(
-                f"{ctx.path}:{_table_line(ctx.text, [*table, metric])}: {'.'.join(table)}.{metric}: "
-                f"unknown method {metric!r}; known: {', '.join(METHODS)}"
-            )
-        if metric not in METRICS:
-            raise ctx.fail(table, metric, f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-        if not isinstance(spec, dict):
-            raise ctx.fail(
-                table, metric, f"expected bounds such as {metric}.min = 0.3 (kinds: {', '.join(BOUND_KINDS)})"
-            )
-        for kind, value in spec.items():
-            if kind not in BOUND_KINDS:
-                raise ctx.fail(
-                    table, f"{metric}.{kind}", f"unknown bound {kind!r}; known: {', '.join(BOUND_KINDS)}"
-                )
-            number = _number(ctx, table, f"{metric}.{kind}", value)
-            if kind in ("abs_max", "max_drop", "max_rise") and number < 0:
-                raise ctx.fail(table, f"{metric}.{kind}", f"{kind} must be >= 0, got {number}")
-            lo, hi = METRICS[metric].range
-            widest = hi - lo if kind in ("max_drop", "max_rise") else max(abs(lo), abs(hi))
-            if (kind in ("min", "max") and not lo <= number <= hi) or (
-                kind not in ("min", "max") and number > widest
-            ):
-                allowed = f"[{lo:g}, {hi:g}]" if kind in ("min", "max") else f"[0, {widest:g}]"
-                raise ctx.fail(
-                    table,
-                    f"{metric}.{kind}",
-                    f"{number:g} is outside what {metric} can take: {kind} must lie in {allowed}",
-                )
-            out[f"{metric}.{kind}"] = number
-    return out
-
-
-def _check_contradictions(ctx: _Ctx, table: list[str], merged: dict[str, float]) -> None:
-    for metric in METRICS:
-        lo, hi = merged.get(f"{metric}.min"), merged.get(f"{metric}.max")
-        if lo is not None and hi is not None and lo > hi:
-            raise ctx.fail(
-                table, f"{metric}.min", f"contradictory bounds: {metric}.min = {lo} > {metric}.max = {hi}"
-            )
-
-
-def _section(ctx: _Ctx, doc: dict[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
-    """A top-level table, checked for type and unknown keys."""
-    table = doc.get(name, {})
-    if not isinstance(table, dict):
-        raise ctx.fail([], name, f"expected a table [{name}], got {type(table).__name__}")
-    for key in table:
-        if key not in keys:
-            raise ctx.fail([name], key, f"unknown key; known: {', '.join(sorted(keys))}")
-    return table
-
-
-def _gate_section(ctx: _Ctx, gate: dict[str, Any]) -> dict[str, Any]:
+def _gate_section(ctx: Ctx, gate: dict[str, Any]) -> dict[str, Any]:
     methods = gate.get("methods", ["layercam", "gradcam++"])
     if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
         raise ctx.fail(["gate"], "methods", "expected a non-empty list of method names")
@@ -425,9 +296,9 @@ def _gate_section(ctx: _Ctx, gate: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _auc_section(ctx: _Ctx, auc: dict[str, Any]) -> dict[str, Any]:
-    auc_min = _number(ctx, ["auc"], "min", auc["min"]) if "min" in auc else None
-    auc_drop = _number(ctx, ["auc"], "max_drop", auc["max_drop"]) if "max_drop" in auc else None
+def _auc_section(ctx: Ctx, auc: dict[str, Any]) -> dict[str, Any]:
+    auc_min = as_number(ctx, ["auc"], "min", auc["min"]) if "min" in auc else None
+    auc_drop = as_number(ctx, ["auc"], "max_drop", auc["max_drop"]) if "max_drop" in auc else None
     if auc_min is not None and not 0 <= auc_min <= 1:
         raise ctx.fail(["auc"], "min", f"an AUC bound must lie in [0, 1], got {auc_min}")
     if auc_drop is not None and auc_drop < 0:
@@ -435,130 +306,14 @@ def _auc_section(ctx: _Ctx, auc: dict[str, Any]) -> dict[str, Any]:
     return {"auc_min": auc_min, "auc_max_drop": auc_drop}
 
 
-def _onnx_section(ctx: _Ctx, onnx: dict[str, Any]) -> dict[str, Any]:
-    rel = _number(ctx, ["onnx"], "max_rel_diff", onnx.get("max_rel_diff", ONNX_MAX_REL_DIFF))
+def _onnx_section(ctx: Ctx, onnx: dict[str, Any]) -> dict[str, Any]:
+    rel = as_number(ctx, ["onnx"], "max_rel_diff", onnx.get("max_rel_diff", ONNX_MAX_REL_DIFF))
     if rel < 0:
         raise ctx.fail(["onnx"], "max_rel_diff", f"max_rel_diff must be >= 0, got {rel}")
     return {"onnx_max_rel_diff": rel}
 
 
-def _drift_section(ctx: _Ctx, drift: dict[str, Any]) -> dict[str, Any]:
-    """The bound tables by (backbone, method), and where each bound was set."""
-    tables: dict[tuple[str | None, str | None], dict[str, float]] = {}
-    sources: dict[tuple[str | None, str | None, str], str] = {}
-
-    def add(arch: str | None, method: str | None, raw: dict[str, Any]) -> None:
-        table = ["drift", *(p for p in (arch, method) if p)]
-        tables[(arch, method)] = _drift_table(ctx, table, raw)
-        for key in tables[(arch, method)]:
-            sources[(arch, method, key)] = ctx.where(table, key).rsplit(": ", 1)[0]
-
-    labels: dict[tuple[str, str], dict[str, float]] = {}
-    scopes = {k for k, v in drift.items() if _model_scope(ctx, k, v)}
-    add(None, None, {k: v for k, v in drift.items() if k not in scopes})
-    for arch, table in drift.items():
-        if arch not in scopes:
-            continue
-        if not isinstance(table, dict):
-            raise ctx.fail(["drift"], arch, "expected a table of bounds")
-        add(arch, None, {k: v for k, v in table.items() if k not in METHODS and k != "labels"})
-        per_class = table.get("labels", {})
-        if not isinstance(per_class, dict):
-            raise ctx.fail(["drift", arch], "labels", "expected tables [drift.<model>.labels.<class>]")
-        for cls, bounds in per_class.items():
-            where = ["drift", arch, "labels", cls]
-            if not isinstance(bounds, dict):
-                raise ctx.fail(["drift", arch, "labels"], cls, "expected a table of bounds")
-            labels[(arch, cls)] = _drift_table(ctx, where, bounds)
-            for key in labels[(arch, cls)]:
-                if key.rsplit(".", 1)[1] in ("max_drop", "max_rise"):
-                    raise ctx.fail(where, key, "per-class bounds are absolute (min, max, abs_max)")
-                sources[(arch, f"labels.{cls}", key)] = ctx.where(where, key).rsplit(": ", 1)[0]
-        for method, mtable in table.items():
-            if method in METHODS:
-                if not isinstance(mtable, dict):
-                    raise ctx.fail(["drift", arch], method, "expected a table of bounds")
-                add(arch, method, mtable)
-    return {"tables": tables, "sources": sources, "labels": labels}
-
-
-def _sanity_section(ctx: _Ctx, raw: dict[str, Any]) -> dict[str, Any]:
-    if not raw:
-        return {}
-    what = raw.get("randomise", "head")
-    if what not in ("head", "head+block"):
-        raise ctx.fail(["sanity"], "randomise", f"expected 'head' or 'head+block', got {what!r}")
-    out: dict[str, Any] = {"sanity_randomise": what}
-    for key, field_name in (
-        ("max_randomised_correlation", "sanity_max_correlation"),
-        ("max_class_correlation", "sanity_max_class_correlation"),
-    ):
-        if key in raw:
-            bound = _number(ctx, ["sanity"], key, raw[key])
-            if not -1 <= bound <= 1:
-                raise ctx.fail(["sanity"], key, f"a correlation lies in [-1, 1], not {bound:g}")
-            out[field_name] = bound
-    if len(out) == 1:
-        raise ctx.fail(["sanity"], None, "set max_randomised_correlation and/or max_class_correlation")
-    return out
-
-
-def _faithfulness_section(ctx: _Ctx, raw: dict[str, Any]) -> dict[str, Any]:
-    if not raw:
-        return {}
-    steps = raw.get("steps", 10)
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100:
-        raise ctx.fail(["faithfulness"], "steps", f"expected a whole number in [1, 100], got {steps!r}")
-    baseline = raw.get("baseline", "blur")
-    if baseline not in ("blur", "mean"):
-        raise ctx.fail(["faithfulness"], "baseline", f"expected 'blur' or 'mean', got {baseline!r}")
-    return {"faithfulness_steps": steps, "faithfulness_baseline": baseline}
-
-
-def _counterfactual_section(ctx: _Ctx, raw: dict[str, Any]) -> dict[str, Any]:
-    if not raw:
-        return {}
-    where = ["counterfactual"]
-    border = _number(ctx, where, "border", raw.get("border", COUNTERFACTUAL_BORDER))
-    if not 0 < border < 0.5:
-        raise ctx.fail(where, "border", f"a share of the side in (0, 0.5), not {border:g}")
-    baseline = raw.get("baseline", "swap")
-    if baseline not in ("swap", "edge", "mean", "blur"):
-        raise ctx.fail(where, "baseline", f"expected 'swap', 'edge', 'mean' or 'blur', got {baseline!r}")
-    if "max_score_drop" not in raw:
-        raise ctx.fail(where, None, "set max_score_drop (the largest mean drop of the candidate's score)")
-    drop = _number(ctx, where, "max_score_drop", raw["max_score_drop"])
-    if not 0 <= drop <= 1:
-        raise ctx.fail(where, "max_score_drop", f"a score drop lies in [0, 1], not {drop:g}")
-    n = raw.get("min_samples", COUNTERFACTUAL_MIN_SAMPLES)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ctx.fail(where, "min_samples", f"expected a whole number >= 1, got {n!r}")
-    return {
-        "counterfactual_border": border,
-        "counterfactual_baseline": baseline,
-        "counterfactual_max_drop": drop,
-        "counterfactual_min_samples": n,
-    }
-
-
-def _newly_correct_section(ctx: _Ctx, raw: Any) -> dict[str, Any]:
-    """``[newly_correct]``: ``min_samples`` and absolute bounds on that group."""
-    if not isinstance(raw, dict):
-        raise ctx.fail([], "newly_correct", f"expected a table [newly_correct], got {type(raw).__name__}")
-    n = raw.get("min_samples", NEWLY_CORRECT_MIN_SAMPLES)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ctx.fail(["newly_correct"], "min_samples", f"expected a whole number >= 1, got {n!r}")
-    bounds = _drift_table(ctx, ["newly_correct"], {k: v for k, v in raw.items() if k != "min_samples"})
-    sources = {}
-    for key in bounds:
-        if key.rsplit(".", 1)[1] in ("max_drop", "max_rise"):
-            raise ctx.fail(["newly_correct"], key, "newly-correct bounds are absolute (min, max, abs_max)")
-        sources[(None, "newly_correct", key)] = ctx.where(["newly_correct"], key).rsplit(": ", 1)[0]
-    _check_contradictions(ctx, ["newly_correct"], bounds)
-    return {"newly_correct": bounds, "newly_correct_min_samples": n, "sources": sources}
-
-
-def _check_applicable(ctx: _Ctx, result: Thresholds) -> None:
+def _check_applicable(ctx: Ctx, result: Thresholds) -> None:
     """Contradictions are judged on what applies to each backbone x method."""
     models = dict.fromkeys([*BACKBONES, *(a for a, _ in result.tables if a is not None)])
     for arch in models:
@@ -569,7 +324,7 @@ def _check_applicable(ctx: _Ctx, result: Thresholds) -> None:
                 scope = ["drift", arch, method]
             elif result.tables.get((arch, None)):
                 scope = ["drift", arch]
-            _check_contradictions(ctx, scope, merged)
+            check_contradictions(ctx, scope, merged)
     if not any(result.tables.values()) and result.auc_min is None and result.auc_max_drop is None:
         raise ConfigError(
             f"{ctx.path}: no rules: set at least one [drift] or [auc] bound "
@@ -589,7 +344,7 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    ctx = _Ctx(text, path)
+    ctx = Ctx(text, path)
     tables = ("gate", "auc", "drift", "onnx", "newly_correct", "sanity", "faithfulness", "counterfactual")
     unknown = sorted(set(doc) - set(tables))
     if unknown:
@@ -602,18 +357,18 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
     drift = doc.get("drift", {})
     if not isinstance(drift, dict):
         raise ctx.fail([], "drift", f"expected a table [drift], got {type(drift).__name__}")
-    drift_rules = _drift_section(ctx, drift)
-    newly = _newly_correct_section(ctx, doc.get("newly_correct", {}))
+    drift_rules = drift_section(ctx, drift)
+    newly = newly_correct_section(ctx, doc.get("newly_correct", {}))
     drift_rules["sources"].update(newly.pop("sources"))
     result = Thresholds(
-        **_gate_section(ctx, _section(ctx, doc, "gate", _GATE_KEYS)),
-        **_auc_section(ctx, _section(ctx, doc, "auc", _AUC_KEYS)),
-        **_onnx_section(ctx, _section(ctx, doc, "onnx", _ONNX_KEYS)),
+        **_gate_section(ctx, section(ctx, doc, "gate", _GATE_KEYS)),
+        **_auc_section(ctx, section(ctx, doc, "auc", _AUC_KEYS)),
+        **_onnx_section(ctx, section(ctx, doc, "onnx", _ONNX_KEYS)),
         **drift_rules,
         **newly,
-        **_sanity_section(ctx, _section(ctx, doc, "sanity", _SANITY_KEYS)),
-        **_faithfulness_section(ctx, _section(ctx, doc, "faithfulness", _FAITHFULNESS_KEYS)),
-        **_counterfactual_section(ctx, _section(ctx, doc, "counterfactual", _COUNTERFACTUAL_KEYS)),
+        **sanity_section(ctx, section(ctx, doc, "sanity", SANITY_KEYS)),
+        **faithfulness_section(ctx, section(ctx, doc, "faithfulness", FAITHFULNESS_KEYS)),
+        **counterfactual_section(ctx, section(ctx, doc, "counterfactual", COUNTERFACTUAL_KEYS)),
         path=path,
     )
     _check_applicable(ctx, result)

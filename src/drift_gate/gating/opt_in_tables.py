@@ -1,0 +1,88 @@
+"""The opt-in checks' tables of ``thresholds.toml``: ``[sanity]``, ``[faithfulness]`` and
+``[counterfactual]`` (settings, not bound tables; :mod:`drift_gate.gating.thresholds`
+assembles them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drift_gate.gating._toml import Ctx, as_number
+
+__all__ = [
+    "COUNTERFACTUAL_BORDER",
+    "COUNTERFACTUAL_KEYS",
+    "COUNTERFACTUAL_MIN_SAMPLES",
+    "FAITHFULNESS_KEYS",
+    "SANITY_KEYS",
+    "counterfactual_section",
+    "faithfulness_section",
+    "sanity_section",
+]
+
+
+SANITY_KEYS = {"randomise", "max_randomised_correlation", "max_class_correlation"}
+FAITHFULNESS_KEYS = {"steps", "baseline"}
+COUNTERFACTUAL_KEYS = {"border", "baseline", "max_score_drop", "min_samples"}
+#: Default smallest number of samples pointing outside the anatomy whose drop is judged.
+COUNTERFACTUAL_MIN_SAMPLES = 3
+#: Default width of the border band treated as outside the anatomy (share of the side).
+COUNTERFACTUAL_BORDER = 0.1
+
+
+def sanity_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
+    if not raw:
+        return {}
+    what = raw.get("randomise", "head")
+    if what not in ("head", "head+block"):
+        raise ctx.fail(["sanity"], "randomise", f"expected 'head' or 'head+block', got {what!r}")
+    out: dict[str, Any] = {"sanity_randomise": what}
+    for key, field_name in (
+        ("max_randomised_correlation", "sanity_max_correlation"),
+        ("max_class_correlation", "sanity_max_class_correlation"),
+    ):
+        if key in raw:
+            bound = as_number(ctx, ["sanity"], key, raw[key])
+            if not -1 <= bound <= 1:
+                raise ctx.fail(["sanity"], key, f"a correlation lies in [-1, 1], not {bound:g}")
+            out[field_name] = bound
+    if len(out) == 1:
+        raise ctx.fail(["sanity"], None, "set max_randomised_correlation and/or max_class_correlation")
+    return out
+
+
+def faithfulness_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
+    if not raw:
+        return {}
+    steps = raw.get("steps", 10)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100:
+        raise ctx.fail(["faithfulness"], "steps", f"expected a whole number in [1, 100], got {steps!r}")
+    baseline = raw.get("baseline", "blur")
+    if baseline not in ("blur", "mean"):
+        raise ctx.fail(["faithfulness"], "baseline", f"expected 'blur' or 'mean', got {baseline!r}")
+    return {"faithfulness_steps": steps, "faithfulness_baseline": baseline}
+
+
+def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
+    if not raw:
+        return {}
+    where = ["counterfactual"]
+    border = as_number(ctx, where, "border", raw.get("border", COUNTERFACTUAL_BORDER))
+    if not 0 < border < 0.5:
+        raise ctx.fail(where, "border", f"a share of the side in (0, 0.5), not {border:g}")
+    baseline = raw.get("baseline", "swap")
+    if baseline not in ("swap", "edge", "mean", "blur"):
+        raise ctx.fail(where, "baseline", f"expected 'swap', 'edge', 'mean' or 'blur', got {baseline!r}")
+    if "max_score_drop" not in raw:
+        raise ctx.fail(where, None, "set max_score_drop (the largest mean drop of the candidate's score)")
+    drop = as_number(ctx, where, "max_score_drop", raw["max_score_drop"])
+    if not 0 <= drop <= 1:
+        raise ctx.fail(where, "max_score_drop", f"a score drop lies in [0, 1], not {drop:g}")
+    n = raw.get("min_samples", COUNTERFACTUAL_MIN_SAMPLES)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ctx.fail(where, "min_samples", f"expected a whole number >= 1, got {n!r}")
+    return {
+        "counterfactual_border": border,
+        "counterfactual_baseline": baseline,
+        "counterfactual_max_drop": drop,
+        "counterfactual_min_samples": n,
+    }
