@@ -211,10 +211,20 @@ out = {json.dumps(profile.out)}
     assert main(["validate", *common, "--shortcut", "1.5", "--no-progress"]) == 2
 
 
+#: Controls the gate gets wrong on the demo, and why (docs/explanation/evidence.md). Like a
+#: strict xfail: the heavy test fails when one of them is caught too, so that this list,
+#: the README's controls table and the docs are brought up to date.
+KNOWN_MISSES = {
+    ("marker", "resnet50v2"): "its 4x4 maps do not move onto the 14 % corner box it relies on",
+    ("marker", "inception_v3"): "its 3x3 maps do not move onto the 14 % corner box it relies on",
+}
+
+
 @pytest.mark.heavy
 def test_demo_controls_get_their_expected_verdicts() -> None:
     """`nox -s validate`'s check: on the demo profile (trained by `nox -s train`) every
-    negative control passes and the planted shortcut fails, under thresholds.toml."""
+    negative control passes and the planted shortcuts fail, under thresholds.toml, except
+    the documented misses (KNOWN_MISSES), which must still be misses."""
     for arch in ("densenet201", "resnet50v2", "inception_v3"):
         if not (ROOT / "checkpoints" / arch / "tl.pt").is_file():
             pytest.skip("run `nox -s train` first")
@@ -240,8 +250,9 @@ def test_demo_controls_get_their_expected_verdicts() -> None:
     )
     print(proc.stdout)
     rows = json.loads((ROOT / out / "validate.json").read_text())["rows"]
-    bad = [(r["control"], r["arch"], r["verdict"], r["label"]) for r in rows if not r["ok"]]
-    assert proc.returncode == 0 and not bad, bad
+    bad = {(r["control"], r["arch"]): (r["verdict"], r["label"]) for r in rows if not r["ok"]}
+    assert set(bad) == set(KNOWN_MISSES), bad
+    assert proc.returncode == (1 if KNOWN_MISSES else 0)  # validate itself reports every miss
     for arch in ("densenet201", "resnet50v2", "inception_v3"):
         shortcut = next(r for r in rows if r["control"] == "shortcut" and r["arch"] == arch)
         assert shortcut["label"] == "evidence drift despite stable AUC"
