@@ -82,6 +82,7 @@ def test_calibration_proposes_thresholds_every_run_passes(
     cal = run_calibration(profile, phantom_data, thresholds, out, seeds=[0, 1, 2], k=3.0, per_class=2)
     text = (out / "thresholds.proposed.toml").read_text()
     assert text == thresholds_text(cal, thresholds)
+    assert "max(seed-to-seed sd," in text and "; seed sd " in text and "run sd" not in text
     proposed = parse_thresholds(text, "proposed")
     assert {r.metric for r in cal.rows} == set(CALIBRATED) | set(OPT_IN), "the phantoms have masks"
     for r in cal.rows:
@@ -128,6 +129,8 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
         and "synthetic pretraining (marked (pretrain))" in text
     )
     assert " (tl) " in text and " (pretrain);" in text
+    # the spread is over runs of every source, not over seeds alone, and says so
+    assert "max(run-to-run sd," in text and "; run sd " in text and "seed sd" not in text
     with pytest.raises(ConfigError, match="unknown noise source"):
         run_calibration(profile, phantom_data, thresholds, out, seeds=[0], vary=("weather",))
     with pytest.raises(ConfigError, match="--vary pretrain needs weights = 'synthetic'"):

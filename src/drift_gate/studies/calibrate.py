@@ -116,7 +116,8 @@ class NoiseRow:
         sign = "-" if self.kind == "min" else "+"
         centre = f"|{self.centre:.3f}|" if self.kind == "abs_max" else f"{self.centre:.3f}"
         return (
-            f"runs {runs}; seed sd {seed}, bootstrap sd {self.bootstrap_sd:.3f}: "
+            f"runs {runs}; {'seed' if set(self.sources) == {'seed'} else 'run'} sd {seed}, "
+            f"bootstrap sd {self.bootstrap_sd:.3f}: "
             f"{centre} {sign} {k:g} x {self.noise:.3f}"
         )
 
@@ -384,7 +385,9 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
         f"# Noise sources: {how}, each gated against its own TL reference's maps on the audit set",
         f"# ({'/'.join(map(str, n_audit))} test images; samples {thresholds.samples!r}; "
         f"statistic {cal.statistic!r}).",
-        "# Per metric: centre = mean of the runs' statistic; noise = max(seed-to-seed sd,",
+        "# Per metric: centre = mean of the runs' statistic; noise = max(seed-to-seed sd,"
+        if not extra
+        else "# Per metric: centre = mean of the runs' statistic; noise = max(run-to-run sd,",
         "# bootstrap sd of the statistic over audit samples); bound = centre -/+ k x noise",
         f"# on the worse side (|centre| + k x noise for metrics best at 0), k = {cal.k:g},",
         "# rounded outwards to 0.01. An update that moves the evidence like an ordinary",
