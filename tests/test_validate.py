@@ -102,6 +102,7 @@ def test_calibration_proposes_thresholds_every_run_passes(
         drift = [r for r in c.rules if "/auc." not in r.rule and r.status != "inconclusive"]
         assert drift and all(r.status == "pass" for r in drift), [r.message for r in drift]
     assert "| tiny | layercam | iou |" in (out / "calibration.md").read_text()
+    assert "| centre | seed sd |" in (out / "calibration.md").read_text()
     assert json.loads((out / "calibration.json").read_text())["source"] == "seeds"
 
 
@@ -131,6 +132,7 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
     assert " (tl) " in text and " (pretrain);" in text
     # the spread is over runs of every source, not over seeds alone, and says so
     assert "max(run-to-run sd," in text and "; run sd " in text and "seed sd" not in text
+    assert "| centre | run sd |" in (out / "calibration.md").read_text()
     with pytest.raises(ConfigError, match="unknown noise source"):
         run_calibration(profile, phantom_data, thresholds, out, seeds=[0], vary=("weather",))
     with pytest.raises(ConfigError, match="--vary pretrain needs weights = 'synthetic'"):

@@ -437,11 +437,12 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
 
 def calibration_markdown(cal: Calibration) -> str:
     """Every metric's noise per backbone x method (the table behind the bounds)."""
+    spread = "seed" if all(set(r.sources) == {"seed"} for r in cal.all_rows) else "run"
     out = [
         f"## drift-gate calibrate: profile {cal.profile} ({cal.source}, k = {cal.k:g}, "
         f"statistic {cal.statistic})",
         "",
-        "| backbone | method | metric | runs | centre | seed sd | bootstrap sd | proposed |",
+        f"| backbone | method | metric | runs | centre | {spread} sd | bootstrap sd | proposed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in cal.all_rows:
