@@ -106,6 +106,11 @@ class NoiseRow:
     #: per run: ``seed`` (a fine-tune of the profile's TL), ``tl`` or ``pretrain`` (:data:`VARY`)
     sources: list[str]
 
+    @property
+    def spread(self) -> str:
+        """What the run-to-run spread is over: ``seed`` (fine-tuning seeds only) or ``run``."""
+        return "seed" if set(self.sources) == {"seed"} else "run"
+
     def comment(self, k: float) -> str:
         """Where the bound came from, for the TOML comment."""
         runs = " ".join(
@@ -116,8 +121,7 @@ class NoiseRow:
         sign = "-" if self.kind == "min" else "+"
         centre = f"|{self.centre:.3f}|" if self.kind == "abs_max" else f"{self.centre:.3f}"
         return (
-            f"runs {runs}; {'seed' if set(self.sources) == {'seed'} else 'run'} sd {seed}, "
-            f"bootstrap sd {self.bootstrap_sd:.3f}: "
+            f"runs {runs}; {self.spread} sd {seed}, bootstrap sd {self.bootstrap_sd:.3f}: "
             f"{centre} {sign} {k:g} x {self.noise:.3f}"
         )
 
@@ -385,9 +389,8 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
         f"# Noise sources: {how}, each gated against its own TL reference's maps on the audit set",
         f"# ({'/'.join(map(str, n_audit))} test images; samples {thresholds.samples!r}; "
         f"statistic {cal.statistic!r}).",
-        "# Per metric: centre = mean of the runs' statistic; noise = max(seed-to-seed sd,"
-        if not extra
-        else "# Per metric: centre = mean of the runs' statistic; noise = max(run-to-run sd,",
+        "# Per metric: centre = mean of the runs' statistic; "
+        f"noise = max({'run-to-run' if extra else 'seed-to-seed'} sd,",
         "# bootstrap sd of the statistic over audit samples); bound = centre -/+ k x noise",
         f"# on the worse side (|centre| + k x noise for metrics best at 0), k = {cal.k:g},",
         "# rounded outwards to 0.01. An update that moves the evidence like an ordinary",
@@ -437,7 +440,7 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
 
 def calibration_markdown(cal: Calibration) -> str:
     """Every metric's noise per backbone x method (the table behind the bounds)."""
-    spread = "seed" if all(set(r.sources) == {"seed"} for r in cal.all_rows) else "run"
+    spread = "seed" if all(r.spread == "seed" for r in cal.all_rows) else "run"
     out = [
         f"## drift-gate calibrate: profile {cal.profile} ({cal.source}, k = {cal.k:g}, "
         f"statistic {cal.statistic})",
