@@ -2,15 +2,16 @@
 
 :func:`evaluate_rules` is pure (summaries and thresholds in, rule results out);
 :func:`run_gate` does the I/O around it: loads the baseline and the candidate,
-verifies the audit images, computes the candidate's CAMs and predictions, and
-returns one :class:`GateResult` from which every report is written.
+verifies the audit images, has each rank's share of them passed through the
+candidate (:mod:`~drift_gate.gating.audit_pass`: CAMs, predictions, per-sample
+metrics and checks), and returns one :class:`GateResult` from which every report is
+written.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -19,24 +20,20 @@ import numpy as np
 import torch
 
 from drift_gate._io import file_sha256
-from drift_gate.data.datasets import ImageDataset, Sample
-from drift_gate.data.masks import read_mask
-from drift_gate.data.preprocess import DEFAULT, Preprocess
+from drift_gate.data.datasets import ImageDataset
 from drift_gate.distributed import Dist, gather_shards, in_order
-from drift_gate.errors import CheckpointError, ConfigError, StaleBaselineError
-from drift_gate.evidence.cam import compute_cams, grid_warning, upsample
+from drift_gate.errors import ConfigError, StaleBaselineError
+from drift_gate.evidence.cam import grid_warning
 from drift_gate.evidence.classification import (
     classification_metrics,
     multilabel_metrics,
     predicted_class,
     predicted_positive,
 )
-from drift_gate.evidence.counterfactual import counterfactual_metrics
-from drift_gate.evidence.faithfulness import faithfulness_metrics
-from drift_gate.evidence.metrics import drift_metrics, intra_class_consistency, localisation
-from drift_gate.evidence.sanity import randomised_copy, rank_correlation
+from drift_gate.evidence.metrics import intra_class_consistency
 from drift_gate.evidence.summary import Summary, select_samples, summarise
 from drift_gate.gating.audit import expand_pairs
+from drift_gate.gating.audit_pass import Job, audit_pass, load_masks
 from drift_gate.gating.baseline import APPROVED_STATISTIC, check_compatible
 from drift_gate.gating.multilabel import is_multilabel, operating_points
 from drift_gate.gating.rules import (
@@ -56,7 +53,6 @@ from drift_gate.gating.signing import SIGNATURE_FILE
 from drift_gate.gating.stored import Baseline, load_baseline
 from drift_gate.gating.thresholds import Bound, Thresholds
 from drift_gate.models.adapters import load_model
-from drift_gate.models.checkpoint import CheckpointMeta
 from drift_gate.models.export import OnnxModel, onnx_path, parity
 from drift_gate.models.spec import ModelSpec
 
@@ -158,64 +154,7 @@ def _none_if_nan(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(float(v)) else float(v) for v in values]
 
 
-def load_masks(samples: Sequence[Sample], size: int, preprocess: Preprocess = DEFAULT) -> np.ndarray:
-    """Ground-truth finding masks at the model's input size (resized like the images,
-    by the same policy, then thresholded at one half). A sample without a mask gets an
-    empty one, so its localisation metrics are undefined (NaN)."""
-    out = np.zeros((len(samples), size, size), dtype=bool)
-    for i, s in enumerate(samples):
-        if s.mask is not None:
-            out[i] = read_mask(s.mask, s.path, size, preprocess)
-    return out
-
-
-def _streamed_metrics(
-    ref: np.ndarray, cand: np.ndarray, size: int, masks: np.ndarray | None = None, block: int = 64
-) -> dict[str, np.ndarray]:
-    """Drift metrics of native-resolution maps, upsampled to ``size`` ``block`` pairs
-    at a time, so that only one block of full-size maps is ever in memory; with
-    ``masks``, also the localisation of both maps against them."""
-    parts = []
-    for i in range(0, max(len(ref), 1), block):
-        a = upsample(torch.from_numpy(ref[i : i + block]), size)
-        b = upsample(torch.from_numpy(cand[i : i + block]), size)
-        part = drift_metrics(a, b, ranks=True)
-        if masks is not None:
-            ka = localisation(a, masks[i : i + block])
-            kb = localisation(b, masks[i : i + block])
-            part.update(
-                pointing_game=kb["pointing_game"],
-                mask_energy=kb["mask_energy"],
-                reference_pointing_game=ka["pointing_game"],
-                reference_mask_energy=ka["mask_energy"],
-                mask_energy_change=kb["mask_energy"] - ka["mask_energy"],
-            )
-        parts.append(part)
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-@dataclass
-class _Job:
-    """One candidate, loaded and checked against its baseline: what every shard needs."""
-
-    candidate: Path
-    model: torch.nn.Module
-    meta: CheckpointMeta
-    base: Baseline
-    samples: list[Sample]
-    thresholds: Thresholds
-    dist: Dist
-    batch_size: int
-    progress: bool
-    precision: str
-    session: OnnxModel | None
-    exported: Path
-    #: multi-label: the audit images (``samples`` are then their (image, class) pairs)
-    images: list[Sample] = field(default_factory=list)
-    pairs: np.ndarray | None = None
-
-
-def _image_logits(job: _Job) -> tuple[np.ndarray, np.ndarray | None]:
+def _image_logits(job: Job) -> tuple[np.ndarray, np.ndarray | None]:
     """A multi-label candidate's logits per audit image, from torch and from its ONNX export."""
     from drift_gate.models.inference import predict
 
@@ -240,7 +179,7 @@ def _prepare(
     precision: str,
     spec: ModelSpec | None = None,
     public_key: Keyring | None = None,
-) -> _Job:
+) -> Job:
     """Loads the candidate and its baseline and checks that one may be gated against the other."""
     model, meta = load_model(candidate, spec, dist.device)
     base: Baseline = load_baseline(Path(baselines) / meta.arch, public_key)
@@ -281,7 +220,7 @@ def _prepare(
             )
     exported = onnx_path(candidate)
     session = OnnxModel(exported, dist.device) if use_onnx and exported.is_file() else None
-    return _Job(
+    return Job(
         candidate,
         model,
         meta,
@@ -297,97 +236,6 @@ def _prepare(
         images,
         pairs,
     )
-
-
-def _shard(job: _Job, indices: Sequence[int]) -> dict[str, Any] | None:
-    """CAMs, predictions and per-sample metrics of some audit images (one rank's batches).
-    One pass, nothing cached: memory stays flat as the audit set grows."""
-    if not indices:
-        return None
-    chosen = [job.samples[i] for i in indices]
-    meta, size = job.meta, job.meta.input_size
-    ds = ImageDataset(chosen, size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess)
-    cams = compute_cams(
-        job.model,
-        ds,
-        job.thresholds.methods,
-        job.dist.device,
-        job.batch_size,
-        progress=job.progress and job.dist.main,
-        precision=job.precision,
-    )
-    out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
-    if job.thresholds.sanity_max_correlation is not None:  # the same maps from a randomised copy
-        twin = compute_cams(
-            randomised_copy(job.model, job.thresholds.sanity_randomise),
-            ds,
-            job.thresholds.methods,
-            job.dist.device,
-            job.batch_size,
-            precision=job.precision,
-        )
-        out["sanity"] = {m: rank_correlation(cams.maps[m], twin.maps[m]) for m in job.thresholds.methods}
-    if job.thresholds.sanity_max_class_correlation is not None:  # the maps of another class
-        k = len(meta.classes)
-        other = [dataclasses.replace(s, label=(s.label + 1) % k) for s in chosen]
-        shifted = compute_cams(
-            job.model,
-            ImageDataset(other, size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess),
-            job.thresholds.methods,
-            job.dist.device,
-            job.batch_size,
-            precision=job.precision,
-        )
-        out["class_sanity"] = {
-            m: rank_correlation(cams.maps[m], shifted.maps[m]) for m in job.thresholds.methods
-        }
-    with_masks = any(s.mask is not None for s in job.samples)
-    masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
-    if job.session is not None and job.pairs is None:
-        out["onnx"] = job.session.logits(ds, job.batch_size)
-    for method in job.thresholds.methods:
-        grid, stored = cams.maps[method].shape[1:], job.base.maps[method].shape[1:]
-        if grid != stored:
-            raise StaleBaselineError(
-                f"{job.candidate}: its target layer gives {grid[0]}x{grid[1]} maps, the baseline in "
-                f"{job.base.path} stores {stored[0]}x{stored[1]}; refresh the baseline for this model"
-            )
-        try:
-            reference = job.base.maps[method][list(indices)]
-            out["metrics"][method] = _streamed_metrics(reference, cams.maps[method], size, masks)
-        except ValueError as exc:  # non-finite or absurd CAM values from this candidate
-            raise CheckpointError(f"{job.candidate}: its {method} maps cannot be compared ({exc})") from exc
-        if job.thresholds.faithfulness_steps:
-            t = job.thresholds
-            out["metrics"][method].update(
-                faithfulness_metrics(
-                    job.model,
-                    ds,
-                    reference,
-                    cams.maps[method],
-                    cams.targets,
-                    t.faithfulness_steps,
-                    t.faithfulness_baseline,
-                    multilabel=job.pairs is not None,
-                    batch_size=job.batch_size,
-                )
-            )
-        if job.thresholds.counterfactual_border is not None:
-            t = job.thresholds
-            assert t.counterfactual_border is not None
-            out["metrics"][method].update(
-                counterfactual_metrics(
-                    job.model,
-                    ds,
-                    cams.maps[method],
-                    cams.targets,
-                    t.counterfactual_border,
-                    t.counterfactual_baseline,
-                    multilabel=job.pairs is not None,
-                    batch_size=job.batch_size,
-                )
-            )
-    return out
 
 
 def _approved(base: Baseline, thresholds: Thresholds) -> dict[str, Any]:
@@ -413,7 +261,7 @@ def _correct_groups(ref_ok: np.ndarray, cand_ok: np.ndarray) -> dict[str, int]:
 
 
 def _drift(
-    job: _Job,
+    job: Job,
     values: dict[str, dict[str, np.ndarray]],
     selected: np.ndarray,
     labels: np.ndarray,
@@ -517,7 +365,7 @@ def run_gate(
         public_key,
     )
     meta, base, samples = job.meta, job.base, job.samples
-    shards = gather_shards(dist, len(samples), batch_size, lambda idx: _shard(job, idx))
+    shards = gather_shards(dist, len(samples), batch_size, lambda idx: audit_pass(job, idx))
     parts = [(idx, part) for idx, part in shards if part is not None]
 
     def joined(get: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:

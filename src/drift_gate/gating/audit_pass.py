@@ -1,0 +1,195 @@
+"""One rank's pass over its audit samples: the candidate's CAMs, predictions and
+per-sample metrics, and the checks computed beside them (sanity, faithfulness,
+counterfactual).
+
+The pass walks its samples in chunks of :data:`CHUNK_BATCHES` batches. Each chunk's
+images are decoded once and shared by everything that needs them (the CAMs, the
+randomised copy's and the other class's maps, ONNX Runtime, the deletion / insertion
+curves, the counterfactual), and only one chunk of decoded images is in memory at a
+time, so memory stays flat as the audit set grows. Chunks are whole batches, so every
+model call sees the same batches as an unchunked pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from drift_gate.data.datasets import ImageDataset, Sample
+from drift_gate.data.masks import read_mask
+from drift_gate.data.preprocess import DEFAULT, Preprocess
+from drift_gate.distributed import Dist
+from drift_gate.errors import CheckpointError, StaleBaselineError
+from drift_gate.evidence.cam import CamResult, compute_cams, upsample
+from drift_gate.evidence.counterfactual import counterfactual_metrics
+from drift_gate.evidence.faithfulness import faithfulness_metrics
+from drift_gate.evidence.metrics import drift_metrics, localisation
+from drift_gate.evidence.sanity import randomised_copy, rank_correlation
+from drift_gate.gating.stored import Baseline
+from drift_gate.gating.thresholds import Thresholds
+from drift_gate.models.checkpoint import CheckpointMeta
+from drift_gate.models.export import OnnxModel
+
+__all__ = ["CHUNK_BATCHES", "Job", "audit_pass", "load_masks"]
+
+#: Batches per chunk of decoded images (at 128 px and batch 16, about 13 MB of inputs).
+CHUNK_BATCHES = 8
+
+
+@dataclass
+class Job:
+    """One candidate, loaded and checked against its baseline: what every rank's pass needs."""
+
+    candidate: Path
+    model: torch.nn.Module
+    meta: CheckpointMeta
+    base: Baseline
+    samples: list[Sample]
+    thresholds: Thresholds
+    dist: Dist
+    batch_size: int
+    progress: bool
+    precision: str
+    session: OnnxModel | None
+    exported: Path
+    #: multi-label: the audit images (``samples`` are then their (image, class) pairs)
+    images: list[Sample] = field(default_factory=list)
+    pairs: np.ndarray | None = None
+
+
+def load_masks(samples: Sequence[Sample], size: int, preprocess: Preprocess = DEFAULT) -> np.ndarray:
+    """Ground-truth finding masks at the model's input size (resized like the images,
+    by the same policy, then thresholded at one half). A sample without a mask gets an
+    empty one, so its localisation metrics are undefined (NaN)."""
+    out = np.zeros((len(samples), size, size), dtype=bool)
+    for i, s in enumerate(samples):
+        if s.mask is not None:
+            out[i] = read_mask(s.mask, s.path, size, preprocess)
+    return out
+
+
+def _streamed_metrics(
+    ref: np.ndarray, cand: np.ndarray, size: int, masks: np.ndarray | None = None, block: int = 64
+) -> dict[str, np.ndarray]:
+    """Drift metrics of native-resolution maps, upsampled to ``size`` ``block`` pairs
+    at a time, so that only one block of full-size maps is ever in memory; with
+    ``masks``, also the localisation of both maps against them."""
+    parts = []
+    for i in range(0, max(len(ref), 1), block):
+        a = upsample(torch.from_numpy(ref[i : i + block]), size)
+        b = upsample(torch.from_numpy(cand[i : i + block]), size)
+        part = drift_metrics(a, b, ranks=True)
+        if masks is not None:
+            ka = localisation(a, masks[i : i + block])
+            kb = localisation(b, masks[i : i + block])
+            part.update(
+                pointing_game=kb["pointing_game"],
+                mask_energy=kb["mask_energy"],
+                reference_pointing_game=ka["pointing_game"],
+                reference_mask_energy=ka["mask_energy"],
+                mask_energy_change=kb["mask_energy"] - ka["mask_energy"],
+            )
+        parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+class _OtherClass(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+    """The same inputs, each labelled with the next class: the class-sensitivity check's targets."""
+
+    def __init__(self, images: ImageDataset, classes: int) -> None:
+        self.images, self.classes = images, classes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.images[i]
+        return x, (y + 1) % self.classes
+
+
+_Images = torch.utils.data.Dataset[tuple[torch.Tensor, int]]
+
+
+def _cams(job: Job, model: torch.nn.Module, ds: _Images) -> CamResult:
+    return compute_cams(
+        model, ds, job.thresholds.methods, job.dist.device, job.batch_size, precision=job.precision
+    )
+
+
+def _chunk(job: Job, indices: Sequence[int], twin: torch.nn.Module | None) -> dict[str, Any]:
+    """Everything of :func:`audit_pass` for one chunk, its images decoded once."""
+    t, meta, size = job.thresholds, job.meta, job.meta.input_size
+    chosen = [job.samples[i] for i in indices]
+    ds = ImageDataset(chosen, size, meta.mean, meta.std, cache=True, preprocess=meta.preprocess)
+    cams = _cams(job, job.model, ds)
+    out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
+    if twin is not None:  # the same maps from a randomised copy
+        other = _cams(job, twin, ds)
+        out["sanity"] = {m: rank_correlation(cams.maps[m], other.maps[m]) for m in t.methods}
+    if t.sanity_max_class_correlation is not None:  # the maps of another class
+        shifted = _cams(job, job.model, _OtherClass(ds, len(meta.classes)))
+        out["class_sanity"] = {m: rank_correlation(cams.maps[m], shifted.maps[m]) for m in t.methods}
+    with_masks = any(s.mask is not None for s in job.samples)
+    masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
+    if job.session is not None and job.pairs is None:
+        out["onnx"] = job.session.logits(ds, job.batch_size)
+    multilabel = job.pairs is not None
+    for method in t.methods:
+        grid, stored = cams.maps[method].shape[1:], job.base.maps[method].shape[1:]
+        if grid != stored:
+            raise StaleBaselineError(
+                f"{job.candidate}: its target layer gives {grid[0]}x{grid[1]} maps, the baseline in "
+                f"{job.base.path} stores {stored[0]}x{stored[1]}; refresh the baseline for this model"
+            )
+        reference = job.base.maps[method][list(indices)]
+        try:
+            metrics = _streamed_metrics(reference, cams.maps[method], size, masks)
+        except ValueError as exc:  # non-finite or absurd CAM values from this candidate
+            raise CheckpointError(f"{job.candidate}: its {method} maps cannot be compared ({exc})") from exc
+        if t.faithfulness_steps:
+            faithful = faithfulness_metrics(
+                job.model, ds, reference, cams.maps[method], cams.targets, t.faithfulness_steps,
+                t.faithfulness_baseline, multilabel=multilabel, batch_size=job.batch_size,
+            )  # fmt: skip
+            metrics.update(faithful)
+        if t.counterfactual_border is not None:
+            perturbed = counterfactual_metrics(
+                job.model, ds, cams.maps[method], cams.targets, t.counterfactual_border,
+                t.counterfactual_baseline, multilabel=multilabel, batch_size=job.batch_size,
+            )  # fmt: skip
+            metrics.update(perturbed)
+        out["metrics"][method] = metrics
+    return out
+
+
+def _joined(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chunks' results as one (arrays concatenated, nested tables joined key by key)."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: _joined([p[k] for p in parts]) for k in first}
+    return np.concatenate(parts)
+
+
+def audit_pass(job: Job, indices: Sequence[int]) -> dict[str, Any] | None:
+    """CAMs, predictions and per-sample metrics of the audit samples ``indices`` (one
+    rank's batches), chunk by chunk (see the module); ``None`` for no samples."""
+    if not indices:
+        return None
+    from tqdm import tqdm
+
+    t = job.thresholds
+    twin = None if t.sanity_max_correlation is None else randomised_copy(job.model, t.sanity_randomise)
+    step = CHUNK_BATCHES * job.batch_size
+    parts = []
+    show = job.progress and job.dist.main
+    with tqdm(total=len(indices), desc="audit", unit="img", disable=not show, leave=False) as bar:
+        for start in range(0, len(indices), step):
+            chunk = indices[start : start + step]
+            parts.append(_chunk(job, chunk, twin))
+            bar.update(len(chunk))
+    return _joined(parts)
