@@ -222,6 +222,8 @@ out = {json.dumps(profile.out)}
 KNOWN_MISSES = {
     ("marker", "resnet50v2"): "its 4x4 maps do not move onto the 14 % corner box it relies on",
     ("marker", "inception_v3"): "its 3x3 maps do not move onto the 14 % corner box it relies on",
+    ("shortcut", "inception_v3"): "29 of 100 true positives (< min_samples): LayerCAM correlation "
+    "0.229 breaks >= 0.32 but its 95 % CI reaches 0.334, so inconclusive, never a pass",
 }
 
 
@@ -260,6 +262,9 @@ def test_demo_controls_get_their_expected_verdicts() -> None:
     assert proc.returncode == (1 if KNOWN_MISSES else 0)  # validate itself reports every miss
     for arch in ("densenet201", "resnet50v2", "inception_v3"):
         shortcut = next(r for r in rows if r["control"] == "shortcut" and r["arch"] == arch)
-        assert shortcut["label"] == "evidence drift despite stable AUC"
+        if ("shortcut", arch) in KNOWN_MISSES:  # blocked, but not labelled as drift
+            assert shortcut["verdict"] == "inconclusive"
+        else:
+            assert shortcut["label"] == "evidence drift despite stable AUC"
         cue = shortcut["detail"]["cue_energy"]
         assert any(cue["candidate"][m] > cue["reference"][m] for m in cue["candidate"])
