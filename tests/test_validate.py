@@ -19,7 +19,16 @@ from drift_gate.errors import ConfigError
 from drift_gate.evidence.registry import Direction
 from drift_gate.gating.gate import run_gate
 from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
-from drift_gate.studies.calibrate import CALIBRATED, OPT_IN, propose_bound, run_calibration, thresholds_text
+from drift_gate.studies.calibrate import (
+    CALIBRATED,
+    OPT_IN,
+    Calibration,
+    NoiseRow,
+    calibration_markdown,
+    propose_bound,
+    run_calibration,
+    thresholds_text,
+)
 from drift_gate.studies.validate import CONTROLS, run_validation
 from drift_gate.studies.validate_report import validation_markdown
 from drift_gate.training.profiles import PhantomConfig, Profile
@@ -71,6 +80,34 @@ def test_bounds_lie_k_noise_widths_out_on_the_worse_side(
 ) -> None:
     kind, bound = propose_bound(direction, centre, noise, 3.0)
     assert kind == want[0] and bound == pytest.approx(want[1])
+
+
+def _row(arch: str, method: str, metric: str, kind: str, bound: float, n: list[int]) -> NoiseRow:
+    values = [0.6, 0.5, 0.55]
+    return NoiseRow(
+        arch, method, metric, values, [0, 1, 2], 0.55, 0.05, 0.07, 0.07, kind, bound, n, ["seed"] * 3
+    )
+
+
+def test_calibration_proposes_one_newly_correct_table_from_the_loosest_bounds() -> None:
+    thresholds = parse_thresholds(
+        '[gate]\nmethods = ["layercam", "gradcam++"]\n[drift]\ncorrelation.min = 0.5\n', "t.toml"
+    )
+    cal = Calibration("demo", "seeds", 3.0, "mean", ("layercam", "gradcam++"), {"a": 50, "b": 50}, {})
+    cal.rows = [_row(a, m, "correlation", "min", 0.4, [40] * 3) for a in "ab" for m in cal.methods]
+    cal.newly_rows = [
+        _row("a", "layercam", "correlation", "min", 0.33, [8, 9, 12]),
+        _row("b", "gradcam++", "correlation", "min", 0.31, [6, 5, 7]),
+        _row("b", "gradcam++", "displacement", "max", 0.09, [6, 5, 7]),
+    ]
+    text = thresholds_text(cal, thresholds)
+    proposed = parse_thresholds(text, "proposed")
+    assert proposed.newly_correct == {"correlation.min": 0.31, "displacement.max": 0.09}, "the loosest"
+    assert proposed.newly_correct_min_samples == thresholds.newly_correct_min_samples
+    assert "# a layercam correlation.min 0.33 (n 8/9/12): runs 0.600 0.500 0.550" in text
+    assert "| b | gradcam++ | displacement | 0.600 0.500 0.550 | 6 5 7 |" in calibration_markdown(cal)
+    cal.newly_rows = []  # no run had enough newly correct samples: no table
+    assert "[newly_correct]" not in thresholds_text(cal, thresholds)
 
 
 def test_calibration_proposes_thresholds_every_run_passes(

@@ -23,7 +23,10 @@ bound covers (:data:`VARY`).
 
 Bounds are proposed for the study's four metrics (:data:`CALIBRATED`); the
 localisation change against ground-truth masks gets a calibrated bound written
-as a comment, to switch on by hand (:data:`OPT_IN`).
+as a comment, to switch on by hand (:data:`OPT_IN`). The same four are calibrated on
+the samples each run newly gets right, where every run has ``[newly_correct]
+min_samples`` of them, for the proposed ``[newly_correct]`` table. What is written, and
+how, is :mod:`drift_gate.studies.calibrate_report`.
 
 The proposed bound is ``centre -/+ k x noise`` (``centre``: the mean over runs),
 on the side that is worse for the metric (``abs_max = |centre| + k x noise`` for
@@ -34,27 +37,33 @@ values, centre, both spreads and the arithmetic of every bound.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from datetime import date
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from drift_gate import __version__
-from drift_gate._io import atomic_write_text, default_cache_dir
+from drift_gate._io import default_cache_dir
 from drift_gate.data.datasets import DataSet
 from drift_gate.errors import ConfigError, DataError
-from drift_gate.evidence.registry import CORE_METRICS, METRICS, Direction
+from drift_gate.evidence.registry import METRICS, Direction
 from drift_gate.evidence.summary import Summary
 from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import CandidateResult, run_gate
 from drift_gate.gating.rules import _statistic
-from drift_gate.gating.thresholds import Thresholds, parse_thresholds
+from drift_gate.gating.thresholds import Thresholds
+from drift_gate.studies.calibrate_report import (
+    CALIBRATED,
+    OPT_IN,
+    VARY,
+    Calibration,
+    NoiseRow,
+    calibration_markdown,
+    thresholds_text,
+    write_calibration,
+)
 from drift_gate.training.pipeline import finetune_from, train_backbone
 from drift_gate.training.profiles import Profile
 
@@ -72,80 +81,8 @@ __all__ = [
 ]
 
 
-#: Metrics that calibration proposes bounds for: the four of the study.
-CALIBRATED = CORE_METRICS
-#: Metrics whose calibrated bound is written commented out, to switch on by hand:
-#: the reference-based localisation change needs finding masks, and counts only
-#: samples that have one, so a default rule on it could leave a small audit set
-#: inconclusive.
-OPT_IN = ("mask_energy_change",)
-_Z95 = 1.959963984540054
-#: Noise sources besides the fine-tuning seed: a retrained TL reference, a re-run of the
-#: synthetic pretraining (each with its next seed, then fine-tuned and gated against its
-#: own reference).
-VARY = {"tl": "a retrained TL reference", "pretrain": "a re-run of the synthetic pretraining"}
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class NoiseRow:
-    """The noise of one metric for one backbone x method, and the bound it gives."""
-
-    arch: str
-    method: str
-    metric: str
-    values: list[float]
-    seeds: list[int]
-    centre: float
-    seed_sd: float | None
-    bootstrap_sd: float
-    noise: float
-    kind: str
-    bound: float
-    n: list[int]
-    #: per run: ``seed`` (a fine-tune of the profile's TL), ``tl`` or ``pretrain`` (:data:`VARY`)
-    sources: list[str]
-
-    @property
-    def spread(self) -> str:
-        """What the run-to-run spread is over: ``seed`` (fine-tuning seeds only) or ``run``."""
-        return "seed" if set(self.sources) == {"seed"} else "run"
-
-    def comment(self, k: float) -> str:
-        """Where the bound came from, for the TOML comment."""
-        runs = " ".join(
-            f"{v:.3f}" if src == "seed" else f"{v:.3f} ({src})"
-            for v, src in zip(self.values, self.sources, strict=True)
-        )
-        seed = "—" if self.seed_sd is None else f"{self.seed_sd:.3f}"
-        sign = "-" if self.kind == "min" else "+"
-        centre = f"|{self.centre:.3f}|" if self.kind == "abs_max" else f"{self.centre:.3f}"
-        return (
-            f"runs {runs}; {self.spread} sd {seed}, bootstrap sd {self.bootstrap_sd:.3f}: "
-            f"{centre} {sign} {k:g} x {self.noise:.3f}"
-        )
-
-
-@dataclass
-class Calibration:
-    """What ``calibrate`` measured and proposes."""
-
-    profile: str
-    source: str
-    k: float
-    statistic: str
-    methods: tuple[str, ...]
-    n_audit: dict[str, int]
-    runs: dict[str, list[dict[str, Any]]]
-    rows: list[NoiseRow] = field(default_factory=list)
-    #: every metric's noise (not only the calibrated ones), for the report
-    all_rows: list[NoiseRow] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["rows"] = [asdict(r) for r in self.rows]
-        out["all_rows"] = [asdict(r) for r in self.all_rows]
-        return out
+_Z95 = 1.959963984540054
 
 
 def propose_bound(
@@ -246,16 +183,19 @@ def _noise_rows(
     k: float,
     metrics: tuple[str, ...],
     sources: list[str],
+    group: str = "overall",
+    fewest: int = 1,
 ) -> list[NoiseRow]:
+    """One row per metric that every run has ``fewest`` or more samples of ``group`` for."""
     rows = []
     for metric in metrics:
         spec = METRICS[metric]
         summaries = [
-            Summary(**c.summaries[method][metric]["overall"])
+            Summary(**c.summaries[method][metric][group])
             for _, c in results
-            if metric in c.summaries[method]
+            if group in c.summaries[method].get(metric, {})
         ]
-        if len(summaries) != len(results) or any(s.n == 0 for s in summaries):
+        if len(summaries) != len(results) or any(s.n < max(fewest, 1) for s in summaries):
             continue
         kind_hint = {Direction.HIGHER: "min", Direction.LOWER: "max", Direction.ZERO: "abs_max"}[
             spec.direction
@@ -361,115 +301,9 @@ def run_calibration(
                 )
             cal.all_rows += every
             cal.rows += [r for r in every if r.metric in CALIBRATED + OPT_IN]
-    _write(cal, thresholds, out)
+            cal.newly_rows += _noise_rows(
+                arch, method, results, thresholds.statistic, k, CALIBRATED, sources,
+                "newly_correct", thresholds.newly_correct_min_samples,
+            )  # fmt: skip
+    write_calibration(cal, thresholds, out)
     return cal
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.2f}"
-
-
-def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
-    """A complete ``thresholds.toml``: ``[gate]``, ``[auc]`` and ``[onnx]`` as in
-    ``thresholds``, and the calibrated ``[drift]`` tables with their provenance."""
-    seeds = sorted({s for r in cal.rows for s, src in zip(r.seeds, r.sources, strict=True) if src == "seed"})
-    how = (
-        f"{len(seeds)} fine-tuning runs per backbone (seeds {', '.join(map(str, seeds))}) from its TL "
-        "checkpoint"
-        if cal.source == "seeds"
-        else "the profile's FT checkpoint alone (bootstrap over audit samples)"
-    )
-    extra = sorted({src for r in cal.rows for src in r.sources if src != "seed"}, key=list(VARY).index)
-    if extra:
-        how += "; and " + "; ".join(f"{VARY[x]} (marked ({x})) and its fine-tune" for x in extra)
-    n_audit = sorted(set(cal.n_audit.values()))
-    lines = [
-        f"# Proposed by `drift-gate calibrate --profile {cal.profile}` (drift-gate {__version__}, "
-        f"{date.today().isoformat()}).",
-        f"# Noise sources: {how}, each gated against its own TL reference's maps on the audit set",
-        f"# ({'/'.join(map(str, n_audit))} test images; samples {thresholds.samples!r}; "
-        f"statistic {cal.statistic!r}).",
-        "# Per metric: centre = mean of the runs' statistic; "
-        f"noise = max({'run-to-run' if extra else 'seed-to-seed'} sd,",
-        "# bootstrap sd of the statistic over audit samples); bound = centre -/+ k x noise",
-        f"# on the worse side (|centre| + k x noise for metrics best at 0), k = {cal.k:g},",
-        "# rounded outwards to 0.01. An update that moves the evidence like an ordinary",
-        "# run of these sources passes; one that moves it k noise widths further fails.",
-        "",
-        "[gate]",
-        f"methods = [{', '.join(json.dumps(m) for m in thresholds.methods)}]",
-        f"samples = {json.dumps(thresholds.samples)}",
-        f"{'min_samples = ' + json.dumps(thresholds.as_dict()['gate']['min_samples']):<26}"
-        "# fewer usable samples: inconclusive, never a pass",
-        f"statistic = {json.dumps(thresholds.statistic)}",
-    ]
-    auc = [f"min = {thresholds.auc_min:g}"] if thresholds.auc_min is not None else []
-    if thresholds.auc_max_drop is not None:
-        auc.append(f"max_drop = {thresholds.auc_max_drop:g}")
-    if auc:
-        lines += ["", f"[auc]                     # not calibrated: kept from {thresholds.path}", *auc]
-    lines += ["", "[onnx]", f"max_rel_diff = {thresholds.onnx_max_rel_diff:g}"]
-    # Backbones that were not calibrated fall back to the loosest bound seen.
-    loosest: dict[str, tuple[str, float]] = {}
-    for r in cal.rows:
-        if r.metric in OPT_IN:
-            continue
-        have = loosest.get(r.metric)
-        looser = have is None or (r.bound < have[1] if r.kind == "min" else r.bound > have[1])
-        if looser:
-            loosest[r.metric] = (r.kind, r.bound)
-    lines += ["", "[drift]                   # backbones not calibrated here: the loosest bound below"]
-    lines += [f"{m}.{kind} = {_fmt(b)}" for m, (kind, b) in loosest.items()]
-    for arch in dict.fromkeys(r.arch for r in cal.rows):
-        for method in cal.methods:
-            rows = [r for r in cal.rows if r.arch == arch and r.method == method]
-            if not rows:
-                continue
-            lines += ["", f'[drift.{arch}."{method}"]' if "+" in method else f"[drift.{arch}.{method}]"]
-            width = max(len(f"{r.metric}.{r.kind} = {_fmt(r.bound)}") for r in rows) + 2
-            for r in rows:
-                left = f"{r.metric}.{r.kind} = {_fmt(r.bound)}"
-                if r.metric in OPT_IN:
-                    lines.append(f"# {left:<{width - 2}}# opt-in (needs masks): {r.comment(cal.k)}")
-                else:
-                    lines.append(f"{left:<{width}}# {r.comment(cal.k)}")
-    text = "\n".join(lines) + "\n"
-    parse_thresholds(text, "proposed thresholds")  # what calibrate writes must load
-    return text
-
-
-def calibration_markdown(cal: Calibration) -> str:
-    """Every metric's noise per backbone x method (the table behind the bounds)."""
-    spread = "seed" if all(r.spread == "seed" for r in cal.all_rows) else "run"
-    out = [
-        f"## drift-gate calibrate: profile {cal.profile} ({cal.source}, k = {cal.k:g}, "
-        f"statistic {cal.statistic})",
-        "",
-        f"| backbone | method | metric | runs | centre | {spread} sd | bootstrap sd | proposed |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in cal.all_rows:
-        proposed = (
-            f"{r.kind} {r.bound:.2f}"
-            if r.metric in CALIBRATED
-            else f"{r.kind} {r.bound:.2f} (opt-in)"
-            if r.metric in OPT_IN
-            else "(not calibrated)"
-        )
-        seed = "—" if r.seed_sd is None else f"{r.seed_sd:.4f}"
-        out.append(
-            f"| {r.arch} | {r.method} | {r.metric} | {' '.join(f'{v:.3f}' for v in r.values)} | "
-            f"{r.centre:.4f} | {seed} | {r.bootstrap_sd:.4f} | {proposed} |"
-        )
-    for arch, runs in cal.runs.items():
-        aucs = ", ".join(
-            f"{r.get('source', 'seed')} {r['seed']}: {r['auc']:.4f} ({r['n_selected']} TP)" for r in runs
-        )
-        out.append(f"\n{arch} AUC on the audit set: {aucs}")
-    return "\n".join(out) + "\n"
-
-
-def _write(cal: Calibration, thresholds: Thresholds, out: Path) -> None:
-    atomic_write_text(out / "thresholds.proposed.toml", thresholds_text(cal, thresholds))
-    atomic_write_text(out / "calibration.json", json.dumps(cal.to_dict(), indent=2) + "\n")
-    atomic_write_text(out / "calibration.md", calibration_markdown(cal))

@@ -1,0 +1,257 @@
+"""What ``drift-gate calibrate`` measured, and what it writes: the noise rows, the proposed
+``thresholds.toml`` (``[drift]`` and ``[newly_correct]`` tables with each bound's arithmetic),
+``calibration.md`` and ``calibration.json``. The measuring is :mod:`drift_gate.studies.calibrate`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from drift_gate import __version__
+from drift_gate._io import atomic_write_text
+from drift_gate.evidence.registry import CORE_METRICS
+from drift_gate.gating.thresholds import Thresholds, parse_thresholds
+
+__all__ = [
+    "CALIBRATED",
+    "OPT_IN",
+    "VARY",
+    "Calibration",
+    "NoiseRow",
+    "calibration_markdown",
+    "thresholds_text",
+    "write_calibration",
+]
+
+#: Metrics that calibration proposes bounds for: the four of the study.
+CALIBRATED = CORE_METRICS
+#: Metrics whose calibrated bound is written commented out, to switch on by hand:
+#: the reference-based localisation change needs finding masks, and counts only
+#: samples that have one, so a default rule on it could leave a small audit set
+#: inconclusive.
+OPT_IN = ("mask_energy_change",)
+#: Noise sources besides the fine-tuning seed: a retrained TL reference, a re-run of the
+#: synthetic pretraining (each with its next seed, then fine-tuned and gated against its
+#: own reference).
+VARY = {"tl": "a retrained TL reference", "pretrain": "a re-run of the synthetic pretraining"}
+
+
+@dataclass(frozen=True)
+class NoiseRow:
+    """The noise of one metric for one backbone x method, and the bound it gives."""
+
+    arch: str
+    method: str
+    metric: str
+    values: list[float]
+    seeds: list[int]
+    centre: float
+    seed_sd: float | None
+    bootstrap_sd: float
+    noise: float
+    kind: str
+    bound: float
+    n: list[int]
+    #: per run: ``seed`` (a fine-tune of the profile's TL), ``tl`` or ``pretrain`` (:data:`VARY`)
+    sources: list[str]
+
+    @property
+    def spread(self) -> str:
+        """What the run-to-run spread is over: ``seed`` (fine-tuning seeds only) or ``run``."""
+        return "seed" if set(self.sources) == {"seed"} else "run"
+
+    def comment(self, k: float) -> str:
+        """Where the bound came from, for the TOML comment."""
+        runs = " ".join(
+            f"{v:.3f}" if src == "seed" else f"{v:.3f} ({src})"
+            for v, src in zip(self.values, self.sources, strict=True)
+        )
+        seed = "—" if self.seed_sd is None else f"{self.seed_sd:.3f}"
+        sign = "-" if self.kind == "min" else "+"
+        centre = f"|{self.centre:.3f}|" if self.kind == "abs_max" else f"{self.centre:.3f}"
+        return (
+            f"runs {runs}; {self.spread} sd {seed}, bootstrap sd {self.bootstrap_sd:.3f}: "
+            f"{centre} {sign} {k:g} x {self.noise:.3f}"
+        )
+
+
+@dataclass
+class Calibration:
+    """What ``calibrate`` measured and proposes."""
+
+    profile: str
+    source: str
+    k: float
+    statistic: str
+    methods: tuple[str, ...]
+    n_audit: dict[str, int]
+    runs: dict[str, list[dict[str, Any]]]
+    rows: list[NoiseRow] = field(default_factory=list)
+    #: every metric's noise (not only the calibrated ones), for the report
+    all_rows: list[NoiseRow] = field(default_factory=list)
+    #: the calibrated metrics' noise on the samples each run newly gets right (reference
+    #: wrong, candidate right), where every run has ``[newly_correct] min_samples`` of them
+    newly_rows: list[NoiseRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["rows"] = [asdict(r) for r in self.rows]
+        out["all_rows"] = [asdict(r) for r in self.all_rows]
+        out["newly_rows"] = [asdict(r) for r in self.newly_rows]
+        return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
+    """A complete ``thresholds.toml``: ``[gate]``, ``[auc]`` and ``[onnx]`` as in
+    ``thresholds``, and the calibrated ``[drift]`` tables with their provenance."""
+    seeds = sorted({s for r in cal.rows for s, src in zip(r.seeds, r.sources, strict=True) if src == "seed"})
+    how = (
+        f"{len(seeds)} fine-tuning runs per backbone (seeds {', '.join(map(str, seeds))}) from its TL "
+        "checkpoint"
+        if cal.source == "seeds"
+        else "the profile's FT checkpoint alone (bootstrap over audit samples)"
+    )
+    extra = sorted({src for r in cal.rows for src in r.sources if src != "seed"}, key=list(VARY).index)
+    if extra:
+        how += "; and " + "; ".join(f"{VARY[x]} (marked ({x})) and its fine-tune" for x in extra)
+    n_audit = sorted(set(cal.n_audit.values()))
+    lines = [
+        f"# Proposed by `drift-gate calibrate --profile {cal.profile}` (drift-gate {__version__}, "
+        f"{date.today().isoformat()}).",
+        f"# Noise sources: {how}, each gated against its own TL reference's maps on the audit set",
+        f"# ({'/'.join(map(str, n_audit))} test images; samples {thresholds.samples!r}; "
+        f"statistic {cal.statistic!r}).",
+        "# Per metric: centre = mean of the runs' statistic; "
+        f"noise = max({'run-to-run' if extra else 'seed-to-seed'} sd,",
+        "# bootstrap sd of the statistic over audit samples); bound = centre -/+ k x noise",
+        f"# on the worse side (|centre| + k x noise for metrics best at 0), k = {cal.k:g},",
+        "# rounded outwards to 0.01. An update that moves the evidence like an ordinary",
+        "# run of these sources passes; one that moves it k noise widths further fails.",
+        "",
+        "[gate]",
+        f"methods = [{', '.join(json.dumps(m) for m in thresholds.methods)}]",
+        f"samples = {json.dumps(thresholds.samples)}",
+        f"{'min_samples = ' + json.dumps(thresholds.as_dict()['gate']['min_samples']):<26}"
+        "# fewer usable samples: inconclusive, never a pass",
+        f"statistic = {json.dumps(thresholds.statistic)}",
+    ]
+    auc = [f"min = {thresholds.auc_min:g}"] if thresholds.auc_min is not None else []
+    if thresholds.auc_max_drop is not None:
+        auc.append(f"max_drop = {thresholds.auc_max_drop:g}")
+    if auc:
+        lines += ["", f"[auc]                     # not calibrated: kept from {thresholds.path}", *auc]
+    lines += ["", "[onnx]", f"max_rel_diff = {thresholds.onnx_max_rel_diff:g}"]
+    # Backbones that were not calibrated fall back to the loosest bound seen.
+    lines += ["", "[drift]                   # backbones not calibrated here: the loosest bound below"]
+    lines += [f"{m}.{kind} = {_fmt(b)}" for m, (kind, b) in _loosest(cal.rows).items()]
+    for arch in dict.fromkeys(r.arch for r in cal.rows):
+        for method in cal.methods:
+            rows = [r for r in cal.rows if r.arch == arch and r.method == method]
+            if not rows:
+                continue
+            lines += ["", f'[drift.{arch}."{method}"]' if "+" in method else f"[drift.{arch}.{method}]"]
+            width = max(len(f"{r.metric}.{r.kind} = {_fmt(r.bound)}") for r in rows) + 2
+            for r in rows:
+                left = f"{r.metric}.{r.kind} = {_fmt(r.bound)}"
+                if r.metric in OPT_IN:
+                    lines.append(f"# {left:<{width - 2}}# opt-in (needs masks): {r.comment(cal.k)}")
+                else:
+                    lines.append(f"{left:<{width}}# {r.comment(cal.k)}")
+    lines += _newly_correct_lines(cal, thresholds)
+    text = "\n".join(lines) + "\n"
+    parse_thresholds(text, "proposed thresholds")  # what calibrate writes must load
+    return text
+
+
+def _loosest(rows: list[NoiseRow]) -> dict[str, tuple[str, float]]:
+    """Per calibrated metric, the loosest of the rows' bounds (``(kind, bound)``)."""
+    loosest: dict[str, tuple[str, float]] = {}
+    for r in rows:
+        if r.metric in OPT_IN:
+            continue
+        have = loosest.get(r.metric)
+        if have is None or (r.bound < have[1] if r.kind == "min" else r.bound > have[1]):
+            loosest[r.metric] = (r.kind, r.bound)
+    return loosest
+
+
+def _newly_correct_lines(cal: Calibration, thresholds: Thresholds) -> list[str]:
+    """``[newly_correct]``: one table for every backbone x method (the gate's format), so
+    the loosest of their bounds, each row's arithmetic as a comment; none without rows."""
+    if not cal.newly_rows:
+        return []
+    n = thresholds.newly_correct_min_samples
+    lines = [
+        "",
+        "[newly_correct]           # the samples a run newly gets right (reference wrong), where every",
+        f"min_samples = {n:<12}# run had {n} or more; one table for every backbone x method: the",
+        "                          # loosest of the bounds below",
+    ]
+    lines += [f"{m}.{kind} = {_fmt(b)}" for m, (kind, b) in _loosest(cal.newly_rows).items()]
+    for r in cal.newly_rows:
+        lines.append(
+            f"# {r.arch} {r.method} {r.metric}.{r.kind} {_fmt(r.bound)} (n {'/'.join(map(str, r.n))}): "
+            f"{r.comment(cal.k)}"
+        )
+    return lines
+
+
+def calibration_markdown(cal: Calibration) -> str:
+    """Every metric's noise per backbone x method (the table behind the bounds)."""
+    spread = "seed" if all(r.spread == "seed" for r in cal.all_rows) else "run"
+    out = [
+        f"## drift-gate calibrate: profile {cal.profile} ({cal.source}, k = {cal.k:g}, "
+        f"statistic {cal.statistic})",
+        "",
+        f"| backbone | method | metric | runs | centre | {spread} sd | bootstrap sd | proposed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in cal.all_rows:
+        proposed = (
+            f"{r.kind} {r.bound:.2f}"
+            if r.metric in CALIBRATED
+            else f"{r.kind} {r.bound:.2f} (opt-in)"
+            if r.metric in OPT_IN
+            else "(not calibrated)"
+        )
+        seed = "—" if r.seed_sd is None else f"{r.seed_sd:.4f}"
+        out.append(
+            f"| {r.arch} | {r.method} | {r.metric} | {' '.join(f'{v:.3f}' for v in r.values)} | "
+            f"{r.centre:.4f} | {seed} | {r.bootstrap_sd:.4f} | {proposed} |"
+        )
+    if cal.newly_rows:
+        out += [
+            "",
+            "Newly correct samples (reference wrong, candidate right; `[newly_correct]`):",
+            "",
+            f"| backbone | method | metric | runs | samples | centre | {spread} sd | bootstrap sd | bound |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in cal.newly_rows:
+            seed = "—" if r.seed_sd is None else f"{r.seed_sd:.4f}"
+            out.append(
+                f"| {r.arch} | {r.method} | {r.metric} | {' '.join(f'{v:.3f}' for v in r.values)} | "
+                f"{' '.join(map(str, r.n))} | {r.centre:.4f} | {seed} | {r.bootstrap_sd:.4f} | "
+                f"{r.kind} {r.bound:.2f} |"
+            )
+    for arch, runs in cal.runs.items():
+        aucs = ", ".join(
+            f"{r.get('source', 'seed')} {r['seed']}: {r['auc']:.4f} ({r['n_selected']} TP)" for r in runs
+        )
+        out.append(f"\n{arch} AUC on the audit set: {aucs}")
+    return "\n".join(out) + "\n"
+
+
+def write_calibration(cal: Calibration, thresholds: Thresholds, out: Path) -> None:
+    """``thresholds.proposed.toml``, ``calibration.json`` and ``calibration.md`` in ``out``."""
+    atomic_write_text(out / "thresholds.proposed.toml", thresholds_text(cal, thresholds))
+    atomic_write_text(out / "calibration.json", json.dumps(cal.to_dict(), indent=2) + "\n")
+    atomic_write_text(out / "calibration.md", calibration_markdown(cal))
