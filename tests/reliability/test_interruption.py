@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import drift_gate._io
+import drift_gate.gating.audit_pass
 import drift_gate.gating.baseline
-import drift_gate.gating.gate
 import drift_gate.gating.report
 from drift_gate.cli import main
 from drift_gate.gating.stored import load_baseline
@@ -61,9 +61,9 @@ def test_gate_interrupted_while_computing_keeps_the_old_reports(
     assert gate(env, env["tl"]) == 0
     before = tree_digest(env["reports"])
     monkeypatch.setattr(
-        drift_gate.gating.gate,
+        drift_gate.gating.audit_pass,
         "drift_metrics",
-        _then_sigterm(drift_gate.gating.gate.drift_metrics, after=False),
+        _then_sigterm(drift_gate.gating.audit_pass.drift_metrics, after=False),
     )
     assert gate(env, env["ft"]) == 130
     assert tree_digest(env["reports"]) == before and not _leftovers(env["tmp"])
