@@ -19,14 +19,13 @@ from drift_gate.errors import ConfigError
 from drift_gate.evidence.registry import Direction
 from drift_gate.gating.gate import run_gate
 from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
-from drift_gate.studies.calibrate import (
+from drift_gate.studies.calibrate import propose_bound, run_calibration
+from drift_gate.studies.calibrate_report import (
     CALIBRATED,
     OPT_IN,
     Calibration,
     NoiseRow,
     calibration_markdown,
-    propose_bound,
-    run_calibration,
     thresholds_text,
 )
 from drift_gate.studies.validate import CONTROLS, run_validation

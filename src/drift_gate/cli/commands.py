@@ -202,7 +202,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from drift_gate.studies.calibrate import calibration_markdown
+    from drift_gate.studies.calibrate_report import calibration_markdown
 
     cal = studies.calibrate(
         profile=args.profile,

@@ -122,8 +122,11 @@ def _cams(job: Job, model: torch.nn.Module, ds: _Images) -> CamResult:
     )
 
 
-def _chunk(job: Job, indices: Sequence[int], twin: torch.nn.Module | None) -> dict[str, Any]:
-    """Everything of :func:`audit_pass` for one chunk, its images decoded once."""
+def _chunk(
+    job: Job, indices: Sequence[int], twin: torch.nn.Module | None, with_masks: bool
+) -> dict[str, Any]:
+    """Everything of :func:`audit_pass` for one chunk, its images decoded once (``twin``:
+    the randomised copy; ``with_masks``: some audit sample has a finding mask)."""
     t, meta, size = job.thresholds, job.meta, job.meta.input_size
     chosen = [job.samples[i] for i in indices]
     ds = ImageDataset(chosen, size, meta.mean, meta.std, cache=True, preprocess=meta.preprocess)
@@ -135,7 +138,6 @@ def _chunk(job: Job, indices: Sequence[int], twin: torch.nn.Module | None) -> di
     if t.sanity_max_class_correlation is not None:  # the maps of another class
         shifted = _cams(job, job.model, _OtherClass(ds, len(meta.classes)))
         out["class_sanity"] = {m: rank_correlation(cams.maps[m], shifted.maps[m]) for m in t.methods}
-    with_masks = any(s.mask is not None for s in job.samples)
     masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
     if job.session is not None and job.pairs is None:
         out["onnx"] = job.session.logits(ds, job.batch_size)
@@ -168,7 +170,7 @@ def _chunk(job: Job, indices: Sequence[int], twin: torch.nn.Module | None) -> di
     return out
 
 
-def _joined(parts: list[dict[str, Any]]) -> dict[str, Any]:
+def _joined(parts: list[Any]) -> Any:
     """The chunks' results as one (arrays concatenated, nested tables joined key by key)."""
     first = parts[0]
     if isinstance(first, dict):
@@ -185,12 +187,14 @@ def audit_pass(job: Job, indices: Sequence[int]) -> dict[str, Any] | None:
 
     t = job.thresholds
     twin = None if t.sanity_max_correlation is None else randomised_copy(job.model, t.sanity_randomise)
+    with_masks = any(s.mask is not None for s in job.samples)
     step = CHUNK_BATCHES * job.batch_size
     parts = []
     show = job.progress and job.dist.main
     with tqdm(total=len(indices), desc="audit", unit="img", disable=not show, leave=False) as bar:
         for start in range(0, len(indices), step):
             chunk = indices[start : start + step]
-            parts.append(_chunk(job, chunk, twin))
+            parts.append(_chunk(job, chunk, twin, with_masks))
             bar.update(len(chunk))
-    return _joined(parts)
+    joined: dict[str, Any] = _joined(parts)
+    return joined

@@ -14,7 +14,7 @@ from drift_gate.errors import ConfigError
 
 if TYPE_CHECKING:
     from drift_gate.gating.thresholds import Thresholds
-    from drift_gate.studies.calibrate import Calibration
+    from drift_gate.studies.calibrate_report import Calibration
     from drift_gate.studies.study import StudyResult
     from drift_gate.studies.track import TrackResult
     from drift_gate.studies.validate_report import ValidationResult

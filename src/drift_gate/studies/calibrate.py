@@ -60,25 +60,12 @@ from drift_gate.studies.calibrate_report import (
     VARY,
     Calibration,
     NoiseRow,
-    calibration_markdown,
-    thresholds_text,
     write_calibration,
 )
 from drift_gate.training.pipeline import finetune_from, train_backbone
 from drift_gate.training.profiles import Profile
 
-__all__ = [
-    "CALIBRATED",
-    "OPT_IN",
-    "VARY",
-    "Calibration",
-    "NoiseRow",
-    "calibration_markdown",
-    "propose_bound",
-    "run_calibration",
-    "seed_runs",
-    "thresholds_text",
-]
+__all__ = ["propose_bound", "retrained_runs", "run_calibration", "seed_runs"]
 
 
 Log = Callable[[str], None]
