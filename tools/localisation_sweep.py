@@ -4,12 +4,12 @@ checkpoints on the audit images with a finding, per CAM target layer and input s
     python tools/localisation_sweep.py --profile demo            # after `nox -s train`
     python tools/localisation_sweep.py --backbone densenet201 --sizes 128,256
 
-Per backbone, phase (TL, FT), input size and target layer (the checkpoint's own last
-block, and the earlier layers listed in ``EARLIER``), over the first ``--per-class`` test
-images of every disease class that the checkpoint classifies correctly: the pointing game
-(share whose map maximum lies in the finding mask) and the mask energy (share of the map's
-mass in the mask), with the latter's ratio to the mask's area (1x: no better than a
-uniform map). Prints a Markdown table.
+Per backbone, phase (TL, FT), input size and target layer (the checkpoint's own: its last
+block or its profile's ``target_layer``; and the earlier layers listed in ``EARLIER``),
+over the first ``--per-class`` test images of every disease class that the checkpoint
+classifies correctly: the pointing game (share whose map maximum lies in the finding mask)
+and the mask energy (share of the map's mass in the mask), with the latter's ratio to the
+mask's area (1x: no better than a uniform map). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def _rows(arch: str, ckpt: Path, samples: list[Sample], size: int, per_layer: tu
             loc = localisation(upsample(torch.cat(parts).double(), size).numpy(), masks)
             pointing, energy = np.nanmean(loc["pointing_game"][ok]), np.nanmean(loc["mask_energy"][ok])
             cells.append(f"{pointing:.2f} / {energy:.3f} ({energy / masks[ok].mean():.1f}x)")
-        name = path or "last block"
+        own = model.target.path if model.target is not None else "last block"
+        name = path or own
         out.append(
             f"| {arch} | {ckpt.stem.upper()} | {size} | {name} ({grid}) | {ok.sum()}/{len(ok)} | "
             + " | ".join(cells)

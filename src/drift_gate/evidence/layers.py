@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +38,15 @@ from torch import Tensor, nn
 
 from drift_gate.errors import ConfigError
 
-__all__ = ["TargetLayer", "capture", "find_layer", "frozen", "replace_first", "to_grid"]
+__all__ = ["TargetLayer", "capture", "find_layer", "frozen", "is_module_path", "replace_first", "to_grid"]
+
+_MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+
+
+def is_module_path(text: object) -> bool:
+    """Whether ``text`` reads as a module path (``body.0.denseblock3``): dot-separated
+    names and indices, at most 200 characters."""
+    return isinstance(text, str) and len(text) <= 200 and _MODULE_PATH.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)

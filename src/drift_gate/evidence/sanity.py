@@ -35,24 +35,37 @@ def _has_parameters(module: nn.Module) -> bool:
 
 
 def _last_block(model: nn.Module) -> nn.Module | None:
-    """The last block with weights up to the CAM target layer: drift-gate's backbones'
-    last ``body`` stage with parameters; a foreign model's target layer, or its parent when
-    the layer itself has none (an activation)."""
-    body = getattr(model, "body", None)
-    if isinstance(body, nn.Sequential):
-        return next((m for m in reversed(body) if _has_parameters(m)), None)
+    """The last block with weights up to the CAM target layer: the last module of a
+    drift-gate backbone's ``body`` that has parameters (DenseNet201: all of ``features``,
+    ResNet50V2: the final norm, InceptionV3: Mixed_7c; docs/explanation/evidence.md says
+    why DenseNet201's is not narrower); else the named target layer (a foreign model's,
+    or one a profile chose inside a drift-gate backbone) when it has weights, the last
+    sibling with weights before it in a ``Sequential`` when it has none (an activation),
+    or else its nearest parent with weights."""
     path = getattr(getattr(model, "target", None), "path", None)
-    inner = getattr(model, "model", model)
-    if not isinstance(path, str) or not isinstance(inner, nn.Module):
+    body = getattr(model, "body", None)
+    if path is None and isinstance(body, nn.Sequential):
+        return next((m for m in reversed(body) if _has_parameters(m)), None)
+    # a foreign model's layer path is relative to the network it wraps
+    wrapped = (getattr(model, "net", None), getattr(model, "model", None))
+    inner = next((m for m in wrapped if isinstance(m, nn.Module)), model)
+    if not isinstance(path, str):
         return None
     parts = path.split(".")
+    child: nn.Module | None = None
     for depth in range(len(parts), 0, -1):
         try:
             found = inner.get_submodule(".".join(parts[:depth]))
         except AttributeError:
             return None
+        if child is not None and isinstance(found, nn.Sequential):
+            before = list(found)[: list(found).index(child)]
+            earlier = next((m for m in reversed(before) if _has_parameters(m)), None)
+            if earlier is not None:
+                return earlier
         if _has_parameters(found):
             return found
+        child = found
     return None
 
 

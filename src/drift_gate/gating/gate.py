@@ -208,7 +208,13 @@ def _prepare(
     if layer != stored:
         raise StaleBaselineError(
             f"{candidate}: its CAM target layer is {layer!r}, the baseline in {base.path} was made on "
-            f"{stored!r}; name the layer in the spec (target_layer) or refresh the baseline"
+            f"{stored!r}; name the layer in the "
+            + (
+                "spec (target_layer)"
+                if meta.model is not None
+                else "training profile (per_backbone.<arch>.target_layer)"
+            )
+            + " or refresh the baseline"
         )
     images = base.audit.resolve(data_root, base.classes, multilabel=is_multilabel(meta))
     samples, pairs = images, None

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from drift_gate.errors import ConfigError
+from drift_gate.evidence.layers import TargetLayer
 from drift_gate.models.weights import timm_weights_file, torchvision_weights_file
 
 __all__ = [
@@ -38,17 +39,25 @@ HALF = (0.5, 0.5, 0.5)
 
 
 class Classifier(nn.Module):
-    """``head(mean_hw(body(x)))``; ``body``'s last module is the CAM target layer."""
+    """``head(mean_hw(body(x)))``; ``body``'s last module is the CAM target layer unless
+    ``target`` names an earlier one (a profile's ``target_layer``, stored in the checkpoint).
+
+    Attributes:
+        target: ``None`` (CAMs on the body's output, with the fast path of
+            :class:`~drift_gate.evidence.cam.CamEngine`), or a located layer inside the
+            body (e.g. ``body.0.denseblock3``), whose output the engine captures with a hook.
+    """
 
     def __init__(self, body: nn.Sequential, num_features: int, num_classes: int) -> None:
         super().__init__()
         self.body = body
         self.head = nn.Linear(num_features, num_classes)
+        self.target: TargetLayer | None = None
 
     @property
     def target_layer(self) -> nn.Module:
         """The module whose output CAMs are computed on."""
-        return self.body[-1]
+        return self.body[-1] if self.target is None else self.get_submodule(self.target.path)
 
     def forward_head(self, activation: torch.Tensor) -> torch.Tensor:
         """Logits from the target layer's activation ``(B, C, h, w)``."""

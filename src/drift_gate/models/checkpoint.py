@@ -25,6 +25,7 @@ import torch
 from drift_gate._io import atomic_write_bytes
 from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.errors import CheckpointError, ConfigError
+from drift_gate.evidence.layers import find_layer, is_module_path
 from drift_gate.models.backbones import Classifier, build_classifier
 
 __all__ = [
@@ -38,7 +39,10 @@ __all__ = [
 ]
 
 
-SCHEMA_VERSION = 1
+#: Newest checkpoint schema this version reads. A checkpoint is written as schema 1
+#: unless it names a CAM target layer (schema 2), which a drift-gate that predates the
+#: field would silently ignore and so compute its maps at another layer.
+SCHEMA_VERSION = 2
 _FORMAT = "drift-gate-checkpoint"
 
 
@@ -89,6 +93,9 @@ class CheckpointMeta:
             stored only when it is not the default, so older checkpoints read as before.
         model: the model spec (:class:`drift_gate.models.spec.ModelSpec` as a dict) of a
             model drift-gate did not train; ``None`` for drift-gate's own.
+        target_layer: the CAM target layer inside a drift-gate backbone (a module path
+            such as ``body.0.denseblock3``, from the profile's ``per_backbone`` table);
+            ``None``: the body's last module. Stored only when set.
     """
 
     arch: str
@@ -104,17 +111,19 @@ class CheckpointMeta:
     config_sha256: str = ""
     epoch: int = -1
     versions: dict[str, str] = field(default_factory=library_versions)
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1
     preprocess: Preprocess = DEFAULT
     model: dict[str, Any] | None = None
+    target_layer: str | None = None
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys)."""
         doc = asdict(self)
         if self.preprocess == DEFAULT:
             del doc["preprocess"]
-        if self.model is None:
-            del doc["model"]
+        for optional in ("model", "target_layer"):
+            if doc[optional] is None:
+                del doc[optional]
         return json.dumps(doc, sort_keys=True)
 
     @classmethod
@@ -202,6 +211,10 @@ def _bad_fields(raw: dict[str, Any]) -> str | None:
             lambda v: isinstance(v, dict) and all(isinstance(x, str) and len(x) <= 64 for x in v.values()),
             "a table of version strings",
         ),
+        "target_layer": (
+            lambda v: v is None or is_module_path(v),
+            "a module path such as body.0.denseblock3",
+        ),
     }
     for key, (ok, what) in checks.items():
         if key in raw and not ok(raw[key]):
@@ -210,12 +223,16 @@ def _bad_fields(raw: dict[str, Any]) -> str | None:
     return None
 
 
+def _schema(meta: CheckpointMeta) -> int:
+    return 1 if meta.target_layer is None else 2
+
+
 def save_checkpoint(path: Path, model: Classifier, meta: CheckpointMeta) -> None:
     """Writes ``model`` and ``meta`` to ``path`` atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save(
-        {"format": _FORMAT, "schema_version": SCHEMA_VERSION, "meta": meta.to_json(), "state_dict": state},
+        {"format": _FORMAT, "schema_version": _schema(meta), "meta": meta.to_json(), "state_dict": state},
         buf,
     )
     atomic_write_bytes(Path(path), buf.getvalue())
@@ -323,4 +340,10 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
         ) from exc
     if not math.isfinite(meta.input_size) or meta.input_size <= 0:
         raise CheckpointError(f"{path}: invalid input size {meta.input_size}")
-    return model.to(device).eval(), meta
+    model = model.to(device).eval()
+    if meta.target_layer is not None:
+        try:
+            model.target = find_layer(model, meta.target_layer, meta.input_size, meta.preprocess.channels)
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: its CAM target layer: {exc}") from None
+    return model, meta

@@ -108,7 +108,7 @@ def _resnet50v2(model: Classifier, g: torch.Generator) -> Tensor:
 
 
 def _inception_v3(model: Classifier, g: torch.Generator) -> Tensor:
-    pool: Any = model.target_layer.branch_pool
+    pool: Any = model.body[-1].branch_pool
     width = int(pool.bn.num_features)
     total = model.head.in_features
     sub = torch.randperm(width, generator=g)

@@ -26,8 +26,9 @@ import torch
 from drift_gate._io import atomic_write_text, code_sha256, file_sha256
 from drift_gate.data.datasets import DataSet, ImageDataset
 from drift_gate.distributed import Dist, barrier, main_first
-from drift_gate.errors import CheckpointError, DataError
+from drift_gate.errors import CheckpointError, ConfigError, DataError
 from drift_gate.evidence.classification import classification_metrics
+from drift_gate.evidence.layers import find_layer
 from drift_gate.models.backbones import Classifier, build_classifier, get_backbone
 from drift_gate.models.checkpoint import CheckpointMeta, library_versions, load_checkpoint, save_checkpoint
 from drift_gate.models.inference import predict
@@ -162,6 +163,7 @@ class _Run:
             config_sha256=self.config_sha,
             epoch=epoch,
             preprocess=p.preprocess,
+            target_layer=p.target_layer_for(self.arch),
         )
 
 
@@ -257,6 +259,23 @@ def _ft_phase(run: _Run, model: Classifier, precision: str, keep_epochs: bool) -
     return meta
 
 
+def _check_target_layer(profile: Profile, arch: str, n_classes: int) -> None:
+    """A profile's target layer is located on the untrained model before any training, so
+    a wrong path fails in a second rather than after the run."""
+    layer = profile.target_layer_for(arch)
+    if layer is None:
+        return
+    try:
+        find_layer(
+            build_classifier(arch, n_classes),
+            layer,
+            profile.input_size_for(arch),
+            profile.preprocess.channels,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"profile {profile.name!r}: per_backbone.{arch}.target_layer: {exc}") from None
+
+
 def train_backbone(
     profile: Profile,
     arch: str,
@@ -290,6 +309,7 @@ def train_backbone(
     size = profile.input_size_for(arch)
     mean, std = spec.imagenet_norm
     config_sha = profile.sha256(arch, data.manifest_sha256)
+    _check_target_layer(profile, arch, len(data.classes))
     if dist.main:
         atomic_write_text(out / "profile.json", json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n")
     pre = profile.preprocess

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.errors import ConfigError
+from drift_gate.evidence.layers import is_module_path
 
 __all__ = ["BackboneOverrides", "PhantomConfig", "PhaseConfig", "PretrainConfig", "Profile", "load_profile"]
 
@@ -64,11 +65,24 @@ class PhaseConfig:
 
 @dataclass(frozen=True)
 class BackboneOverrides:
-    """Per-backbone settings that replace the profile's."""
+    """Per-backbone settings that replace the profile's.
+
+    ``target_layer`` moves the CAM target layer from the body's last module to an earlier
+    one (a module path inside drift-gate's classifier, e.g. ``body.0.denseblock3``); it is
+    written into the checkpoints, so baselines and gates of them use it.
+    """
 
     input_size: int | None = None
     tl: PhaseConfig | None = None
     ft: PhaseConfig | None = None
+    target_layer: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_layer is not None and not is_module_path(self.target_layer):
+            raise ConfigError(
+                "target_layer: expected a module path such as 'body.0.denseblock3', "
+                f"got {self.target_layer!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -117,11 +131,19 @@ class Profile:
         default: PhaseConfig = getattr(self, phase)
         return override if override is not None else default
 
+    def target_layer_for(self, arch: str) -> str | None:
+        """The CAM target layer of one backbone (``None``: the body's last module)."""
+        o = self.per_backbone.get(arch)
+        return None if o is None else o.target_layer
+
     def sha256(self, *extra: str) -> str:
         """Hash of the profile (and ``extra`` strings), for resuming safely."""
         doc = asdict(self)
         if self.preprocess == DEFAULT:  # profiles that do not set it hash as before it existed
             del doc["preprocess"]
+        for overrides in doc["per_backbone"].values():  # likewise a target layer left unset
+            if overrides["target_layer"] is None:
+                del overrides["target_layer"]
         text = json.dumps(doc, sort_keys=True) + "\x1f".join(extra)
         return hashlib.sha256(text.encode()).hexdigest()
 
