@@ -274,3 +274,14 @@ def test_repository_profiles_are_valid() -> None:
     paper = load_profile(root / "profiles.toml", "paper")
     assert paper.input_size == 224 and paper.input_size_for("inception_v3") == 299
     assert paper.weights == "imagenet"
+    localise = load_profile(root / "profiles.toml", "localise")
+    assert localise.input_size == 256 and localise.out != demo.out
+    assert localise.target_layer_for("densenet201") == "body.0.denseblock3"
+    # the named layers exist in the backbones as built (the dry run is done on the tiny
+    # backbone elsewhere; here only the module paths are looked up, without a forward pass)
+    from drift_gate.models.backbones import build_classifier
+
+    for arch in localise.backbones:
+        layer = localise.target_layer_for(arch)
+        assert layer is not None
+        build_classifier(arch, 5).get_submodule(layer)
