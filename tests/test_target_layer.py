@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,8 +95,23 @@ def test_baseline_and_gate_use_the_layer(
     assert main(baseline_args(env, earlier / "tl.pt")) == 0
     stored = json.loads((env["baselines"] / "tiny" / "baseline.json").read_text())
     assert stored["maps"]["layer"] == EARLIER and stored["maps"]["shape"] == [16, 16]
-    assert gate(env, earlier / "ft.pt") in (0, 1)
-    assert result(env)["candidates"][0]["rules"], "gated rule by rule at that layer"
+    # exported to ONNX (predictions) while the maps still come from PyTorch at that layer
+    cand = tmp_path / "cand" / "model.pt"
+    cand.parent.mkdir()
+    shutil.copy(earlier / "ft.pt", cand)
+    export = [
+        "export",
+        "--checkpoint",
+        str(cand),
+        "--data",
+        str(phantom_root),
+        "--baselines",
+        str(env["baselines"]),
+    ]
+    assert main([*export, "--device", "cpu", "--no-progress"]) == 0
+    assert gate(env, cand) in (0, 1)
+    (c,) = result(env)["candidates"]
+    assert c["rules"] and c["predictions"] == "onnxruntime (CPUExecutionProvider)"
     capsys.readouterr()
     # a candidate whose maps come from another layer is refused, not compared
     code = gate(env, trained / "ft.pt")
