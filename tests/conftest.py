@@ -78,22 +78,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, phantom_data: DataSet) -> 
 @pytest.fixture()
 def env(tmp_path: Path, trained: Path, phantom_root: Path) -> dict[str, Path]:
     """A fresh baselines folder made from the TL checkpoint, and a thresholds file."""
-    from drift_gate.cli import main
-    from gatekit import RULES, baseline_args
+    from gatekit import make_env
 
-    thresholds = tmp_path / "thresholds.toml"
-    thresholds.write_text(RULES.format(drift="iou.min = 0.3"))
-    out = {
-        "baselines": tmp_path / "baselines",
-        "thresholds": thresholds,
-        "reports": tmp_path / "reports",
-        "data": phantom_root,
-        "tl": trained / "tl.pt",
-        "ft": trained / "ft.pt",
-        "tmp": tmp_path,
-    }
-    assert main(baseline_args(out, out["tl"])) == 0
-    return out
+    return make_env(tmp_path, phantom_root, trained / "tl.pt", trained / "ft.pt")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -72,6 +72,24 @@ def multilabel_manifest(phantom_root: Path, out: Path, prefix: str = "") -> Path
     return out
 
 
+def make_env(tmp_path: Path, data: Path, tl: Path, ft: Path, drift: str = "iou.min = 0.3") -> dict[str, Path]:
+    """A baselines folder made from ``tl`` under ``tmp_path``, and a thresholds file with
+    ``drift`` as its ``[drift]`` table: what the gate tests share."""
+    thresholds = tmp_path / "thresholds.toml"
+    thresholds.write_text(RULES.format(drift=drift))
+    env = {
+        "baselines": tmp_path / "baselines",
+        "thresholds": thresholds,
+        "reports": tmp_path / "reports",
+        "data": data,
+        "tl": tl,
+        "ft": ft,
+        "tmp": tmp_path,
+    }
+    assert main(baseline_args(env, tl)) == 0
+    return env
+
+
 def baseline_args(env: dict[str, Path], reference: Path) -> list[str]:
     """``drift-gate baseline`` arguments that (re)make ``env``'s tiny baseline."""
     return [

@@ -19,7 +19,7 @@ from drift_gate.evidence.sanity import randomised_copy
 from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
 from drift_gate.training.pipeline import train_backbone
 from drift_gate.training.profiles import BackboneOverrides, load_profile
-from gatekit import RULES, TINY_TRAINING, assert_error, baseline_args, gate, result
+from gatekit import TINY_TRAINING, assert_error, gate, make_env, result
 
 #: The tiny body's first ReLU: a 16x16 grid at 32 px (its last module gives 8x8).
 EARLIER = "body.2"
@@ -84,15 +84,7 @@ def test_maps_are_computed_at_the_named_layer(earlier: Path) -> None:
 def test_baseline_and_gate_use_the_layer(
     earlier: Path, trained: Path, tmp_path: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    thresholds = tmp_path / "thresholds.toml"
-    thresholds.write_text(RULES.format(drift="iou.min = 0.0"))
-    env = {
-        "baselines": tmp_path / "baselines",
-        "thresholds": thresholds,
-        "reports": tmp_path / "reports",
-        "data": phantom_root,
-    }
-    assert main(baseline_args(env, earlier / "tl.pt")) == 0
+    env = make_env(tmp_path, phantom_root, earlier / "tl.pt", earlier / "ft.pt", drift="iou.min = 0.0")
     stored = json.loads((env["baselines"] / "tiny" / "baseline.json").read_text())
     assert stored["maps"]["layer"] == EARLIER and stored["maps"]["shape"] == [16, 16]
     # exported to ONNX (predictions) while the maps still come from PyTorch at that layer
