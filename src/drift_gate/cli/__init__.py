@@ -15,28 +15,11 @@ from collections.abc import Sequence
 from types import FrameType
 
 from drift_gate._io import ALLOW_OUTSIDE
+from drift_gate._memory import AUDIT, allocator_policy
 from drift_gate.cli.parser import build_parser
 from drift_gate.errors import DriftGateError
 
 __all__ = ["entry_point", "main"]
-
-
-def _fixed_mmap_threshold() -> None:
-    """Keeps glibc from growing the heap batch after batch.
-
-    glibc raises its mmap threshold after a large block is freed, so later large
-    tensors come from the heap, which fragments and is not returned: a gate's
-    peak RSS then grows with the number of batches (measured: +37 MiB per 100
-    audit images). A fixed threshold keeps each large buffer in its own mapping,
-    returned to the system when freed. No effect outside glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import contextlib
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):  # musl, or no libc.so.6
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -67,7 +50,7 @@ def _github_exit_code(code: int) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     """Runs the parsed command; every outcome becomes an exit code here."""
-    _fixed_mmap_threshold()
+    allocator_policy(AUDIT)  # training switches to TRAIN, and each gate back (drift_gate._memory)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     allow = os.environ.get(ALLOW_OUTSIDE)
     if getattr(args, "allow_outside_data_root", False):

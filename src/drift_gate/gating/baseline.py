@@ -40,6 +40,7 @@ from drift_gate._io import (
     swap_in_folder,
     uninterrupted,
 )
+from drift_gate._memory import AUDIT, allocator_policy
 from drift_gate.data.datasets import DataSet, ImageDataset
 from drift_gate.data.preprocess import DEFAULT
 from drift_gate.errors import DataError, StaleBaselineError
@@ -138,6 +139,7 @@ def create_baseline(
     """
     from drift_gate.models.adapters import load_model
 
+    allocator_policy(AUDIT)
     model, meta = loaded or load_model(reference, spec, device)
     model = model.to(device)
     target = getattr(model, "target", None)

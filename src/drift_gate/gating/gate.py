@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from drift_gate._io import file_sha256
+from drift_gate._memory import AUDIT, allocator_policy
 from drift_gate.data.datasets import ImageDataset
 from drift_gate.distributed import Dist, gather_shards, in_order
 from drift_gate.errors import ConfigError, StaleBaselineError
@@ -356,6 +357,7 @@ def run_gate(
     per-sample arrays to the result record, a third of it the record's fields.
     """
     dist = dist or Dist(0, 1, torch.device(device))
+    allocator_policy(AUDIT)  # peak memory independent of the audit set's size
     job = _prepare(
         candidate,
         baselines,

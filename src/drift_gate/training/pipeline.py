@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from drift_gate._io import atomic_write_text, code_sha256, file_sha256
+from drift_gate._memory import TRAIN, allocator_policy
 from drift_gate.data.datasets import DataSet, ImageDataset
 from drift_gate.distributed import Dist, barrier, main_first
 from drift_gate.errors import CheckpointError, ConfigError, DataError
@@ -304,6 +305,7 @@ def train_backbone(
     dist = dist or Dist(0, 1, device)
     if not dist.main:
         progress, log = False, lambda message: None
+    allocator_policy(TRAIN)
     spec = get_backbone(arch)
     out = Path(profile.out) / arch
     size = profile.input_size_for(arch)
@@ -376,6 +378,7 @@ def finetune_from(
     if _up_to_date(out, config_sha, device) is not None:
         log(f"  {out} is up to date; skipping")
         return out
+    allocator_policy(TRAIN)
     model, ref_meta = load_checkpoint(reference, device)
     if tuple(data.classes) != tuple(ref_meta.classes):
         raise DataError(

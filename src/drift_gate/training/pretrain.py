@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from drift_gate._io import atomic_write_bytes, code_sha256
+from drift_gate._memory import TRAIN, allocator_policy
 from drift_gate.data.phantom_set import render_source_set
 from drift_gate.data.phantoms import SOURCE_LABELS
 from drift_gate.models.backbones import build_classifier, get_backbone
@@ -69,6 +70,7 @@ def pretrain_synthetic(
         log(f"  synthetic pretraining: cached ({path})")
         return path
     log(f"  synthetic pretraining of {arch}: {cfg.images} source images at {size}px, {cfg.epochs} epoch(s)")
+    allocator_policy(TRAIN)
     began = time.perf_counter()
     x, y = _source_images(cfg, size, cache_dir, progress)
     spec = get_backbone(arch)
