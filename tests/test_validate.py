@@ -109,6 +109,23 @@ def test_calibration_proposes_one_newly_correct_table_from_the_loosest_bounds() 
     assert "[newly_correct]" not in thresholds_text(cal, thresholds)
 
 
+def test_calibration_keeps_the_checks_it_does_not_calibrate() -> None:
+    source = (
+        '[gate]\nmethods = ["layercam"]\n[drift]\ncorrelation.min = 0.5\n'
+        '[sanity]\nrandomise = "head+block"\nmax_randomised_correlation = 0.7\n'
+        '[faithfulness]\nsteps = 4\nbaseline = "mean"\n'
+        "[counterfactual]\nborder = 0.15\nmax_score_drop = 0.2\n"
+    )
+    thresholds = parse_thresholds(source, "t.toml")
+    cal = Calibration("demo", "seeds", 3.0, "mean", ("layercam",), {"a": 50}, {})
+    cal.rows = [_row("a", "layercam", "correlation", "min", 0.4, [40] * 3)]
+    proposed = parse_thresholds(thresholds_text(cal, thresholds), "proposed")
+    for table in ("sanity", "faithfulness", "counterfactual"):
+        assert proposed.as_dict()[table] == thresholds.as_dict()[table], table
+    bare = parse_thresholds('[gate]\nmethods = ["layercam"]\n[drift]\niou.min = 0.1\n', "t.toml")
+    assert "[sanity]" not in thresholds_text(cal, bare), "nothing added that the source did not set"
+
+
 def test_calibration_proposes_thresholds_every_run_passes(
     tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
 ) -> None:

@@ -166,9 +166,26 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
                 else:
                     lines.append(f"{left:<{width}}# {r.comment(cal.k)}")
     lines += _newly_correct_lines(cal, thresholds)
+    lines += _kept_checks(thresholds)
     text = "\n".join(lines) + "\n"
     parse_thresholds(text, "proposed thresholds")  # what calibrate writes must load
     return text
+
+
+#: Tables of checks that calibration does not propose, carried over unchanged.
+KEPT = ("sanity", "faithfulness", "counterfactual")
+
+
+def _kept_checks(thresholds: Thresholds) -> list[str]:
+    """``[sanity]``, ``[faithfulness]`` and ``[counterfactual]`` as ``thresholds`` sets them,
+    so that adopting the proposal does not switch a check off."""
+    doc = thresholds.as_dict()
+    lines: list[str] = []
+    for table in KEPT:
+        if table in doc:
+            lines += ["", f"[{table}]{'':<{24 - len(table)}}# not calibrated: kept from {thresholds.path}"]
+            lines += [f"{k} = {json.dumps(v)}" for k, v in doc[table].items() if v is not None]
+    return lines
 
 
 def _loosest(rows: list[NoiseRow]) -> dict[str, tuple[str, float]]:
