@@ -16,7 +16,7 @@ from drift_gate.data.datasets import DataSet
 from drift_gate.models.checkpoint import load_checkpoint
 from drift_gate.training.pipeline import train_backbone
 from drift_gate.training.pretrain import pretrain_synthetic
-from drift_gate.training.profiles import Profile
+from drift_gate.training.profiles import BackboneOverrides, PhaseConfig, PretrainConfig, Profile
 
 
 def _states_equal(a: Path, b: Path) -> bool:
@@ -125,6 +125,69 @@ def test_checkpoints_made_by_other_code_are_not_reused(
     assert not any("is up to date" in m for m in run()), "other code: both phases are trained again"
     assert file_sha256(out / "tl.pt") == first, "same weights and settings: the same bytes"
     assert json.loads((out / "code.json").read_text()) == {"tl.pt": "0" * 64, "ft.pt": "0" * 64}
+
+
+def test_only_settings_that_reach_a_backbone_retrain_it(
+    tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path
+) -> None:
+    """The up-to-date check is keyed per backbone and phase: renaming the profile or
+    adding a backbone retrains nothing, new FT settings keep the TL checkpoint, new TL
+    settings retrain both."""
+
+    def run(profile: Profile) -> list[str]:
+        messages: list[str] = []
+        train_backbone(
+            profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=messages.append
+        )
+        return [m for m in messages if "is up to date" in m]
+
+    run(tiny_profile)
+    out = Path(tiny_profile.out) / "tiny"
+    tl, ft = file_sha256(out / "tl.pt"), file_sha256(out / "ft.pt")
+    renamed = dataclasses.replace(
+        tiny_profile,
+        name="renamed",
+        backbones=("tiny", "densenet201"),
+        per_backbone={"densenet201": BackboneOverrides(input_size=256, target_layer="body.0.denseblock3")},
+    )
+    assert len(run(renamed)) == 2, "name and other backbones do not reach this one"
+    assert (file_sha256(out / "tl.pt"), file_sha256(out / "ft.pt")) == (tl, ft)
+    new_ft = dataclasses.replace(tiny_profile, ft=PhaseConfig(epochs=1, lr=1e-3))
+    kept = run(new_ft)
+    assert len(kept) == 1 and "TL checkpoint" in kept[0], "new FT settings keep the TL checkpoint"
+    assert file_sha256(out / "tl.pt") == tl and file_sha256(out / "ft.pt") != ft
+    assert run(dataclasses.replace(new_ft, tl=PhaseConfig(epochs=3, lr=1e-2))) == [], "new TL settings: both"
+
+
+def test_training_key_covers_what_makes_the_weights(tiny_profile: Profile, tmp_path: Path) -> None:
+    key = tiny_profile.training_key
+    moved = dataclasses.replace(tiny_profile, out="elsewhere")
+    assert key("tiny", "tl", "m") == moved.training_key("tiny", "tl", "m")
+    assert key("tiny", "tl", "m") != key("tiny", "tl", "other data")
+    assert key("tiny", "ft", "m", "fp32") != key("tiny", "ft", "m", "bf16"), "precision reaches FT"
+    assert key("tiny", "tl", "m") != key("other", "tl", "m")
+    assert key("tiny", "ft", "m") != key("tiny", "tl", "m")
+    for change in (
+        {"seed": 1},
+        {"batch_size": 4},
+        {"input_size": 48},
+        {"per_backbone": {"tiny": BackboneOverrides(tl=PhaseConfig(epochs=4, lr=2e-2))}},
+    ):
+        changed = dataclasses.replace(tiny_profile, **change)
+        assert changed.training_key("tiny", "tl", "m") != key("tiny", "tl", "m"), change
+    synthetic = dataclasses.replace(tiny_profile, weights="synthetic")
+    assert synthetic.training_key("tiny", "tl", "m") != dataclasses.replace(
+        synthetic, pretrain=PretrainConfig(images=64)
+    ).training_key("tiny", "tl", "m"), "the pretraining reaches the weights"
+    body = tmp_path / "body.pt"
+    body.write_bytes(b"one")
+    first = dataclasses.replace(tiny_profile, weights=str(body)).training_key("tiny", "tl", "m")
+    body.write_bytes(b"two")
+    assert dataclasses.replace(tiny_profile, weights=str(body)).training_key("tiny", "tl", "m") != first, (
+        "a weights file is keyed by its content, not its name"
+    )
+    with pytest.raises(ValueError, match="phase"):
+        key("tiny", "both")
 
 
 def test_interrupted_fine_tuning_resumes_to_the_same_weights(

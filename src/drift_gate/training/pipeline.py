@@ -137,7 +137,7 @@ class _Run:
     data: DataSet
     dist: Dist
     out: Path
-    config_sha: str
+    keys: dict[str, str]  # phase -> Profile.training_key
     sets: dict[str, ImageDataset]
     progress: bool
     log: Log
@@ -161,7 +161,7 @@ class _Run:
             data_manifest_sha256=self.data.manifest_sha256,
             weights=p.weights,
             metrics=metrics,
-            config_sha256=self.config_sha,
+            config_sha256=self.keys[phase],
             epoch=epoch,
             preprocess=p.preprocess,
             target_layer=p.target_layer_for(self.arch),
@@ -236,7 +236,7 @@ def _ft_phase(run: _Run, model: Classifier, precision: str, keep_epochs: bool) -
         profile.seed,
         device,
         resume,
-        run.config_sha,
+        run.keys["ft"],
         run.data.classes,
         run.progress,
         run.log,
@@ -310,16 +310,19 @@ def train_backbone(
     out = Path(profile.out) / arch
     size = profile.input_size_for(arch)
     mean, std = spec.imagenet_norm
-    config_sha = profile.sha256(arch, data.manifest_sha256)
+    keys = {
+        "tl": profile.training_key(arch, "tl", data.manifest_sha256),
+        "ft": profile.training_key(arch, "ft", data.manifest_sha256, precision),
+    }
     _check_target_layer(profile, arch, len(data.classes))
     if dist.main:
         atomic_write_text(out / "profile.json", json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n")
     pre = profile.preprocess
     sets = {s: ImageDataset(data.split(s), size, mean, std, preprocess=pre) for s in ("train", "val", "test")}
-    run = _Run(profile, arch, data, dist, out, config_sha, sets, progress, log)
+    run = _Run(profile, arch, data, dist, out, keys, sets, progress, log)
     paths, metrics = {}, {}
     code = code_sha256()
-    current = None if force else _up_to_date(out / "tl.pt", config_sha, dist.device, code)
+    current = None if force else _up_to_date(out / "tl.pt", keys["tl"], dist.device, code)
     if current is not None:
         log(f"[{arch}] TL checkpoint is up to date ({out / 'tl.pt'}); skipping")
         model, tl_meta = current
@@ -330,7 +333,7 @@ def train_backbone(
     paths["tl"], metrics["tl"] = out / "tl.pt", tl_meta.metrics
     if "ft" not in phases:
         return TrainResult(arch, paths, metrics)
-    current = None if force or current is None else _up_to_date(out / "ft.pt", config_sha, dist.device, code)
+    current = None if force or current is None else _up_to_date(out / "ft.pt", keys["ft"], dist.device, code)
     if current is not None:
         ft_meta = current[1]
         log(f"[{arch}] FT checkpoint is up to date ({out / 'ft.pt'}); skipping")

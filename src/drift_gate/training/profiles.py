@@ -15,6 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from drift_gate._io import file_sha256
 from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.layers import is_module_path
@@ -136,15 +137,36 @@ class Profile:
         o = self.per_backbone.get(arch)
         return None if o is None else o.target_layer
 
-    def sha256(self, *extra: str) -> str:
-        """Hash of the profile (and ``extra`` strings), for resuming safely."""
-        doc = asdict(self)
-        if self.preprocess == DEFAULT:  # profiles that do not set it hash as before it existed
-            del doc["preprocess"]
-        for overrides in doc["per_backbone"].values():  # likewise a target layer left unset
-            if overrides["target_layer"] is None:
-                del overrides["target_layer"]
-        text = json.dumps(doc, sort_keys=True) + "\x1f".join(extra)
+    def training_key(self, arch: str, phase: str, *extra: str) -> str:
+        """Hash of what one backbone's ``phase`` checkpoint depends on, for resuming safely.
+
+        Only the settings that reach that backbone's weights count: its input size, seed,
+        batch size, weights (a weights file by its content), the synthetic pretraining
+        (for ``weights = "synthetic"``), preprocessing, target layer and the TL phase; the
+        FT key adds the FT phase. The profile's name, ``out``, its other backbones and
+        their overrides do not, so renaming a profile or adding a backbone retrains
+        nothing, and changing only the FT settings keeps the TL checkpoint. ``extra``
+        (the data manifest's hash, the precision) is appended.
+        """
+        if phase not in ("tl", "ft"):
+            raise ValueError(f"phase: expected 'tl' or 'ft', got {phase!r}")
+        doc: dict[str, Any] = {
+            "arch": arch,
+            "input_size": self.input_size_for(arch),
+            "weights": self.weights,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "preprocess": asdict(self.preprocess),
+            "target_layer": self.target_layer_for(arch),
+            "tl": asdict(self.phase_for(arch, "tl")),
+        }
+        if self.weights == "synthetic":
+            doc["pretrain"] = asdict(self.pretrain)
+        elif self.weights not in ("imagenet", "none") and Path(self.weights).is_file():
+            doc["weights_sha256"] = file_sha256(Path(self.weights))
+        if phase == "ft":
+            doc["ft"] = asdict(self.phase_for(arch, "ft"))
+        text = json.dumps(doc, sort_keys=True) + "\x1f" + "\x1f".join(extra)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
