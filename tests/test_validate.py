@@ -206,7 +206,9 @@ def test_reduced_validation_with_the_tiny_backbone(
     tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
 ) -> None:
     profile, rules = tiny
-    res = run_validation(profile, phantom_data, load_thresholds(rules), tmp_path, seed=10, per_class=2)
+    res = run_validation(
+        profile, phantom_data, load_thresholds(rules), tmp_path, seed=10, per_class=2, shortcut_per_class=3
+    )
     rows = {r.control: r for r in res.rows}
     assert tuple(rows) == CONTROLS == _CONTROLS
     # The exact controls hold whatever the backbone.
@@ -223,6 +225,12 @@ def test_reduced_validation_with_the_tiny_backbone(
     assert rows["marker"].expected == "fail" and rows["marker-twin"].expected == "pass"
     assert rows["marker"].detail["cue"] == rows["marker-twin"].detail["cue"] == "marker"
     assert rows["marker"].n_audit == rows["marker-twin"].n_audit
+    # Both cues are audited on a held-out draw (the next phantom seed) whose test split
+    # holds shortcut_per_class images per class: 3 / 0.2 = 15 per class generated.
+    for cue in ("strip", "marker"):
+        stamp = json.loads((tmp_path / f"data-{cue}-audit" / ".phantoms.json").read_text())
+        assert (stamp["seed"], stamp["n_per_class"]) == (profile.phantoms.seed + 1, 15), stamp
+    assert rows["shortcut"].n_audit == rows["marker"].n_audit == 3 * len(phantom_data.classes)
     assert (tmp_path / "marker-reference" / "tiny" / "tl.pt").is_file()
     assert res.ok == all(r.ok for r in res.rows)
     saved = json.loads((tmp_path / "validate.json").read_text())

@@ -377,8 +377,8 @@ def _add_validate(sub: _Sub) -> None:
     p.add_argument(
         "--shortcut-per-class",
         type=_positive,
-        default=20,
-        help="audit images per class of the biased set (its reference gets many wrong; only TPs count)",
+        default=60,
+        help="audit images per class of the held-out biased set (only true positives count)",
     )
     p.add_argument("--out", type=Path, default=Path("reports/validate"), help="output folder")
 

@@ -158,7 +158,7 @@ def validate(
     shortcut: float = 0.95,
     occult: float = 0.5,
     per_class: int = 10,
-    shortcut_per_class: int = 20,
+    shortcut_per_class: int = 60,
     out: PathLike = "reports/validate",
     device: str = "auto",
     batch_size: int = 16,

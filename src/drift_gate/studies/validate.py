@@ -44,6 +44,7 @@ the share of each map's mass on the planted strip (``cue energy``) shows
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +56,7 @@ import torch
 from drift_gate._io import atomic_write_text, default_cache_dir
 from drift_gate.data.datasets import DataSet, load_dataset
 from drift_gate.data.phantom_set import generate_dataset
+from drift_gate.data.phantoms import SPLIT_SHARES
 from drift_gate.data.shortcut import cue_masks
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.cam import minmax, upsample
@@ -156,25 +158,36 @@ def _row(control: str, expected: str, c: CandidateResult, ok: bool, detail: dict
 
 
 def phantoms_with_strip(
-    profile: Profile, out: Path, shortcut: float, occult: float, progress: bool, cue: str = "strip"
+    profile: Profile,
+    out: Path,
+    shortcut: float,
+    occult: float,
+    progress: bool,
+    cue: str = "strip",
+    n_per_class: int | None = None,
+    seed: int | None = None,
 ) -> DataSet:
     """The profile's phantoms with a planted cue, the lead strip by default (generated once
-    into ``out``)."""
+    into ``out``); ``n_per_class`` and ``seed`` replace the profile's (another draw of
+    patients)."""
     if profile.data != "phantoms":
         raise ConfigError(
             f"profile {profile.name!r}: the planted-shortcut control needs the phantom generator "
             "(data = 'phantoms'); leave it out with --controls self,permuted,seed"
         )
     p = profile.phantoms
+    n = p.n_per_class if n_per_class is None else n_per_class
+    seed = p.seed if seed is None else seed
     stamp = out / ".phantoms.json"
-    settings = {"n_per_class": p.n_per_class, "size": p.size, "seed": p.seed, "shortcut": shortcut}
+    settings = {"n_per_class": n, "size": p.size, "seed": seed, "shortcut": shortcut}
     want = json.dumps({**settings, "occult": occult, **({"cue": cue} if cue != "strip" else {})})
     if not ((out / "manifest.csv").is_file() and stamp.is_file() and stamp.read_text() == want):
-        generate_dataset(
-            out, p.n_per_class, p.seed, p.size, progress=progress, shortcut=shortcut, occult=occult, cue=cue
-        )
+        generate_dataset(out, n, seed, p.size, progress=progress, shortcut=shortcut, occult=occult, cue=cue)
         atomic_write_text(stamp, want)
     return load_dataset(out)
+
+
+_TEST_SHARE = dict(SPLIT_SHARES)["test"]
 
 
 @dataclass
@@ -190,7 +203,7 @@ class _Bench:
     progress: bool
     log: Log
     result: ValidationResult
-    shortcut_per_class: int = 20
+    shortcut_per_class: int = 60
 
     def gate(
         self, candidate: Path, base: Path, root: Path, thresholds: Thresholds | None = None
@@ -252,18 +265,32 @@ def _seed_control(b: _Bench, arch: str, tl: Path, base: Path, seed: int) -> None
     b.log(f"[{arch}] seed: {c.verdict} ({c.label})")
 
 
-def _cue_reference(b: _Bench, arch: str, sites: tuple[DataSet, DataSet], cue: str, cache_dir: Path) -> Path:
-    """A TL reference trained on phantoms whose ``cue`` is present but uninformative
-    (``sites[0]``), and its baseline on the biased audit images (``sites[1]``)."""
-    b.log(f"[{arch}] {cue} controls: reference = TL on phantoms whose {cue} is uninformative")
-    ref_profile = replace(b.profile, out=str(b.out / f"{cue}-reference"))
+@dataclass(frozen=True)
+class _Cue:
+    """The data sets of one planted cue's controls."""
+
+    name: str
+    #: the reference's training data: the cue present, uninformative
+    uninformative: DataSet
+    #: the shortcut's training data: the cue predicts the class
+    biased: DataSet
+    #: held-out biased images (another phantom seed) whose test split is the audit set
+    audit: DataSet
+    audit_seed: int
+
+
+def _cue_reference(b: _Bench, arch: str, cue: _Cue, cache_dir: Path) -> Path:
+    """A TL reference trained on phantoms whose cue is present but uninformative, and its
+    baseline on the held-out biased audit images."""
+    b.log(f"[{arch}] {cue.name} controls: reference = TL on phantoms whose {cue.name} is uninformative")
+    ref_profile = replace(b.profile, out=str(b.out / f"{cue.name}-reference"))
     reference = train_backbone(
-        ref_profile, arch, sites[0], b.device, cache_dir, b.progress, log=b.log, phases=("tl",)
+        ref_profile, arch, cue.uninformative, b.device, cache_dir, b.progress, log=b.log, phases=("tl",)
     ).checkpoints["tl"]
-    base = b.out / "baselines" / f"{cue}-shortcut" / arch
+    base = b.out / "baselines" / f"{cue.name}-shortcut" / arch
     create_baseline(
         reference,
-        sites[1],
+        cue.audit,
         base,
         b.thresholds.methods,
         b.shortcut_per_class,
@@ -280,15 +307,15 @@ def _cue_control(
     arch: str,
     reference: Path,
     train_on: DataSet,
-    audit_on: DataSet,
-    cue: str,
+    cue: _Cue,
     detail: dict[str, Any],
 ) -> None:
-    """A fine-tune of ``reference`` on ``train_on``, gated on ``audit_on``'s images against
-    the reference's maps on them (:func:`_cue_reference` made the baseline); ``shortcut``
-    and ``marker`` must fail as evidence drift, ``marker-twin`` must pass."""
+    """A fine-tune of ``reference`` on ``train_on``, gated on the cue's held-out audit
+    images against the reference's maps on them (:func:`_cue_reference` made the
+    baseline); ``shortcut`` and ``marker`` must fail as evidence drift, ``marker-twin``
+    must pass."""
     profile = b.profile
-    base = b.out / "baselines" / f"{cue}-shortcut"
+    base = b.out / "baselines" / f"{cue.name}-shortcut"
     b.log(f"[{arch}] {control} control: fine-tuning on {train_on.root}")
     cand = finetune_from(
         reference,
@@ -301,8 +328,8 @@ def _cue_control(
         b.progress,
         b.log,
     )
-    c, art = b.gate(cand, base, audit_on.root)
-    cues = cue_masks(c.sample_ids, profile.phantoms.seed, detail["correlation"], art["size"], cue)
+    c, art = b.gate(cand, base, cue.audit.root)
+    cues = cue_masks(c.sample_ids, cue.audit_seed, detail["correlation"], art["size"], cue.name)
     energy = {
         "reference": _cue_energy(art["reference"], cues, art["size"]),
         "candidate": _cue_energy(art["candidate"], cues, art["size"]),
@@ -310,8 +337,8 @@ def _cue_control(
     }
     expected = PASS if control == "marker-twin" else FAIL
     ok = c.verdict == PASS if expected == PASS else (c.verdict == FAIL and c.label == SHORTCUT_LABEL)
-    b.add(control, expected, c, ok, {"cue_energy": energy, "cue": cue, **detail})
-    b.log(f"[{arch}] {control}: {c.verdict} ({c.label}); map mass on the {cue} {energy}")
+    b.add(control, expected, c, ok, {"cue_energy": energy, "cue": cue.name, **detail})
+    b.log(f"[{arch}] {control}: {c.verdict} ({c.label}); map mass on the {cue.name} {energy}")
 
 
 def _randomised_control(b: _Bench, arch: str, tl: Path, base: Path) -> None:
@@ -348,7 +375,7 @@ def run_validation(
     log: Log = lambda message: None,
     controls: tuple[str, ...] = CONTROLS,
     cache_dir: Path | None = None,
-    shortcut_per_class: int = 20,
+    shortcut_per_class: int = 60,
 ) -> ValidationResult:
     """Runs the controls for every backbone of ``profile`` (see the module).
 
@@ -383,21 +410,38 @@ def run_validation(
     cache_dir = cache_dir or default_cache_dir()
     detail = {"correlation": shortcut, "occult": occult}
 
-    def site(cue: str, kind: str, rho: float, hidden: float) -> DataSet:
-        return phantoms_with_strip(profile, out / f"data-{cue}-{kind}", rho, hidden, progress, cue)
+    # The audit images of a cue: a held-out draw (the next phantom seed) as biased as the
+    # shortcut's training data, large enough that its test split holds shortcut_per_class
+    # images per class (its reference gets many of them wrong, and only true positives count).
+    audit_n = max(profile.phantoms.n_per_class, math.ceil(shortcut_per_class / _TEST_SHARE))
+    audit_seed = profile.phantoms.seed + 1
 
-    # Per cue: the reference's data (present, uninformative), the shortcut's (predictive,
-    # half the findings occult) and, for the marker's twin, the same images uninformative.
+    def cue_sets(cue: str, hidden: float) -> _Cue:
+        def site(
+            kind: str, rho: float, hide: float, n: int | None = None, seed: int | None = None
+        ) -> DataSet:
+            folder = out / f"data-{cue}-{kind}"
+            return phantoms_with_strip(profile, folder, rho, hide, progress, cue, n, seed)
+
+        return _Cue(
+            cue,
+            site("uninformative", 0.0, 0.0),
+            site("shortcut", shortcut, hidden),
+            site("audit", shortcut, hidden, audit_n, audit_seed),
+            audit_seed,
+        )
+
+    # Per cue: the reference's data (present, uninformative), the shortcut's (predictive;
+    # for the strip half the findings occult) and the held-out biased audit images.
     strip = marker = None
     if "shortcut" in controls:
-        strip = (site("strip", "uninformative", 0.0, 0.0), site("strip", "shortcut", shortcut, occult))
+        strip = cue_sets("strip", occult)
     if "marker" in controls or "marker-twin" in controls:
         # Every finding visible: the marker competes with real evidence. The twin fine-tunes
         # on the reference's own images (the same patients and findings as the shortcut's,
         # only the marker's grey level uninformative), so it differs from the shortcut in the
         # label correlation alone.
-        plain = site("marker", "uninformative", 0.0, 0.0)
-        marker = (plain, site("marker", "shortcut", shortcut, 0.0), plain)
+        marker = cue_sets("marker", 0.0)
     for arch in profile.backbones:
         tl = Path(profile.out) / arch / "tl.pt"
         clean = out / "baselines" / "clean"
@@ -409,15 +453,13 @@ def run_validation(
         if "randomised" in controls:
             _randomised_control(b, arch, tl, clean)
         if strip is not None:
-            reference = _cue_reference(b, arch, strip, "strip", cache_dir)
-            _cue_control(b, "shortcut", arch, reference, strip[1], strip[1], "strip", detail)
+            reference = _cue_reference(b, arch, strip, cache_dir)
+            _cue_control(b, "shortcut", arch, reference, strip.biased, strip, detail)
         if marker is not None:
-            reference = _cue_reference(b, arch, marker[:2], "marker", cache_dir)
-            for control, train_on in (("marker", marker[1]), ("marker-twin", marker[2])):
+            reference = _cue_reference(b, arch, marker, cache_dir)
+            for control, train_on in (("marker", marker.biased), ("marker-twin", marker.uninformative)):
                 if control in controls:
-                    _cue_control(
-                        b, control, arch, reference, train_on, marker[1], "marker", {**detail, "occult": 0.0}
-                    )
+                    _cue_control(b, control, arch, reference, train_on, marker, {**detail, "occult": 0.0})
     atomic_write_text(out / "validate.json", json.dumps(result.to_dict(), indent=2) + "\n")
     atomic_write_text(out / "validate.md", validation_markdown(result))
     return result
