@@ -296,8 +296,7 @@ def test_demo_controls_get_their_expected_verdicts() -> None:
     for arch in ("densenet201", "resnet50v2", "inception_v3"):
         if not (ROOT / "checkpoints" / arch / "tl.pt").is_file():
             pytest.skip("run `nox -s train` first")
-    # The nox session's folder, spelled as the session spells it (relative to the
-    # project): the profile's hash includes its paths, so its fine-tunes are reused.
+    # The nox session's folder, so that its references and fine-tunes are reused.
     out = Path("reports") / "validate"
     proc = subprocess.run(
         [
