@@ -283,8 +283,13 @@ out = {json.dumps(profile.out)}
 KNOWN_MISSES = {
     ("marker", "resnet50v2"): "its 4x4 maps do not move onto the 14 % corner box it relies on",
     ("marker", "inception_v3"): "its 3x3 maps do not move onto the 14 % corner box it relies on",
-    ("shortcut", "inception_v3"): "29 of 100 true positives (< min_samples): LayerCAM correlation "
-    "0.229 breaks >= 0.32 but its 95 % CI reaches 0.334, so inconclusive, never a pass",
+}
+
+#: Strip shortcuts the gate fails although the candidate's maps do not carry more mass on
+#: the strip (the drift is elsewhere): strict too, so a change is noticed.
+STRIP_NOT_IN_MAPS = {
+    "inception_v3": "fails on LayerCAM correlation (0.216 vs >= 0.32) while its 3x3 maps' "
+    "mass on the strip falls (0.115 -> 0.101)",
 }
 
 
@@ -327,4 +332,5 @@ def test_demo_controls_get_their_expected_verdicts() -> None:
         else:
             assert shortcut["label"] == "evidence drift despite stable AUC"
         cue = shortcut["detail"]["cue_energy"]
-        assert any(cue["candidate"][m] > cue["reference"][m] for m in cue["candidate"])
+        onto_strip = any(cue["candidate"][m] > cue["reference"][m] for m in cue["candidate"])
+        assert onto_strip == (arch not in STRIP_NOT_IN_MAPS), (arch, cue)

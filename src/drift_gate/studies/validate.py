@@ -15,8 +15,8 @@ control         candidate                                              expected
                 is uninformative, fine-tuned on phantoms whose strip
                 predicts the class (half the disease images without
                 visible findings, so only the strip explains their
-                labels), gated on equally biased audit images: its
-                AUC holds, its evidence moves
+                labels), gated on equally biased, held-out audit
+                images: its AUC holds, its evidence moves
 ``randomised``  the reference with its head and last block             caught by
                 re-initialised: its maps no longer explain a trained   [sanity]
                 model, and the sanity check must say so
@@ -25,15 +25,17 @@ control         candidate                                              expected
                 bottom-right corner whose grey level is
                 uninformative, fine-tuned where it predicts the
                 class, every finding visible (the cue competes with
-                real evidence), gated on those biased images
+                real evidence), gated on held-out biased images
 ``marker-twin`` the same fine-tune on the same patients, findings      pass
                 and boxes, the grey level uninformative (the
                 reference's own data), gated on the same biased
                 images: a catch of ``marker`` must be specific
 ==============  =====================================================  =========
 
-The shortcut's audit images get their own baseline (its reference's maps on
-them), so the only difference the gate can see is the candidate's. The clean
+A cue's audit images are a held-out draw of biased phantoms (the next seed), large
+enough for ``shortcut_per_class`` test images per class, with their own baseline (the
+cue reference's maps on them), so the only difference the gate can see is the
+candidate's. The clean
 controls use the gate's audit set (what ``calibrate`` measured). Every
 candidate is gated with the given ``thresholds.toml`` by the same
 :func:`~drift_gate.gate.run_gate` as ``drift-gate gate``. Besides the verdicts,
