@@ -35,9 +35,8 @@ control         candidate                                              expected
 A cue's audit images are a held-out draw of biased phantoms (the next seed), large
 enough for ``shortcut_per_class`` test images per class, with their own baseline (the
 cue reference's maps on them), so the only difference the gate can see is the
-candidate's. The clean
-controls use the gate's audit set (what ``calibrate`` measured). Every
-candidate is gated with the given ``thresholds.toml`` by the same
+candidate's. The clean controls use the gate's audit set (what ``calibrate``
+measured). Every candidate is gated with the given ``thresholds.toml`` by the same
 :func:`~drift_gate.gate.run_gate` as ``drift-gate gate``. Besides the verdicts,
 the share of each map's mass on the planted strip (``cue energy``) shows
 *where* the shortcut candidate's evidence went.
