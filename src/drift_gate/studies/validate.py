@@ -204,7 +204,7 @@ class _Bench:
     progress: bool
     log: Log
     result: ValidationResult
-    shortcut_per_class: int = 60
+    shortcut_per_class: int
 
     def gate(
         self, candidate: Path, base: Path, root: Path, thresholds: Thresholds | None = None
