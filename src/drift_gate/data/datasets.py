@@ -160,7 +160,9 @@ def confined(path: Path, root: Path, what: str = "image") -> Path:
     """
     text = os.fspath(path)
     if "\x00" in text or len(text) > 4096 or any(len(part) > 255 for part in Path(text).parts):
-        shown = f"{text[:80]!r}{'…' if len(text) > 80 else ''}"
+        # the offending name, not the path's start: its length must not depend on the folder
+        name = Path(text).name
+        shown = f"{name[:40]!r}{f'… ({len(name)} characters)' if len(name) > 40 else ''}"
         raise DataError(f"{what} path {shown}: not a usable path (a NUL byte, or too long)")
     resolved = Path(path).resolve()
     if os.environ.get(ALLOW_OUTSIDE) == "1" or resolved.is_relative_to(Path(root).resolve()):
