@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from drift_gate._io import atomic_write_bytes, uninterrupted, write_lock
+from drift_gate._io import atomic_write_bytes, side_output, uninterrupted, write_lock
 from drift_gate.errors import DataError
 from drift_gate.evidence.registry import CORE_METRICS
+from drift_gate.gating.figures import Histogram, histograms_svg, overlay_png
 from drift_gate.gating.gate import CandidateResult, GateResult
 from drift_gate.gating.rules import FAIL, INCONCLUSIVE, PASS
 from drift_gate.gating.signing import sign_document
@@ -38,10 +39,27 @@ from drift_gate.gating.signing import sign_document
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["console_table", "html_report", "junit", "markdown", "overlay_pngs", "png_bytes", "write_reports"]
+__all__ = [
+    "Overlays",
+    "console_table",
+    "html_report",
+    "junit",
+    "markdown",
+    "overlay_pngs",
+    "printable",
+    "write_reports",
+]
 
 
 _MARK = {PASS: "PASS", FAIL: "FAIL", INCONCLUSIVE: "INCONCLUSIVE", "skipped": "skip"}
+
+
+def printable(text: str) -> str:
+    """``text`` as it can always be shown: a file name that is not valid UTF-8 (its bytes
+    surrogate-escaped by ``os.fsdecode``) or holds control characters gets their escapes."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _f(x: Any) -> str:
@@ -207,89 +225,75 @@ def junit(result: GateResult) -> str:
 
 
 def _github(result: GateResult, md: str, env: Mapping[str, str]) -> None:
+    """Annotations, the job summary and the verdict output: each may fail on its own
+    (a missing folder, a full disk) without changing the verdict."""
     if env.get("GITHUB_ACTIONS") == "true":
-        for c in result.candidates:
-            for r in c.rules:
-                if r.status in (FAIL, INCONCLUSIVE):
-                    msg = f"{r.message} [{r.source}]".replace("%", "%25").replace("\n", "%0A")
-                    print(f"::error title=drift-gate {r.rule}::{msg}", flush=True)
+        with side_output("the GitHub annotations (stdout)"):
+            for c in result.candidates:
+                for r in c.rules:
+                    if r.status in (FAIL, INCONCLUSIVE):
+                        msg = f"{r.message} [{r.source}]".replace("%", "%25").replace("\n", "%0A")
+                        print(f"::error title=drift-gate {r.rule}::{msg}", flush=True)
     if env.get("GITHUB_STEP_SUMMARY"):
-        with open(env["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as fh:
+        with (
+            side_output(f"the job summary (GITHUB_STEP_SUMMARY={env['GITHUB_STEP_SUMMARY']})"),
+            open(env["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8", errors="backslashreplace") as fh,
+        ):
             fh.write(md)
     if env.get("GITHUB_OUTPUT"):  # exit_code is written by the CLI, whatever the outcome
-        with open(env["GITHUB_OUTPUT"], "a", encoding="utf-8") as fh:
+        with (
+            side_output(f"the verdict output (GITHUB_OUTPUT={env['GITHUB_OUTPUT']})"),
+            open(env["GITHUB_OUTPUT"], "a", encoding="utf-8") as fh,
+        ):
             fh.write(f"verdict={result.verdict}\n")
 
 
-def png_bytes(fig: Any, dpi: int = 80) -> bytes:
-    """A matplotlib figure as PNG bytes; closes the figure."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _png(fig: Any) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode()
-
-
 def _distributions(c: CandidateResult, method: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(CORE_METRICS), figsize=(3.2 * len(CORE_METRICS), 2.4))
+    """The four core metrics' distributions over the selected samples, as an SVG data URI."""
     sel = np.array(c.selected, dtype=bool)
-    for ax, metric in zip(axes, CORE_METRICS, strict=True):
+    panels = []
+    for metric in CORE_METRICS:
         vals = np.array([np.nan if v is None else v for v in c.per_sample[method][metric]], float)
-        vals = vals[sel & ~np.isnan(vals)]
-        ax.hist(vals, bins=20, color="#4a78b0")
+        bounds = [
+            (float(r.bound), r.status == FAIL)
+            for r in c.rules
+            if r.method == method and r.metric == metric and r.bound is not None
+        ]
         mean = c.summaries[method][metric]["overall"]["mean"]
-        if mean is not None:
-            ax.axvline(mean, color="k", lw=1)
-        for r in c.rules:
-            if r.method == method and r.metric == metric and r.bound is not None:
-                ax.axvline(r.bound, color="#c0392b" if r.status == FAIL else "#27ae60", ls="--", lw=1)
-        ax.set_title(metric, fontsize=9)
-    return _png(fig)
+        panels.append(Histogram(metric, vals[sel & ~np.isnan(vals)].tolist(), mean, bounds))
+    svg = histograms_svg(panels)
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
 
 
-def _overlays(c: CandidateResult, method: str, artifacts: Mapping[str, Any], which: list[int]) -> bytes:
-    import matplotlib
+@dataclass(frozen=True)
+class Overlays:
+    """One figure of CAM overlays: the PNG (a row per sample: image, reference map,
+    candidate map) and each row's caption."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    png: bytes
+    captions: list[str]
+
+
+def _overlays(c: CandidateResult, method: str, artifacts: Mapping[str, Any], which: list[int]) -> Overlays:
     import torch
 
     from drift_gate.data.preprocess import read_image
     from drift_gate.evidence.cam import minmax, upsample
 
     size = int(artifacts["size"])
-    fig, axes = plt.subplots(len(which), 3, figsize=(6, 2.1 * len(which)), squeeze=False)
-    for row, i in zip(axes, which, strict=True):
-        image = read_image(artifacts["paths"][i], size, artifacts["preprocess"])[0].numpy()
+    rows, images, captions = [], [], []
+    for i in which:
+        images.append(read_image(artifacts["paths"][i], size, artifacts["preprocess"])[0].numpy())
         ref = minmax(upsample(torch.from_numpy(artifacts["reference"][method][i : i + 1]), size))[0]
         cand = minmax(upsample(torch.from_numpy(artifacts["candidate"][method][i : i + 1]), size))[0]
+        rows.append([None, ref.numpy(), cand.numpy()])
         iou = c.per_sample[method]["iou"][i]
-        for ax, overlay, title in zip(
-            row,
-            (None, ref, cand),
-            (c.sample_ids[i].rsplit("/", 1)[-1], "reference", f"candidate (IoU {_f(iou)})"),
-            strict=True,
-        ):
-            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-            if overlay is not None:
-                ax.imshow(overlay.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            ax.set_title(title, fontsize=7)
-            ax.axis("off")
-    return png_bytes(fig)
+        captions.append(f"{printable(c.sample_ids[i])}: image, reference map, candidate map (IoU {_f(iou)})")
+    return Overlays(overlay_png(rows, images), captions)
 
 
-def overlay_pngs(c: CandidateResult, method: str, artifacts: Mapping[str, Any] | None) -> dict[str, bytes]:
-    """PNG figures of the (up to three) selected samples whose maps drifted most and least
+def overlay_pngs(c: CandidateResult, method: str, artifacts: Mapping[str, Any] | None) -> dict[str, Overlays]:
+    """Figures of the (up to three) selected samples whose maps drifted most and least
     (lowest and highest IoU), each as image, reference map, candidate map; keyed
     ``most`` and ``least``. Empty without the gate's artifacts or usable samples."""
     iou = np.array([np.nan if v is None else v for v in c.per_sample[method]["iou"]], float)
@@ -393,11 +397,12 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
                     f"<th>candidate</th></tr>{cells}</table>"
                 )
             titles = {"most": "drifted most (lowest IoU)", "least": "drifted least (highest IoU)"}
-            for which, png in overlay_pngs(c, method, art).items():
-                uri = "data:image/png;base64," + base64.b64encode(png).decode()
+            for which, fig in overlay_pngs(c, method, art).items():
+                uri = "data:image/png;base64," + base64.b64encode(fig.png).decode()
+                rows = "".join(f"<li>{html.escape(t)}</li>" for t in fig.captions)
                 parts.append(
-                    f"<h4>{titles[which]}</h4><img alt='overlays {html.escape(method)} {titles[which]}' "
-                    f"src='{uri}'>"
+                    f"<h4>{titles[which]}</h4><figure><img alt='overlays {html.escape(method)} "
+                    f"{titles[which]}' src='{uri}'><figcaption><ol>{rows}</ol></figcaption></figure>"
                 )
     parts.append("<h2>Rules</h2><pre>" + html.escape(json.dumps(result.thresholds, indent=2)) + "</pre>")
     # Lets a headless browser (and the test suite) confirm that every image decoded.
@@ -450,7 +455,7 @@ def write_reports(
     # Concurrent runs into one folder take turns, and an interrupt cannot split the set.
     # All four are written beside their targets first, then renamed in: an error while
     # writing (disk full) leaves the previous set whole, and an interrupt cannot split it.
-    data = {kind: text.encode("utf-8") for kind, text in texts.items()}
+    data = {kind: text.encode("utf-8", "backslashreplace") for kind, text in texts.items()}
     staged = {kind: p.with_name(f".{p.name}.new-{os.getpid()}") for kind, p in paths.items()}
     try:
         with write_lock(out), uninterrupted():

@@ -186,10 +186,12 @@ def log_gate(
                 rules.write_text(json.dumps(result.thresholds, indent=2, sort_keys=True) + "\n")
                 t.client.log_artifact(rid, str(rules))
                 for method in c.summaries:
-                    for which, png in overlay_pngs(c, method, artifacts.get(c.candidate)).items():
+                    for which, fig in overlay_pngs(c, method, artifacts.get(c.candidate)).items():
                         out = Path(tmp) / f"{metric_key(method)}-{which}.png"
-                        out.write_bytes(png)
+                        out.write_bytes(fig.png)
+                        out.with_suffix(".txt").write_text("\n".join(fig.captions) + "\n", encoding="utf-8")
                         t.client.log_artifact(rid, str(out), "overlays")
+                        t.client.log_artifact(rid, str(out.with_suffix(".txt")), "overlays")
             t.client.set_terminated(rid, "FINISHED")
     except Exception as exc:  # the store's errors come in many types
         raise DataError(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -35,13 +36,22 @@ from drift_gate.data.datasets import DataSet
 from drift_gate.evidence.registry import CORE_METRICS, METRICS, Direction
 from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import CandidateResult, run_gate
-from drift_gate.gating.report import png_bytes
 from drift_gate.gating.thresholds import Thresholds
 
 __all__ = ["StudyResult", "run_study", "study_markdown"]
 
 
 #: The study's four metrics and whether higher means more stable.
+
+
+def png_bytes(fig: Any, dpi: int = 80) -> bytes:
+    """A matplotlib figure as PNG bytes; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _plain_rules(methods: tuple[str, ...], min_samples: int = 1) -> Thresholds:

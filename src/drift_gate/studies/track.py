@@ -18,8 +18,8 @@ from drift_gate.evidence.metrics import drift_metrics
 from drift_gate.evidence.registry import CORE_METRICS
 from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import run_gate
-from drift_gate.gating.report import png_bytes
 from drift_gate.gating.thresholds import Thresholds
+from drift_gate.studies.study import png_bytes
 
 __all__ = ["TrackResult", "epoch_checkpoints", "run_track"]
 
