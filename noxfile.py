@@ -63,8 +63,9 @@ def _run(session: nox.Session, program: str, *args: str) -> None:
 
 @nox.session(python=False)
 def tests(session: nox.Session) -> None:
-    """Default test suite: fast, offline, tiny backbone (what .ci/run runs)."""
-    _run(session, "python", "-m", "pytest", "-m", "not heavy", *session.posargs)
+    """Default test suite: fast, offline, tiny backbone (what .ci/run runs), one pytest-xdist
+    worker per core (``-- -n 0`` runs it in one process)."""
+    _run(session, "python", "-m", "pytest", "-m", "not heavy", "-n", "auto", *session.posargs)
 
 
 @nox.session(python=False)
@@ -200,7 +201,9 @@ def docs(session: nox.Session) -> None:
     from the error tests (the default suite fails while any of them is stale)."""
     _run(session, "python", str(ROOT / "tools" / "gen_docs.py"))
     env = {**_env(session), "DRIFT_GATE_WRITE_DOCS": "1"}
-    session.run(str(ENV / "bin" / "python"), "-m", "pytest", "-q", "-m", "not heavy", env=env, external=True)
+    session.run(
+        str(ENV / "bin" / "python"), "-m", "pytest", "-q", "-m", "not heavy", "-n", "auto", env=env, external=True
+    )
 
 
 @nox.session(python=False)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +18,9 @@ from drift_gate.data.datasets import DataSet, load_dataset
 from drift_gate.data.phantom_set import generate_dataset
 from drift_gate.training.profiles import PhaseConfig, PretrainConfig, Profile
 
-torch.set_num_threads(2)
+# Under pytest-xdist (`nox -s tests` runs one worker per core) each worker takes one
+# thread, so the workers do not compete for the cores; alone, the suite takes two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(autouse=True)
@@ -83,16 +88,42 @@ def env(tmp_path: Path, trained: Path, phantom_root: Path) -> dict[str, Path]:
     return make_env(tmp_path, phantom_root, trained / "tl.pt", trained / "ft.pt")
 
 
+#: test ids in collection order (under xdist: as the workers collected them)
+_COLLECTED: list[str] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _COLLECTED[:] = [item.nodeid for item in session.items]
+
+
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    if not _COLLECTED:
+        _COLLECTED[:] = ids
+
+
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """A worker's error messages come back to the controller, which checks the page."""
+    from gatekit import RECORDED
+
+    rows = getattr(node, "workeroutput", {}).get("failure_modes")
+    if rows:
+        RECORDED.extend(tuple(r) for r in json.loads(rows))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """docs/reference/failure-modes.md must list what the error tests print: a run that
     saw a message the page does not have (or a different one) fails, and says how to
-    regenerate it; ``DRIFT_GATE_WRITE_DOCS=1`` writes the page instead."""
-    import os
-
+    regenerate it; ``DRIFT_GATE_WRITE_DOCS=1`` writes the page instead. Rows are in
+    collection order, however the tests were spread over workers."""
     from gatekit import FAILURE_MODES, RECORDED, failure_modes_page, parse_failure_modes
 
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: the controller checks
+        session.config.workeroutput["failure_modes"] = json.dumps(RECORDED)
+        return
     if not RECORDED:
         return
+    order = {nodeid: i for i, nodeid in enumerate(_COLLECTED)}
+    RECORDED.sort(key=lambda row: order.get(row[0], len(order)))
     if os.environ.get("DRIFT_GATE_WRITE_DOCS"):
         FAILURE_MODES.write_text(failure_modes_page(RECORDED), encoding="utf-8")
         return
@@ -100,7 +131,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         parse_failure_modes(FAILURE_MODES.read_text(encoding="utf-8")) if FAILURE_MODES.is_file() else []
     )
     stale = [row for row in RECORDED if row not in committed]
-    ran = {item.nodeid for item in session.items}
+    ran = set(_COLLECTED)
     gone = [
         row
         for row in committed
