@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import os
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -24,8 +25,10 @@ __all__ = [
     "file_sha256",
     "read_bounded",
     "recover_folder",
+    "side_output",
     "swap_in_folder",
     "uninterrupted",
+    "warn",
     "write_lock",
 ]
 
@@ -73,8 +76,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Writes UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Writes UTF-8 ``text`` to ``path`` atomically (a file name that is not valid UTF-8,
+    carried as surrogate escapes, is written as its ``\\udcxx`` escapes)."""
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
+
+
+def warn(message: str) -> None:
+    """One ``drift-gate: warning:`` line on stderr (nothing, if stderr itself is gone)."""
+    line = " ".join(message.split("\n"))
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(f"drift-gate: warning: {line}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def side_output(what: str) -> Iterator[None]:
+    """Writes an output that is not the verdict (the job summary, GitHub outputs, stdout,
+    a report figure): when it fails, one warning line says so and the run carries on with
+    its verdict (``gate.json`` is the record)."""
+    try:
+        yield
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        warn(f"could not write {what} ({reason}); the verdict stands, gate.json is the record")
 
 
 def file_sha256(path: Path) -> str:

@@ -14,9 +14,10 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from drift_gate._io import ALLOW_OUTSIDE
+from drift_gate._io import ALLOW_OUTSIDE, side_output
 from drift_gate._memory import AUDIT, allocator_policy
 from drift_gate.cli.parser import build_parser
+from drift_gate.cli.streams import flush_stdout, printable_streams, silence_stdout
 from drift_gate.errors import DriftGateError
 
 __all__ = ["entry_point", "main"]
@@ -33,9 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
+    printable_streams()
     code = _run(args)
     if args.command == "gate":
         _github_exit_code(code)
+    flush_stdout()
     return code
 
 
@@ -44,7 +47,10 @@ def _github_exit_code(code: int) -> None:
     (a verdict, an input error, an interrupt), so a workflow can tell them apart."""
     path = os.environ.get("GITHUB_OUTPUT")
     if path and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
-        with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as fh:
+        with (
+            side_output(f"the exit code output (GITHUB_OUTPUT={path})"),
+            open(path, "a", encoding="utf-8") as fh,
+        ):
             fh.write(f"exit_code={code}\n")
 
 
@@ -73,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         print("drift-gate: interrupted; no partial files were left behind", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `drift-gate gate ... | head -1`: nothing more can be said
-        _silence_stdout()
+        silence_stdout()
         return 2
     except (OSError, RecursionError, MemoryError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         # The one boundary: whatever escaped a command is still one line and exit 2, never
@@ -96,15 +102,6 @@ def _error(message: str) -> None:
     line = " ".join(message.split("\n"))
     with contextlib.suppress(BrokenPipeError, OSError):
         print(f"drift-gate: error: {line}", file=sys.stderr)
-
-
-def _silence_stdout() -> None:
-    """After a closed pipe, point stdout at /dev/null so the interpreter's final flush is quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 def entry_point() -> None:

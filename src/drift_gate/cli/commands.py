@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from drift_gate import api
+from drift_gate.cli.streams import flush_stdout, stdout_failed
 from drift_gate.studies import api as studies
 
 if TYPE_CHECKING:
@@ -142,8 +143,12 @@ def _gate(args: argparse.Namespace, dist: Dist) -> int:
         dist=dist,
     )
     if dist.main:
-        print(console_table(result))
-        print(f"reports: {', '.join(str(p) for p in result.report_paths.values())}", file=sys.stderr)
+        try:
+            print(console_table(result))
+        except OSError as exc:
+            stdout_failed(exc)
+        flush_stdout()
+        _log(f"reports: {', '.join(str(p) for p in result.report_paths.values())}")
     return result.exit_code
 
 
