@@ -3,8 +3,8 @@
 #
 #   docker build -t drift-gate .                                   # CPU torch
 #   docker build --build-arg TORCH_VARIANT=cu130 -t drift-gate:cuda .   # CUDA torch
-#   docker run --rm -v "$PWD/checkpoints:/models:ro" -v "$PWD/data/phantoms:/data:ro" \
-#       -v "$PWD/reports:/reports" drift-gate --candidate /models/densenet201/ft.pt
+#   docker run --rm -v "$PWD/checkpoints-ci:/models:ro" -v "$PWD/data/phantoms:/data:ro" \
+#       -v "$PWD/reports:/reports" drift-gate --candidate /models/mobilenet_v3_small/ft.pt
 #
 # Build arguments: BASE_IMAGE (a Debian-based image with python3 and venv, Python 3.11),
 # TORCH_VARIANT / TORCH_INDEX_URL (where torch comes from), PIP_EXTRA_ARGS (e.g. a

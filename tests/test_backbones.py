@@ -16,7 +16,7 @@ from drift_gate.models.weights import load_body_weights
 def test_unknown_backbone_lists_known_ones() -> None:
     with pytest.raises(
         ConfigError,
-        match="unknown backbone 'vgg16'; known backbones: densenet201, inception_v3, resnet50v2, tiny",
+        match="unknown backbone 'vgg16'; known backbones: densenet201, inception_v3, mobilenet_v3_small, resnet50v2, tiny",
     ):
         get_backbone("vgg16")
 
@@ -28,6 +28,7 @@ def test_unknown_backbone_lists_known_ones() -> None:
         ("densenet201", 64, 1920, nn.ReLU),
         ("resnet50v2", 64, 2048, None),
         ("inception_v3", 80, 2048, None),
+        ("mobilenet_v3_small", 64, 576, None),
     ],
 )
 def test_body_ends_at_the_cam_target(
@@ -84,6 +85,26 @@ def test_imagenet_weights_load_from_the_cache(tmp_path: Path, monkeypatch: pytes
     assert torch.equal(model.body[0].conv0.weight, reference.features.conv0.weight)
 
 
+def test_the_pinned_reference_backbone_loads_imagenet_weights_and_keeps_short_run_batchnorm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MobileNetV3-small (the ci profile's pinned reference): ImageNet weights from the cache;
+    its BatchNorm running statistics follow a short training run (momentum 0.1, not
+    torchvision's 0.01)."""
+    from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
+
+    torch.manual_seed(2)
+    reference = mobilenet_v3_small()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    name = Path(MobileNet_V3_Small_Weights.IMAGENET1K_V1.url).name
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / name)
+    model = build_classifier("mobilenet_v3_small", 5, imagenet=True)
+    assert torch.equal(model.body[0][0][0].weight, reference.features[0][0].weight)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)
+
+
 def test_local_weights_file(tmp_path: Path) -> None:
     source = build_classifier("tiny", 3)
     torch.save(source.body.state_dict(), tmp_path / "body.pt")
@@ -103,4 +124,4 @@ def test_local_weights_file(tmp_path: Path) -> None:
 
 
 def test_registry_names() -> None:
-    assert set(BACKBONES) == {"densenet201", "resnet50v2", "inception_v3", "tiny"}
+    assert set(BACKBONES) == {"densenet201", "resnet50v2", "inception_v3", "mobilenet_v3_small", "tiny"}

@@ -259,7 +259,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--drift-gate", default="drift-gate", help="the host's drift-gate (for comparison)")
-    parser.add_argument("--candidate", type=Path, default=None, help="default: the first demo FT checkpoint")
+    parser.add_argument("--candidate", type=Path, default=None, help="default: the ci profile's FT checkpoint")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "phantoms")
     parser.add_argument(
         "--state", type=Path, default=None, help="dockerd data root (default ~/.cache/drift-gate/docker)"
@@ -271,16 +271,13 @@ def main() -> None:
         help="a local index with simple/torch (if present)",
     )
     args = parser.parse_args()
-    candidate = args.candidate or next(
-        (
-            p
-            for a in ("resnet50v2", "densenet201", "inception_v3")
-            if (p := ROOT / "checkpoints" / a / "ft.pt").is_file()
-        ),
-        None,
-    )
-    if candidate is None or not candidate.is_file() or not (args.data / "manifest.csv").is_file():
-        sys.exit("[container] needs a trained candidate and its data: run `nox -s train` first")
+    # The image bakes in baselines/: the pinned reference's (profile ci), so the candidate is
+    # its fine-tune (`nox -s train -- --profile ci`).
+    candidate = args.candidate or ROOT / "checkpoints-ci" / "mobilenet_v3_small" / "ft.pt"
+    if not candidate.is_file() or not (args.data / "manifest.csv").is_file():
+        sys.exit(
+            "[container] needs a trained candidate and its data: run `nox -s train -- --profile ci` first"
+        )
     candidate = candidate.resolve()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     state = args.state or cache / "drift-gate" / "docker"

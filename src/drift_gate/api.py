@@ -110,6 +110,24 @@ def profile_from(profile: str | Profile, profiles: PathLike) -> Profile:
     return profile if isinstance(profile, Profile) else load_profile(Path(profiles), profile)
 
 
+def _made_from(base: Path, reference: Path, methods: Sequence[str]) -> bool:
+    """Whether the baseline in ``base`` is intact, has maps for ``methods`` and was made
+    from the file ``reference`` (an own-TL baseline is re-made otherwise)."""
+    from drift_gate._io import file_sha256
+    from drift_gate.errors import DriftGateError
+    from drift_gate.gating.stored import load_baseline
+
+    if not (base / "baseline.json").is_file() or not reference.is_file():
+        return False
+    try:
+        stored = load_baseline(base)
+    except DriftGateError:
+        return False
+    return stored.meta["reference"]["sha256"] == file_sha256(reference) and all(
+        m in stored.maps for m in methods
+    )
+
+
 def _local(dist: Dist | None, device: str) -> Dist:
     from drift_gate.distributed import Dist
     from drift_gate.models.inference import resolve_device
@@ -122,7 +140,7 @@ def gate(
     candidates: Sequence[PathLike] = (),
     data: PathLike | None = None,
     model: PathLike | ModelSpec | None = None,
-    baselines: PathLike = "baselines",
+    baselines: PathLike | None = None,
     thresholds: PathLike | Thresholds = "thresholds.toml",
     profile: str | Profile | None = None,
     profiles: PathLike = "profiles.toml",
@@ -149,13 +167,16 @@ def gate(
         data: the data source that holds the audit images (a folder or its manifest).
         model: the model spec (``model.toml`` or a :class:`~drift_gate.models.spec.ModelSpec`)
             of candidates drift-gate did not train.
+        baselines: the baselines root (default: the profile's, else ``baselines``).
         profile: also gate every FT checkpoint that ``train(profile=...)`` wrote, on
             its data unless ``data`` is given; each must be gated against a baseline made
             from the TL checkpoint beside it (else a clear error: the training did not
-            make the model the baseline was made from).
+            make the model the baseline was made from). A profile with ``baselines =
+            "own-tl"`` (the demo) has them made here from those TL checkpoints, and
+            re-made whenever one changed.
         create_missing_baselines: with ``profile``: make a missing baseline from the
-            backbone's TL checkpoint (never the default: a CI run must not re-create
-            what it is gated against).
+            backbone's TL checkpoint (never the default for stored baselines: a CI run
+            must not re-create what it is gated against).
         reference: check that each baseline was made from this checkpoint.
         reports: write ``gate.json``, ``gate.md``, ``gate.junit.xml`` and ``gate.html``
             here (as a set); their paths are in ``result.report_paths``.
@@ -200,30 +221,45 @@ def gate(
     candidates_given = set(chosen)
     references: dict[Path, Path] = {}
     source = None if data is None else Path(data)
+    root = Path("baselines") if baselines is None else Path(baselines)
     if profile is not None:
         prof = profile_from(profile, profiles)
+        root = prof.baselines_folder() if baselines is None else root
+        own_tl = prof.own_tl_baselines and baselines is None
 
         def prepare() -> Path:
-            root = source or profile_data(prof, progress=progress and dist.main, log=log)
+            data_root = source or profile_data(prof, progress=progress and dist.main, log=log)
+            made = []
             for arch in prof.backbones:
                 ft = Path(prof.out) / arch / "ft.pt"
                 if not ft.is_file():
                     raise missing_checkpoint(ft, prof, "FT checkpoint")
-                base = Path(baselines) / arch
-                if not (base / "baseline.json").is_file() and create_missing_baselines and dist.main:
-                    log(f"baseline {base} is missing: creating it from {ft.parent / 'tl.pt'}")
+                base, tl = root / arch, ft.parent / "tl.pt"
+                if own_tl:
+                    make = not _made_from(base, tl, rules.methods)
+                else:
+                    make = create_missing_baselines and not (base / "baseline.json").is_file()
+                    if make:
+                        log(f"baseline {base} is missing: creating it from {tl}")
+                if make and dist.main:
                     create_baseline(
-                        ft.parent / "tl.pt",
-                        load_dataset(root),
+                        tl,
+                        load_dataset(data_root),
                         base,
                         rules.methods,
                         device=dist.device,
                         progress=progress,
                         rules=rules,
-                        log=log,
+                        log=quiet if own_tl else log,
                         signer=signer,
                     )
-            return root
+                    made.append(arch)
+            if made and own_tl:
+                log(
+                    f"baselines: made from the TL checkpoints just trained ({prof.out}/<arch>/tl.pt, "
+                    f"{', '.join(made)}) in {root}; each FT checkpoint is gated against its own TL"
+                )
+            return data_root
 
         # rank 0 makes the data and the baselines; the other ranks then find them
         source = main_first(dist, prepare)
@@ -240,7 +276,7 @@ def gate(
     for ckpt in chosen:
         res, art = run_gate(
             ckpt,
-            Path(baselines),
+            root,
             rules,
             source,
             device=dist.device,
@@ -461,7 +497,7 @@ def export(
     backbones: Sequence[str] | None = None,
     data: PathLike | None = None,
     model: PathLike | ModelSpec | None = None,
-    baselines: PathLike = "baselines",
+    baselines: PathLike | None = None,
     per_class: int = 10,
     tolerance: float = 1e-4,
     device: str = "auto",
@@ -482,8 +518,10 @@ def export(
     chosen = [Path(c) for c in checkpoints]
     given = set(chosen)
     source = None if data is None else Path(data)
+    root = Path("baselines") if baselines is None else Path(baselines)
     if profile is not None:
         prof = profile_from(profile, profiles)
+        root = prof.baselines_folder() if baselines is None else root
         source = source or profile_data(prof, progress=progress, log=log)
         for arch in backbones or prof.backbones:
             for phase in ("tl", "ft"):
@@ -502,7 +540,7 @@ def export(
     for ckpt in chosen:
         ckpt_spec = spec if ckpt in given else None
         _, meta = load_model(ckpt, ckpt_spec)
-        audit_file = Path(baselines) / meta.arch / "audit.json"
+        audit_file = root / meta.arch / "audit.json"
         multilabel = is_multilabel(meta)
         if audit_file.is_file():
             audit = AuditSet.from_json(audit_file.read_text(encoding="utf-8"))

@@ -1,4 +1,5 @@
-"""Backbone registry: the study's three CNNs and a tiny one for tests.
+"""Backbone registry: the study's three CNNs, a small one for the pinned CI reference and a
+tiny one for tests.
 
 Every model is a :class:`Classifier`: a ``body`` whose *last* module is the CAM
 target layer (so the body's output is exactly the activation that CAMs are
@@ -145,6 +146,23 @@ def _inception_v3(imagenet: bool) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*(getattr(net, n) for n in names)), net.fc.in_features
 
 
+def _mobilenet_v3_small(imagenet: bool) -> tuple[nn.Sequential, int]:
+    from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
+
+    if imagenet:
+        torchvision_weights_file("mobilenet_v3_small")
+    net = mobilenet_v3_small(weights=MobileNet_V3_Small_Weights.IMAGENET1K_V1 if imagenet else None)
+    # torchvision builds it with BatchNorm momentum 0.01 (its ImageNet recipe's hundreds of
+    # epochs); in a short training run the running statistics would stay near their
+    # initial values, so they get PyTorch's default 0.1. The last block's Hardswish output
+    # is the body's output (nothing later overwrites it); the classifier's 1024-wide
+    # hidden layer is replaced by the linear head.
+    for m in net.features.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return nn.Sequential(net.features), int(net.features[-1].out_channels)
+
+
 def _tiny(imagenet: bool) -> tuple[nn.Sequential, int]:
     if imagenet:
         raise ConfigError("the tiny test backbone has no ImageNet weights; use weights = 'none'")
@@ -167,6 +185,15 @@ BACKBONES: dict[str, BackboneSpec] = {
         ),
         BackboneSpec("resnet50v2", _resnet50v2, "norm (BN + ReLU before pooling)", 32, (HALF, HALF)),
         BackboneSpec("inception_v3", _inception_v3, "Mixed_7c", 75, (HALF, HALF)),
+        # The small pinned reference of the pull-request check and the Docker example
+        # (profile `ci`): 0.9 M parameters, its TL checkpoint committed (references/ci).
+        BackboneSpec(
+            "mobilenet_v3_small",
+            _mobilenet_v3_small,
+            "features (last conv block, Hardswish)",
+            32,
+            (IMAGENET_MEAN, IMAGENET_STD),
+        ),
         BackboneSpec("tiny", _tiny, "last ReLU (non-inplace)", 8, (IMAGENET_MEAN, IMAGENET_STD)),
     )
 }

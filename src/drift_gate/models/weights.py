@@ -21,6 +21,7 @@ __all__ = ["load_body_weights", "timm_weights_file", "torchvision_weights_file"]
 _TORCHVISION = {
     "densenet201": "DenseNet201_Weights",
     "inception_v3": "Inception_V3_Weights",
+    "mobilenet_v3_small": "MobileNet_V3_Small_Weights",
 }
 
 

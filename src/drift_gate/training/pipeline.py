@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from drift_gate._io import atomic_write_text, code_sha256, file_sha256
+from drift_gate._io import atomic_write_bytes, atomic_write_text, code_sha256, file_sha256
 from drift_gate._memory import TRAIN, allocator_policy
 from drift_gate.data.datasets import DataSet, ImageDataset
 from drift_gate.distributed import Dist, barrier, main_first
@@ -260,6 +260,27 @@ def _ft_phase(run: _Run, model: Classifier, precision: str, keep_epochs: bool) -
     return meta
 
 
+def _pinned(pinned: Path, copy: Path, config_sha256: str, run: _Run) -> tuple[Classifier, CheckpointMeta]:
+    """The pinned TL checkpoint, copied to ``copy`` (``<out>/<arch>/tl.pt``) byte for byte;
+    refused when it was trained with other settings or data than the profile's."""
+    model, meta = load_checkpoint(pinned, run.device)
+    if meta.config_sha256 != config_sha256 or meta.phase != "tl" or meta.arch != run.arch:
+        raise CheckpointError(
+            f"{pinned}: the pinned reference was not trained with profile {run.profile.name!r}'s "
+            f"settings and data for {run.arch} (its TL settings, data or code changed since); a "
+            f"maintainer re-makes it by deleting it and running `drift-gate train --profile "
+            f"{run.profile.name}`, then re-makes and commits its baseline"
+        )
+    data = pinned.read_bytes()
+    if run.dist.main and (not copy.is_file() or copy.read_bytes() != data):
+        atomic_write_bytes(copy, data)
+    barrier(run.dist)
+    run.log(
+        f"[{run.arch}] TL: the pinned reference {pinned} (sha256 {file_sha256(pinned)[:12]}…), not trained"
+    )
+    return model, meta
+
+
 def _check_target_layer(profile: Profile, arch: str, n_classes: int) -> None:
     """A profile's target layer is located on the untrained model before any training, so
     a wrong path fails in a second rather than after the run."""
@@ -310,10 +331,7 @@ def train_backbone(
     out = Path(profile.out) / arch
     size = profile.input_size_for(arch)
     mean, std = spec.imagenet_norm
-    keys = {
-        "tl": profile.training_key(arch, "tl", data.manifest_sha256),
-        "ft": profile.training_key(arch, "ft", data.manifest_sha256, precision),
-    }
+    keys = {"tl": profile.training_key(arch, "tl", data.manifest_sha256)}
     _check_target_layer(profile, arch, len(data.classes))
     if dist.main:
         atomic_write_text(out / "profile.json", json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n")
@@ -322,17 +340,31 @@ def train_backbone(
     run = _Run(profile, arch, data, dist, out, keys, sets, progress, log)
     paths, metrics = {}, {}
     code = code_sha256()
+    pinned = profile.pinned_tl(arch)
     current = None if force else _up_to_date(out / "tl.pt", keys["tl"], dist.device, code)
-    if current is not None:
+    if pinned is not None and pinned.is_file():
+        current = _pinned(pinned, out / "tl.pt", keys["tl"], run)
+    elif current is not None:
         log(f"[{arch}] TL checkpoint is up to date ({out / 'tl.pt'}); skipping")
+    if current is not None:
         model, tl_meta = current
     else:
         model, tl_meta = _tl_phase(run, cache_dir)
         if dist.main:
             _record_code(out / "tl.pt", code)
+            if pinned is not None:
+                atomic_write_bytes(pinned, (out / "tl.pt").read_bytes())
+                log(
+                    f"[{arch}] made the pinned reference {pinned}: commit it with the baseline made "
+                    "from it (`drift-gate baseline --reference "
+                    f"{pinned} --data {profile.data_dir if profile.data == 'phantoms' else profile.data} "
+                    f"--out {profile.baselines_folder() / arch}`)"
+                )
     paths["tl"], metrics["tl"] = out / "tl.pt", tl_meta.metrics
     if "ft" not in phases:
         return TrainResult(arch, paths, metrics)
+    # the FT weights descend from these TL bytes (a re-made pinned reference retrains them)
+    keys["ft"] = profile.training_key(arch, "ft", data.manifest_sha256, precision, file_sha256(out / "tl.pt"))
     current = None if force or current is None else _up_to_date(out / "ft.pt", keys["ft"], dist.device, code)
     if current is not None:
         ft_meta = current[1]
@@ -355,9 +387,12 @@ def finetune_from(
     device: torch.device,
     progress: bool = True,
     log: Log = log_stderr,
+    machine: str | None = None,
 ) -> Path:
     """Fine-tunes every layer of checkpoint ``reference`` (normally a TL one) on
-    ``data`` with ``seed`` and writes checkpoint ``out`` (phase ``ft``).
+    ``data`` with ``seed`` and writes checkpoint ``out`` (phase ``ft``). ``machine``
+    names the emulated machine it runs under (:mod:`drift_gate.studies.machines`), so a
+    checkpoint made under another is not taken for this one.
 
     This is :func:`train_backbone`'s FT phase for a given starting point, seed and
     data set: the controls and ``drift-gate calibrate`` use it for seed-to-seed
@@ -374,6 +409,7 @@ def finetune_from(
                 "cfg": asdict(cfg),
                 "seed": seed,
                 "batch_size": batch_size,
+                **({} if machine is None else {"machine": machine}),
             },
             sort_keys=True,
         ).encode()

@@ -20,10 +20,21 @@ from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.layers import is_module_path
 
-__all__ = ["BackboneOverrides", "PhantomConfig", "PhaseConfig", "PretrainConfig", "Profile", "load_profile"]
+__all__ = [
+    "OWN_TL",
+    "BackboneOverrides",
+    "PhantomConfig",
+    "PhaseConfig",
+    "PretrainConfig",
+    "Profile",
+    "load_profile",
+]
 
 
 T = TypeVar("T")
+
+#: ``baselines = "own-tl"``: each FT checkpoint is gated against its own TL checkpoint.
+OWN_TL = "own-tl"
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,14 @@ class Profile:
         out: checkpoint folder (``out/<arch>/{tl,ft}.pt``).
         preprocess: how files become the model's input (:mod:`drift_gate.preprocess`);
             written into every checkpoint and baseline.
+        baselines: where ``gate --profile`` finds the baselines: :data:`OWN_TL` (each FT
+            checkpoint gated against its own TL checkpoint's maps, made by the gate in
+            ``<out>/baselines`` and re-made whenever that TL changes: the study's protocol,
+            valid on any machine), or a folder of stored baselines (committed, never made
+            by the gate unless asked).
+        reference: a folder of pinned TL checkpoints (``<reference>/<arch>/tl.pt``, committed
+            beside their baselines): training copies them instead of training a TL phase,
+            so what a stored baseline was made from is the same file on every machine.
     """
 
     name: str
@@ -119,6 +138,21 @@ class Profile:
     ft: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=3, lr=1e-4))
     out: str = "checkpoints"
     preprocess: Preprocess = DEFAULT
+    baselines: str = "baselines"
+    reference: str | None = None
+
+    @property
+    def own_tl_baselines(self) -> bool:
+        """Whether each FT checkpoint is gated against a baseline of its own TL checkpoint."""
+        return self.baselines == OWN_TL
+
+    def baselines_folder(self) -> Path:
+        """The folder holding this profile's baselines (``<arch>/`` each)."""
+        return Path(self.out) / "baselines" if self.own_tl_baselines else Path(self.baselines)
+
+    def pinned_tl(self, arch: str) -> Path | None:
+        """The pinned TL checkpoint of one backbone (``None``: its TL phase is trained)."""
+        return None if self.reference is None else Path(self.reference) / arch / "tl.pt"
 
     def input_size_for(self, arch: str) -> int:
         """The input size of one backbone."""
@@ -240,6 +274,10 @@ def load_profile(path: Path, name: str) -> Profile:
         raise ConfigError(f"{path}: profiles file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply to read") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the profiles file ({exc})") from None
     if name not in doc:
         raise ConfigError(f"{path}: no profile {name!r}; profiles: {', '.join(sorted(doc))}")
     profile = _build(Profile, {"name": name, **doc[name]}, f"{path}: [{name}]")
