@@ -41,6 +41,7 @@ samples = "all"             # the tiny model is too weak for true positives on 1
 min_samples = 3
 statistic = "mean"
 [auc]
+min_support = 1
 min = 0.0
 max_drop = 0.5
 [drift]
@@ -186,7 +187,7 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
     # the spread is over runs of every source, not over seeds alone, and says so
     assert "max(run-to-run sd," in text and "; run sd " in text and "seed sd" not in text
     assert "| centre | run sd |" in (out / "calibration.md").read_text()
-    with pytest.raises(ConfigError, match="unknown noise source"):
+    with pytest.raises(ConfigError, match="unknown noise source or machine setting 'weather'"):
         run_calibration(profile, phantom_data, thresholds, out, seeds=[0], vary=("weather",))
     with pytest.raises(ConfigError, match="--vary pretrain needs weights = 'synthetic'"):
         run_calibration(profile, phantom_data, thresholds, out, seeds=[0], per_class=2, vary=("pretrain",))
@@ -207,10 +208,18 @@ def test_reduced_validation_with_the_tiny_backbone(
 ) -> None:
     profile, rules = tiny
     res = run_validation(
-        profile, phantom_data, load_thresholds(rules), tmp_path, seed=10, per_class=2, shortcut_per_class=3
-    )
+        profile, phantom_data, load_thresholds(rules), tmp_path, seed=10, per_class=2, shortcut_per_class=3,
+        honest_seeds=1, honest_machines=("threads:1", "aten:default"),
+    )  # fmt: skip
     rows = {r.control: r for r in res.rows}
     assert tuple(rows) == CONTROLS == _CONTROLS
+    # held-out honest runs: one new seed on each emulated machine, in processes of their own
+    honest = [r for r in res.rows if r.control == "honest"]
+    assert [(r.detail["seed"], r.detail["machine"]) for r in honest] == [
+        (20, "threads:1"),
+        (20, "aten:default"),
+    ]
+    assert all(r.expected == "pass" and r.detail["margin"] is not None for r in honest)
     # The exact controls hold whatever the backbone.
     assert rows["self"].ok and rows["self"].verdict == "pass"
     assert rows["self"].detail["max_deviation_from_ideal"] <= 1e-3
@@ -234,9 +243,10 @@ def test_reduced_validation_with_the_tiny_backbone(
     assert (tmp_path / "marker-reference" / "tiny" / "tl.pt").is_file()
     assert res.ok == all(r.ok for r in res.rows)
     saved = json.loads((tmp_path / "validate.json").read_text())
-    assert [r["control"] for r in saved["rows"]] == list(CONTROLS)
+    assert list(dict.fromkeys(r["control"] for r in saved["rows"])) == list(CONTROLS)
     md = (tmp_path / "validate.md").read_text()
     assert md == validation_markdown(res) and "reference gated against itself" in md
+    assert "| held-out honest fine-tune on an emulated machine | pass | " in md  # the error-rate table
     # The shortcut's reference was trained on phantoms whose strip is uninformative.
     assert (tmp_path / "strip-reference" / "tiny" / "tl.pt").is_file()
     assert not (tmp_path / "strip-reference" / "tiny" / "ft.pt").exists()
@@ -334,3 +344,54 @@ def test_demo_controls_get_their_expected_verdicts() -> None:
         cue = shortcut["detail"]["cue_energy"]
         onto_strip = any(cue["candidate"][m] > cue["reference"][m] for m in cue["candidate"])
         assert onto_strip == (arch not in STRIP_NOT_IN_MAPS), (arch, cue)
+
+
+def test_tolerance_factor_matches_the_published_table() -> None:
+    """NIST/SEMATECH e-Handbook 7.2.6.3 (one-sided, 95 % confidence): k = 3.981 for n = 10,
+    p = 0.99 and 2.911 for n = 10, p = 0.95; it grows for fewer runs."""
+    from drift_gate.studies.calibrate import tolerance_factor
+
+    assert tolerance_factor(10, 0.99, 0.95) == pytest.approx(3.981, abs=2e-3)
+    assert tolerance_factor(10, 0.95, 0.95) == pytest.approx(2.911, abs=2e-3)
+    assert tolerance_factor(5) > tolerance_factor(10) > tolerance_factor(50) > 2.326
+    with pytest.raises(ConfigError, match="needs two or more runs"):
+        tolerance_factor(1)
+
+
+def test_machine_settings_parse_and_refuse_unknown_ones() -> None:
+    from drift_gate.studies.machines import parse_machine
+
+    m = parse_machine("aten:default+threads:1")
+    assert m.env == {"ATEN_CPU_CAPABILITY": "default"} and m.threads == 1 and m.device == "cpu"
+    assert parse_machine("cpu:sse41").env == {"ONEDNN_MAX_CPU_ISA": "SSE41"}
+    assert parse_machine("gpu").device == "cuda"
+    for bad in ("threads:0", "cpu:z80", "aten"):
+        with pytest.raises(ConfigError, match="unknown noise source or machine setting"):
+            parse_machine(bad)
+
+
+def test_calibration_samples_an_emulated_machine_in_a_process_of_its_own(
+    tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
+) -> None:
+    """`--vary threads:1,aten:default`: the TL fine-tuned in two child processes (their
+    environments emulate other machines), gated like the seeds; bounds are tolerance
+    bounds for the number of runs, and the source that moved each metric most is named."""
+    from drift_gate.studies.calibrate import tolerance_factor
+
+    profile, rules = tiny
+    out = tmp_path / "cal"
+    lines: list[str] = []
+    cal = run_calibration(
+        profile, phantom_data, load_thresholds(rules), out, seeds=[0, 1], per_class=2,
+        vary=("threads:1", "aten:default"), log=lines.append,
+    )  # fmt: skip
+    assert [r["source"] for r in cal.runs["tiny"]] == ["seed", "seed", "threads:1", "aten:default"]
+    for name in ("threads-1", "aten-default"):
+        assert (out / "runs" / "tiny" / f"ft.machine-{name}.pt").is_file()
+    assert any("machine threads:1: fine-tuning seed 0" in line for line in lines), lines
+    assert all(r.k == pytest.approx(tolerance_factor(4)) for r in cal.rows)
+    assert all(r.moved_most.split()[0] in ("threads:1", "aten:default") for r in cal.rows if r.moved_most)
+    text = (out / "thresholds.proposed.toml").read_text()
+    assert "the TL fine-tuned on an emulated machine threads:1 (marked (threads:1))" in text
+    assert "tolerance factor for the number of runs" in text
+    assert "| moved most |" in (out / "calibration.md").read_text()

@@ -220,7 +220,12 @@ def _add_gate(sub: _Sub) -> None:
         action="store_true",
         help="with --profile: make missing baselines from the TL checkpoints",
     )
-    p.add_argument("--baselines", type=Path, default=Path("baselines"), help="baselines root")
+    p.add_argument(
+        "--baselines",
+        type=Path,
+        default=None,
+        help="baselines root (default: the profile's, else baselines; the demo's are made from its TL)",
+    )
     p.add_argument("--data", type=Path, default=None, help="data root holding the audit images")
     p.add_argument(
         "--reference", type=Path, default=None, help="check that the baseline was made from this checkpoint"
@@ -265,8 +270,9 @@ def _add_export(sub: _Sub) -> None:
     p.add_argument(
         "--baselines",
         type=Path,
-        default=Path("baselines"),
-        help="use baselines/<arch>'s audit set when there is one (else --per-class test images)",
+        default=None,
+        help="use <baselines>/<arch>'s audit set when there is one (default: the profile's, else "
+        "baselines; without one: --per-class test images)",
     )
     p.add_argument(
         "--per-class", type=_positive, default=10, help="audit images per class without a baseline"
@@ -335,15 +341,23 @@ def _add_calibrate(sub: _Sub) -> None:
         "--vary",
         default="",
         help="further noise sources, comma-separated: tl (a retrained TL reference), pretrain (a re-run "
-        "of the synthetic pretraining); each adds one retrained TL + FT pair per backbone, gated against "
-        "its own reference",
+        "of the synthetic pretraining), each one retrained TL + FT pair per backbone gated against its "
+        "own reference; and emulated machines (aten:default, cpu:avx2, cpu:sse41, threads:N, gpu, "
+        "joined by +), each one fine-tune of the TL in a process of its own, as many at once as the "
+        "cores allow",
     )
-    p.add_argument("--k", type=_positive_float, default=3.0, help="noise widths between centre and bound")
+    p.add_argument(
+        "--k",
+        type=_positive_float,
+        default=None,
+        help="noise widths between centre and bound (default: the one-sided normal tolerance factor for "
+        "the number of runs: 99%% of the next honest runs inside, with 95%% confidence)",
+    )
     p.add_argument("--out", type=Path, default=Path("reports/calibrate"), help="output folder")
 
 
 #: studies.validate.CONTROLS, spelled out so that building the parser imports no torch.
-_CONTROLS = ("self", "permuted", "seed", "randomised", "shortcut", "marker", "marker-twin")
+_CONTROLS = ("self", "permuted", "seed", "randomised", "honest", "shortcut", "marker", "marker-twin")
 
 
 def _add_validate(sub: _Sub) -> None:

@@ -112,7 +112,7 @@ def calibrate(
     thresholds: PathLike | Thresholds = "thresholds.toml",
     runs: int = 3,
     vary: Sequence[str] = (),
-    k: float = 3.0,
+    k: float | None = None,
     per_class: int = 10,
     out: PathLike = "reports/calibrate",
     device: str = "auto",
@@ -122,8 +122,11 @@ def calibrate(
 ) -> Calibration:
     """Each metric's noise over ``runs`` seed-to-seed fine-tunes (and the bootstrap), and
     the bounds it implies: writes ``thresholds.proposed.toml`` and ``calibration.{md,json}``.
-    ``vary`` adds whole retrained runs as noise sources: ``tl`` (a retrained TL reference),
-    ``pretrain`` (a re-run of the synthetic pretraining)."""
+    ``vary`` adds noise sources: ``tl`` (a retrained TL reference), ``pretrain`` (a re-run
+    of the synthetic pretraining), and emulated machines (``aten:default``, ``cpu:sse41``,
+    ``threads:1``, ``gpu``; combined with ``+``), each a fine-tune of the TL in a process of
+    its own, side by side as the cores allow. Bounds are tolerance bounds for the number of
+    runs (``k=None``), or ``k`` noise widths from the centre."""
     from drift_gate.data.datasets import load_dataset
     from drift_gate.models.inference import resolve_device
     from drift_gate.studies.calibrate import run_calibration

@@ -62,10 +62,18 @@ from drift_gate.studies.calibrate_report import (
     NoiseRow,
     write_calibration,
 )
+from drift_gate.studies.machines import Machine, MachineJob, parse_machine, run_jobs
 from drift_gate.training.pipeline import finetune_from, train_backbone
 from drift_gate.training.profiles import Profile
 
-__all__ = ["propose_bound", "retrained_runs", "run_calibration", "seed_runs"]
+__all__ = [
+    "machine_runs",
+    "propose_bound",
+    "retrained_runs",
+    "run_calibration",
+    "seed_runs",
+    "tolerance_factor",
+]
 
 
 Log = Callable[[str], None]
@@ -88,6 +96,30 @@ def propose_bound(
     if direction is Direction.LOWER:
         return "max", min(hi, math.ceil((centre + k * noise) * 100 - 1e-9) / 100)
     return "abs_max", min(max(abs(lo), abs(hi)), math.ceil((abs(centre) + k * noise) * 100 - 1e-9) / 100)
+
+
+#: What a proposed bound is meant to hold for: ``COVERAGE`` of the next honest runs'
+#: statistics lie on the good side of it, with ``CONFIDENCE`` (so an honest run fails one
+#: rule with probability at most ``1 - COVERAGE``, given normally distributed run statistics).
+COVERAGE, CONFIDENCE = 0.99, 0.95
+
+
+def tolerance_factor(n: int, coverage: float = COVERAGE, confidence: float = CONFIDENCE) -> float:
+    """The one-sided normal tolerance factor ``k`` for ``n`` runs: with probability
+    ``confidence`` over the draw of the runs, ``centre - k x sd`` lies below the ``coverage``
+    quantile of the next run's value (NIST/SEMATECH e-Handbook 7.2.6.3; from the
+    noncentral t distribution). It grows as ``n`` shrinks: 5.74 for 5 runs, 3.98 for 10,
+    against 2.33 for a known distribution.
+
+    Raises:
+        ConfigError: fewer than two runs (no spread to scale).
+    """
+    from scipy.stats import nct, norm
+
+    if n < 2:
+        raise ConfigError(f"a tolerance bound needs two or more runs, got {n}")
+    root = math.sqrt(n)
+    return float(nct.ppf(confidence, df=n - 1, nc=norm.ppf(coverage) * root) / root)
 
 
 def _bootstrap_sd(s: Summary) -> float:
@@ -122,6 +154,30 @@ def seed_runs(
         )  # fmt: skip
         runs.append((seed, path))
     return runs
+
+
+def machine_runs(
+    profile: Profile, arch: str, data: DataSet, machines: list[Machine], out: Path, log: Log
+) -> list[Path]:
+    """One fine-tune of ``arch``'s TL checkpoint with the profile's seed per emulated
+    machine (``out/<arch>/ft.machine-<name>.pt``), side by side as the cores allow."""
+    cfg = profile.phase_for(arch, "ft")
+    tl = Path(profile.out) / arch / "tl.pt"
+    jobs = [
+        MachineJob(
+            m,
+            str(tl),
+            str(data.root),
+            str(out / arch / f"ft.machine-{m.name.replace(':', '-').replace('+', '_')}.pt"),
+            profile.seed,
+            profile.batch_size,
+            cfg.epochs,
+            cfg.lr,
+            cfg.weight_decay,
+        )
+        for m in machines
+    ]
+    return run_jobs(jobs, log) if jobs else []
 
 
 def retrained_runs(
@@ -162,12 +218,26 @@ def retrained_runs(
     return runs
 
 
+def _moved_most(vals: list[float], sources: list[str], noise: float) -> str:
+    """The source whose runs lie farthest from the fine-tuning seeds' mean, in noise widths."""
+    seeds = [v for v, s in zip(vals, sources, strict=True) if s == "seed"]
+    others = {s for s in sources if s != "seed"}
+    if not seeds or not others or noise <= 0:
+        return ""
+    base = float(np.mean(seeds))
+    shift = {
+        s: float(np.mean([v for v, t in zip(vals, sources, strict=True) if t == s])) - base for s in others
+    }
+    name = max(shift, key=lambda s: abs(shift[s]))
+    return f"{name} {shift[name] / noise:+.1f}"
+
+
 def _noise_rows(
     arch: str,
     method: str,
     results: list[tuple[int, CandidateResult]],
     statistic: str,
-    k: float,
+    k: float | None,
     metrics: tuple[str, ...],
     sources: list[str],
     group: str = "overall",
@@ -195,7 +265,8 @@ def _noise_rows(
         boot = float(np.mean([_bootstrap_sd(s) for s in summaries]))
         noise = max(seed_sd or 0.0, boot)
         centre = float(np.mean(vals))
-        kind, bound = propose_bound(spec.direction, centre, noise, k, spec.range)
+        width = k if k is not None else tolerance_factor(len(vals))
+        kind, bound = propose_bound(spec.direction, centre, noise, width, spec.range)
         rows.append(
             NoiseRow(
                 arch,
@@ -211,6 +282,8 @@ def _noise_rows(
                 bound,
                 [s.n for s in summaries],
                 sources,
+                width,
+                _moved_most(vals, sources, noise),
             )
         )
     return rows
@@ -222,7 +295,7 @@ def run_calibration(
     thresholds: Thresholds,
     out: Path,
     seeds: list[int],
-    k: float = 3.0,
+    k: float | None = None,
     per_class: int = 10,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
@@ -235,25 +308,38 @@ def run_calibration(
 
     Args:
         seeds: fine-tuning seeds; one seed (the profile's) means bootstrap only.
-        vary: further noise sources (:data:`VARY`), one retrained run each.
+        vary: further noise sources: :data:`VARY` (one retrained run each), and emulated
+            machines (:func:`~drift_gate.studies.machines.parse_machine`, e.g.
+            ``aten:default``, ``threads:1``): one fine-tune of the TL each, in a process of
+            its own, as many at once as the cores allow.
         cache_dir: synthetic-pretraining cache of the retrained runs (default: the user's).
-        k: noise widths between the centre and the bound.
+        k: noise widths between the centre and the bound (default: the tolerance factor
+            for the number of runs, :func:`tolerance_factor`).
         per_class: audit images per class (as for ``drift-gate baseline``).
     """
     device = torch.device(device)
-    unknown = [v for v in vary if v not in VARY]
-    if unknown:
-        raise ConfigError(f"unknown noise source(s) {', '.join(unknown)}; known: {', '.join(VARY)}")
-    source = "seeds" if len(seeds) + len(vary) > 1 else "bootstrap"
+    machines = [parse_machine(v) for v in vary if v not in VARY]
+    vary = tuple(v for v in vary if v in VARY)
+    source = "seeds" if len(seeds) + len(vary) + len(machines) > 1 else "bootstrap"
+    if source == "bootstrap" and k is None:
+        k = 3.0  # one run has no spread to scale: the bootstrap alone, 3 widths
     plain = Thresholds(
         methods=thresholds.methods, samples=thresholds.samples, min_samples=1, statistic=thresholds.statistic
     )
-    cal = Calibration(profile.name, source, k, thresholds.statistic, thresholds.methods, {}, {})
+    cal = Calibration(
+        profile.name, source, k, thresholds.statistic, thresholds.methods, {}, {}, COVERAGE, CONFIDENCE
+    )
     for arch in profile.backbones:
         tl = Path(profile.out) / arch / "tl.pt"
         create_baseline(tl, data, out / "baselines" / arch, thresholds.methods, per_class, device, batch_size)
         runs = seed_runs(profile, arch, data, seeds, out / "runs", device, progress, log)
         pool = [("seed", seed, path, out / "baselines") for seed, path in runs]
+        pool += [
+            (m.name, profile.seed, path, out / "baselines")
+            for m, path in zip(
+                machines, machine_runs(profile, arch, data, machines, out / "runs", log), strict=True
+            )
+        ]
         pool += retrained_runs(
             profile,
             arch,

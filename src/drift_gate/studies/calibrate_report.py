@@ -56,16 +56,22 @@ class NoiseRow:
     kind: str
     bound: float
     n: list[int]
-    #: per run: ``seed`` (a fine-tune of the profile's TL), ``tl`` or ``pretrain`` (:data:`VARY`)
+    #: per run: ``seed`` (a fine-tune of the profile's TL), ``tl`` or ``pretrain`` (:data:`VARY`),
+    #: or an emulated machine (``aten:default``, ``threads:1``: the TL fine-tuned there)
     sources: list[str]
+    #: noise widths between centre and bound (the tolerance factor for ``len(values)`` runs)
+    k: float = 3.0
+    #: the source whose runs lie farthest from the seeds' mean, and how far in noise widths
+    moved_most: str = ""
 
     @property
     def spread(self) -> str:
         """What the run-to-run spread is over: ``seed`` (fine-tuning seeds only) or ``run``."""
         return "seed" if set(self.sources) == {"seed"} else "run"
 
-    def comment(self, k: float) -> str:
+    def comment(self, k: float | None = None) -> str:
         """Where the bound came from, for the TOML comment."""
+        k = self.k if k is None else k
         runs = " ".join(
             f"{v:.3f}" if src == "seed" else f"{v:.3f} ({src})"
             for v, src in zip(self.values, self.sources, strict=True)
@@ -85,11 +91,14 @@ class Calibration:
 
     profile: str
     source: str
-    k: float
+    #: a fixed number of noise widths, or ``None``: each row's tolerance factor
+    k: float | None
     statistic: str
     methods: tuple[str, ...]
     n_audit: dict[str, int]
     runs: dict[str, list[dict[str, Any]]]
+    coverage: float = 0.99
+    confidence: float = 0.95
     rows: list[NoiseRow] = field(default_factory=list)
     #: every metric's noise (not only the calibrated ones), for the report
     all_rows: list[NoiseRow] = field(default_factory=list)
@@ -119,10 +128,26 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
         if cal.source == "seeds"
         else "the profile's FT checkpoint alone (bootstrap over audit samples)"
     )
-    extra = sorted({src for r in cal.rows for src in r.sources if src != "seed"}, key=list(VARY).index)
+    extra = sorted(
+        {src for r in cal.rows for src in r.sources if src != "seed"},
+        key=lambda x: (x not in VARY, list(VARY).index(x) if x in VARY else 0, x),
+    )
     if extra:
-        how += "; and " + "; ".join(f"{VARY[x]} (marked ({x})) and its fine-tune" for x in extra)
+        how += "; and " + "; ".join(
+            f"{VARY[x]} (marked ({x})) and its fine-tune"
+            if x in VARY
+            else f"the TL fine-tuned on an emulated machine {x} (marked ({x}))"
+            for x in extra
+        )
     n_audit = sorted(set(cal.n_audit.values()))
+    ks = sorted({round(r.k, 2) for r in cal.rows})
+    if cal.k is not None:
+        rule = f"k = {cal.k:g} fixed"
+    else:
+        rule = (
+            f"k = the one-sided normal tolerance factor for the number of runs ({', '.join(map(str, ks))}): "
+            f"with {cal.confidence:.0%} confidence,"
+        )
     lines = [
         f"# Proposed by `drift-gate calibrate --profile {cal.profile}` (drift-gate {__version__}, "
         f"{date.today().isoformat()}).",
@@ -132,9 +157,16 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
         "# Per metric: centre = mean of the runs' statistic; "
         f"noise = max({'run-to-run' if extra else 'seed-to-seed'} sd,",
         "# bootstrap sd of the statistic over audit samples); bound = centre -/+ k x noise",
-        f"# on the worse side (|centre| + k x noise for metrics best at 0), k = {cal.k:g},",
-        "# rounded outwards to 0.01. An update that moves the evidence like an ordinary",
-        "# run of these sources passes; one that moves it k noise widths further fails.",
+        "# on the worse side (|centre| + k x noise for metrics best at 0), rounded outwards",
+        f"# to 0.01; {rule}",
+        *(
+            [
+                f"# {cal.coverage:.0%} of the next honest runs' statistics lie on the good side of each",
+                f"# bound (an honest run fails a given rule with probability <= {1 - cal.coverage:.0%}).",
+            ]
+            if cal.k is None
+            else ["# An update that moves the evidence like an ordinary run passes; k widths further fails."]
+        ),
         "",
         "[gate]",
         f"methods = [{', '.join(json.dumps(m) for m in thresholds.methods)}]",
@@ -146,8 +178,10 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
     auc = [f"min = {thresholds.auc_min:g}"] if thresholds.auc_min is not None else []
     if thresholds.auc_max_drop is not None:
         auc.append(f"max_drop = {thresholds.auc_max_drop:g}")
-    if auc:
-        lines += ["", f"[auc]                     # not calibrated: kept from {thresholds.path}", *auc]
+    auc.append(f"min_support = {thresholds.auc_min_support}")
+    lines += ["", f"[auc]                     # not calibrated: kept from {thresholds.path}", *auc]
+    for cls, bounds in thresholds.auc_labels.items():
+        lines += ["", f"[auc.labels.{json.dumps(cls)}]", *(f"{k} = {v:g}" for k, v in bounds.items())]
     lines += ["", "[onnx]", f"max_rel_diff = {thresholds.onnx_max_rel_diff:g}"]
     # Backbones that were not calibrated fall back to the loosest bound seen.
     lines += ["", "[drift]                   # backbones not calibrated here: the loosest bound below"]
@@ -162,9 +196,9 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
             for r in rows:
                 left = f"{r.metric}.{r.kind} = {_fmt(r.bound)}"
                 if r.metric in OPT_IN:
-                    lines.append(f"# {left:<{width - 2}}# opt-in (needs masks): {r.comment(cal.k)}")
+                    lines.append(f"# {left:<{width - 2}}# opt-in (needs masks): {r.comment()}")
                 else:
-                    lines.append(f"{left:<{width}}# {r.comment(cal.k)}")
+                    lines.append(f"{left:<{width}}# {r.comment()}")
     lines += _newly_correct_lines(cal, thresholds)
     lines += _kept_checks(thresholds)
     text = "\n".join(lines) + "\n"
@@ -216,7 +250,7 @@ def _newly_correct_lines(cal: Calibration, thresholds: Thresholds) -> list[str]:
     for r in cal.newly_rows:
         lines.append(
             f"# {r.arch} {r.method} {r.metric}.{r.kind} {_fmt(r.bound)} (n {'/'.join(map(str, r.n))}): "
-            f"{r.comment(cal.k)}"
+            f"{r.comment()}"
         )
     return lines
 
@@ -224,12 +258,17 @@ def _newly_correct_lines(cal: Calibration, thresholds: Thresholds) -> list[str]:
 def calibration_markdown(cal: Calibration) -> str:
     """Every metric's noise per backbone x method (the table behind the bounds)."""
     spread = "seed" if all(r.spread == "seed" for r in cal.all_rows) else "run"
+    width = (
+        f"k = {cal.k:g}"
+        if cal.k is not None
+        else f"tolerance k for {cal.coverage:.0%} / {cal.confidence:.0%}"
+    )
     out = [
-        f"## drift-gate calibrate: profile {cal.profile} ({cal.source}, k = {cal.k:g}, "
-        f"statistic {cal.statistic})",
+        f"## drift-gate calibrate: profile {cal.profile} ({cal.source}, {width}, statistic {cal.statistic})",
         "",
-        f"| backbone | method | metric | runs | centre | {spread} sd | bootstrap sd | proposed |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| backbone | method | metric | runs | centre | {spread} sd | bootstrap sd | k | moved most "
+        "| proposed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in cal.all_rows:
         proposed = (
@@ -242,7 +281,8 @@ def calibration_markdown(cal: Calibration) -> str:
         seed = "—" if r.seed_sd is None else f"{r.seed_sd:.4f}"
         out.append(
             f"| {r.arch} | {r.method} | {r.metric} | {' '.join(f'{v:.3f}' for v in r.values)} | "
-            f"{r.centre:.4f} | {seed} | {r.bootstrap_sd:.4f} | {proposed} |"
+            f"{r.centre:.4f} | {seed} | {r.bootstrap_sd:.4f} | {r.k:.2f} | {r.moved_most or '—'} "
+            f"| {proposed} |"
         )
     if cal.newly_rows:
         out += [

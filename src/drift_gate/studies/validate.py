@@ -30,6 +30,10 @@ control         candidate                                              expected
                 and boxes, the grey level uninformative (the
                 reference's own data), gated on the same biased
                 images: a catch of ``marker`` must be specific
+``honest``      held-out honest updates: fine-tunes with seeds         pass
+                calibration never used, each on every emulated
+                machine of :data:`HONEST_MACHINES` (another ATen
+                kernel set, one thread): the false-fail rate
 ==============  =====================================================  =========
 
 A cue's audit images are a held-out draw of biased phantoms (the next seed), large
@@ -70,10 +74,12 @@ from drift_gate.gating.rules import FAIL, INCONCLUSIVE, PASS
 from drift_gate.gating.thresholds import Thresholds
 from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
 from drift_gate.studies.controls import write_permuted_candidate
+from drift_gate.studies.machines import MachineJob, parse_machine, run_jobs
 from drift_gate.studies.validate_report import (
     ControlRow,
     ValidationResult,
     deciding_rules,
+    decision_margin,
     validation_markdown,
 )
 from drift_gate.training.pipeline import finetune_from, train_backbone
@@ -90,7 +96,11 @@ __all__ = [
 ]
 
 
-CONTROLS = ("self", "permuted", "seed", "randomised", "shortcut", "marker", "marker-twin")
+CONTROLS = ("self", "permuted", "seed", "randomised", "honest", "shortcut", "marker", "marker-twin")
+#: The held-out honest runs (``honest``): fine-tunes with seeds ``profile seed + 20 ...``
+#: (calibration uses the first few after the profile's), each under every emulated machine.
+HONEST_SEEDS, HONEST_FIRST_SEED = 5, 20
+HONEST_MACHINES = ("aten:default", "threads:1")
 #: What the ``randomised`` control re-initialises, and its seed (not the sanity check's own).
 RANDOMISED_CONTROL = ("head+block", 7)
 #: The label a planted shortcut must get: the evidence moved, the AUC did not.
@@ -151,7 +161,7 @@ def _localisation_summary(c: CandidateResult) -> dict[str, dict[str, float | Non
 
 
 def _row(control: str, expected: str, c: CandidateResult, ok: bool, detail: dict[str, Any]) -> ControlRow:
-    detail = {**detail, "localisation": _localisation_summary(c)}
+    detail = {**detail, "localisation": _localisation_summary(c), "margin": decision_margin(c)}
     return ControlRow(
         control, c.arch, expected, c.verdict, c.label, ok, c.auc, c.reference_auc, c.n_selected, c.n_audit,
         deciding_rules(c), detail, c.candidate,
@@ -266,6 +276,40 @@ def _seed_control(b: _Bench, arch: str, tl: Path, base: Path, seed: int) -> None
     b.log(f"[{arch}] seed: {c.verdict} ({c.label})")
 
 
+def _honest_control(
+    b: _Bench, arch: str, tl: Path, base: Path, n_seeds: int, machines: tuple[str, ...]
+) -> None:
+    """Held-out honest updates: the TL fine-tuned with seeds calibration never saw, each
+    under every emulated machine of :data:`HONEST_MACHINES` (in processes of their own,
+    side by side as the cores allow); each must pass. Their pass rate is the gate's
+    false-fail rate on honest runs, and the closest margin how near they came."""
+    cfg = b.profile.phase_for(arch, "ft")
+    seeds = [b.profile.seed + HONEST_FIRST_SEED + i for i in range(n_seeds)]
+    jobs = [
+        MachineJob(
+            parse_machine(m),
+            str(tl),
+            str(b.data.root),
+            str(b.out / "candidates" / arch / f"ft.honest-{seed}-{m.replace(':', '-').replace('+', '_')}.pt"),
+            seed,
+            b.profile.batch_size,
+            cfg.epochs,
+            cfg.lr,
+            cfg.weight_decay,
+        )
+        for seed in seeds
+        for m in machines
+    ]
+    b.log(
+        f"[{arch}] honest runs: {len(jobs)} fine-tunes (seeds {seeds[0]}-{seeds[-1]} on "
+        f"{', '.join(machines)})"
+    )
+    for job, path in zip(jobs, run_jobs(jobs, b.log), strict=True):
+        c, _ = b.gate(path, base, b.data.root)
+        b.add("honest", PASS, c, c.verdict == PASS, {"seed": job.seed, "machine": job.machine.name})
+        b.log(f"[{arch}] honest seed {job.seed} on {job.machine.name}: {c.verdict} ({deciding_rules(c)[0]})")
+
+
 @dataclass(frozen=True)
 class _Cue:
     """The data sets of one planted cue's controls."""
@@ -377,6 +421,8 @@ def run_validation(
     controls: tuple[str, ...] = CONTROLS,
     cache_dir: Path | None = None,
     shortcut_per_class: int = 60,
+    honest_seeds: int = HONEST_SEEDS,
+    honest_machines: tuple[str, ...] = HONEST_MACHINES,
 ) -> ValidationResult:
     """Runs the controls for every backbone of ``profile`` (see the module).
 
@@ -392,6 +438,8 @@ def run_validation(
         shortcut_per_class: audit images per class of the biased set (more: its
             reference misclassifies many of them, and only true positives count).
         cache_dir: synthetic-pretraining cache (the shortcut control trains a TL head).
+        honest_seeds, honest_machines: the ``honest`` control's held-out runs: that many
+            new seeds, each on every emulated machine.
 
     Writes ``validate.json`` and ``validate.md`` into ``out``.
     """
@@ -453,6 +501,8 @@ def run_validation(
             _seed_control(b, arch, tl, clean, seed)
         if "randomised" in controls:
             _randomised_control(b, arch, tl, clean)
+        if "honest" in controls:
+            _honest_control(b, arch, tl, clean, honest_seeds, honest_machines)
         if strip is not None:
             reference = _cue_reference(b, arch, strip, cache_dir)
             _cue_control(b, "shortcut", arch, reference, strip.biased, strip, detail)

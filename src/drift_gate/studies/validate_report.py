@@ -10,7 +10,14 @@ from typing import Any
 from drift_gate.gating.gate import CandidateResult
 from drift_gate.gating.rules import FAIL, PASS, RuleResult
 
-__all__ = ["ControlRow", "ValidationResult", "deciding_rules", "validation_markdown"]
+__all__ = [
+    "ControlRow",
+    "ValidationResult",
+    "deciding_rules",
+    "decision_margin",
+    "error_rates",
+    "validation_markdown",
+]
 
 
 @dataclass
@@ -70,6 +77,14 @@ def _rule_text(r: RuleResult) -> str:
     return f"{name} {r.observed:.3f} (bound {r.direction})"
 
 
+def decision_margin(c: CandidateResult) -> float | None:
+    """The smallest margin over the rules checked with a bound (< 0: the most broken rule)."""
+    checked = [
+        r for r in c.rules if r.status in (PASS, FAIL) and r.observed is not None and r.bound is not None
+    ]
+    return min((_margin(r) for r in checked), default=None)
+
+
 def deciding_rules(c: CandidateResult) -> list[str]:
     """The rules that decided the verdict: every failed one, or else the one
     closest to failing."""
@@ -91,7 +106,11 @@ _WHAT = {
     "randomised": "head and last block re-initialised",
     "marker": "fine-tuned where a corner marker's grey level predicts the class",
     "marker-twin": "the same fine-tune, the marker uninformative",
+    "honest": "held-out honest fine-tune on an emulated machine",
 }
+#: Controls that must pass (honest updates and uninformative twins) and that must fail.
+_MUST_PASS = ("self", "permuted", "seed", "honest", "marker-twin")
+_MUST_FAIL = ("shortcut", "marker")
 
 
 def _extra(r: ControlRow) -> str:
@@ -100,6 +119,8 @@ def _extra(r: ControlRow) -> str:
         return f"max \\|metric − ideal\\| {d['max_deviation_from_ideal']:.1e}"
     if r.control == "permuted":
         return f"max map difference {d['max_map_difference']:.1e}"
+    if r.control == "honest":
+        return f"seed {d['seed']}, {d['machine']}"
     if r.control == "randomised":
         parts = [f"{m} {v:.2f}" for m, v in d["sanity"].items() if v is not None]
         return f"rank correlation with a re-randomised copy: {', '.join(parts)}"
@@ -114,12 +135,48 @@ def _extra(r: ControlRow) -> str:
     return ""
 
 
+def error_rates(result: ValidationResult) -> list[str]:
+    """Per backbone and kind of control: how many got their expected verdict, and the
+    closest margin (for a pass: how near a rule came to failing; for a fail: how far the
+    most broken rule was past its bound) — the gate's error rates on known updates."""
+    kinds = [k for k in (*_MUST_PASS, *_MUST_FAIL) if any(r.control == k for r in result.rows)]
+    archs = list(dict.fromkeys(r.arch for r in result.rows))
+    if not kinds:
+        return []
+    out = [
+        "| control | expected | " + " | ".join(archs) + " |",
+        "|---|---|" + "---|" * len(archs),
+    ]
+    for k in kinds:
+        cells = []
+        for arch in archs:
+            rows = [r for r in result.rows if r.control == k and r.arch == arch]
+            if not rows:
+                cells.append("—")
+                continue
+            right = sum(r.ok for r in rows)
+            with_margin = [r for r in rows if r.detail.get("margin") is not None and r.deciding]
+            # the closest call: the passing run nearest a bound, or the failing run least past one
+            if with_margin:
+                pick = min if k in _MUST_PASS else max
+                near = pick(with_margin, key=lambda r: r.detail["margin"])
+                what = near.deciding[0].removeprefix("closest: ")
+                cells.append(f"{right}/{len(rows)} ({what})")
+            else:
+                cells.append(f"{right}/{len(rows)}")
+        expected = "pass" if k in _MUST_PASS else "fail"
+        out.append(f"| {_WHAT[k]} | {expected} | " + " | ".join(cells) + " |")
+    return out
+
+
 def validation_markdown(result: ValidationResult) -> str:
     """The controls table (README and ``validate.md``)."""
+    rates = error_rates(result)
     out = [
         f"## drift-gate validate: profile {result.profile}, `{result.thresholds_path}` — "
         f"{'every control got its expected verdict' if result.ok else 'SOME CONTROLS GOT THE WRONG VERDICT'}",
         "",
+        *(["Expected verdicts per backbone (closest margin):", "", *rates, ""] if rates else []),
         "| control | backbone | expected | verdict | AUC (reference → candidate) | true positives "
         "| deciding metrics | also |",
         "|---|---|---|---|---|---|---|---|",
