@@ -43,6 +43,7 @@ statistic = "mean"
 [auc]
 min = 0.0
 max_drop = 0.2
+min_support = 2
 [drift]
 {drift}
 """

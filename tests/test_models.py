@@ -202,6 +202,7 @@ methods = ["layercam", "gradcam++"]
 samples = "all"
 min_samples = 2
 [auc]
+min_support = 1
 min = 0.0
 [drift]
 iou.min = 0.3
@@ -612,7 +613,7 @@ def test_multilabel_torchxrayvision_end_to_end(tmp_path: Path, phantom_root: Pat
     assert set(doc["summaries"]["layercam"]["iou"]) == {"overall", "newly_correct", *FINDINGS}
     # and a rule on one label's maps
     nodule = {r["rule"]: r for r in doc["rules"]}["xrv-chest/layercam/Nodule/iou.min"]
-    assert nodule["status"] == "pass" and nodule["source"].endswith("thresholds.toml:13")
+    assert nodule["status"] == "pass" and nodule["source"].endswith("thresholds.toml:14")
     assert 0.0 <= doc["auc"] <= 1.0
 
 

@@ -54,35 +54,58 @@ def ovr_log_odds(logits: ArrayLike) -> NDArray[np.float64]:
 
 
 def predicted_class(logits: ArrayLike) -> NDArray[np.int64]:
-    """The predicted class of each row (a single logit predicts class 1 when positive)."""
+    """The predicted class of each row (a single logit predicts class 1 when positive); a
+    row with a NaN or infinite logit predicts nothing (``-1``, never a class)."""
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim == 2 and z.shape[1] == 1:
-        return (z[:, 0] > 0).astype(np.int64)
-    return np.asarray(z.argmax(1), dtype=np.int64)
+        out = (z[:, 0] > 0).astype(np.int64)
+    else:
+        out = np.asarray(np.nan_to_num(z).argmax(1), dtype=np.int64)
+    if z.ndim == 2:
+        out[~np.isfinite(z).all(1)] = -1
+    return out
+
+
+def _support(positive: NDArray[np.bool_]) -> int:
+    """How many positives and negatives a class's AUC rests on: the smaller count."""
+    return int(min(positive.sum(), (~positive).sum()))
+
+
+def _non_finite(z: NDArray[np.float64]) -> int:
+    return int((~np.isfinite(z)).any(axis=1).sum()) if z.ndim == 2 else 0
 
 
 def classification_metrics(logits: ArrayLike, labels: ArrayLike, classes: Sequence[str]) -> dict[str, Any]:
     """Macro one-vs-rest AUC, accuracy and per-class AUC, from logits.
 
     Classes absent from ``labels`` (or the only class present) get no AUC and are
-    left out of the macro mean, which is then NaN if no class has one.
+    left out of the macro mean, which is then NaN if no class has one. Logits that are
+    NaN or infinite give no AUC at all (NaN; ``non_finite`` counts the rows): a broken
+    model has no ranking to score. ``support`` gives each class's smaller count of
+    positives and negatives, what its AUC rests on.
     """
     from sklearn.metrics import roc_auc_score
 
-    scores = ovr_log_odds(logits)
+    z = np.asarray(logits, dtype=np.float64)
+    broken = _non_finite(z)
+    scores = ovr_log_odds(np.nan_to_num(z)) if broken else ovr_log_odds(z)
     y = np.asarray(labels)
     if scores.shape[1] != len(classes):
         raise ValueError(f"{scores.shape[1]} score columns for {len(classes)} classes")
     per_class: dict[str, float] = {}
+    support: dict[str, int] = {}
     for c, name in enumerate(classes):
         positive = y == c
+        support[name] = _support(positive)
         if positive.any() and not positive.all():
-            per_class[name] = float(roc_auc_score(positive, scores[:, c]))
+            per_class[name] = float("nan") if broken else float(roc_auc_score(positive, scores[:, c]))
     macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
     return {
         "auc_macro": macro,
-        "accuracy": float((predicted_class(logits) == y).mean()) if len(y) else float("nan"),
+        "accuracy": float((predicted_class(z) == y).mean()) if len(y) else float("nan"),
         "auc_per_class": per_class,
+        "support": support,
+        "non_finite": broken,
         "n": len(y),
     }
 
@@ -107,16 +130,20 @@ def multilabel_metrics(
     y = np.asarray(positives, dtype=bool)
     if z.shape != y.shape or z.shape[1] != len(classes):
         raise ValueError(f"logits {z.shape} and labels {y.shape} do not fit {len(classes)} classes")
+    broken = _non_finite(z)
     per_class = {
-        name: float(roc_auc_score(y[:, c], z[:, c]))
+        name: float("nan") if broken else float(roc_auc_score(y[:, c], z[:, c]))
         for c, name in enumerate(classes)
         if y[:, c].any() and not y[:, c].all()
     }
     macro = float(np.mean(list(per_class.values()))) if per_class else float("nan")
     correct = predicted_positive(z, operating_points) == y
+    correct[~np.isfinite(z)] = False
     return {
         "auc_macro": macro,
         "accuracy": float(correct.mean()) if y.size else float("nan"),
         "auc_per_class": per_class,
+        "support": {name: _support(y[:, c]) for c, name in enumerate(classes)},
+        "non_finite": broken,
         "n": len(y),
     }

@@ -12,33 +12,59 @@ from drift_gate.errors import ConfigError
 __all__ = ["Ctx", "as_number", "line_of", "section", "table_line"]
 
 
-def _header_re(parts: list[str]) -> re.Pattern[str]:
-    inner = r"\s*\.\s*".join(rf'(?:"{re.escape(p)}"|{re.escape(p)})' for p in parts)
-    return re.compile(rf"^\s*\[\s*{inner}\s*\]\s*(#.*)?$")
+_PART = r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)"""
+_DOTTED = re.compile(rf"^\s*({_PART}(?:\s*\.\s*{_PART})*)\s*=(.*)$")
+_HEADER = re.compile(rf"^\s*\[\[?\s*({_PART}(?:\s*\.\s*{_PART})*)\s*\]\]?\s*(?:#.*)?$")
+
+
+def _parts(dotted: str) -> list[str]:
+    """The parts of a dotted TOML key (quotes removed; basic escapes left as written)."""
+    out = []
+    for m in re.finditer(_PART, dotted):
+        p = m.group(0)
+        out.append(p[1:-1] if p[:1] in "\"'" else p)
+    return out
+
+
+def _locate(text: str, path: list[str]) -> int:
+    """1-based line that defines ``path``: the key's own line (in a ``[table]``, as a dotted
+    key, or inside an inline table), else the line of the nearest enclosing table, else 1."""
+    best, best_depth = 1, 0
+    current: list[str] = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            current = _parts(header.group(1))
+            if current == path[: len(current)] and len(current) > best_depth:
+                best, best_depth = i, len(current)
+                if current == path:
+                    return i
+            continue
+        assign = _DOTTED.match(line)
+        if not assign:
+            continue
+        full = current + _parts(assign.group(1))
+        if full == path:
+            return i
+        depth = len(full)
+        value = assign.group(2).lstrip()
+        # an inline table that holds the key: the key's line is this one
+        if full == path[:depth] and value.startswith("{") and depth > best_depth:
+            rest = path[depth:]
+            if all(
+                re.search(rf"(?<![A-Za-z0-9_-])[\"']?{re.escape(r)}[\"']?\s*[.=]", value) for r in rest[:1]
+            ):
+                return i
+            best, best_depth = i, depth
+        elif full[: len(path)] == path and len(path) > best_depth:
+            best, best_depth = i, len(path)  # a key deeper than the one asked for
+    return best
 
 
 def line_of(text: str, table: list[str], key: str | None = None) -> int:
-    """1-based line of ``key`` inside table ``table`` (or of the table header)."""
-    lines = text.splitlines()
-    header = _header_re(table) if table else None
-    start = 0
-    if header is not None:
-        for i, line in enumerate(lines):
-            if header.match(line):
-                start = i + 1
-                break
-        else:
-            start = 0
-    if key is None:
-        return max(start, 1)
-    first = key.split(".")[0]
-    key_re = re.compile(rf'^\s*(?:"{re.escape(first)}"|{re.escape(first)})\s*[.=]')
-    for i in range(start, len(lines)):
-        if i > start and lines[i].lstrip().startswith("[") and header is not None:
-            break
-        if key_re.match(lines[i]):
-            return i + 1
-    return max(start, 1)
+    """1-based line of ``key`` inside table ``table`` (or of the table itself): its own
+    line also when the table is a dotted key or an inline table of an enclosing one."""
+    return _locate(text, [*table, *(_parts(key) if key else [])])
 
 
 def table_line(text: str, table: list[str]) -> int:

@@ -73,10 +73,17 @@ def approve(
         StaleBaselineError: the baseline changed since the gate ran (other
             reference, audit set or maps), so the result no longer applies.
     """
-    verdict = candidate.get("verdict")
+    name, verdict = candidate.get("candidate"), candidate.get("verdict")
+    if not isinstance(name, str) or not name:
+        raise DataError(f"the gate result names no candidate ({name!r}): not a result the gate wrote")
+    if verdict not in ("pass", "fail", "inconclusive"):
+        raise DataError(
+            f"{Path(name).name}: the gate result records no verdict ({verdict!r}): not a result the "
+            "gate wrote"
+        )
     if verdict != "pass" and not force:
         raise DataError(
-            f"{Path(str(candidate.get('candidate'))).name}: its gate verdict was {verdict!r}, not 'pass'; "
+            f"{Path(name).name}: its gate verdict was {verdict!r}, not 'pass'; "
             "review the report, then approve with --force to accept it anyway (recorded in the "
             "baseline's history)"
         )

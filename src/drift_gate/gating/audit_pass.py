@@ -116,10 +116,25 @@ class _OtherClass(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
 _Images = torch.utils.data.Dataset[tuple[torch.Tensor, int]]
 
 
+#: Largest |value| a candidate's raw CAM may hold to be compared (as the metrics accept).
+_MAX_MAP_VALUE = 1e30
+
+
 def _cams(job: Job, model: torch.nn.Module, ds: _Images) -> CamResult:
-    return compute_cams(
+    """The candidate's CAMs; a map holding NaN, Inf or absurd values (a broken model's) is
+    replaced by a constant one, so that it counts as degenerate (reported, never averaged)
+    instead of stopping the gate: the candidate's own numbers are the evidence against it."""
+    cams = compute_cams(
         model, ds, job.thresholds.methods, job.dist.device, job.batch_size, precision=job.precision
     )
+    for method, maps in cams.maps.items():
+        with np.errstate(invalid="ignore"):
+            broken = ~(np.abs(maps) <= _MAX_MAP_VALUE).all(axis=(1, 2))
+        if broken.any():
+            fixed = maps.copy()
+            fixed[broken] = 0.0
+            cams.maps[method] = fixed
+    return cams
 
 
 def _chunk(

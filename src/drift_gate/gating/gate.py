@@ -96,6 +96,12 @@ class CandidateResult:
     precision: str = "fp32"
     #: things a reviewer should know that do not change the verdict (e.g. a coarse CAM grid)
     warnings: list[str] = field(default_factory=list)
+    #: each class's (finding's) AUC on the audit set, the candidate's and the reference's
+    auc_per_class: dict[str, float] = field(default_factory=dict)
+    reference_auc_per_class: dict[str, float] = field(default_factory=dict)
+    #: how the audit images became the model's input: size, normalisation, bit depth,
+    #: DICOM window, resize policy, channels (what every number of the gate rests on)
+    preprocess: dict[str, Any] = field(default_factory=dict)
     #: the baseline's files as the gate read them (:func:`~drift_gate.gating.signing.files_digest`);
     #: ``approve`` only records a result made against the baseline as it still is
     baseline_digest: str = ""
@@ -395,21 +401,24 @@ def run_gate(
         onnx_info = {"path": str(job.exported), "sha256": file_sha256(job.exported), **asdict(par)}
     labels = np.array([s.label for s in samples])
     if job.pairs is None:
-        auc = classification_metrics(logits, labels, meta.classes)["auc_macro"]
+        scores = classification_metrics(logits, labels, meta.classes)
+        ref_scores = classification_metrics(base.logits, labels, meta.classes)
         selected = select_samples(
             labels, predicted_class(base.logits), predicted_class(logits), thresholds.samples
         )
         ref_ok, cand_ok = predicted_class(base.logits) == labels, predicted_class(logits) == labels
     else:
         ops = operating_points(base.meta)
-        auc = multilabel_metrics(logits, base.labels.astype(bool), meta.classes, ops)["auc_macro"]
+        scores = multilabel_metrics(logits, base.labels.astype(bool), meta.classes, ops)
+        ref_scores = multilabel_metrics(base.logits, base.labels.astype(bool), meta.classes, ops)
         img, cls = job.pairs[:, 0], job.pairs[:, 1]
         ref_ok = predicted_positive(base.logits, ops)[img, cls]
         cand_ok = predicted_positive(logits, ops)[img, cls]
         both = ref_ok & cand_ok
         selected = np.ones(len(samples), dtype=bool) if thresholds.samples == "all" else both
+    auc = float(scores["auc_macro"])
     baseline_auc = float(base.approved.get("auc", base.meta["auc"]))
-    rules += auc_rules(meta.arch, auc, baseline_auc, thresholds)
+    rules += auc_rules(meta.arch, scores, ref_scores, baseline_auc, thresholds)
     values = {
         m: {k: joined(lambda p, m=m, k=k: p["metrics"][m][k]) for k in parts[0][1]["metrics"][m]}  # type: ignore[misc]
         for m in thresholds.methods
@@ -450,6 +459,14 @@ def run_gate(
         classes=tuple(meta.classes),
         auc=auc,
         reference_auc=baseline_auc,
+        auc_per_class=dict(scores["auc_per_class"]),
+        reference_auc_per_class=dict(ref_scores["auc_per_class"]),
+        preprocess={
+            "input_size": meta.input_size,
+            "mean": list(meta.mean),
+            "std": list(meta.std),
+            **meta.preprocess.as_dict(),
+        },
         n_audit=len(samples),
         n_selected=int(selected.sum()),
         summaries=summaries,

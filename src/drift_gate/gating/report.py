@@ -81,6 +81,37 @@ def groups_line(c: CandidateResult) -> str:
     )
 
 
+def preprocess_line(c: CandidateResult) -> str:
+    """How the audit images became the model's input, as one line."""
+    p = c.preprocess
+    if not p:
+        return ""
+    if p.get("transform"):
+        return f"your transform {p['transform']} ({p.get('input_size')} px, {p.get('channels')} channel(s))"
+    depth = p.get("bit_depth")
+    parts = [
+        f"{p.get('input_size')} px ({p.get('resize')})",
+        f"{p.get('channels')} channel(s)",
+        "16-bit images read as "
+        + (f"{depth}-bit" if depth else "the PNG's sBIT bit depth, else 16-bit")
+        + ", 8-bit as they are",
+        f"DICOM window {p.get('dicom')}",
+        "normalised with mean "
+        + "/".join(f"{v:g}" for v in p.get("mean", []))
+        + ", std "
+        + "/".join(f"{v:g}" for v in p.get("std", [])),
+    ]
+    return "; ".join(parts)
+
+
+def auc_line(c: CandidateResult) -> str:
+    """Each class's (finding's) AUC, candidate and reference, as one line."""
+    if not c.auc_per_class:
+        return ""
+    ref = c.reference_auc_per_class
+    return ", ".join(f"{printable(k)} {_f(v)} (ref {_f(ref.get(k))})" for k, v in c.auc_per_class.items())
+
+
 def console_table(result: GateResult) -> str:
     """The verdict table: one block per candidate, one line per rule."""
     lines = []
@@ -91,6 +122,10 @@ def console_table(result: GateResult) -> str:
             f"samples {c.n_selected}/{c.n_audit}  ->  {_MARK[c.verdict]}: {c.label}"
         )
         lines.append(f"  predictions: {c.predictions}")
+        if c.preprocess:
+            lines.append(f"  preprocessing: {preprocess_line(c)}")
+        if c.auc_per_class:
+            lines.append(f"  AUC per class: {auc_line(c)}")
         if c.groups:
             lines.append(f"  samples: {groups_line(c)}")
         lines += [f"  warning: {w}" for w in c.warnings]
@@ -111,10 +146,12 @@ def markdown(result: GateResult) -> str:
     ]
     for c in result.candidates:
         out.append(
-            f"| {c.arch} | `{Path(c.candidate).name}` | {c.predictions} | {c.auc:.4f} | "
+            f"| {c.arch} | `{printable(Path(c.candidate).name)}` | {c.predictions} | {c.auc:.4f} | "
             f"{c.reference_auc:.4f} | {c.n_selected}/{c.n_audit} | **{_MARK[c.verdict]}** {c.label} |"
         )
     out += [f"\n{c.arch} samples: {groups_line(c)}" for c in result.candidates if c.groups]
+    out += [f"\n{c.arch} preprocessing: {preprocess_line(c)}" for c in result.candidates if c.preprocess]
+    out += [f"\n{c.arch} AUC per class: {auc_line(c)}" for c in result.candidates if c.auc_per_class]
     warnings = [(c, w) for c in result.candidates for w in c.warnings]
     if warnings:
         out += [""] + [f"> **Warning ({c.arch})**: {w}" for c, w in warnings]
@@ -357,6 +394,10 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
         )
         if c.groups:
             parts.append(f"<p>Samples: {html.escape(groups_line(c))}.</p>")
+        if c.preprocess:
+            parts.append(f"<p>Preprocessing: {html.escape(preprocess_line(c))}.</p>")
+        if c.auc_per_class:
+            parts.append(f"<p>AUC per class: {html.escape(auc_line(c))}.</p>")
         parts += [f"<p class='inconclusive'>Warning: {html.escape(w)}</p>" for w in c.warnings]
         parts.append(
             "<table><tr><th>rule</th><th>status</th><th>observed</th><th>bound</th><th>source</th></tr>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,43 +268,87 @@ def evaluate_rules(
     return out
 
 
-def auc_rules(arch: str, auc: float, baseline_auc: float, thresholds: Thresholds) -> list[RuleResult]:
-    """The ``[auc]`` rules: a floor and the largest drop below the approved (or reference) AUC."""
-    out = []
-    if thresholds.auc_min is not None:
-        ok = auc >= thresholds.auc_min
-        out.append(
-            RuleResult(
-                f"{arch}/auc.min",
-                PASS if ok else FAIL,
-                auc,
-                thresholds.auc_min,
-                f">= {thresholds.auc_min:g}",
-                f"macro AUC {auc:.4f} {'ok' if ok else 'violated'}: must be >= {thresholds.auc_min:g}",
-                f"{thresholds.path} [auc]",
-                scope="auc",
-                metric="auc",
-                kind="min",
-            )
+def _auc_status(
+    what: str, auc: float | None, support: int, non_finite: int, n: int, thresholds: Thresholds
+) -> tuple[Status, str] | None:
+    """INCONCLUSIVE or FAIL with the reason when ``auc`` cannot be compared with a bound."""
+    if non_finite:
+        return FAIL, (
+            f"{what}: {non_finite} of {n} audit images have NaN or infinite logits, so there is no AUC "
+            "(a model that predicts NaN fails)"
         )
-    if thresholds.auc_max_drop is not None:
-        bound = baseline_auc - thresholds.auc_max_drop
+    if auc is None or not math.isfinite(auc):
+        return INCONCLUSIVE, f"{what}: no AUC (the audit set has no class with both positives and negatives)"
+    if support < thresholds.auc_min_support:
+        return INCONCLUSIVE, (
+            f"{what} {auc:.4f} rests on {support} positive(s) or negative(s) of a class: too few to mean "
+            f"anything (at least {thresholds.auc_min_support} of each, [auc] min_support); inconclusive"
+        )
+    return None
+
+
+def _auc_rule(
+    arch: str, scope: str, kind: str, auc: float | None, bound: float, direction: str, text: str,
+    support: int, non_finite: int, n: int, thresholds: Thresholds, source: str,
+) -> RuleResult:  # fmt: skip
+    name = "macro AUC" if scope == "auc" else f"AUC of {scope.split('/', 1)[1]}"
+    early = _auc_status(name, auc, support, non_finite, n, thresholds)
+    if early is not None:
+        status, message = early
+    else:
+        assert auc is not None
         ok = auc >= bound
-        out.append(
-            RuleResult(
-                f"{arch}/auc.max_drop",
-                PASS if ok else FAIL,
-                auc,
-                bound,
-                f">= {baseline_auc:.4f} - {thresholds.auc_max_drop:g}",
-                f"macro AUC {auc:.4f} {'ok' if ok else 'violated'}: may drop at most "
-                f"{thresholds.auc_max_drop:g} below {baseline_auc:.4f}",
-                f"{thresholds.path} [auc]",
-                scope="auc",
-                metric="auc",
-                kind="max_drop",
-            )
-        )
+        status, message = (PASS if ok else FAIL), f"{name} {auc:.4f} {'ok' if ok else 'violated'}: {text}"
+    rule = f"{arch}/auc.{kind}" if scope == "auc" else f"{arch}/{scope}.{kind}"
+    observed = auc if auc is not None and math.isfinite(auc) else None
+    return RuleResult(
+        rule, status, observed, bound, direction, message, source, scope="auc", metric="auc", kind=kind
+    )
+
+
+def auc_rules(
+    arch: str,
+    metrics: Mapping[str, Any],
+    reference: Mapping[str, Any],
+    baseline_auc: float,
+    thresholds: Thresholds,
+) -> list[RuleResult]:
+    """The ``[auc]`` rules: a floor and the largest drop below the approved (or reference)
+    macro AUC, and each ``[auc.labels.<class>]`` class's own. ``metrics`` and ``reference``
+    are :func:`~drift_gate.evidence.classification.classification_metrics` of the candidate
+    and of the reference on the audit set. An AUC that rests on fewer than ``[auc]
+    min_support`` positives or negatives of a class is inconclusive; NaN or infinite logits
+    fail."""
+    out = []
+    n, broken = int(metrics.get("n", 0)), int(metrics.get("non_finite", 0))
+    support = metrics.get("support", {})
+    used = [support[c] for c in metrics.get("auc_per_class", {}) if c in support]
+    macro_support = min(used, default=0)
+    source = f"{thresholds.path} [auc]"
+    auc = metrics.get("auc_macro")
+    if thresholds.auc_min is not None:
+        b = thresholds.auc_min
+        out.append(_auc_rule(arch, "auc", "min", auc, b, f">= {b:g}", f"must be >= {b:g}",
+                             macro_support, broken, n, thresholds, source))  # fmt: skip
+    if thresholds.auc_max_drop is not None:
+        d = thresholds.auc_max_drop
+        out.append(_auc_rule(arch, "auc", "max_drop", auc, baseline_auc - d, f">= {baseline_auc:.4f} - {d:g}",
+                             f"may drop at most {d:g} below {baseline_auc:.4f}",
+                             macro_support, broken, n, thresholds, source))  # fmt: skip
+    for cls, bounds in thresholds.auc_labels.items():
+        got = metrics.get("auc_per_class", {}).get(cls)
+        ref = reference.get("auc_per_class", {}).get(cls)
+        where = f"{thresholds.path} [auc.labels.{cls}]"
+        scope = f"auc/{cls}"
+        if "min" in bounds:
+            b = bounds["min"]
+            out.append(_auc_rule(arch, scope, "min", got, b, f">= {b:g}", f"must be >= {b:g}",
+                                 support.get(cls, 0), broken, n, thresholds, where))  # fmt: skip
+        if "max_drop" in bounds and ref is not None and math.isfinite(ref):
+            d = bounds["max_drop"]
+            out.append(_auc_rule(arch, scope, "max_drop", got, ref - d, f">= {ref:.4f} - {d:g}",
+                                 f"may drop at most {d:g} below the reference's {ref:.4f}",
+                                 support.get(cls, 0), broken, n, thresholds, where))  # fmt: skip
     return out
 
 

@@ -201,6 +201,21 @@ def _bad_approval(approved: object) -> str | None:
     return None
 
 
+def _declared_bytes(zf: Any, info: Any) -> int:
+    """The bytes an ``.npy`` member of an archive declares in its header (shape x item size),
+    read before any array is: a header may claim far more than the member holds."""
+    from numpy.lib import format as npy
+
+    with zf.open(info) as fh:
+        version = npy.read_magic(fh)
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, dtype = read(fh, max_header_size=10_000)
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count * int(dtype.itemsize)
+
+
 def _arrays(
     path: Path, npz: bytes, meta: dict[str, Any], n: int, how: str
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
@@ -231,8 +246,17 @@ def _arrays(
     try:
         with zipfile.ZipFile(io.BytesIO(npz)) as zf:
             unpacked = sum(i.file_size for i in zf.infolist())
+            declared = {i.filename: _declared_bytes(zf, i) for i in zf.infolist()}
     except zipfile.BadZipFile as exc:
         raise bad(f"not a readable archive ({exc})") from exc
+    except ValueError as exc:
+        raise bad(f"an array header is unreadable ({exc})") from None
+    for name, size in declared.items():
+        if size > 2 * expected:
+            raise bad(
+                f"{name} declares {size:,} bytes in its header where {n} audit images need about "
+                f"{expected:,}; refused unread"
+            )
     if unpacked > 2 * expected:
         raise bad(
             f"unpacks to {unpacked:,} bytes where {n} audit images need about {expected:,}; refused unread"

@@ -96,7 +96,9 @@ __all__ = [
 
 
 _GATE_KEYS = {"methods", "samples", "min_samples", "statistic"}
-_AUC_KEYS = {"min", "max_drop"}
+_AUC_KEYS = {"min", "max_drop", "min_support", "labels"}
+#: Default fewest positives and negatives of a class for its AUC to be judged.
+AUC_MIN_SUPPORT = 5
 _ONNX_KEYS = {"max_rel_diff"}
 #: Default bound on ONNX Runtime vs torch logits (relative to the largest |logit|).
 ONNX_MAX_REL_DIFF = 1e-4
@@ -124,6 +126,10 @@ class Thresholds:
     statistic: str = "mean"
     auc_min: float | None = None
     auc_max_drop: float | None = None
+    #: fewest positives and negatives a class's AUC must rest on; fewer: inconclusive
+    auc_min_support: int = AUC_MIN_SUPPORT
+    #: class -> {"min": ..., "max_drop": ...}: one finding's (class's) own AUC rules
+    auc_labels: dict[str, dict[str, float]] = field(default_factory=dict)
     #: (backbone or None, method or None) -> {"metric.kind": value}; (None, None) = defaults
     #: ``min_samples`` given as a share of the audit set (``"40%"`` -> 0.4), else None
     min_samples_share: float | None = None
@@ -206,7 +212,11 @@ class Thresholds:
                 "statistic": self.statistic,
             },
             "auc": {
-                k: v for k, v in (("min", self.auc_min), ("max_drop", self.auc_max_drop)) if v is not None
+                **{
+                    k: v for k, v in (("min", self.auc_min), ("max_drop", self.auc_max_drop)) if v is not None
+                },
+                "min_support": self.auc_min_support,
+                **({"labels": {c: dict(b) for c, b in self.auc_labels.items()}} if self.auc_labels else {}),
             },
             "drift": {
                 f"{a or '*'}/{m or '*'}": dict(v)
@@ -303,7 +313,29 @@ def _auc_section(ctx: Ctx, auc: dict[str, Any]) -> dict[str, Any]:
         raise ctx.fail(["auc"], "min", f"an AUC bound must lie in [0, 1], got {auc_min}")
     if auc_drop is not None and auc_drop < 0:
         raise ctx.fail(["auc"], "max_drop", f"max_drop must be >= 0, got {auc_drop}")
-    return {"auc_min": auc_min, "auc_max_drop": auc_drop}
+    support = auc.get("min_support", AUC_MIN_SUPPORT)
+    if isinstance(support, bool) or not isinstance(support, int) or support < 1:
+        raise ctx.fail(["auc"], "min_support", f"expected an integer >= 1, got {support!r}")
+    labels = auc.get("labels", {})
+    if not isinstance(labels, dict):
+        raise ctx.fail(
+            ["auc"], "labels", f"expected tables [auc.labels.<class>], got {type(labels).__name__}"
+        )
+    per_label: dict[str, dict[str, float]] = {}
+    for cls, table in labels.items():
+        where = ["auc", "labels", cls]
+        if not isinstance(table, dict):
+            raise ctx.fail(
+                ["auc", "labels"], cls, f"expected a table of min / max_drop, got {type(table).__name__}"
+            )
+        for key, value in table.items():
+            if key not in ("min", "max_drop"):
+                raise ctx.fail(where, key, "unknown key; known: max_drop, min")
+            number = as_number(ctx, where, key, value)
+            if not 0 <= number <= 1:
+                raise ctx.fail(where, key, f"an AUC bound must lie in [0, 1], got {number}")
+            per_label.setdefault(cls, {})[key] = number
+    return {"auc_min": auc_min, "auc_max_drop": auc_drop, "auc_min_support": support, "auc_labels": per_label}
 
 
 def _onnx_section(ctx: Ctx, onnx: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +357,12 @@ def _check_applicable(ctx: Ctx, result: Thresholds) -> None:
             elif result.tables.get((arch, None)):
                 scope = ["drift", arch]
             check_contradictions(ctx, scope, merged)
-    if not any(result.tables.values()) and result.auc_min is None and result.auc_max_drop is None:
+    if (
+        not any(result.tables.values())
+        and result.auc_min is None
+        and result.auc_max_drop is None
+        and not result.auc_labels
+    ):
         raise ConfigError(
             f"{ctx.path}: no rules: set at least one [drift] or [auc] bound "
             "(a gate that checks nothing must not pass)"
@@ -344,6 +381,8 @@ def parse_thresholds(text: str, path: str = "thresholds.toml") -> Thresholds:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply to read") from None
     ctx = Ctx(text, path)
     tables = ("gate", "auc", "drift", "onnx", "newly_correct", "sanity", "faithfulness", "counterfactual")
     unknown = sorted(set(doc) - set(tables))

@@ -29,7 +29,14 @@ from torch import Tensor, nn
 
 from drift_gate.errors import CheckpointError, ConfigError
 from drift_gate.evidence.layers import TargetLayer, find_layer
-from drift_gate.models.checkpoint import CheckpointMeta, foreign_format, load_checkpoint, weights_only_load
+from drift_gate.models.checkpoint import (
+    CheckpointMeta,
+    check_tensors,
+    foreign_format,
+    is_safetensors,
+    load_checkpoint,
+    weights_only_load,
+)
 from drift_gate.models.spec import ModelSpec
 
 __all__ = ["ForeignModel", "build_model", "load_model", "read_state_dict"]
@@ -243,7 +250,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             "capture reliably; save the weights with torch.save(model.state_dict(), 'model.pt') "
             "(or safetensors) and give the spec"
         )
-    if path.suffix.lower() == ".safetensors":
+    if path.suffix.lower() == ".safetensors" or is_safetensors(path):  # by its name or its bytes
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -264,9 +271,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     if isinstance(state, dict) and state.get("format") == "drift-gate-checkpoint":
         raise ConfigError(f"{path}: a drift-gate checkpoint carries its own model description; drop --model")
     out = _unwrap(state, path)
-    for name, t in out.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{path}: weight {name} contains NaN or Inf")
+    check_tensors(path, out)
     return out
 
 

@@ -31,7 +31,9 @@ from drift_gate.models.backbones import Classifier, build_classifier
 __all__ = [
     "SCHEMA_VERSION",
     "CheckpointMeta",
+    "check_tensors",
     "foreign_format",
+    "is_safetensors",
     "library_versions",
     "load_checkpoint",
     "save_checkpoint",
@@ -274,6 +276,45 @@ def foreign_format(path: Path) -> str | None:
     return None
 
 
+def is_safetensors(path: Path) -> bool:
+    """Whether the file is a safetensors file by its bytes: an 8-byte little-endian header
+    length, then that many bytes of JSON (whatever the file's name)."""
+    with Path(path).open("rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    size = int.from_bytes(head[:8], "little")
+    return 2 <= size <= Path(path).stat().st_size - 8
+
+
+def check_tensors(path: Path, state: dict[str, Any]) -> None:
+    """Every value of a state dict is a dense tensor with data and finite values.
+
+    Raises:
+        CheckpointError: naming the first key that is not: another object, a sparse, meta
+            or quantised tensor, NaN or Inf.
+    """
+    for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path}: the state_dict holds {type(tensor).__name__}, not only tensors")
+        if tensor.layout != torch.strided:
+            raise CheckpointError(
+                f"{path}: weight {name} is a {str(tensor.layout).removeprefix('torch.')} tensor; "
+                "save dense weights (tensor.to_dense())"
+            )
+        if tensor.is_meta:
+            raise CheckpointError(f"{path}: weight {name} is a meta tensor: it has a shape but no values")
+        if tensor.is_quantized:
+            raise CheckpointError(
+                f"{path}: weight {name} is quantised ({tensor.dtype}); gate the float model the "
+                "quantised one was made from"
+            )
+        if tensor.is_complex():
+            raise CheckpointError(f"{path}: weight {name} is complex ({tensor.dtype})")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name} contains NaN or Inf")
+
+
 def weights_only_load(path: Path, unsafe: str, damaged: str) -> object:
     """``torch.load(weights_only=True)``; a file that would run code is refused with
     ``unsafe``, a damaged one with ``damaged`` and the error's type.
@@ -281,6 +322,11 @@ def weights_only_load(path: Path, unsafe: str, damaged: str) -> object:
     Raises:
         CheckpointError: either case, naming ``path``.
     """
+    if is_safetensors(path):
+        raise CheckpointError(
+            f"{path}: a safetensors file (its first bytes say so), not a torch.save file: name it "
+            "<name>.safetensors and give its model spec (--model model.toml)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or unsafe files
@@ -326,11 +372,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
     state = obj.get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: checkpoint has no state_dict")
-    for name, tensor in state.items():
-        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise CheckpointError(f"{path}: the state_dict holds {type(tensor).__name__}, not only tensors")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{path}: weight {name} contains NaN or Inf")
+    check_tensors(path, state)
     model = build_classifier(meta.arch, len(meta.classes))
     try:
         model.load_state_dict(state, strict=True)

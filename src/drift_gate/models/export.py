@@ -68,11 +68,12 @@ def parity(reference: np.ndarray, onnx: np.ndarray, provider: str) -> Parity:
     """Compares two ``(N, classes)`` logit arrays."""
     if reference.shape != onnx.shape:
         raise ExportError(f"ONNX logits have shape {onnx.shape}, torch's {reference.shape}")
+    finite = bool(np.isfinite(onnx).all() and np.isfinite(reference).all())
+    if not finite:  # NaN or Inf on either side: no parity, whatever the other side holds
+        return Parity(float("inf"), float("nan"), float("inf"), len(reference), provider)
     diff = float(np.max(np.abs(onnx.astype(np.float64) - reference), initial=0.0))
     scale = float(np.max(np.abs(reference), initial=0.0))
     rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-    if not np.isfinite(onnx).all():
-        rel = float("inf")
     return Parity(diff, scale, rel, len(reference), provider)
 
 
