@@ -260,3 +260,17 @@ def fixed_key_pair(out: Path, seed: int) -> None:
     Path(f"{out}.pub").write_bytes(
         key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     )
+
+
+def run_suggested(message: str, **placeholders: str) -> int:
+    """Runs the first ``drift-gate`` command a message suggests (in backticks), exactly as
+    written but for its capitalised placeholders (``REFERENCE=...``); returns its exit code."""
+    import shlex
+
+    found = re.search(r"`(drift-gate [^`]+)`", message)
+    assert found, f"no command suggested in: {message}"
+    command = found.group(1)
+    for word, value in placeholders.items():
+        command = command.replace(word, shlex.quote(value))
+    assert not re.search(r"\b[A-Z]{4,}\b", command.replace("drift-gate", "")), command
+    return main(shlex.split(command)[1:])

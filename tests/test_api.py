@@ -74,7 +74,7 @@ def test_readme_python_example_runs_as_written(env: dict[str, Path], tmp_path: P
     (work / "checkpoints" / "densenet201").mkdir(parents=True)
     shutil.copy(env["ft"], work / "checkpoints" / "densenet201" / "ft.pt")
     shutil.copytree(env["data"], work / "data" / "phantoms")
-    shutil.copytree(env["baselines"], work / "baselines")
+    shutil.copytree(env["baselines"], work / "checkpoints" / "baselines")  # where the demo makes them
     shutil.copy(env["thresholds"], work / "thresholds.toml")
     out = subprocess.run(
         [sys.executable, "-c", code],

@@ -16,7 +16,8 @@ from drift_gate.models.weights import load_body_weights
 def test_unknown_backbone_lists_known_ones() -> None:
     with pytest.raises(
         ConfigError,
-        match="unknown backbone 'vgg16'; known backbones: densenet201, inception_v3, mobilenet_v3_small, resnet50v2, tiny",
+        match="unknown backbone 'vgg16'; known backbones: densenet201, inception_v3, mobilenet_v3_small, "
+        "resnet50v2, tiny",
     ):
         get_backbone("vgg16")
 

@@ -15,7 +15,7 @@ import torch
 
 from drift_gate.cli import main
 from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
-from gatekit import RULES, baseline_args, gate, result, tree_digest
+from gatekit import RULES, baseline_args, gate, result, run_suggested, tree_digest
 
 
 def test_reference_against_itself_passes_at_ideal_values(env: dict[str, Path]) -> None:
@@ -225,6 +225,9 @@ def test_profile_mode_creates_missing_baselines_and_gates_every_backbone(
     err = capsys.readouterr().err
     assert "tl.pt: sha256 differs from the reference the baseline in" in err
     assert "gated against maps of a model it does not descend from" in err
+    # the command it suggests runs as written, and then the gate does too
+    assert run_suggested(err) == 0
+    assert main(args) == 0
 
 
 def test_newly_correct_samples_are_their_own_group_with_their_own_rules(

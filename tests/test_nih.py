@@ -129,7 +129,8 @@ def test_baseline_and_gate_on_the_nih_layout(tmp_path: Path, capsys: pytest.Capt
     )
     rules = tmp_path / "thresholds.toml"
     rules.write_text(
-        '[gate]\nsamples = "all"\nmin_samples = 2\n[auc]\nmin_support = 1\nmax_drop = 0.5\n[drift]\niou.min = 0.1\n'
+        '[gate]\nsamples = "all"\nmin_samples = 2\n[auc]\nmin_support = 1\nmax_drop = 0.5\n'
+        "[drift]\niou.min = 0.1\n"
     )
     common = [
         "--model",

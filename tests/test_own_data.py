@@ -16,7 +16,17 @@ from PIL import Image
 
 from drift_gate.cli import main
 from drift_gate.data.preprocess import Preprocess
-from gatekit import RULES, TINY_TRAINING, assert_error, baseline_args, gate, gate_args, resaved, result
+from gatekit import (
+    RULES,
+    TINY_TRAINING,
+    assert_error,
+    baseline_args,
+    gate,
+    gate_args,
+    resaved,
+    result,
+    run_suggested,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: contrast of a finding: faint enough that the tiny reference misses some (as real ones do)
@@ -96,7 +106,13 @@ def test_candidate_with_other_preprocessing_is_refused(
     env: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     letterboxed = resaved(env, "letterbox.pt", preprocess=Preprocess(resize="letterbox"))
-    assert_error(gate(env, letterboxed), capsys, r"letterbox.pt: does not match the baseline .* preprocess")
+    line = assert_error(
+        gate(env, letterboxed), capsys, r"letterbox.pt: does not match the baseline .* preprocess"
+    )
+    assert line.count("preprocess") == 1, line  # named once
+    # the command it suggests runs as written (its reference filled in), and the candidate passes
+    assert run_suggested(line, REFERENCE=str(letterboxed)) == 0
+    assert gate(env, letterboxed) == 0
     # a baseline made with it records it, and the candidate with it passes
     shutil.rmtree(env["baselines"])
     assert main(baseline_args(env, letterboxed)) == 0

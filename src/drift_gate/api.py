@@ -288,6 +288,9 @@ def gate(
             precision=precision,
             spec=spec if ckpt in candidates_given else None,
             public_key=verify_with,
+            spec_file=Path(model)
+            if isinstance(model, str | os.PathLike) and ckpt in candidates_given
+            else None,
         )
         results.append(res)
         artifacts[res.candidate] = art

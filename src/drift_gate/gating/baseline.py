@@ -64,7 +64,7 @@ from drift_gate.gating.multilabel import (
     operating_points,
 )
 from drift_gate.gating.signing import SIGNATURE_FILE, sign_files
-from drift_gate.gating.stored import BASELINE_SCHEMA, Baseline, baseline_lock
+from drift_gate.gating.stored import BASELINE_SCHEMA, Baseline, baseline_command, baseline_lock
 from drift_gate.models.checkpoint import CheckpointMeta, library_versions
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     from drift_gate.gating.thresholds import Thresholds
 
-__all__ = ["APPROVED_STATISTIC", "check_compatible", "create_baseline", "write_set"]
+__all__ = ["APPROVED_STATISTIC", "baseline_command", "check_compatible", "create_baseline", "write_set"]
 
 
 #: Which per-candidate statistic ``approve`` records for each ``[gate] statistic``
@@ -252,9 +252,10 @@ def write_set(out: Path, files: dict[str, bytes], signer: Ed25519PrivateKey | No
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path) -> None:
+def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path, remake: str = "") -> None:
     """Raises :class:`StaleBaselineError` when the candidate's architecture, classes or
-    preprocessing differ from the baseline's."""
+    preprocessing differ from the baseline's; ``remake`` says how to make a fitting one
+    (:func:`baseline_command`)."""
     want = {k: baseline.meta[k] for k in ("arch", "classes", "input_size", "mean", "std")}
     # baselines from before preprocessing was configurable used the default
     want["preprocess"] = baseline.meta.get("preprocess", DEFAULT.as_dict())
@@ -268,10 +269,10 @@ def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path) 
             diff += [
                 f"model.{k} {mine.get(k)!r} (baseline {theirs.get(k)!r})"
                 for k in sorted(set(mine) | set(theirs))
-                if mine.get(k) != theirs.get(k)
-            ]
+                if mine.get(k) != theirs.get(k) and not (k in want and got.get(k) != want[k])
+            ]  # a setting already named above is not named again as the spec's
     if diff:
         raise StaleBaselineError(
             f"{candidate}: does not match the baseline in {baseline.path}: {'; '.join(diff)}; "
-            f"refresh it with `drift-gate baseline --reference CKPT --out {baseline.path}`"
+            f"make a baseline for this model: {remake or baseline_command(baseline.path)}"
         )

@@ -51,7 +51,7 @@ from drift_gate.gating.rules import (
     sanity_rule,
 )
 from drift_gate.gating.signing import SIGNATURE_FILE
-from drift_gate.gating.stored import Baseline, load_baseline
+from drift_gate.gating.stored import Baseline, baseline_command, load_baseline
 from drift_gate.gating.thresholds import Bound, Thresholds
 from drift_gate.models.adapters import load_model
 from drift_gate.models.export import OnnxModel, onnx_path, parity
@@ -186,25 +186,30 @@ def _prepare(
     precision: str,
     spec: ModelSpec | None = None,
     public_key: Keyring | None = None,
+    spec_file: Path | None = None,
 ) -> Job:
     """Loads the candidate and its baseline and checks that one may be gated against the other."""
     model, meta = load_model(candidate, spec, dist.device)
     base: Baseline = load_baseline(Path(baselines) / meta.arch, public_key)
+
+    def remake(ref: Path | None) -> str:
+        return baseline_command(base.path, data_root, ref, thresholds.path, spec_file)
+
     if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
         raise StaleBaselineError(
             f"{reference}: sha256 differs from the reference the baseline in {base.path} was made from, "
             "so the candidate would be gated against maps of a model it does not descend from. If this "
-            "checkpoint is the right "
-            f"reference, re-make the baseline: `drift-gate baseline --reference {reference} --out "
-            f"{base.path}`; if the baseline is, train with the code and settings that made it"
+            f"checkpoint is the right reference, re-make the baseline: {remake(reference)}; if the "
+            "baseline is, train with the code and settings that made it"
         )
     missing = [m for m in thresholds.methods if m not in base.maps]
     if missing:
         raise StaleBaselineError(
-            f"{base.path}: baseline has no maps for {', '.join(missing)}; "
-            f"refresh it with `drift-gate baseline --out {base.path}`"
+            f"{base.path}: baseline has no maps for {', '.join(missing)}; re-make it with these rules "
+            f"from the checkpoint it was made from (sha256 {base.meta['reference']['sha256'][:12]}…): "
+            f"{remake(reference)}"
         )
-    check_compatible(base, meta, candidate)
+    check_compatible(base, meta, candidate, remake(reference))
     for cls, bounds in thresholds.label_bounds(meta.arch).items():  # before any CAM is computed
         if cls not in meta.classes:
             raise ConfigError(
@@ -336,6 +341,7 @@ def run_gate(
     precision: str = "fp32",
     spec: ModelSpec | None = None,
     public_key: Keyring | None = None,
+    spec_file: Path | None = None,
 ) -> tuple[CandidateResult, dict[str, Any]]:
     """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``.
 
@@ -377,6 +383,7 @@ def run_gate(
         precision,
         spec,
         public_key,
+        spec_file,
     )
     meta, base, samples = job.meta, job.base, job.samples
     shards = gather_shards(dist, len(samples), batch_size, lambda idx: audit_pass(job, idx))

@@ -35,7 +35,15 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     pass
 
-__all__ = ["BASELINE_SCHEMA", "MAX_FILE", "Baseline", "baseline_lock", "load_baseline", "read_baseline"]
+__all__ = [
+    "BASELINE_SCHEMA",
+    "MAX_FILE",
+    "Baseline",
+    "baseline_command",
+    "baseline_lock",
+    "load_baseline",
+    "read_baseline",
+]
 
 
 BASELINE_SCHEMA = 1
@@ -74,6 +82,32 @@ def baseline_lock(folder: Path, shared: bool = False) -> contextlib.AbstractCont
     if shared and not os.access(lock.parent if not lock.exists() else lock, os.W_OK):
         return contextlib.nullcontext()
     return file_lock(lock, shared=shared)
+
+
+def baseline_command(
+    out: Path,
+    data: Path | None = None,
+    reference: Path | None = None,
+    thresholds: str = "thresholds.toml",
+    spec_file: Path | None = None,
+) -> str:
+    """The ``drift-gate baseline`` command that (re-)makes the baseline ``out``, complete
+    with the data, the rules and the model spec it needs. What is not known here is a
+    capitalised word to replace (``REFERENCE``: the checkpoint to make it from; ``DATA``: the
+    data root of its audit images), and the text says so."""
+    import shlex
+
+    args = ["drift-gate", "baseline", "--reference", str(reference) if reference else "REFERENCE"]
+    args += ["--data", str(data) if data else "DATA"]
+    if spec_file is not None:
+        args += ["--model", str(spec_file)]
+    if thresholds != "thresholds.toml":
+        args += ["--thresholds", thresholds]
+    args += ["--out", str(out)]
+    text = " ".join(a if a in ("REFERENCE", "DATA") else shlex.quote(a) for a in args)
+    unknown = [w for w, v in (("REFERENCE: the checkpoint to make it from", reference),
+                              ("DATA: the data root of its audit images", data)) if not v]  # fmt: skip
+    return f"`{text}`" + (f" ({'; '.join(unknown)})" if unknown else "")
 
 
 def load_baseline(path: Path, public_key: Keyring | None = None) -> Baseline:
@@ -121,7 +155,7 @@ def _read_files(folder: Path, how: str) -> dict[str, bytes]:
 def read_baseline(folder: Path, public_key: Keyring | None = None) -> Baseline:
     """Reads and verifies a baseline (and, with ``public_key``, its signature, over the very
     bytes then used); the caller holds its lock (:func:`load_baseline` takes it)."""
-    how = f"refresh it with `drift-gate baseline --reference CKPT --out {folder}`"
+    how = f"re-make it: {baseline_command(folder)}"
     meta_path = folder / "baseline.json"
     files = _read_files(folder, how)
     if public_key is not None:
