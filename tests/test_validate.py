@@ -395,3 +395,25 @@ def test_calibration_samples_an_emulated_machine_in_a_process_of_its_own(
     assert "the TL fine-tuned on an emulated machine threads:1 (marked (threads:1))" in text
     assert "tolerance factor for the number of runs" in text
     assert "| moved most |" in (out / "calibration.md").read_text()
+
+
+def test_a_pinned_profile_calibrates_a_retrained_reference(
+    tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
+) -> None:
+    """The ci profile pins its TL checkpoint; the retrained-TL source trains a whole new pair
+    (the pinned file is not its reference, and is left as it is)."""
+    import shutil
+
+    from drift_gate._io import file_sha256
+
+    profile, rules = tiny
+    pinned = tmp_path / "ref" / "tiny" / "tl.pt"
+    pinned.parent.mkdir(parents=True)
+    shutil.copy(Path(profile.out) / "tiny" / "tl.pt", pinned)
+    before = file_sha256(pinned)
+    cal = run_calibration(
+        replace(profile, reference=str(tmp_path / "ref")), phantom_data, load_thresholds(rules),
+        tmp_path / "cal", seeds=[0], per_class=2, vary=("tl",),
+    )  # fmt: skip
+    assert [r["source"] for r in cal.runs["tiny"]] == ["seed", "tl"]
+    assert file_sha256(pinned) == before

@@ -198,8 +198,9 @@ def retrained_runs(
     of a whole retrained TL + FT pair (kept under ``out/<source>``, reused when up to date)."""
     runs = []
     for source in vary:
+        # a retrained pair is trained whole: a profile's pinned TL reference is not its own
         if source == "tl":
-            p = replace(profile, seed=profile.seed + 1, out=str(out / "tl"))
+            p = replace(profile, seed=profile.seed + 1, out=str(out / "tl"), reference=None)
             seed = p.seed
         else:
             if profile.weights != "synthetic":
@@ -207,7 +208,12 @@ def retrained_runs(
                     f"calibrate --vary pretrain needs weights = 'synthetic', not {profile.weights!r}"
                 )
             seed = profile.pretrain.seed + 1
-            p = replace(profile, pretrain=replace(profile.pretrain, seed=seed), out=str(out / "pretrain"))
+            p = replace(
+                profile,
+                pretrain=replace(profile.pretrain, seed=seed),
+                out=str(out / "pretrain"),
+                reference=None,
+            )
         log(f"[{arch}] calibration run: {VARY[source]} (seed {seed}), then its fine-tune")
         trained = train_backbone(p, arch, data, device, cache_dir or default_cache_dir(), progress, log=log)
         base = out / "baselines" / source
