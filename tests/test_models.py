@@ -19,6 +19,8 @@ from drift_gate.cli import main
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.cam import METHODS, CamEngine, minmax, upsample
 from drift_gate.evidence.layers import find_layer
+from drift_gate.evidence.methods import METHODS as REGISTRY
+from drift_gate.evidence.methods import Needs
 from drift_gate.models.adapters import ForeignModel
 from drift_gate.models.spec import ModelSpec, load_spec
 from gatekit import assert_error, multilabel_manifest, tree_digest
@@ -28,7 +30,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 from test_cam import REFERENCE  # noqa: E402  (one map of method -> pytorch-grad-cam class)
 
-GRADIENT = tuple(m for m in METHODS if m != "ablationcam")
+GRADIENT = tuple(m for m in METHODS if REGISTRY[m].needs is Needs.GRADIENT)
+CAMS = (*GRADIENT, "ablationcam")  # what pytorch-grad-cam has
 CLASSES = ["normal", "bacterial_pneumonia", "viral_pneumonia", "covid19", "tuberculosis"]
 
 
@@ -62,7 +65,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], str, int, int, tuple[str, ...], 
         "layer4",
         64,
         3,
-        METHODS,
+        CAMS,
         None,
     ),
     "torchvision-densenet121": (

@@ -1,4 +1,5 @@
-"""CAM engine: every gradient CAM from one forward pass, plus batched Ablation-CAM.
+"""CAM engine: every gradient CAM from one forward pass, batched Ablation-CAM, and any other
+method of the registry (:mod:`drift_gate.evidence.methods`) from what it says it needs.
 
 The body of a :class:`~drift_gate.backbones.Classifier` ends at the CAM target
 layer, so for a batch the engine
@@ -40,6 +41,8 @@ from torch import Tensor
 
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.layers import TargetLayer, capture, frozen, replace_first, to_grid
+from drift_gate.evidence.methods import METHODS as _REGISTRY
+from drift_gate.evidence.methods import Needs
 from drift_gate.models.backbones import Classifier
 
 __all__ = [
@@ -58,52 +61,17 @@ __all__ = [
 ]
 
 
-_SPATIAL = (2, 3)
-
-
-def _gradcam(a: Tensor, g: Tensor) -> Tensor:
-    return (g.mean(_SPATIAL, keepdim=True) * a).sum(1)
-
-
-def _gradcam_pp(a: Tensor, g: Tensor) -> Tensor:
-    g2 = g * g
-    alpha = g2 / (2 * g2 + a.sum(_SPATIAL, keepdim=True) * g2 * g + 1e-6)
-    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
-    weights = (g.clamp(min=0) * alpha).sum(_SPATIAL, keepdim=True)
-    return (weights * a).sum(1)
-
-
-def _layercam(a: Tensor, g: Tensor) -> Tensor:
-    return (g.clamp(min=0) * a).sum(1)
-
-
-def _xgradcam(a: Tensor, g: Tensor) -> Tensor:
-    weights = (g * a / (a.sum(_SPATIAL, keepdim=True) + 1e-7)).sum(_SPATIAL, keepdim=True)
-    return (weights * a).sum(1)
-
-
-def _hirescam(a: Tensor, g: Tensor) -> Tensor:
-    return (g * a).sum(1)
-
-
-#: Gradient methods: ``(activation, gradient) -> raw map (B, h, w)`` before ReLU.
-GRADIENT_METHODS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "layercam": _layercam,
-    "gradcam++": _gradcam_pp,
-    "gradcam": _gradcam,
-    "xgradcam": _xgradcam,
-    "hirescam": _hirescam,
-}
-
-#: Every method name the engine knows; ``ablationcam`` is gradient-free.
-METHODS: tuple[str, ...] = (*GRADIENT_METHODS, "ablationcam")
+#: Gradient methods (they need the activation's gradient), derived from the registry.
+GRADIENT_METHODS: tuple[str, ...] = tuple(n for n, m in _REGISTRY.items() if m.needs is Needs.GRADIENT)
+#: Every method name the engine knows (:data:`drift_gate.evidence.methods.METHODS`).
+METHODS: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in _REGISTRY]
     if unknown:
         raise ConfigError(
-            f"unknown CAM method(s) {', '.join(map(repr, unknown))}; known: {', '.join(METHODS)}"
+            f"unknown CAM method(s) {', '.join(map(repr, unknown))}; known: {', '.join(_REGISTRY)}"
         )
     if not methods:
         raise ConfigError("no CAM method selected")
@@ -157,6 +125,7 @@ class CamEngine:
         self.ablation_chunk = ablation_chunk
         self.precision = precision
         self.layer = layer or getattr(model, "target", None)
+        self._needs_gradient = any(_REGISTRY[m].needs is Needs.GRADIENT for m in self.methods)
         if not isinstance(model, Classifier) and not isinstance(self.layer, TargetLayer):
             raise ConfigError("the CAM engine needs a target layer for this model (see find_layer)")
 
@@ -172,26 +141,27 @@ class CamEngine:
             logits = model.forward_head(act)
             targets, chosen = _chosen(logits, targets)
             grad = None
-            if any(m in GRADIENT_METHODS for m in self.methods):
+            if self._needs_gradient:
                 (grad,) = torch.autograd.grad(chosen.sum(), act)
         # The channel reductions run in float64: they cost little next to the forward
         # pass, and min-max normalisation of small maps amplifies float32 rounding.
         a = act.detach().double()
         grad = None if grad is None else grad.double()
-        maps = self._maps(a, grad, lambda: self._ablation(a, targets, chosen.detach()))
+        scores = chosen.detach()
+        maps = self._maps(
+            _Batch(a, grad, x, targets, lambda: self._ablation(a, targets, scores), self._forward)
+        )
         return CamBatch(logits.detach(), targets, maps)
 
-    def _maps(self, a: Tensor, grad: Tensor | None, ablation: Callable[[], Tensor]) -> dict[str, Tensor]:
-        """Every method's ReLU'd float32 map from the float64 activation and gradient grids."""
-        maps = {}
-        for m in self.methods:
-            if m == "ablationcam":
-                raw = ablation()
-            else:
-                assert grad is not None
-                raw = GRADIENT_METHODS[m](a, grad)
-            maps[m] = raw.clamp(min=0).float()
-        return maps
+    def _forward(self, x: Tensor) -> Tensor:
+        """The model's logits (for methods that need the model and its input)."""
+        with autocast(x.device, self.precision), _no_tf32(self.precision):
+            out: Tensor = self.model(x)
+        return out
+
+    def _maps(self, batch: _Batch) -> dict[str, Tensor]:
+        """Every method's ReLU'd float32 map, from what the registry says it needs."""
+        return {m: _REGISTRY[m].compute(batch).clamp(min=0).float() for m in self.methods}
 
     def _net(self) -> torch.nn.Module:
         net = getattr(self.model, "net", None)
@@ -227,7 +197,7 @@ class CamEngine:
         logits = logits.float()
         targets, chosen = _chosen(logits, targets)
         grad = None
-        if any(m in GRADIENT_METHODS for m in self.methods):
+        if self._needs_gradient:
             (raw_grad,) = torch.autograd.grad(chosen.sum(), cap.leaf, allow_unused=True)
             grad = None if raw_grad is None else to_grid(raw_grad, layer).double()
             if grad is None or not bool(grad.abs().sum() > 0):
@@ -238,8 +208,11 @@ class CamEngine:
                 )
         raw_act = cap.leaf.detach()
         a = to_grid(raw_act, layer).double()
-        maps = self._maps(a, grad, lambda: self._ablation_hooked(x, raw_act, a, targets, chosen.detach()))
-        return CamBatch(logits.detach(), targets, maps)
+        scores = chosen.detach()
+        batch = _Batch(
+            a, grad, x, targets, lambda: self._ablation_hooked(x, raw_act, a, targets, scores), self._forward
+        )
+        return CamBatch(logits.detach(), targets, self._maps(batch))
 
     @torch.no_grad()
     def _ablation_hooked(self, x: Tensor, raw: Tensor, a: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
@@ -273,7 +246,7 @@ class CamEngine:
                 finally:
                     handle.remove()
                 weights[i, channels] = (scores[i] - out[:, int(targets[i])].double()) / scores[i]
-        return (weights[:, :, None, None] * a).sum(1)
+        return weights
 
     @torch.no_grad()
     def _ablation(self, a: Tensor, targets: Tensor, scores: Tensor) -> Tensor:
@@ -290,7 +263,33 @@ class CamEngine:
                     .double()
                 )
                 weights[i, channels] = (scores[i] - out) / scores[i]
-        return (weights[:, :, None, None] * a).sum(1)
+        return weights
+
+
+@dataclass
+class _Batch:
+    """What the engine gives the methods for one batch (:class:`~drift_gate.evidence.methods.Evidence`)."""
+
+    activation: Tensor
+    grad: Tensor | None
+    inputs: Tensor
+    targets: Tensor
+    scores: Callable[[], Tensor]
+    forward: Callable[[Tensor], Tensor]
+    _ablated: Tensor | None = None
+
+    @property
+    def gradient(self) -> Tensor:
+        assert self.grad is not None, "the engine computes the gradient when a method needs it"
+        return self.grad
+
+    def ablation_scores(self) -> Tensor:
+        if self._ablated is None:
+            self._ablated = self.scores()
+        return self._ablated
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.forward(x)
 
 
 def _chosen(logits: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -184,6 +184,7 @@ def create_baseline(
             per_class if is_multilabel(meta) else min(test_images_per_class(data).values()),
         )
     arrays = {f"map_{m}": v.astype(np.float32) for m, v in cams.maps.items()}
+    shapes = {m: list(v.shape[1:]) for m, v in cams.maps.items()}
     arrays.update(logits=logits.astype(np.float32), labels=labels, **extra)
     npz = _npz_bytes(arrays)
     doc = {
@@ -201,6 +202,8 @@ def create_baseline(
             "sha256": hashlib.sha256(npz).hexdigest(),
             "methods": list(cams.maps),
             "shape": list(next(iter(cams.maps.values())).shape[1:]),
+            # methods at another resolution than the first (Integrated Gradients' fine grid)
+            **({"shapes": shapes} if len({tuple(v) for v in shapes.values()}) > 1 else {}),
             **({"layer": target.path} if target is not None else {}),
         },
         "data": {

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from drift_gate.errors import ConfigError
-from drift_gate.evidence.cam import METHODS
+from drift_gate.evidence.methods import METHODS
 from drift_gate.evidence.registry import METRICS
 from drift_gate.gating._toml import Ctx, as_number, table_line
 from drift_gate.models.backbones import BACKBONES

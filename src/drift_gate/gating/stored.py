@@ -276,7 +276,16 @@ def _arrays(
         rows = meta["audit"].get("pairs")
         if isinstance(rows, bool) or not isinstance(rows, int) or not 0 < rows <= n * len(classes):
             raise bad(f"baseline.json records no valid number of (image, class) pairs ({rows!r})")
-    expected = rows * (len(methods) * grid[0] * grid[1] * 4 + 16) + n * (len(classes) * 5 + 8) + (1 << 20)
+    cells = (
+        sum(
+            g[0] * g[1] if isinstance(g, list) and len(g) == 2 and all(isinstance(v, int) for v in g) else 0
+            for g in (
+                meta["maps"].get("shapes", {}) if isinstance(meta["maps"].get("shapes"), dict) else {}
+            ).values()
+        )
+        or len(methods) * grid[0] * grid[1]
+    )
+    expected = rows * (cells * 4 + 16) + n * (len(classes) * 5 + 8) + (1 << 20)
     try:
         with zipfile.ZipFile(io.BytesIO(npz)) as zf:
             unpacked = sum(i.file_size for i in zf.infolist())
@@ -302,11 +311,15 @@ def _arrays(
             pairs = z["pairs"].astype(np.int64) if multilabel else None
     except (KeyError, ValueError, OSError) as exc:
         raise bad(f"unreadable arrays ({exc})") from exc
+    shapes = meta["maps"].get("shapes", {})
+    if not isinstance(shapes, dict):
+        raise bad(f"baseline.json records no valid map shapes per method ({shapes!r})")
     for m, a in maps.items():
-        if a.shape != (rows, *grid):
-            raise bad(
-                f"{m} maps have shape {a.shape}, but the baseline records {rows} maps of {grid[0]}x{grid[1]}"
-            )
+        g = shapes.get(m, grid)
+        if not (isinstance(g, list) and len(g) == 2 and all(isinstance(v, int) and 0 < v <= 4096 for v in g)):
+            raise bad(f"baseline.json records no valid map shape for {m} ({g!r})")
+        if a.shape != (rows, *g):
+            raise bad(f"{m} maps have shape {a.shape}, but the baseline records {rows} maps of {g[0]}x{g[1]}")
         if not np.isfinite(a).all():
             raise bad(f"the stored {m} maps contain NaN or Inf (the baseline is damaged, not the candidate)")
     if pairs is not None and (

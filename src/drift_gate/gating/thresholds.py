@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from drift_gate.errors import ConfigError
-from drift_gate.evidence.cam import METHODS
+from drift_gate.evidence.methods import METHODS
 from drift_gate.gating._toml import Ctx, as_number, section
 from drift_gate.gating.bound_tables import (
     BOUND_KINDS,
