@@ -13,7 +13,7 @@ import torchvision
 
 from drift_gate.cli import main
 from drift_gate.evidence.cam import CamEngine
-from drift_gate.evidence.layers import find_layer
+from drift_gate.models.layers import find_layer
 from drift_gate.evidence.methods import IG_CELL, IG_STEPS, METHODS, Method, Needs, integrated_gradients
 from drift_gate.models.adapters import ForeignModel
 from drift_gate.models.backbones import build_classifier

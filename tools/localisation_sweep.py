@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drift_gate.api import profile_data, profile_from
+from drift_gate.inputs import profile_data, profile_from
 from drift_gate.data.datasets import ImageDataset, Sample, load_dataset
 from drift_gate.data.masks import read_mask
 from drift_gate.evidence.cam import CamEngine, upsample
-from drift_gate.evidence.layers import find_layer
+from drift_gate.models.layers import find_layer
 from drift_gate.evidence.metrics import localisation
 from drift_gate.models.checkpoint import load_checkpoint
 

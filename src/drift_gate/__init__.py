@@ -51,7 +51,7 @@ _WHERE = {
     "ModelSpec": "drift_gate.models.spec",
     "load_spec": "drift_gate.models.spec",
     "CamEngine": "drift_gate.evidence.cam",
-    "find_layer": "drift_gate.evidence.layers",
+    "find_layer": "drift_gate.models.layers",
     "DriftGateError": "drift_gate.errors",
     "ConfigError": "drift_gate.errors",
     "DataError": "drift_gate.errors",

@@ -40,10 +40,10 @@ import torch
 from torch import Tensor
 
 from drift_gate.errors import ConfigError
-from drift_gate.evidence.layers import TargetLayer, capture, frozen, replace_first, to_grid
 from drift_gate.evidence.methods import METHODS as _REGISTRY
 from drift_gate.evidence.methods import Needs
 from drift_gate.models.backbones import Classifier
+from drift_gate.models.layers import TargetLayer, capture, frozen, replace_first, to_grid
 
 __all__ = [
     "GRADIENT_METHODS",

@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from drift_gate.errors import CheckpointError, ConfigError
-from drift_gate.evidence.layers import TargetLayer, find_layer
 from drift_gate.models.checkpoint import (
     CheckpointMeta,
     check_tensors,
@@ -37,6 +36,7 @@ from drift_gate.models.checkpoint import (
     load_checkpoint,
     weights_only_load,
 )
+from drift_gate.models.layers import TargetLayer, find_layer
 from drift_gate.models.spec import ModelSpec
 
 __all__ = ["ForeignModel", "build_model", "load_model", "read_state_dict"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from drift_gate.errors import ConfigError
-from drift_gate.evidence.layers import TargetLayer
+from drift_gate.models.layers import TargetLayer
 from drift_gate.models.weights import timm_weights_file, torchvision_weights_file
 
 __all__ = [

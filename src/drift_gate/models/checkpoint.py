@@ -25,8 +25,8 @@ import torch
 from drift_gate._io import atomic_write_bytes
 from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.errors import CheckpointError, ConfigError
-from drift_gate.evidence.layers import find_layer, is_module_path
 from drift_gate.models.backbones import Classifier, build_classifier
+from drift_gate.models.layers import find_layer, is_module_path
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drift_gate._io import default_cache_dir
-from drift_gate.api import Log, PathLike, missing_checkpoint, profile_data, profile_from, quiet, rules_from
 from drift_gate.errors import ConfigError
+from drift_gate.inputs import Log, PathLike, missing_checkpoint, profile_data, profile_from, quiet, rules_from
 
 if TYPE_CHECKING:
     from drift_gate.gating.thresholds import Thresholds

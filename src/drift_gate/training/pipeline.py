@@ -29,10 +29,10 @@ from drift_gate.data.datasets import DataSet, ImageDataset
 from drift_gate.distributed import Dist, barrier, main_first
 from drift_gate.errors import CheckpointError, ConfigError, DataError
 from drift_gate.evidence.classification import classification_metrics
-from drift_gate.evidence.layers import find_layer
 from drift_gate.models.backbones import Classifier, build_classifier, get_backbone
 from drift_gate.models.checkpoint import CheckpointMeta, library_versions, load_checkpoint, save_checkpoint
 from drift_gate.models.inference import predict
+from drift_gate.models.layers import find_layer
 from drift_gate.models.weights import load_body_weights
 from drift_gate.training.loops import (
     Log,

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from drift_gate._io import file_sha256
 from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.errors import ConfigError
-from drift_gate.evidence.layers import is_module_path
+from drift_gate.models.layers import is_module_path
 
 __all__ = [
     "OWN_TL",
