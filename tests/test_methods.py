@@ -13,10 +13,10 @@ import torchvision
 
 from drift_gate.cli import main
 from drift_gate.evidence.cam import CamEngine
-from drift_gate.models.layers import find_layer
 from drift_gate.evidence.methods import IG_CELL, IG_STEPS, METHODS, Method, Needs, integrated_gradients
 from drift_gate.models.adapters import ForeignModel
 from drift_gate.models.backbones import build_classifier
+from drift_gate.models.layers import find_layer
 from drift_gate.models.spec import ModelSpec
 from gatekit import RULES, baseline_args, gate, result
 

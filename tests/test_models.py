@@ -18,10 +18,10 @@ from torch import nn
 from drift_gate.cli import main
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.cam import METHODS, CamEngine, minmax, upsample
-from drift_gate.models.layers import find_layer
 from drift_gate.evidence.methods import METHODS as REGISTRY
 from drift_gate.evidence.methods import Needs
 from drift_gate.models.adapters import ForeignModel
+from drift_gate.models.layers import find_layer
 from drift_gate.models.spec import ModelSpec, load_spec
 from gatekit import assert_error, multilabel_manifest, tree_digest
 

@@ -417,3 +417,28 @@ def test_a_pinned_profile_calibrates_a_retrained_reference(
     )  # fmt: skip
     assert [r["source"] for r in cal.runs["tiny"]] == ["seed", "tl"]
     assert file_sha256(pinned) == before
+
+
+def test_calibrations_of_two_profiles_make_one_proposal(
+    tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
+) -> None:
+    """`calibrate --profile demo,ci`: the backbones of both in one thresholds file."""
+    from drift_gate.studies.calibrate import merged
+    from drift_gate.studies.calibrate_report import thresholds_text
+
+    profile, rules = tiny
+    thresholds = load_thresholds(rules)
+    one = run_calibration(
+        profile, phantom_data, thresholds, tmp_path / "a", seeds=[0, 1], per_class=2, write=False
+    )
+    other = replace(
+        one,
+        profile="other",
+        rows=[replace(r, arch="mobilenet_v3_small") for r in one.rows],
+        n_audit={"x": 10},
+    )
+    both = merged([one, other])
+    assert both.profile == f"{profile.name}+other"
+    text = thresholds_text(both, thresholds)
+    assert "[drift.tiny.layercam]" in text and "[drift.mobilenet_v3_small.layercam]" in text
+    assert not (tmp_path / "a" / "thresholds.proposed.toml").exists(), "write=False writes nothing"

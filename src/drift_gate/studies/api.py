@@ -126,29 +126,40 @@ def calibrate(
     of the synthetic pretraining), and emulated machines (``aten:default``, ``cpu:sse41``,
     ``threads:1``, ``gpu``; combined with ``+``), each a fine-tune of the TL in a process of
     its own, side by side as the cores allow. Bounds are tolerance bounds for the number of
-    runs (``k=None``), or ``k`` noise widths from the centre."""
+    runs (``k=None``), or ``k`` noise widths from the centre. ``profile`` may name several
+    profiles (``"demo,ci"``): their backbones' bounds go into one proposal."""
     from drift_gate.data.datasets import load_dataset
     from drift_gate.models.inference import resolve_device
-    from drift_gate.studies.calibrate import run_calibration
+    from drift_gate.studies.calibrate import merged, run_calibration
+    from drift_gate.studies.calibrate_report import write_calibration
 
     rules = rules_from(thresholds)
-    prof = _trained(profile, profiles, ("tl",))
-    dataset = load_dataset(profile_data(prof, progress=progress, log=log))
-    seeds = [prof.seed + i for i in range(runs)]
-    return run_calibration(
-        prof,
-        dataset,
-        rules,
-        Path(out),
-        seeds,
-        k=k,
-        per_class=per_class,
-        device=resolve_device(device),
-        batch_size=batch_size,
-        progress=progress,
-        log=log,
-        vary=tuple(vary),
-    )
+    names = [p.strip() for p in profile.split(",")] if isinstance(profile, str) else [profile]
+    cals = []
+    for name in names:  # several profiles (their backbones differ): one proposal for all
+        prof = _trained(name, profiles, ("tl",))
+        dataset = load_dataset(profile_data(prof, progress=progress, log=log))
+        seeds = [prof.seed + i for i in range(runs)]
+        cals.append(
+            run_calibration(
+                prof,
+                dataset,
+                rules,
+                Path(out),
+                seeds,
+                k=k,
+                per_class=per_class,
+                device=resolve_device(device),
+                batch_size=batch_size,
+                progress=progress,
+                log=log,
+                vary=tuple(vary),
+                write=False,
+            )
+        )
+    cal = cals[0] if len(cals) == 1 else merged(cals)
+    write_calibration(cal, rules, Path(out))
+    return cal
 
 
 def validate(

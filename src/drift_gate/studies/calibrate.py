@@ -309,8 +309,10 @@ def run_calibration(
     log: Log = lambda message: None,
     vary: tuple[str, ...] = (),
     cache_dir: Path | None = None,
+    write: bool = True,
 ) -> Calibration:
-    """Measures the noise of every metric and proposes bounds (see the module).
+    """Measures the noise of every metric and proposes bounds (see the module); with
+    ``write``, writes the proposal and the report into ``out``.
 
     Args:
         seeds: fine-tuning seeds; one seed (the profile's) means bootstrap only.
@@ -384,5 +386,23 @@ def run_calibration(
                 arch, method, results, thresholds.statistic, k, CALIBRATED, sources,
                 "newly_correct", thresholds.newly_correct_min_samples,
             )  # fmt: skip
-    write_calibration(cal, thresholds, out)
+    if write:
+        write_calibration(cal, thresholds, out)
     return cal
+
+
+def merged(cals: list[Calibration]) -> Calibration:
+    """Several profiles' calibrations as one (their backbones differ): one proposal for a
+    thresholds file that serves them all."""
+    first = cals[0]
+    out = Calibration(
+        "+".join(c.profile for c in cals), first.source, first.k, first.statistic, first.methods, {}, {},
+        first.coverage, first.confidence,
+    )  # fmt: skip
+    for c in cals:
+        out.n_audit.update(c.n_audit)
+        out.runs.update(c.runs)
+        out.rows += c.rows
+        out.all_rows += c.all_rows
+        out.newly_rows += c.newly_rows
+    return out

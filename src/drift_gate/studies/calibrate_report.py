@@ -81,7 +81,7 @@ class NoiseRow:
         centre = f"|{self.centre:.3f}|" if self.kind == "abs_max" else f"{self.centre:.3f}"
         return (
             f"runs {runs}; {self.spread} sd {seed}, bootstrap sd {self.bootstrap_sd:.3f}: "
-            f"{centre} {sign} {k:g} x {self.noise:.3f}"
+            f"{centre} {sign} {k:.2f} x {self.noise:.3f}"
         )
 
 
