@@ -111,3 +111,20 @@ def test_an_audit_file_name_is_never_interpreted(
 
     assert html.escape(name) in page
     assert json.loads((env["reports"] / "gate.json").read_text())["candidates"][0]["sample_ids"]
+
+
+def test_a_figure_that_cannot_be_drawn_keeps_the_verdict(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An audit image gone between the gate's pass and the report (here: reading fails):
+    the overlays are left out with one warning, the report and the exit code stay."""
+    import drift_gate.gating.report as report
+
+    def gone(*args: object, **kwargs: object) -> object:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(report, "_overlays", gone)
+    assert gate(env, env["tl"]) == 0
+    warned = _warnings(capsys.readouterr().err)
+    assert warned and all("overlays" in w and "the verdict stands" in w for w in warned), warned
+    assert "drifted most" not in (env["reports"] / "gate.html").read_text()

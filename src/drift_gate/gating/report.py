@@ -21,15 +21,16 @@ import html
 import json
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from drift_gate._io import atomic_write_bytes, side_output, uninterrupted, write_lock
-from drift_gate.errors import DataError
+from drift_gate._io import atomic_write_bytes, side_output, uninterrupted, warn, write_lock
+from drift_gate.errors import DataError, DriftGateError
 from drift_gate.evidence.registry import CORE_METRICS
 from drift_gate.gating.figures import Histogram, histograms_svg, overlay_png
 from drift_gate.gating.gate import CandidateResult, GateResult
@@ -50,6 +51,8 @@ __all__ = [
     "write_reports",
 ]
 
+
+T = TypeVar("T")
 
 _MARK = {PASS: "PASS", FAIL: "FAIL", INCONCLUSIVE: "INCONCLUSIVE", "skipped": "skip"}
 
@@ -374,6 +377,16 @@ def _consistency_table(c: CandidateResult, method: str) -> str:
     )
 
 
+def _figure(what: str, draw: Callable[[], T]) -> T | None:
+    """A figure of the HTML report, or ``None`` with one warning line when it cannot be
+    drawn (an audit image gone since the gate read it): the figures are not the verdict."""
+    try:
+        return draw()
+    except (OSError, ValueError, RuntimeError, DriftGateError) as exc:
+        warn(f"could not draw {what} for gate.html ({exc}); the verdict stands, gate.json is the record")
+        return None
+
+
 def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) -> str:
     """The self-contained HTML report (kept in one piece: it builds the page top to bottom)."""
     parts = [
@@ -412,9 +425,9 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
         art = artifacts.get(c.candidate)
         for method in c.summaries:
             parts.append(f"<h3>{html.escape(method)}</h3>")
-            parts.append(
-                f"<img alt='metric distributions {html.escape(method)}' src='{_distributions(c, method)}'>"
-            )
+            uri = _figure(f"the {method} distributions of {c.arch}", partial(_distributions, c, method))
+            if uri:
+                parts.append(f"<img alt='metric distributions {html.escape(method)}' src='{uri}'>")
             parts.append(_class_table(c, method))
             parts.append(_consistency_table(c, method))
             if "faithfulness" in c.summaries[method]:
@@ -438,7 +451,10 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
                     f"<th>candidate</th></tr>{cells}</table>"
                 )
             titles = {"most": "drifted most (lowest IoU)", "least": "drifted least (highest IoU)"}
-            for which, fig in overlay_pngs(c, method, art).items():
+            figures = (
+                _figure(f"the {method} overlays of {c.arch}", partial(overlay_pngs, c, method, art)) or {}
+            )
+            for which, fig in figures.items():
                 uri = "data:image/png;base64," + base64.b64encode(fig.png).decode()
                 rows = "".join(f"<li>{html.escape(t)}</li>" for t in fig.captions)
                 parts.append(
