@@ -101,6 +101,26 @@ def test_shortcut_adds_the_strip_and_nothing_else() -> None:
         assert changed[0].all() or (clean.lungs[0]).any(), "the strip spans the top edge"
 
 
+def test_the_drain_crosses_the_lung_at_its_class_height() -> None:
+    """The third cue lies inside the anatomy: over the right lung, at a height per class."""
+    heights = []
+    for c, label in enumerate(CLASSES):
+        i = c * 1_000_000 + 7
+        clean = render_phantom(label, 3, i, 128)
+        drained = render_phantom(label, 3, i, 128, shortcut=1.0, cue="drain")
+        changed = clean.image != drained.image
+        mask = cue_masks([f"images/{label}/{label}-00007.png"], 3, 1.0, 128, cue="drain")[0]
+        assert changed.any() and not (changed & ~mask).any(), "every changed pixel is on its cue mask"
+        assert (changed & clean.lungs).any(), "the drain lies over the lung"
+        np.testing.assert_array_equal(clean.mask, drained.mask)
+        heights.append(float(np.nonzero(changed)[0].mean()))
+    assert heights == sorted(heights) and len(set(heights)) == len(CLASSES), heights
+    hits = sum(
+        cue_level("drain", label, 0, i, 0.0) == c for c, label in enumerate(CLASSES) for i in range(300)
+    )
+    assert abs(hits / 1500 - 0.2) < 0.04, "uninformative at correlation 0"
+
+
 def test_the_marker_is_a_corner_box_whose_grey_level_codes_the_class() -> None:
     levels = set()
     for c, label in enumerate(CLASSES):

@@ -234,9 +234,13 @@ def test_reduced_validation_with_the_tiny_backbone(
     assert rows["marker"].expected == "fail" and rows["marker-twin"].expected == "pass"
     assert rows["marker"].detail["cue"] == rows["marker-twin"].detail["cue"] == "marker"
     assert rows["marker"].n_audit == rows["marker-twin"].n_audit
+    # the third cue, inside the anatomy: the drain and its twin, the same way
+    assert rows["drain"].expected == "fail" and rows["drain-twin"].expected == "pass"
+    assert rows["drain"].detail["cue"] == rows["drain-twin"].detail["cue"] == "drain"
+    assert 0 < rows["drain"].detail["cue_energy"]["strip_area"] < 0.2
     # Both cues are audited on a held-out draw (the next phantom seed) whose test split
     # holds shortcut_per_class images per class: 3 / 0.2 = 15 per class generated.
-    for cue in ("strip", "marker"):
+    for cue in ("strip", "marker", "drain"):
         stamp = json.loads((tmp_path / f"data-{cue}-audit" / ".phantoms.json").read_text())
         assert (stamp["seed"], stamp["n_per_class"]) == (profile.phantoms.seed + 1, 15), stamp
     assert rows["shortcut"].n_audit == rows["marker"].n_audit == 3 * len(phantom_data.classes)

@@ -357,7 +357,18 @@ def _add_calibrate(sub: _Sub) -> None:
 
 
 #: studies.validate.CONTROLS, spelled out so that building the parser imports no torch.
-_CONTROLS = ("self", "permuted", "seed", "randomised", "honest", "shortcut", "marker", "marker-twin")
+_CONTROLS = (
+    "self",
+    "permuted",
+    "seed",
+    "randomised",
+    "honest",
+    "shortcut",
+    "marker",
+    "marker-twin",
+    "drain",
+    "drain-twin",
+)
 
 
 def _add_validate(sub: _Sub) -> None:

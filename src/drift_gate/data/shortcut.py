@@ -5,7 +5,12 @@ with a chosen probability (``0``: present on every image but uninformative):
   codes the class (:data:`~drift_gate.data.phantoms.STRIP_HEIGHTS`);
 * ``marker``: a burned-in label box in the bottom-right corner, outside the body (as a
   site's exposure-index or text label would be), the same size on every image, whose
-  *fill grey level* codes the class (:data:`MARKER_LEVELS`).
+  *fill grey level* codes the class (:data:`MARKER_LEVELS`);
+* ``drain``: a chest drain — a bright tube entering from the right edge *over the lung
+  field*, where the findings are (chest drains predict pneumothorax in real data sets:
+  Oakden-Rayner et al., 2020) — whose *entry height* codes the class
+  (:data:`DRAIN_ROWS`). Unlike the other two it lies inside the anatomy, so a map that
+  moved onto it still looks like a map on the lung.
 """
 
 from __future__ import annotations
@@ -18,10 +23,23 @@ from numpy.typing import NDArray
 
 from drift_gate.data.phantoms import CLASSES, STRIP_HEIGHTS
 
-__all__ = ["CUES", "MARKER_LEVELS", "MARKER_SIDE", "add_cue", "cue_level", "cue_masks", "strip_level"]
+__all__ = [
+    "CUES",
+    "DRAIN_ROWS",
+    "MARKER_LEVELS",
+    "MARKER_SIDE",
+    "add_cue",
+    "cue_level",
+    "cue_masks",
+    "strip_level",
+]
 
 #: The plantable cues.
-CUES = ("strip", "marker")
+CUES = ("strip", "marker", "drain")
+#: Heights (fractions of the side) at which the drain crosses the lung, one per class.
+DRAIN_ROWS: tuple[float, ...] = (0.28, 0.35, 0.42, 0.49, 0.56)
+#: Columns (fractions of the side) between which the drain runs: from the right edge inwards.
+DRAIN_COLUMNS = (0.58, 0.96)
 #: Fill grey levels of the burned-in marker, one per class (in ``CLASSES`` order).
 MARKER_LEVELS: tuple[int, ...] = (40, 90, 140, 190, 240)
 #: The marker box's side and its margin to the image's edges, as fractions of the side.
@@ -39,7 +57,10 @@ def cue_level(cue: str, label: str, seed: int, index: int, shortcut: float) -> i
     """Which class's form an image's ``cue`` takes: its own class's with probability
     ``shortcut``, else one drawn uniformly (independent draws per cue)."""
     c = CLASSES.index(label)
-    rng = np.random.default_rng([seed, index, c, 4_242] if cue == "strip" else [seed, index, c, 5_353])
+    if cue not in CUES:
+        raise ValueError(f"unknown cue {cue!r}; known: {', '.join(CUES)}")
+    salt = {"strip": 4_242, "marker": 5_353, "drain": 6_767}[cue]
+    rng = np.random.default_rng([seed, index, c, salt])
     if rng.random() < shortcut:
         return c
     return int(rng.integers(len(STRIP_HEIGHTS)))
@@ -87,11 +108,34 @@ def add_marker(image: NDArray[np.uint8], lungs: NDArray[np.bool_], level: int) -
     return out
 
 
+def _drain_line(level: int, size: int) -> tuple[NDArray[np.int64], NDArray[np.int64], int]:
+    """Columns, rows (centre line) and half-thickness of the drain: it slopes down by 4 % of
+    the side from its entry at the right edge to its tip over the lung."""
+    lo, hi = (round(f * size) for f in DRAIN_COLUMNS)
+    cols = np.arange(lo, hi)
+    entry = DRAIN_ROWS[level] * size
+    rows = np.round(entry + 0.04 * size * (hi - cols) / max(hi - lo, 1)).astype(np.int64)
+    return cols, rows, max(1, size // 128)
+
+
+def add_drain(image: NDArray[np.uint8], lungs: NDArray[np.bool_], level: int) -> NDArray[np.uint8]:
+    """Draws the drain: a bright tube with a dark lumen, over the lung, entering at the
+    class-``level`` height (:data:`DRAIN_ROWS`)."""
+    size = image.shape[0]
+    cols, rows, half = _drain_line(level, size)
+    out = image.copy()
+    for dr in range(-2 * half, 2 * half + 1):
+        r = np.clip(rows + dr, 0, size - 1)
+        out[r, cols] = 230 if abs(dr) > half // 2 else 150
+    return out
+
+
 def add_cue(cue: str, image: NDArray[np.uint8], lungs: NDArray[np.bool_], level: int) -> NDArray[np.uint8]:
     """Draws ``cue`` (one of :data:`CUES`) in its class-``level`` form."""
     if cue not in CUES:
         raise ValueError(f"unknown cue {cue!r}; known: {', '.join(CUES)}")
-    return add_strip(image, lungs, level) if cue == "strip" else add_marker(image, lungs, level)
+    draw = {"strip": add_strip, "marker": add_marker, "drain": add_drain}[cue]
+    return draw(image, lungs, level)
 
 
 def cue_masks(
@@ -114,5 +158,12 @@ def cue_masks(
             continue
         label = sid.split("/")[-2]
         index = CLASSES.index(label) * 1_000_000 + int(Path(sid).stem.rsplit("-", 1)[1])
+        if cue == "drain":
+            cols, rows, half = _drain_line(cue_level("drain", label, seed, index, shortcut), size)
+            for c, r in zip(cols.tolist(), rows.tolist(), strict=True):
+                out[n, max(0, r - 2 * half - pad) : r + 2 * half + pad + 1, max(0, c - pad) : c + pad + 1] = (
+                    True
+                )
+            continue
         out[n, : _strip_rows(strip_level(label, seed, index, shortcut), size) + pad] = True
     return out

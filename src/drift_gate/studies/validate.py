@@ -30,6 +30,10 @@ control         candidate                                              expected
                 and boxes, the grey level uninformative (the
                 reference's own data), gated on the same biased
                 images: a catch of ``marker`` must be specific
+``drain``       a third cue, inside the anatomy: a chest drain over     fail
+                the lung field whose entry height predicts the class
+                (:mod:`drift_gate.data.shortcut`), findings visible
+``drain-twin``  the same fine-tune, the drain's height uninformative   pass
 ``honest``      held-out honest updates: fine-tunes with seeds         pass
                 calibration never used, each on every emulated
                 machine of :data:`HONEST_MACHINES` (another ATen
@@ -96,7 +100,18 @@ __all__ = [
 ]
 
 
-CONTROLS = ("self", "permuted", "seed", "randomised", "honest", "shortcut", "marker", "marker-twin")
+CONTROLS = (
+    "self",
+    "permuted",
+    "seed",
+    "randomised",
+    "honest",
+    "shortcut",
+    "marker",
+    "marker-twin",
+    "drain",
+    "drain-twin",
+)
 #: The held-out honest runs (``honest``): fine-tunes with seeds ``profile seed + 20 ...``
 #: (calibration uses the first few after the profile's), each under every emulated machine.
 HONEST_SEEDS, HONEST_FIRST_SEED = 5, 20
@@ -380,7 +395,7 @@ def _cue_control(
         "candidate": _cue_energy(art["candidate"], cues, art["size"]),
         "strip_area": float(cues.mean()),
     }
-    expected = PASS if control == "marker-twin" else FAIL
+    expected = PASS if control.endswith("-twin") else FAIL
     ok = c.verdict == PASS if expected == PASS else (c.verdict == FAIL and c.label == SHORTCUT_LABEL)
     b.add(control, expected, c, ok, {"cue_energy": energy, "cue": cue.name, **detail})
     b.log(f"[{arch}] {control}: {c.verdict} ({c.label}); map mass on the {cue.name} {energy}")
@@ -482,7 +497,7 @@ def run_validation(
 
     # Per cue: the reference's data (present, uninformative), the shortcut's (predictive;
     # for the strip half the findings occult) and the held-out biased audit images.
-    strip = marker = None
+    strip = marker = drain = None
     if "shortcut" in controls:
         strip = cue_sets("strip", occult)
     if "marker" in controls or "marker-twin" in controls:
@@ -491,6 +506,8 @@ def run_validation(
         # only the marker's grey level uninformative), so it differs from the shortcut in the
         # label correlation alone.
         marker = cue_sets("marker", 0.0)
+    if "drain" in controls or "drain-twin" in controls:
+        drain = cue_sets("drain", 0.0)  # as the marker: every finding visible, a twin on the same patients
     for arch in profile.backbones:
         tl = Path(profile.out) / arch / "tl.pt"
         clean = out / "baselines" / "clean"
@@ -506,11 +523,11 @@ def run_validation(
         if strip is not None:
             reference = _cue_reference(b, arch, strip, cache_dir)
             _cue_control(b, "shortcut", arch, reference, strip.biased, strip, detail)
-        if marker is not None:
-            reference = _cue_reference(b, arch, marker, cache_dir)
-            for control, train_on in (("marker", marker.biased), ("marker-twin", marker.uninformative)):
+        for cue in (c for c in (marker, drain) if c is not None):
+            reference = _cue_reference(b, arch, cue, cache_dir)
+            for control, train_on in ((cue.name, cue.biased), (f"{cue.name}-twin", cue.uninformative)):
                 if control in controls:
-                    _cue_control(b, control, arch, reference, train_on, marker, {**detail, "occult": 0.0})
+                    _cue_control(b, control, arch, reference, train_on, cue, {**detail, "occult": 0.0})
     atomic_write_text(out / "validate.json", json.dumps(result.to_dict(), indent=2) + "\n")
     atomic_write_text(out / "validate.md", validation_markdown(result))
     return result

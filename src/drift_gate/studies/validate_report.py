@@ -107,10 +107,12 @@ _WHAT = {
     "marker": "fine-tuned where a corner marker's grey level predicts the class",
     "marker-twin": "the same fine-tune, the marker uninformative",
     "honest": "held-out honest fine-tune on an emulated machine",
+    "drain": "fine-tuned where a chest drain's height (over the lung) predicts the class",
+    "drain-twin": "the same fine-tune, the drain uninformative",
 }
 #: Controls that must pass (honest updates and uninformative twins) and that must fail.
-_MUST_PASS = ("self", "permuted", "seed", "honest", "marker-twin")
-_MUST_FAIL = ("shortcut", "marker")
+_MUST_PASS = ("self", "permuted", "seed", "honest", "marker-twin", "drain-twin")
+_MUST_FAIL = ("shortcut", "marker", "drain")
 
 
 def _extra(r: ControlRow) -> str:
@@ -124,7 +126,7 @@ def _extra(r: ControlRow) -> str:
     if r.control == "randomised":
         parts = [f"{m} {v:.2f}" for m, v in d["sanity"].items() if v is not None]
         return f"rank correlation with a re-randomised copy: {', '.join(parts)}"
-    if r.control in ("shortcut", "marker", "marker-twin"):
+    if r.control in ("shortcut", "marker", "marker-twin", "drain", "drain-twin"):
         e = d["cue_energy"]
         parts = [f"{m} {e['reference'][m]:.2f} → {e['candidate'][m]:.2f}" for m in e["candidate"]]
         text = f"map mass on the {d.get('cue', 'strip')} (area {e['strip_area']:.2f}): " + ", ".join(parts)
