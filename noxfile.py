@@ -111,8 +111,18 @@ def train(session: nox.Session) -> None:
     known.add_argument("--device", default="auto")
     opts, _ = known.parse_known_args(args)
     extra = [a for b in opts.backbone for a in ("--backbone", b)]
-    _run(session, "drift-gate", "export", "--profile", opts.profile, "--profiles", opts.profiles,
-         "--device", opts.device, *extra)  # fmt: skip
+    _run(
+        session,
+        "drift-gate",
+        "export",
+        "--profile",
+        opts.profile,
+        "--profiles",
+        opts.profiles,
+        "--device",
+        opts.device,
+        *extra,
+    )
 
 
 @nox.session(python=False)
@@ -171,8 +181,17 @@ def torchrun(session: nox.Session) -> None:
     if not session.posargs:
         session.error("give the command: nox -s torchrun -- train|gate ...")
     nproc = os.environ.get("NPROC", "2")
-    _run(session, "python", "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-         "-m", "drift_gate", *session.posargs)  # fmt: skip
+    _run(
+        session,
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "drift_gate",
+        *session.posargs,
+    )
 
 
 @nox.session(python=False)
@@ -202,7 +221,16 @@ def docs(session: nox.Session) -> None:
     _run(session, "python", str(ROOT / "tools" / "gen_docs.py"))
     env = {**_env(session), "DRIFT_GATE_WRITE_DOCS": "1"}
     session.run(
-        str(ENV / "bin" / "python"), "-m", "pytest", "-q", "-m", "not heavy", "-n", "auto", env=env, external=True
+        str(ENV / "bin" / "python"),
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "not heavy",
+        "-n",
+        "auto",
+        env=env,
+        external=True,
     )
 
 

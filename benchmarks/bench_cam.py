@@ -25,9 +25,9 @@ from _common import best_of, setup
 from torch import nn
 
 from drift_gate.evidence.cam import CamEngine, _no_tf32, autocast
-from drift_gate.evidence.layers import find_layer, to_grid
 from drift_gate.models.adapters import ForeignModel, build_model
 from drift_gate.models.backbones import build_classifier
+from drift_gate.models.layers import find_layer, to_grid
 from drift_gate.models.spec import ModelSpec
 
 

@@ -47,10 +47,20 @@ def main() -> None:
         common += ["--no-progress"]
         py = [sys.executable, "-m", "drift_gate"]
         subprocess.run(
-            [*py, "baseline", "--reference", str(root / "model.pt"), "--out", str(root / "b" / ARCH),
-             "--per-class", str(args.images // 5), *common],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                *py,
+                "baseline",
+                "--reference",
+                str(root / "model.pt"),
+                "--out",
+                str(root / "b" / ARCH),
+                "--per-class",
+                str(args.images // 5),
+                *common,
+            ],
+            check=True,
+            capture_output=True,
+        )
         gate = ["gate", "--candidate", str(root / "model.pt"), "--baselines", str(root / "b"), *common]
         env = {**os.environ, "OMP_NUM_THREADS": "2"}
         single = [*py, *gate, "--reports", str(root / "r1"), "--threads", "2"]

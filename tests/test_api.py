@@ -48,9 +48,13 @@ def test_gate_returns_typed_results(env: dict[str, Path]) -> None:
 
 def test_gate_writes_reports_and_approve_takes_the_result(env: dict[str, Path]) -> None:
     result = drift_gate.gate(
-        candidates=[env["ft"]], data=env["data"], baselines=env["baselines"], thresholds=env["thresholds"],
-        reports=env["reports"], device="cpu",
-    )  # fmt: skip
+        candidates=[env["ft"]],
+        data=env["data"],
+        baselines=env["baselines"],
+        thresholds=env["thresholds"],
+        reports=env["reports"],
+        device="cpu",
+    )
     assert set(result.report_paths) == {"json", "markdown", "junit", "html"}
     assert json.loads(result.report_paths["json"].read_text())["verdict"] == "pass"
     (approval,) = drift_gate.approve(result=result)

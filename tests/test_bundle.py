@@ -80,14 +80,16 @@ def test_an_unapproved_update_says_so(gated: dict[str, Path]) -> None:
 @pytest.mark.parametrize(
     ("change", "pattern"),
     [
-        (lambda f: f.update({"gate/gate.json": f["gate/gate.json"].replace(b'"auc"', b'"auc" ', 1)}),
-         r"gate/gate.json changed after the bundle was made"),
+        (
+            lambda f: f.update({"gate/gate.json": f["gate/gate.json"].replace(b'"auc"', b'"auc" ', 1)}),
+            r"gate/gate.json changed after the bundle was made",
+        ),
         (lambda f: f.update({"notes.txt": b"added"}), r"notes.txt is not in MANIFEST.sha256"),
         (lambda f: f.pop("baseline/maps.npz"), r"baseline/maps.npz is listed in MANIFEST.sha256 but missing"),
         (lambda f: f.pop("MANIFEST.sha256"), r"no MANIFEST.sha256"),
     ],
     ids=["changed", "added", "removed", "no manifest"],
-)  # fmt: skip
+)
 def test_tampering_is_reported_with_exit_1(
     gated: dict[str, Path], capsys: pytest.CaptureFixture[str], change: object, pattern: str
 ) -> None:

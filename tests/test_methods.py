@@ -25,8 +25,13 @@ def _captum(net: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tor
     from captum.attr import IntegratedGradients
 
     ig = IntegratedGradients(net)
-    return ig.attribute(x, baselines=torch.zeros_like(x), target=targets.tolist(), n_steps=IG_STEPS,
-                        method="riemann_trapezoid")  # fmt: skip
+    return ig.attribute(
+        x,
+        baselines=torch.zeros_like(x),
+        target=targets.tolist(),
+        n_steps=IG_STEPS,
+        method="riemann_trapezoid",
+    )
 
 
 @pytest.mark.parametrize("family", ["drift-gate tiny (its own fast path)", "torchvision resnet18 (a hook)"])
@@ -39,8 +44,9 @@ def test_integrated_gradients_equal_captum(family: str) -> None:
         net: torch.nn.Module = model
     else:
         net = torchvision.models.resnet18(num_classes=5).eval().double()
-        spec = ModelSpec(arch="python:m:f", classes=tuple("abcde"), input_size=size, mean=(0.5,) * 3,
-                         std=(0.5,) * 3)  # fmt: skip
+        spec = ModelSpec(
+            arch="python:m:f", classes=tuple("abcde"), input_size=size, mean=(0.5,) * 3, std=(0.5,) * 3
+        )
         model = ForeignModel(net, spec, find_layer(net, "layer4", size, 3))
     x = torch.randn(3, 3, size, size, dtype=torch.float64)
     targets = torch.tensor([0, 3, 4])

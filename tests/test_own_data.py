@@ -39,8 +39,23 @@ def test_gate_takes_the_manifest_file_as_data(env: dict[str, Path]) -> None:
     shutil.rmtree(env["baselines"])
     assert main(baseline_args(env, env["tl"])) == 0
     assert gate(env, env["tl"]) == 0
-    assert main(["export", "--checkpoint", str(env["tl"]), "--data", str(manifest), "--baselines",
-                 str(env["baselines"]), "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(env["tl"]),
+                "--data",
+                str(manifest),
+                "--baselines",
+                str(env["baselines"]),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_baseline_says_what_the_audit_set_holds(
@@ -191,16 +206,26 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     manifest = _binary_set(root / "data", {"train": 30, "val": 10, "test": 10})
     profile = dataclasses.replace(TINY_TRAINING, out=str(root / "ck"))
     train_backbone(
-        profile, "tiny", load_dataset(manifest), torch.device("cpu"), root / "cache", progress=False,
+        profile,
+        "tiny",
+        load_dataset(manifest),
+        torch.device("cpu"),
+        root / "cache",
+        progress=False,
         log=lambda m: None,
-    )  # fmt: skip
+    )
     return {"data": manifest, "tl": root / "ck" / "tiny" / "tl.pt", "ft": root / "ck" / "tiny" / "ft.pt"}
 
 
 def _binary_env(binary: dict[str, Path], tmp_path: Path, thresholds: str) -> dict[str, Path]:
     (tmp_path / "thresholds.toml").write_text(thresholds)
-    env = {**binary, "baselines": tmp_path / "baselines", "thresholds": tmp_path / "thresholds.toml",
-           "reports": tmp_path / "reports", "tmp": tmp_path}  # fmt: skip
+    env = {
+        **binary,
+        "baselines": tmp_path / "baselines",
+        "thresholds": tmp_path / "thresholds.toml",
+        "reports": tmp_path / "reports",
+        "tmp": tmp_path,
+    }
     args = baseline_args(env, binary["tl"])
     args[args.index("--per-class") + 1] = "10"
     assert main(args) == 0

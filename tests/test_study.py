@@ -65,8 +65,15 @@ def test_track_first_epoch_equals_the_gate_on_that_checkpoint(run: Path) -> None
         "data": Path(json.loads((folder / "profile.json").read_text())["data"]),
     }
     env["thresholds"].write_text(RULES.format(drift="iou.min = 0.0"))
-    base = ["baseline", "--reference", str(folder / "tl.pt"), "--data", str(env["data"]),
-            "--thresholds", str(env["thresholds"])]  # fmt: skip
+    base = [
+        "baseline",
+        "--reference",
+        str(folder / "tl.pt"),
+        "--data",
+        str(env["data"]),
+        "--thresholds",
+        str(env["thresholds"]),
+    ]
     assert main([*base, "--out", str(env["baselines"] / "tiny"), "--per-class", "2", "--device", "cpu"]) == 0
     out = run / "track"
     argv = [

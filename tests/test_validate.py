@@ -168,9 +168,15 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
     thresholds = load_thresholds(rules)
     out = tmp_path / "cal"
     cal = run_calibration(
-        synthetic, phantom_data, thresholds, out, seeds=[0], per_class=2, vary=("tl", "pretrain"),
+        synthetic,
+        phantom_data,
+        thresholds,
+        out,
+        seeds=[0],
+        per_class=2,
+        vary=("tl", "pretrain"),
         cache_dir=tmp_path / "cache",
-    )  # fmt: skip
+    )
     assert cal.source == "seeds", "three runs: the profile's fine-tune, a retrained TL, a re-run pretraining"
     assert [r["source"] for r in cal.runs["tiny"]] == ["seed", "tl", "pretrain"]
     assert [r["seed"] for r in cal.runs["tiny"]] == [0, 1, 2], "the next TL seed, the next pretraining seed"
@@ -208,9 +214,16 @@ def test_reduced_validation_with_the_tiny_backbone(
 ) -> None:
     profile, rules = tiny
     res = run_validation(
-        profile, phantom_data, load_thresholds(rules), tmp_path, seed=10, per_class=2, shortcut_per_class=3,
-        honest_seeds=1, honest_machines=("threads:1", "aten:default"),
-    )  # fmt: skip
+        profile,
+        phantom_data,
+        load_thresholds(rules),
+        tmp_path,
+        seed=10,
+        per_class=2,
+        shortcut_per_class=3,
+        honest_seeds=1,
+        honest_machines=("threads:1", "aten:default"),
+    )
     rows = {r.control: r for r in res.rows}
     assert tuple(rows) == CONTROLS == _CONTROLS
     # held-out honest runs: one new seed on each emulated machine, in processes of their own
@@ -277,15 +290,41 @@ out = {json.dumps(profile.out)}
     )
     common = ["--profile", "tiny", "--profiles", str(profiles), "--thresholds", str(rules), "--device", "cpu"]
     out = tmp_path / "v"
-    code = main(["validate", *common, "--controls", "self,permuted", "--per-class", "2", "--out", str(out),
-                 "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "validate",
+            *common,
+            "--controls",
+            "self,permuted",
+            "--per-class",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0, "the exact controls must pass"
     assert "| reference gated against itself | tiny | pass | **PASS**" in capsys.readouterr().out
     # A rule the tiny model cannot meet (AUC >= 0.999) fails a negative control: exit 1.
     strict = tmp_path / "strict.toml"
     strict.write_text(TINY_RULES.replace("min = 0.0", "min = 0.999"))
-    code = main(["validate", *common[:4], "--thresholds", str(strict), "--device", "cpu", "--controls",
-                 "permuted", "--per-class", "2", "--out", str(out), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "validate",
+            *common[:4],
+            "--thresholds",
+            str(strict),
+            "--device",
+            "cpu",
+            "--controls",
+            "permuted",
+            "--per-class",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 1
     assert main(["validate", *common, "--controls", "selfie", "--no-progress"]) == 2
     assert main(["validate", *common, "--shortcut", "1.5", "--no-progress"]) == 2
@@ -386,9 +425,15 @@ def test_calibration_samples_an_emulated_machine_in_a_process_of_its_own(
     out = tmp_path / "cal"
     lines: list[str] = []
     cal = run_calibration(
-        profile, phantom_data, load_thresholds(rules), out, seeds=[0, 1], per_class=2,
-        vary=("threads:1", "aten:default"), log=lines.append,
-    )  # fmt: skip
+        profile,
+        phantom_data,
+        load_thresholds(rules),
+        out,
+        seeds=[0, 1],
+        per_class=2,
+        vary=("threads:1", "aten:default"),
+        log=lines.append,
+    )
     assert [r["source"] for r in cal.runs["tiny"]] == ["seed", "seed", "threads:1", "aten:default"]
     for name in ("threads-1", "aten-default"):
         assert (out / "runs" / "tiny" / f"ft.machine-{name}.pt").is_file()
@@ -416,9 +461,14 @@ def test_a_pinned_profile_calibrates_a_retrained_reference(
     shutil.copy(Path(profile.out) / "tiny" / "tl.pt", pinned)
     before = file_sha256(pinned)
     cal = run_calibration(
-        replace(profile, reference=str(tmp_path / "ref")), phantom_data, load_thresholds(rules),
-        tmp_path / "cal", seeds=[0], per_class=2, vary=("tl",),
-    )  # fmt: skip
+        replace(profile, reference=str(tmp_path / "ref")),
+        phantom_data,
+        load_thresholds(rules),
+        tmp_path / "cal",
+        seeds=[0],
+        per_class=2,
+        vary=("tl",),
+    )
     assert [r["source"] for r in cal.runs["tiny"]] == ["seed", "tl"]
     assert file_sha256(pinned) == before
 

@@ -87,12 +87,18 @@ def dockerd(state: Path) -> Iterator[list[str]]:
     logfile = state / "dockerd.log"
     cmd = [
         "dockerd",
-        "--data-root", str(state / "data"),
-        "--exec-root", str(exec_root / "exec"),
-        "-H", f"unix://{sock}",
-        "--pidfile", str(pidfile),
-        "--iptables=false", "--ip6tables=false", "--bridge=none",
-    ]  # fmt: skip
+        "--data-root",
+        str(state / "data"),
+        "--exec-root",
+        str(exec_root / "exec"),
+        "-H",
+        f"unix://{sock}",
+        "--pidfile",
+        str(pidfile),
+        "--iptables=false",
+        "--ip6tables=false",
+        "--bridge=none",
+    ]
     log(f"starting dockerd (data root {state / 'data'}, log {logfile})")
     with logfile.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -184,9 +190,13 @@ def ensure_base(client: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="dg-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         run(
-            "debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip,ca-certificates",
-            "bookworm", str(rootfs), mirror,
-        )  # fmt: skip
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,python3-pip,ca-certificates",
+            "bookworm",
+            str(rootfs),
+            mirror,
+        )
         certs = extra_ca_certs()
         if certs:
             (rootfs / "usr/local/share/ca-certificates/host-extra.crt").write_text(certs)
@@ -246,11 +256,23 @@ def gate_in_container(
     reports.mkdir(parents=True, exist_ok=True)
     os.chown(reports, 10001, -1) if os.geteuid() == 0 else reports.chmod(0o777)
     cmd = [
-        *client, "run", "--rm", "--network", "none",
-        "-v", f"{candidate.parent}:/models:ro", "-v", f"{data}:/data:ro", "-v", f"{reports}:/reports",
+        *client,
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{candidate.parent}:/models:ro",
+        "-v",
+        f"{data}:/data:ro",
+        "-v",
+        f"{reports}:/reports",
         *[a for m in mounts for a in ("-v", m)],
-        IMAGE, "--candidate", f"/models/{candidate.name}", *extra,
-    ]  # fmt: skip
+        IMAGE,
+        "--candidate",
+        f"/models/{candidate.name}",
+        *extra,
+    ]
     return run(*cmd, check=False).returncode
 
 
@@ -259,7 +281,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--drift-gate", default="drift-gate", help="the host's drift-gate (for comparison)")
-    parser.add_argument("--candidate", type=Path, default=None, help="default: the ci profile's FT checkpoint")
+    parser.add_argument(
+        "--candidate", type=Path, default=None, help="default: the ci profile's FT checkpoint"
+    )
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "phantoms")
     parser.add_argument(
         "--state", type=Path, default=None, help="dockerd data root (default ~/.cache/drift-gate/docker)"
@@ -288,9 +312,19 @@ def main() -> None:
         log(f"host gate on {candidate}")
         host_reports = work / "host"
         host_code = run(
-            args.drift_gate, "gate", "--candidate", str(candidate), "--data", str(args.data),
-            "--reports", str(host_reports), "--no-progress", check=False, cwd=ROOT, capture_output=True,
-        ).returncode  # fmt: skip
+            args.drift_gate,
+            "gate",
+            "--candidate",
+            str(candidate),
+            "--data",
+            str(args.data),
+            "--reports",
+            str(host_reports),
+            "--no-progress",
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+        ).returncode
         host = json.loads((host_reports / "gate.json").read_text())["candidates"][0]
         with dockerd(state) as client:
             ensure_base(client)

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drift_gate.inputs import profile_data, profile_from
 from drift_gate.data.datasets import ImageDataset, Sample, load_dataset
 from drift_gate.data.masks import read_mask
 from drift_gate.evidence.cam import CamEngine, upsample
-from drift_gate.models.layers import find_layer
 from drift_gate.evidence.metrics import localisation
+from drift_gate.inputs import profile_data, profile_from
 from drift_gate.models.checkpoint import load_checkpoint
+from drift_gate.models.layers import find_layer
 
 #: Earlier target layers per backbone (module paths in drift-gate's classifiers): twice the
 #: last block's grid (8x8 at the demo's sizes), and four times for ResNet50V2's stage 2.

@@ -171,15 +171,28 @@ def _chunk(
             raise CheckpointError(f"{job.candidate}: its {method} maps cannot be compared ({exc})") from exc
         if t.faithfulness_steps:
             faithful = faithfulness_metrics(
-                job.model, ds, reference, cams.maps[method], cams.targets, t.faithfulness_steps,
-                t.faithfulness_baseline, multilabel=multilabel, batch_size=job.batch_size,
-            )  # fmt: skip
+                job.model,
+                ds,
+                reference,
+                cams.maps[method],
+                cams.targets,
+                t.faithfulness_steps,
+                t.faithfulness_baseline,
+                multilabel=multilabel,
+                batch_size=job.batch_size,
+            )
             metrics.update(faithful)
         if t.counterfactual_border is not None:
             perturbed = counterfactual_metrics(
-                job.model, ds, cams.maps[method], cams.targets, t.counterfactual_border,
-                t.counterfactual_baseline, multilabel=multilabel, batch_size=job.batch_size,
-            )  # fmt: skip
+                job.model,
+                ds,
+                cams.maps[method],
+                cams.targets,
+                t.counterfactual_border,
+                t.counterfactual_baseline,
+                multilabel=multilabel,
+                batch_size=job.batch_size,
+            )
             metrics.update(perturbed)
         out["metrics"][method] = metrics
     return out

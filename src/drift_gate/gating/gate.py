@@ -438,8 +438,10 @@ def run_gate(
             counterfactual_rule(meta.arch, m, values[m]["counterfactual_drop"][selected | newly], thresholds)
             for m in thresholds.methods
         ]
-    for key, bound in (("sanity", thresholds.sanity_max_correlation),
-                       ("class_sanity", thresholds.sanity_max_class_correlation)):  # fmt: skip
+    for key, bound in (
+        ("sanity", thresholds.sanity_max_correlation),
+        ("class_sanity", thresholds.sanity_max_class_correlation),
+    ):
         if bound is not None:
             for m in thresholds.methods:
                 corr = joined(lambda p, m=m, key=key: p[key][m])  # type: ignore[misc]

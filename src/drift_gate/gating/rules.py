@@ -288,9 +288,19 @@ def _auc_status(
 
 
 def _auc_rule(
-    arch: str, scope: str, kind: str, auc: float | None, bound: float, direction: str, text: str,
-    support: int, non_finite: int, n: int, thresholds: Thresholds, source: str,
-) -> RuleResult:  # fmt: skip
+    arch: str,
+    scope: str,
+    kind: str,
+    auc: float | None,
+    bound: float,
+    direction: str,
+    text: str,
+    support: int,
+    non_finite: int,
+    n: int,
+    thresholds: Thresholds,
+    source: str,
+) -> RuleResult:
     name = "macro AUC" if scope == "auc" else f"AUC of {scope.split('/', 1)[1]}"
     early = _auc_status(name, auc, support, non_finite, n, thresholds)
     if early is not None:
@@ -328,13 +338,40 @@ def auc_rules(
     auc = metrics.get("auc_macro")
     if thresholds.auc_min is not None:
         b = thresholds.auc_min
-        out.append(_auc_rule(arch, "auc", "min", auc, b, f">= {b:g}", f"must be >= {b:g}",
-                             macro_support, broken, n, thresholds, source))  # fmt: skip
+        out.append(
+            _auc_rule(
+                arch,
+                "auc",
+                "min",
+                auc,
+                b,
+                f">= {b:g}",
+                f"must be >= {b:g}",
+                macro_support,
+                broken,
+                n,
+                thresholds,
+                source,
+            )
+        )
     if thresholds.auc_max_drop is not None:
         d = thresholds.auc_max_drop
-        out.append(_auc_rule(arch, "auc", "max_drop", auc, baseline_auc - d, f">= {baseline_auc:.4f} - {d:g}",
-                             f"may drop at most {d:g} below {baseline_auc:.4f}",
-                             macro_support, broken, n, thresholds, source))  # fmt: skip
+        out.append(
+            _auc_rule(
+                arch,
+                "auc",
+                "max_drop",
+                auc,
+                baseline_auc - d,
+                f">= {baseline_auc:.4f} - {d:g}",
+                f"may drop at most {d:g} below {baseline_auc:.4f}",
+                macro_support,
+                broken,
+                n,
+                thresholds,
+                source,
+            )
+        )
     for cls, bounds in thresholds.auc_labels.items():
         got = metrics.get("auc_per_class", {}).get(cls)
         ref = reference.get("auc_per_class", {}).get(cls)
@@ -342,13 +379,40 @@ def auc_rules(
         scope = f"auc/{cls}"
         if "min" in bounds:
             b = bounds["min"]
-            out.append(_auc_rule(arch, scope, "min", got, b, f">= {b:g}", f"must be >= {b:g}",
-                                 support.get(cls, 0), broken, n, thresholds, where))  # fmt: skip
+            out.append(
+                _auc_rule(
+                    arch,
+                    scope,
+                    "min",
+                    got,
+                    b,
+                    f">= {b:g}",
+                    f"must be >= {b:g}",
+                    support.get(cls, 0),
+                    broken,
+                    n,
+                    thresholds,
+                    where,
+                )
+            )
         if "max_drop" in bounds and ref is not None and math.isfinite(ref):
             d = bounds["max_drop"]
-            out.append(_auc_rule(arch, scope, "max_drop", got, ref - d, f">= {ref:.4f} - {d:g}",
-                                 f"may drop at most {d:g} below the reference's {ref:.4f}",
-                                 support.get(cls, 0), broken, n, thresholds, where))  # fmt: skip
+            out.append(
+                _auc_rule(
+                    arch,
+                    scope,
+                    "max_drop",
+                    got,
+                    ref - d,
+                    f">= {ref:.4f} - {d:g}",
+                    f"may drop at most {d:g} below the reference's {ref:.4f}",
+                    support.get(cls, 0),
+                    broken,
+                    n,
+                    thresholds,
+                    where,
+                )
+            )
     return out
 
 

@@ -105,8 +105,14 @@ def baseline_command(
         args += ["--thresholds", thresholds]
     args += ["--out", str(out)]
     text = " ".join(a if a in ("REFERENCE", "DATA") else shlex.quote(a) for a in args)
-    unknown = [w for w, v in (("REFERENCE: the checkpoint to make it from", reference),
-                              ("DATA: the data root of its audit images", data)) if not v]  # fmt: skip
+    unknown = [
+        w
+        for w, v in (
+            ("REFERENCE: the checkpoint to make it from", reference),
+            ("DATA: the data root of its audit images", data),
+        )
+        if not v
+    ]
     return f"`{text}`" + (f" ({'; '.join(unknown)})" if unknown else "")
 
 

@@ -149,9 +149,16 @@ def seed_runs(
             continue
         log(f"[{arch}] fine-tuning run with seed {seed}")
         path = finetune_from(
-            folder / "tl.pt", data, profile.phase_for(arch, "ft"), out / arch / f"ft.seed{seed}.pt", seed,
-            profile.batch_size, device, progress, log,
-        )  # fmt: skip
+            folder / "tl.pt",
+            data,
+            profile.phase_for(arch, "ft"),
+            out / arch / f"ft.seed{seed}.pt",
+            seed,
+            profile.batch_size,
+            device,
+            progress,
+            log,
+        )
         runs.append((seed, path))
     return runs
 
@@ -383,9 +390,16 @@ def run_calibration(
             cal.all_rows += every
             cal.rows += [r for r in every if r.metric in CALIBRATED + OPT_IN]
             cal.newly_rows += _noise_rows(
-                arch, method, results, thresholds.statistic, k, CALIBRATED, sources,
-                "newly_correct", thresholds.newly_correct_min_samples,
-            )  # fmt: skip
+                arch,
+                method,
+                results,
+                thresholds.statistic,
+                k,
+                CALIBRATED,
+                sources,
+                "newly_correct",
+                thresholds.newly_correct_min_samples,
+            )
     if write:
         write_calibration(cal, thresholds, out)
     return cal
@@ -396,9 +410,16 @@ def merged(cals: list[Calibration]) -> Calibration:
     thresholds file that serves them all."""
     first = cals[0]
     out = Calibration(
-        "+".join(c.profile for c in cals), first.source, first.k, first.statistic, first.methods, {}, {},
-        first.coverage, first.confidence,
-    )  # fmt: skip
+        "+".join(c.profile for c in cals),
+        first.source,
+        first.k,
+        first.statistic,
+        first.methods,
+        {},
+        {},
+        first.coverage,
+        first.confidence,
+    )
     for c in cals:
         out.n_audit.update(c.n_audit)
         out.runs.update(c.runs)

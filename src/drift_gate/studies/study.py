@@ -166,8 +166,16 @@ def run_study(
     for arch, folder in checkpoints.items():
         base = out / "baselines" / arch
         create_baseline(folder / "tl.pt", data, base, methods, per_class, device, batch_size, progress)
-        c, _ = run_gate(folder / "ft.pt", out / "baselines", _plain_rules(methods), data.root, device,
-                        batch_size, progress=progress, use_onnx=False)  # fmt: skip
+        c, _ = run_gate(
+            folder / "ft.pt",
+            out / "baselines",
+            _plain_rules(methods),
+            data.root,
+            device,
+            batch_size,
+            progress=progress,
+            use_onnx=False,
+        )
         metrics = {p: json.loads((folder / f"{p}.metrics.json").read_text()) for p in ("tl", "ft")}
         histories[arch] = {p: metrics[p].get("val_auc_history", []) for p in ("tl", "ft")}
         for method in methods:

@@ -71,8 +71,16 @@ def run_track(
     _, meta = load_checkpoint(folder / "tl.pt")
     if baselines is None:
         baselines = out / "baselines"
-        create_baseline(folder / "tl.pt", data, baselines / meta.arch, thresholds.methods, per_class, device,
-                        batch_size, progress)  # fmt: skip
+        create_baseline(
+            folder / "tl.pt",
+            data,
+            baselines / meta.arch,
+            thresholds.methods,
+            per_class,
+            device,
+            batch_size,
+            progress,
+        )
     result = TrackResult(meta.arch)
     previous: tuple[dict[str, np.ndarray], np.ndarray] | None = None
     for epoch, ckpt in epochs:

@@ -178,9 +178,20 @@ def _localisation_summary(c: CandidateResult) -> dict[str, dict[str, float | Non
 def _row(control: str, expected: str, c: CandidateResult, ok: bool, detail: dict[str, Any]) -> ControlRow:
     detail = {**detail, "localisation": _localisation_summary(c), "margin": decision_margin(c)}
     return ControlRow(
-        control, c.arch, expected, c.verdict, c.label, ok, c.auc, c.reference_auc, c.n_selected, c.n_audit,
-        deciding_rules(c), detail, c.candidate,
-    )  # fmt: skip
+        control,
+        c.arch,
+        expected,
+        c.verdict,
+        c.label,
+        ok,
+        c.auc,
+        c.reference_auc,
+        c.n_selected,
+        c.n_audit,
+        deciding_rules(c),
+        detail,
+        c.candidate,
+    )
 
 
 def phantoms_with_strip(

@@ -432,9 +432,19 @@ def finetune_from(
     seed_all(seed + 1)
     resume = out.with_name(out.name + ".resume.pt")
     epoch, _ = finetune(
-        model, sets["train"], sets["val"], cfg, batch_size, seed, device, resume, config_sha,
-        data.classes, progress, log,
-    )  # fmt: skip
+        model,
+        sets["train"],
+        sets["val"],
+        cfg,
+        batch_size,
+        seed,
+        device,
+        resume,
+        config_sha,
+        data.classes,
+        progress,
+        log,
+    )
     metrics = {}
     for s in ("val", "test"):
         logits, labels = predict(model, sets[s], device, batch_size)
