@@ -127,11 +127,14 @@ def train(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def gate(session: nox.Session) -> None:
-    """Gates every FT checkpoint of a profile (default: demo) against baselines/.
+    """Gates every FT checkpoint of a profile (default: demo).
 
-    Locally, missing baselines are created from the TL checkpoints (and the session says
-    so); in CI (``CI`` set) a missing baseline fails the gate, since a pull request must
-    not be able to delete the baseline it is gated against and have it re-created.
+    The demo (``baselines = "own-tl"``) gates against baselines it makes from the TL
+    checkpoints just trained, and says so. A profile with committed baselines (``ci``:
+    ``baselines/``, made from the pinned ``references/ci``) gates against those; locally a
+    missing one is created from the TL checkpoint (and the session says so), in CI
+    (``CI`` set) it fails the gate, since a pull request must not be able to delete the
+    baseline it is gated against and have it re-created.
     Exits 1 when a rule is violated or the evidence is inconclusive.
     A committed public key, ``.github/drift-gate.pub`` (protected by CODEOWNERS), makes
     the gate verify every baseline's signature (unless ``DRIFT_GATE_PUBLIC_KEY`` is set).
@@ -155,11 +158,12 @@ def study(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def calibrate(session: nox.Session) -> None:
-    """Noise of every metric from seed-to-seed fine-tunes of a profile, a retrained TL
-    reference and a re-run of the synthetic pretraining (default: the demo, as the
-    committed thresholds.toml was made; run `nox -s train` first) and the thresholds it
-    implies: reports/calibrate/{thresholds.proposed.toml,calibration.md,calibration.json}."""
-    args = session.posargs or ["--profile", "demo", "--vary", "tl,pretrain"]
+    """Noise of every metric over fine-tuning seeds and an emulated other CPU (more
+    sources with ``--vary``: threads:1, cpu:sse41, tl, pretrain) for the demo and ci
+    profiles, as the committed thresholds.toml was made (run `nox -s train` and
+    `nox -s train -- --profile ci` first), and the tolerance bounds it implies:
+    reports/calibrate/{thresholds.proposed.toml,calibration.md,calibration.json}."""
+    args = session.posargs or ["--profile", "demo,ci", "--runs", "3", "--vary", "aten:default"]
     _run(session, "drift-gate", "calibrate", *args)
 
 
