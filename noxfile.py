@@ -64,8 +64,21 @@ def _run(session: nox.Session, program: str, *args: str) -> None:
 @nox.session(python=False)
 def tests(session: nox.Session) -> None:
     """Default test suite: fast, offline, tiny backbone (what .ci/run runs), one pytest-xdist
-    worker per core (``-- -n 0`` runs it in one process)."""
-    _run(session, "python", "-m", "pytest", "-m", "not heavy", "-n", "auto", *session.posargs)
+    worker per core (``-- -n 0`` runs it in one process); an idle worker takes tests queued
+    for the other (``worksteal``), so a long test at the end does not leave a core unused."""
+    _run(
+        session,
+        "python",
+        "-m",
+        "pytest",
+        "-m",
+        "not heavy",
+        "-n",
+        "auto",
+        "--dist",
+        "worksteal",
+        *session.posargs,
+    )
 
 
 @nox.session(python=False)

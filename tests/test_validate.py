@@ -136,11 +136,11 @@ def test_calibration_proposes_thresholds_every_run_passes(
     cal = run_calibration(profile, phantom_data, thresholds, out, seeds=[0, 1, 2], k=3.0, per_class=2)
     text = (out / "thresholds.proposed.toml").read_text()
     assert text == thresholds_text(cal, thresholds)
-    assert "max(seed-to-seed sd," in text and "; seed sd " in text and "run sd" not in text
+    assert "noise = the seed-to-seed sd or the" in text and "; seed sd " in text and "run sd" not in text
     proposed = parse_thresholds(text, "proposed")
     assert {r.metric for r in cal.rows} == set(CALIBRATED) | set(OPT_IN), "the phantoms have masks"
     for r in cal.rows:
-        assert len(r.values) == 3 and r.seed_sd is not None and r.noise >= r.seed_sd
+        assert len(r.values) == 3 and r.seed_sd is not None and r.noise in (r.seed_sd, r.bootstrap_sd)
         line = f"{r.metric}.{r.kind} = {r.bound:.2f}"
         assert line in text, "each bound is written"
         assert (f"# {line}" in text) == (r.metric in OPT_IN), "opt-in bounds are commented out"
@@ -191,7 +191,7 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
     )
     assert " (tl) " in text and " (pretrain);" in text
     # the spread is over runs of every source, not over seeds alone, and says so
-    assert "max(run-to-run sd," in text and "; run sd " in text and "seed sd" not in text
+    assert "noise = the run-to-run sd or the" in text and "; run sd " in text and "seed sd" not in text
     assert "| centre | run sd |" in (out / "calibration.md").read_text()
     with pytest.raises(ConfigError, match="unknown noise source or machine setting 'weather'"):
         run_calibration(profile, phantom_data, thresholds, out, seeds=[0], vary=("weather",))
@@ -438,7 +438,14 @@ def test_calibration_samples_an_emulated_machine_in_a_process_of_its_own(
     for name in ("threads-1", "aten-default"):
         assert (out / "runs" / "tiny" / f"ft.machine-{name}.pt").is_file()
     assert any("machine threads:1: fine-tuning seed 0" in line for line in lines), lines
-    assert all(r.k == pytest.approx(tolerance_factor(4)) for r in cal.rows)
+    # each margin is the wider of the runs' sd x k(4 runs) and the bootstrap sd x k(samples)
+    for r in cal.rows:
+        seed_margin = tolerance_factor(4) * (r.seed_sd or 0.0)
+        boot_margin = tolerance_factor(min(r.n)) * r.bootstrap_sd
+        assert r.k * r.noise == pytest.approx(max(seed_margin, boot_margin)), r
+        assert r.k == pytest.approx(
+            tolerance_factor(4) if seed_margin >= boot_margin else tolerance_factor(min(r.n))
+        )
     assert all(r.moved_most.split()[0] in ("threads:1", "aten:default") for r in cal.rows if r.moved_most)
     text = (out / "thresholds.proposed.toml").read_text()
     assert "the TL fine-tuned on an emulated machine threads:1 (marked (threads:1))" in text

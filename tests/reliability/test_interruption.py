@@ -149,7 +149,7 @@ def test_train_sigterm_exits_130_and_resumes(tmp_path: Path, phantom_root: Path)
     """A real child process: SIGTERM during fine-tuning, then the same command resumes."""
     (tmp_path / "p.toml").write_text(
         f'[t]\ndata = "{phantom_root}"\nbackbones = ["tiny"]\ninput_size = 32\nweights = "none"\n'
-        f'batch_size = 8\ntl = {{ epochs = 2, lr = 1e-2 }}\nft = {{ epochs = 10, lr = 1e-3 }}\nout = "ck"\n'
+        f'batch_size = 8\ntl = {{ epochs = 2, lr = 1e-2 }}\nft = {{ epochs = 6, lr = 1e-3 }}\nout = "ck"\n'
     )
     argv = [sys.executable, "-u", "-m", "drift_gate", "train", "--profile", "t", "--profiles", "p.toml"]
     argv += ["--device", "cpu", "--no-progress", "--threads", "1"]
@@ -161,7 +161,7 @@ def test_train_sigterm_exits_130_and_resumes(tmp_path: Path, phantom_root: Path)
         seen = []
         for line in proc.stderr:
             seen.append(line)
-            if "FT epoch 3/10" in line:
+            if "FT epoch 3/6" in line:
                 proc.send_signal(signal.SIGTERM)
                 break
         rest = proc.stderr.read()

@@ -11,8 +11,9 @@ every backbone x method x metric it records
 * the seed-to-seed standard deviation of that statistic (from two runs on);
 * the bootstrap standard deviation of the statistic over audit samples
   (half-width of the 95 % CI / 1.96, averaged over runs);
-* ``noise = max(seed sd, bootstrap sd)``, so that a handful of seeds cannot
-  make the noise look smaller than the audit set's own sampling noise.
+* ``noise``: whichever of the two gives the wider margin, each with its own tolerance
+  factor (:func:`_margin`), so that a handful of seeds cannot make the noise look
+  smaller than the audit set's own sampling noise.
 
 Seeds of the fine-tune are not all that varies between two honest runs of the same
 code. With ``vary`` the pool also holds, per backbone, a whole retrained pair gated
@@ -245,6 +246,22 @@ def _moved_most(vals: list[float], sources: list[str], noise: float) -> str:
     return f"{name} {shift[name] / noise:+.1f}"
 
 
+def _margin(
+    seed_sd: float | None, runs: int, boot: float, samples: int, k: float | None
+) -> tuple[float, float]:
+    """``(noise, k)`` of the wider of the two margins: the runs' sd with the tolerance factor
+    for the number of runs, and the bootstrap sd with the factor for the number of audit
+    samples it was estimated from (a sd from 40 samples is known far better than one from
+    4 runs, so it takes 2.9 widths, not 7.0). ``k`` given: that many widths of the larger sd."""
+    if k is not None:
+        return max(seed_sd or 0.0, boot), k
+    boot_k = tolerance_factor(max(samples, 2))
+    if seed_sd is None:
+        return boot, boot_k
+    seed_k = tolerance_factor(runs)
+    return (seed_sd, seed_k) if seed_k * seed_sd >= boot_k * boot else (boot, boot_k)
+
+
 def _noise_rows(
     arch: str,
     method: str,
@@ -276,9 +293,8 @@ def _noise_rows(
         vals = [float(v) for v in values if v is not None]
         seed_sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
         boot = float(np.mean([_bootstrap_sd(s) for s in summaries]))
-        noise = max(seed_sd or 0.0, boot)
+        noise, width = _margin(seed_sd, len(vals), boot, min(s.n for s in summaries), k)
         centre = float(np.mean(vals))
-        width = k if k is not None else tolerance_factor(len(vals))
         kind, bound = propose_bound(spec.direction, centre, noise, width, spec.range)
         rows.append(
             NoiseRow(

@@ -59,7 +59,8 @@ class NoiseRow:
     #: per run: ``seed`` (a fine-tune of the profile's TL), ``tl`` or ``pretrain`` (:data:`VARY`),
     #: or an emulated machine (``aten:default``, ``threads:1``: the TL fine-tuned there)
     sources: list[str]
-    #: noise widths between centre and bound (the tolerance factor for ``len(values)`` runs)
+    #: noise widths between centre and bound: the tolerance factor for ``len(values)`` runs
+    #: (noise = the runs' sd) or for ``min(n)`` audit samples (noise = the bootstrap sd)
     k: float = 3.0
     #: the source whose runs lie farthest from the seeds' mean, and how far in noise widths
     moved_most: str = ""
@@ -145,7 +146,8 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
         rule = f"k = {cal.k:g} fixed"
     else:
         rule = (
-            f"k = the one-sided normal tolerance factor for the number of runs ({', '.join(map(str, ks))}): "
+            f"k = the one-sided normal tolerance factor for the number of runs (run sd) or of audit\n"
+            f"# samples (bootstrap sd) the noise was estimated from ({', '.join(map(str, ks))}): "
             f"with {cal.confidence:.0%} confidence,"
         )
     lines = [
@@ -155,8 +157,9 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
         f"# ({'/'.join(map(str, n_audit))} test images; samples {thresholds.samples!r}; "
         f"statistic {cal.statistic!r}).",
         "# Per metric: centre = mean of the runs' statistic; "
-        f"noise = max({'run-to-run' if extra else 'seed-to-seed'} sd,",
-        "# bootstrap sd of the statistic over audit samples); bound = centre -/+ k x noise",
+        f"noise = the {'run-to-run' if extra else 'seed-to-seed'} sd or the",
+        "# bootstrap sd of the statistic over audit samples, whichever gives the wider margin;",
+        "# bound = centre -/+ k x noise",
         "# on the worse side (|centre| + k x noise for metrics best at 0), rounded outwards",
         f"# to 0.01; {rule}",
         *(
