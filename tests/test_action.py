@@ -126,12 +126,19 @@ def _gate_inputs(env: dict[str, Path], **extra: str) -> dict[str, str]:
 
 
 def test_gate_step_passes_and_writes_outputs_and_summary(env: dict[str, Path]) -> None:
+    """Several candidates, one per line (blank lines ignored), gated in one step."""
+    import json
+
     ws = _workspace(env, "iou.min = 0.0")
-    proc, out, summary = _run_step("Gate", _gate_inputs(env), ws)
+    inputs = _gate_inputs(env)
+    inputs["candidate"] = f"{env['ft']}\n\n{env['tl']}\n"
+    proc, out, summary = _run_step("Gate", inputs, ws)
     assert proc is not None and proc.returncode == 0, proc and proc.stderr
     assert out["verdict"] == "pass" and out["exit_code"] == "0", out
     assert out["report"] == "drift-gate-reports/gate.json" and (ws / out["report"]).is_file()
     assert "drift-gate" in summary.read_text() and "PASS" in summary.read_text().upper()
+    doc = json.loads((ws / out["report"]).read_text())
+    assert [Path(c["candidate"]).name for c in doc["candidates"]] == [env["ft"].name, env["tl"].name]
     verdict, _, _ = _run_step("Verdict", _inputs(), ws, {"gate": out})
     assert verdict is None, "a pass skips the verdict step"
 
@@ -164,17 +171,6 @@ def test_inputs_cannot_inject_commands(env: dict[str, Path]) -> None:
         "Gate", _inputs(candidate=evil, model="$(touch pwned-model)", args="; touch pwned-args"), ws
     )
     assert out["exit_code"] == "2" and not list(ws.glob("pwned*"))
-
-
-def test_several_candidates_one_per_line(env: dict[str, Path]) -> None:
-    ws = _workspace(env, "iou.min = 0.0")
-    inputs = _gate_inputs(env)
-    inputs["candidate"] = f"{env['ft']}\n\n{env['tl']}\n"
-    _, out, _ = _run_step("Gate", inputs, ws)
-    import json
-
-    doc = json.loads((ws / out["report"]).read_text())
-    assert [Path(c["candidate"]).name for c in doc["candidates"]] == [env["ft"].name, env["tl"].name]
 
 
 def test_install_step_installs_this_action_with_the_torch_index(tmp_path: Path) -> None:
