@@ -210,8 +210,10 @@ _ROW = re.compile(r"^\| `(?P<test>.+?)` \| (?P<code>\d+) \| (?P<message>.*) \|$"
 
 
 def shorten(message: str) -> str:
-    """A message without the machine's paths: every absolute folder becomes "…/"."""
-    return re.sub(r"(?:/[^/\s:'\"`()]+)+/", "…/", message)
+    """A message without what depends on the machine: every absolute folder becomes "…/",
+    and a trained checkpoint's sha256 (its weights differ between CPUs) becomes "…"."""
+    message = re.sub(r"(?:/[^/\s:'\"`()]+)+/", "…/", message)
+    return re.sub(r"\bsha256 [0-9a-f]{8,64}…?", "sha256 …", message)
 
 
 def failure_modes_page(rows: list[tuple[str, int, str]]) -> str:

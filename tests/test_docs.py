@@ -55,3 +55,22 @@ def test_own_model_examples_run_as_written(tmp_path: Path, phantom_root: Path, m
     assert ran == 6
     gate = (tmp_path / "reports" / "gate.json").read_text()
     assert '"chest/layercam/Nodule/iou.min"' in gate
+
+
+def test_the_failure_modes_page_keeps_nothing_that_depends_on_the_machine() -> None:
+    """Messages go onto the committed page through ``shorten``: temporary folders (their
+    length differs between machines) and a trained checkpoint's hash (its weights differ
+    between CPUs) are masked; a key id from a fixed seed is kept, it is the same everywhere."""
+    from gatekit import shorten
+
+    for basetemp in ("/tmp/pytest-of-root/pytest-7", "/tmp/a-much-longer-temporary-folder-name/x"):
+        message = (
+            f"{basetemp}/popen-gw1/test_x0/b/tiny: re-make it from the checkpoint it was made from "
+            f"(sha256 c07633b0f620…): `drift-gate baseline --data {basetemp}/phantoms0`"
+        )
+        assert shorten(message) == (
+            "…/tiny: re-make it from the checkpoint it was made from (sha256 …): "
+            "`drift-gate baseline --data …/phantoms0`"
+        )
+    signed = "…/signature.json: signed by key '34750f98bd59fcfc', not by '6a3803d5f059902a'"
+    assert shorten(signed) == signed
