@@ -343,8 +343,11 @@ def test_timm_vit_safetensors_end_to_end(tmp_path: Path, phantom_root: Path) -> 
     )
 
 
-def test_hugging_face_folder_end_to_end(tmp_path: Path, phantom_root: Path) -> None:
+def test_hugging_face_folder_end_to_end(
+    tmp_path: Path, phantom_root: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     folder = _hf_folder(tmp_path)
+    capfd.readouterr()  # what saving the folder printed
     spec = _spec(tmp_path, f"hf:{folder}", name="hf-vit", mean=[0.5] * 3, std=[0.5] * 3)
     assert load_spec(spec).name == "hf-vit"
     doc = _baseline_then_gate(
@@ -353,6 +356,8 @@ def test_hugging_face_folder_end_to_end(tmp_path: Path, phantom_root: Path) -> N
     stored = json.loads((tmp_path / "baselines" / "hf-vit" / "baseline.json").read_text())
     assert stored["maps"]["layer"] == "vit.layers.1.layernorm_before"
     assert doc["candidates"][0]["verdict"] == "pass"  # type: ignore[index]
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "%|" not in err, err  # transformers' bar is not ours
 
 
 def test_torchxrayvision_one_channel_end_to_end(tmp_path: Path, phantom_root: Path) -> None:
@@ -481,6 +486,13 @@ SPEC = 'arch = "python:user_model:small_net"\nclasses = {classes}\ninput_size = 
             r"does not match the baseline .*model.kwargs",
         ),
         (
+            '[model]\nname = "python-small_net"\n'
+            + SPEC.format(classes=json.dumps(CLASSES)).replace("small_net", "small_net_v2")
+            + "[model.kwargs]\noutputs = 5\n",
+            r"python-small_net is the baseline of another model \('python:user_model:small_net', "
+            r"this one is 'python:user_model:small_net_v2'\); give this model a baseline name",
+        ),
+        (
             '[model]\narch = "python:user_model:not_a_module"\nclasses = ["a", "b"]\n',
             r"the factory returned str, not an nn.Module",
         ),
@@ -500,6 +512,7 @@ SPEC = 'arch = "python:user_model:small_net"\nclasses = {classes}\ninput_size = 
         "non-spatial-layer",
         "class-count",
         "spec-differs",
+        "another-model",
         "factory-returns",
         "factory-import",
         "unknown-key",

@@ -5,6 +5,7 @@ what is wrong."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -69,6 +70,76 @@ def test_baseline_says_what_the_audit_set_holds(
     assert "reference: " in err and " of 10 audit images classified correctly (normal " in err
     doc = json.loads((env["baselines"] / "tiny" / "baseline.json").read_text())
     assert doc["audit"]["requested_per_class"] == 50 and sum(doc["audit"]["reference_correct"].values()) <= 10
+
+
+def _copy_test_image(env: dict[str, Path], tmp_path: Path, same_label: bool) -> Path:
+    """A copy of the phantom set in which a second test image (of another class, or of the
+    same class) has the first one's pixels; the manifest records its new hash."""
+    import csv
+
+    data = tmp_path / "copied"
+    shutil.copytree(env["data"], data)
+    with (data / "manifest.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    test = [r for r in rows if r["split"] == "test"]
+    a = test[0]
+    b = next(r for r in test[1:] if (r["label"] == a["label"]) == same_label)
+    # the same pixels in other bytes (another zlib level): only decoding tells them apart
+    Image.open(data / a["path"]).save(data / b["path"], compress_level=1)
+    b["sha256"] = hashlib.sha256((data / b["path"]).read_bytes()).hexdigest()
+    with (data / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return data
+
+
+def test_identical_audit_images_with_different_labels_are_refused(
+    env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = baseline_args(env, env["tl"])
+    args[args.index("--data") + 1] = str(_copy_test_image(env, tmp_path, same_label=False))
+    args[args.index("--out") + 1] = str(tmp_path / "contradicted")
+    assert_error(main(args), capsys, r"have identical pixels but different labels; fix the label of one")
+    assert not (tmp_path / "contradicted").exists()
+    args[args.index("--data") + 1] = str(_copy_test_image(env, tmp_path / "b", same_label=True))
+    assert main(args) == 0  # a duplicate with one label: kept, and said
+    assert "1 audit image(s) repeat another's pixels with the same label" in capsys.readouterr().err
+
+
+def test_one_file_with_two_labels_is_refused(
+    env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    data = tmp_path / "twice"
+    shutil.copytree(env["data"], data)
+    with (data / "manifest.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    a = next(r for r in rows if r["split"] == "train")
+    b = next(r for r in rows if r["split"] == "train" and r["label"] != a["label"])
+    shutil.copyfile(data / a["path"], data / b["path"])
+    b["sha256"] = a["sha256"]
+    with (data / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    args = baseline_args(env, env["tl"])
+    args[args.index("--data") + 1] = str(data)
+    assert_error(main(args), capsys, rf"the same file as .*{a['path'].rsplit('/', 1)[1]} but labelled")
+
+
+def test_a_multi_label_row_under_a_multiclass_spec_says_how_to_gate_it(
+    env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "m.csv"
+    rows = (env["data"] / "manifest.csv").read_text().splitlines()
+    first = rows[1].split(",")
+    first[1] = "normal|viral_pneumonia"
+    manifest.write_text("\n".join([rows[0], ",".join(first), *rows[2:]]) + "\n")
+    args = baseline_args(env, env["tl"])
+    args[args.index("--data") + 1] = str(manifest)
+    assert_error(main(args), capsys, r'unknown label\(s\) normal\|viral_pneumonia; .* task = "multilabel"')
 
 
 def test_baseline_that_could_never_pass_is_refused(

@@ -33,10 +33,25 @@ def test_8bit_png(tmp_path: Path) -> None:
     np.testing.assert_allclose(decode_image(tmp_path / "a.png"), values / 255.0)
 
 
-def test_12bit_in_16bit_png_without_sbit_needs_the_setting(tmp_path: Path) -> None:
+def test_12bit_in_16bit_png_without_sbit_needs_the_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from drift_gate.data import preprocess
+
+    monkeypatch.setattr(preprocess, "_WARNED_LOW_BITS", set())
     path = _png16(tmp_path / "a.png", RAMP12)
     assert decode_image(path).max() == pytest.approx(4095 / 65535)  # near black: what a 16-bit reader sees
+    err = capsys.readouterr().err
+    assert err.count("drift-gate: warning:") == 1, err
+    assert "fit in 12 bits (max 4095)" in err and "set preprocess.bit_depth = 12" in err, err
+    decode_image(_png16(tmp_path / "b.png", RAMP12 // 2))  # 11 bits: a line of its own
+    decode_image(path)
+    assert capsys.readouterr().err.count("drift-gate: warning:") == 1  # then none for images already seen
     np.testing.assert_allclose(decode_image(path, Preprocess(bit_depth=12)), RAMP12 / 4095.0)
+    full = _png16(tmp_path / "c.png", RAMP12 * 16)  # uses all 16 bits: nothing to say
+    decode_image(full)
+    decode_image(_png16(tmp_path / "d.png", RAMP12, sbit=12))  # sBIT says it
+    assert capsys.readouterr().err == ""
 
 
 def test_bit_depth_that_does_not_fit_is_an_error(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Writes the generated reference pages: docs/reference/cli.md (from the argument
-parsers) and docs/reference/python-api.md (from the public API's signatures and
-docstrings). ``--check`` exits 1 when a committed page differs from what the code
-makes (``tests/test_docs.py`` runs that). ``nox -s docs`` runs this and regenerates
+parsers), docs/reference/python-api.md (from the public API's signatures and
+docstrings) and docs/reference/modules.md (every module, with its docstring's first
+sentence). ``--check`` exits 1 when a committed page differs from what the code makes
+(``tests/test_docs.py`` runs that). ``nox -s docs`` runs this and regenerates
 docs/reference/failure-modes.md from the reliability suite.
 """
 
@@ -75,7 +76,41 @@ def api_reference() -> str:
     return "".join(out)
 
 
-PAGES = {"cli.md": cli_reference, "python-api.md": api_reference}
+def _summary(path: Path) -> str:
+    """A module docstring's first sentence (read with ``ast``: nothing is imported)."""
+    import ast
+    import re
+
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    text = " ".join(doc.split("\n\n", 1)[0].split())
+    first = re.split(r"(?<=\.)\s+(?=[A-Z`(])", text, maxsplit=1)[0]
+    return first.replace("|", "\\|")
+
+
+def modules_reference() -> str:
+    """Every module of ``src/drift_gate``, by sub-package, with its docstring's first
+    sentence; the layer order is checked by ``tests/test_structure.py``."""
+    src = ROOT / "src" / "drift_gate"
+    out = [
+        HEADER,
+        "# Modules\n\n",
+        "Every module of `src/drift_gate`, with the first sentence of its docstring. Imports point\n",
+        "down these layers, and no module imports another in a circle (`tests/test_structure.py`\n",
+        "checks both): base modules (`errors`, `_io`, `_version`, `_memory`, `distributed`) →\n",
+        "`data` → `models` → `evidence` → `training`, `gating` → `integrations`, `inputs` →\n",
+        "`studies`, `api` → `cli` and the package's public names (`__init__`).\n",
+    ]
+    packages = [src, *sorted(p for p in src.iterdir() if (p / "__init__.py").is_file())]
+    for package in packages:
+        title = "drift_gate" if package == src else f"drift_gate.{package.name}"
+        out += [f"\n## `{title}`\n\n", "| module | what it is |\n", "|---|---|\n"]
+        for path in sorted(package.glob("*.py")):
+            name = package.name + "/" + path.name if package != src else path.name
+            out.append(f"| `{name}` | {_summary(path)} |\n")
+    return "".join(out)
+
+
+PAGES = {"cli.md": cli_reference, "python-api.md": api_reference, "modules.md": modules_reference}
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TypeAlias
 
-from drift_gate import __version__
+from drift_gate._version import __version__
 from drift_gate.cli import commands
 
 __all__ = ["build_parser"]

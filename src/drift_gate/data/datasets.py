@@ -16,7 +16,6 @@ import csv
 import dataclasses
 import hashlib
 import io
-import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +23,10 @@ from pathlib import Path
 
 import torch
 
-from drift_gate._io import ALLOW_OUTSIDE, file_sha256
+from drift_gate._io import file_sha256
+from drift_gate.data.formats import Row
 from drift_gate.data.masks import Mask, parse_mask
+from drift_gate.data.paths import confined, data_root
 from drift_gate.data.preprocess import (
     DEFAULT,
     Preprocess,
@@ -41,8 +42,6 @@ __all__ = ["IMAGE_SUFFIXES", "SPLITS", "DataSet", "ImageDataset", "Sample", "dat
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 _DELIMITERS = (",", ";", "\t")
-#: (path, label, split, sha256, mask) as read from a manifest or a folder.
-_Row = tuple[str, str, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,7 @@ def _header_delimiter(manifest: Path, header: str) -> str:
     )
 
 
-def _from_manifest(manifest: Path) -> tuple[list[_Row], Path]:
+def _from_manifest(manifest: Path) -> tuple[list[Row], Path]:
     root = manifest.parent
     try:
         # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first name
@@ -132,7 +131,7 @@ def _from_manifest(manifest: Path) -> tuple[list[_Row], Path]:
         delimiter = _header_delimiter(manifest, text.splitlines()[0] if text else "")
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
         reader.fieldnames = [f.strip() for f in reader.fieldnames or ()]
-        rows: list[_Row] = []
+        rows: list[Row] = []
         for line, row in enumerate(reader, start=2):
             path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
             if not path or not label:
@@ -151,39 +150,10 @@ def _from_manifest(manifest: Path) -> tuple[list[_Row], Path]:
     return rows, root
 
 
-def confined(path: Path, root: Path, what: str = "image") -> Path:
-    """``path`` resolved, refused when it leaves the data root ``root`` (by ``..``, an
-    absolute path or a symlink), unless :data:`ALLOW_OUTSIDE` is set.
-
-    Raises:
-        DataError: the path lies outside the root.
-    """
-    text = os.fspath(path)
-    if "\x00" in text or len(text) > 4096 or any(len(part) > 255 for part in Path(text).parts):
-        # the offending name, not the path's start: its length must not depend on the folder
-        name = Path(text).name
-        shown = f"{name[:40]!r}{f'… ({len(name)} characters)' if len(name) > 40 else ''}"
-        raise DataError(f"{what} path {shown}: not a usable path (a NUL byte, or too long)")
-    resolved = Path(path).resolve()
-    if os.environ.get(ALLOW_OUTSIDE) == "1" or resolved.is_relative_to(Path(root).resolve()):
-        return resolved
-    raise DataError(
-        f"{what} {path} lies outside the data root {root} (a path or a symlink that leaves it); "
-        f"refused. Pass --allow-outside-data-root (or set {ALLOW_OUTSIDE}=1) to read it anyway"
-    )
-
-
-def data_root(source: Path) -> Path:
-    """The folder that sample ids are relative to: a manifest file's folder, else
-    ``source`` itself. Every command that takes ``--data`` resolves it here."""
-    source = Path(source)
-    return source.parent if source.is_file() else source
-
-
-def _from_folder(root: Path) -> list[_Row]:
+def _from_folder(root: Path) -> list[Row]:
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     split_layout = bool(subdirs) and {p.name for p in subdirs} <= set(SPLITS)
-    rows: list[_Row] = []
+    rows: list[Row] = []
     for top in subdirs:
         class_dirs = sorted(p for p in top.iterdir() if p.is_dir()) if split_layout else [top]
         for cdir in class_dirs:
@@ -229,7 +199,7 @@ def load_dataset(
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: data source not found")
-    from drift_gate.data.formats import detect
+    from drift_gate.data.public import detect
 
     described = ""
     if source.is_file():
@@ -263,8 +233,14 @@ def load_dataset(
     classes = tuple(classes)
     unknown = sorted(set(found) - set(classes))
     if unknown:
+        hint = (
+            '; "|" separates the findings of a multi-label image: gate it with a model spec whose '
+            'task = "multilabel" (docs/how-to/own-model.md)'
+            if any("|" in u for u in unknown)
+            else ""
+        )
         raise DataError(
-            f"{source}: unknown label(s) {', '.join(unknown)}; expected one of {', '.join(classes)}"
+            f"{source}: unknown label(s) {', '.join(unknown)}; expected one of {', '.join(classes)}{hint}"
         )
 
     samples = []
@@ -285,7 +261,12 @@ def load_dataset(
     first: dict[str, Sample] = {}
     for s in samples:
         by_hash[s.sha256].add(s.split)
-        first.setdefault(s.sha256, s)
+        seen = first.setdefault(s.sha256, s)
+        if seen.label != s.label:
+            raise DataError(
+                f"{s.path}: the same file as {seen.path} but labelled {classes[s.label]!r}, not "
+                f"{classes[seen.label]!r}; fix the label of one, or remove one"
+            )
     for digest, splits in by_hash.items():
         if len(splits) > 1:
             raise DataError(
@@ -318,7 +299,7 @@ def _verified(root: Path, rel: str, digest: str | None, split: str | None) -> tu
     return path, actual, split
 
 
-def _multilabel(source: Path, root: Path, rows: list[_Row], classes: Sequence[str] | None) -> DataSet:
+def _multilabel(source: Path, root: Path, rows: list[Row], classes: Sequence[str] | None) -> DataSet:
     if not classes:
         raise DataError(f"{source}: multi-label data needs the model's class names")
     classes = tuple(classes)

@@ -1,24 +1,9 @@
-"""Public chest X-ray data sets read as they ship, found by their files.
-
-``--data <folder>`` is read by the first rule that applies: a ``manifest.csv`` (or a
-``.csv`` given directly) is a manifest; otherwise the folder is recognised by the
-files each public data set ships with:
-
-=============  =================================================  ==============
-format         recognised by                                      labels
-=============  =================================================  ==============
-``nih``        ``Data_Entry_2017*.csv``                           multi-label
-``chexpert``   ``train.csv`` and ``valid.csv`` (CheXpert header)  multi-label
-``mimic``      ``mimic-cxr-2.0.0-chexpert.csv[.gz]``              multi-label
-``rsna``       ``stage_2_train_labels.csv`` (or ``stage_1_…``)    multi-label
-``covidqu``    ``Infection Segmentation Data`` / ``Lung …`` or    single-label
-               ``Train|Val|Test/<class>/images/``
-=============  =================================================  ==============
-
-Anything else is a folder of class subfolders. Each reader returns the rows a manifest
-would give (image path relative to the root, labels joined by ``|``, split, no file
-hash, mask) and says in :attr:`Reader.describe` what it did (views kept, label policy,
-how splits were made), which ``baseline`` prints.
+"""What a public data set's reader is made of (:mod:`drift_gate.data.public` lists the
+readers and finds the one a folder needs): the :class:`Reader` record, the
+:data:`Row` a manifest would give (image path relative to the root, labels joined by
+``|``, split, file hash, mask), and the helpers readers share: finding a file among
+the names a data set ships under, reading its label table with a size limit, and
+splitting by patient.
 """
 
 from __future__ import annotations
@@ -36,9 +21,12 @@ from drift_gate.errors import DataError
 __all__ = [
     "UNCERTAIN_POLICIES",
     "Reader",
-    "detect",
+    "Row",
+    "first_file",
+    "none_on_disk",
     "patient_bucket",
     "read_table",
+    "split_by_patient",
 ]
 
 #: How an uncertain label (CheXpert's and MIMIC-CXR's ``-1``) is read.
@@ -57,30 +45,6 @@ class Reader:
     multilabel: bool
     detect: Callable[[Path], bool]
     read: Callable[[Path, Sequence[str], str], tuple[list[Row], str]]
-
-
-def _readers() -> list[Reader]:
-    from drift_gate.data import chexpert, covidqu, nih, rsna
-
-    return [nih.READER, chexpert.CHEXPERT, chexpert.MIMIC, rsna.READER, covidqu.READER]
-
-
-def detect(root: Path) -> Reader | None:
-    """The public data set whose layout ``root`` has, if any.
-
-    Raises:
-        DataError: the folder looks like two data sets at once.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    found = [r for r in _readers() if r.detect(root)]
-    if len(found) > 1:
-        raise DataError(
-            f"{root}: holds the files of several data sets ({', '.join(r.title for r in found)}); "
-            "give each its own folder"
-        )
-    return found[0] if found else None
 
 
 def first_file(root: Path, names: Sequence[str]) -> Path | None:

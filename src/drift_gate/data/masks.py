@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drift_gate.data.paths import confined
 from drift_gate.data.preprocess import DEFAULT, Preprocess, read_image, resize
 from drift_gate.errors import DataError
 
@@ -75,8 +76,6 @@ def parse_mask(text: str, root: Path) -> Mask:
             return Boxes(boxes)  # type: ignore[arg-type]
         except ValueError as exc:
             raise DataError(f"mask {text[:80]!r}: not boxes 'boxes:x,y,w,h;…' ({exc})") from None
-    from drift_gate.data.datasets import confined
-
     return confined(Path(root) / text, root, "mask")
 
 

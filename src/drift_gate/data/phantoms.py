@@ -46,6 +46,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from drift_gate.data.classes import CLASSES
+from drift_gate.data.shortcut import STRIP_HEIGHTS, add_cue, cue_level
+
 __all__ = [
     "CLASSES",
     "SOURCE_LABELS",
@@ -57,14 +60,6 @@ __all__ = [
     "render_source_sample",
 ]
 
-
-CLASSES: tuple[str, ...] = (
-    "normal",
-    "bacterial_pneumonia",
-    "viral_pneumonia",
-    "covid19",
-    "tuberculosis",
-)
 
 #: Labels of the synthetic *source* task used for offline pretraining: which
 #: finding textures are present, and where (multi-label).
@@ -80,10 +75,6 @@ SOURCE_LABELS: tuple[str, ...] = (
 )
 
 SPLIT_SHARES = (("train", 0.6), ("val", 0.2), ("test", 0.2))
-
-#: Heights of the shortcut's lead strip, one per class (in :data:`CLASSES` order),
-#: as fractions of the image side; the lungs start below the tallest.
-STRIP_HEIGHTS: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.10)
 
 Array = NDArray[np.float64]
 
@@ -326,8 +317,6 @@ def render_phantom(
     Raises:
         ValueError: for an unknown label or a probability outside ``[0, 1]``.
     """
-    from drift_gate.data.shortcut import add_cue, cue_level
-
     if label not in _CLASS_FINDINGS:
         raise ValueError(f"unknown phantom class {label!r}; known: {', '.join(CLASSES)}")
     for name, p in (("shortcut correlation", shortcut or 0.0), ("occult share", occult)):

@@ -157,6 +157,27 @@ def _png_significant_bits(path: Path) -> int | None:
     return None
 
 
+#: bit counts already warned about in this process (one line per count, not one per image)
+_WARNED_LOW_BITS: set[int] = set()
+
+
+def _warn_low_bits(top: int, path: Path) -> None:
+    """A 16-bit image without ``sBIT`` whose values all fit in 8 to 15 bits is most likely
+    a detector's 10-, 12- or 14-bit values stored as they came: read as 16-bit it is
+    near-black. It is read so (the stated rule), with one warning per bit count."""
+    bits = top.bit_length()
+    if not 8 <= bits < 16 or bits in _WARNED_LOW_BITS:
+        return
+    _WARNED_LOW_BITS.add(bits)
+    from drift_gate._io import warn
+
+    warn(
+        f"{path}: a 16-bit image with no sBIT chunk whose values fit in {bits} bits "
+        f"(max {top}) is read as 16-bit (value / 65535, near-black); if it holds {bits}-bit "
+        f"detector values, set preprocess.bit_depth = {bits} (further such images: no warning)"
+    )
+
+
 def _scale_16bit(arr: NDArray[np.int64], path: Path, bit_depth: int | None) -> NDArray[np.float64]:
     """A 16-bit image's values in ``[0, 1]`` (see the module docstring)."""
     top = int(arr.max()) if arr.size else 0
@@ -169,6 +190,7 @@ def _scale_16bit(arr: NDArray[np.int64], path: Path, bit_depth: int | None) -> N
         return arr / float(2**bit_depth - 1)
     sbit = _png_significant_bits(path)
     if sbit is None or not 1 <= sbit < 16:
+        _warn_low_bits(top, path)
         return arr / 65535.0
     shift = 16 - sbit
     original = arr >> shift

@@ -2,7 +2,7 @@
 with a chosen probability (``0``: present on every image but uninformative):
 
 * ``strip``: a radiopaque lead strip along the top edge, above the lungs, whose *height*
-  codes the class (:data:`~drift_gate.data.phantoms.STRIP_HEIGHTS`);
+  codes the class (:data:`STRIP_HEIGHTS`);
 * ``marker``: a burned-in label box in the bottom-right corner, outside the body (as a
   site's exposure-index or text label would be), the same size on every image, whose
   *fill grey level* codes the class (:data:`MARKER_LEVELS`);
@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from drift_gate.data.phantoms import CLASSES, STRIP_HEIGHTS
+from drift_gate.data.classes import CLASSES
 
 __all__ = [
     "CUES",
     "DRAIN_ROWS",
     "MARKER_LEVELS",
     "MARKER_SIDE",
+    "STRIP_HEIGHTS",
     "add_cue",
     "cue_level",
     "cue_masks",
@@ -36,6 +37,9 @@ __all__ = [
 
 #: The plantable cues.
 CUES = ("strip", "marker", "drain")
+#: Heights of the lead strip, one per class (in :data:`CLASSES` order), as fractions of
+#: the image side; the phantoms' lungs start below the tallest.
+STRIP_HEIGHTS: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.10)
 #: Heights (fractions of the side) at which the drain crosses the lung, one per class.
 DRAIN_ROWS: tuple[float, ...] = (0.28, 0.35, 0.42, 0.49, 0.56)
 #: Columns (fractions of the side) between which the drain runs: from the right edge inwards.

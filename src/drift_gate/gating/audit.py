@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from drift_gate.data.datasets import DataSet, Sample, confined, data_root
+from drift_gate.data.datasets import DataSet, Sample
 from drift_gate.data.masks import Boxes, Mask, mask_text, parse_mask
+from drift_gate.data.paths import confined, data_root
 from drift_gate.data.preprocess import decode_image
 from drift_gate.errors import DataError
 
@@ -155,17 +156,40 @@ def build_multilabel_audit_set(data: DataSet, per_class: int) -> AuditSet:
     if not any(s.labels for s in chosen):
         raise DataError("cannot build an audit set: no test image is positive for any class")
     root = Path(data.root).resolve()
-    return AuditSet(
-        tuple(
-            AuditSample(
-                s.id,
-                s.label_text(data.classes),
-                pixel_sha256(s.path),
-                *mask_fields(s.mask, root),
-            )
+    return _consistent(
+        [
+            AuditSample(s.id, s.label_text(data.classes), pixel_sha256(s.path), *mask_fields(s.mask, root))
             for s in chosen
-        )
+        ]
     )
+
+
+def _consistent(samples: list[AuditSample]) -> AuditSet:
+    """The audit set, refused if two of its images have identical pixels but different
+    labels (no verdict can rest on an image labelled both ways); identical images with one
+    label are kept, with a warning (each copy counts in the summaries)."""
+    first: dict[str, AuditSample] = {}
+    copies: list[tuple[AuditSample, AuditSample]] = []
+    for s in samples:
+        seen = first.setdefault(s.pixels, s)
+        if seen is s:
+            continue
+        if seen.label != s.label:
+            raise DataError(
+                f"audit images {seen.id!r} (label {seen.label!r}) and {s.id!r} (label {s.label!r}) "
+                "have identical pixels but different labels; fix the label of one, or remove "
+                "one from the test split"
+            )
+        copies.append((seen, s))
+    if copies:
+        from drift_gate._io import warn
+
+        a, b = copies[0]
+        warn(
+            f"{len(copies)} audit image(s) repeat another's pixels with the same label "
+            f"(e.g. {b.id!r} = {a.id!r}); each copy counts in the summaries"
+        )
+    return AuditSet(tuple(samples))
 
 
 def test_images_per_class(data: DataSet) -> dict[str, int]:
@@ -191,7 +215,7 @@ def build_audit_set(data: DataSet, per_class: int) -> AuditSet:
             chosen.append(
                 AuditSample(s.id, data.classes[c], pixel_sha256(s.path), *mask_fields(s.mask, root))
             )
-    return AuditSet(tuple(chosen))
+    return _consistent(chosen)
 
 
 def audit_summary(

@@ -274,6 +274,19 @@ def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path, 
                 for k in sorted(set(mine) | set(theirs))
                 if mine.get(k) != theirs.get(k) and not (k in want and got.get(k) != want[k])
             ]  # a setting already named above is not named again as the spec's
+    if (
+        diff
+        and isinstance(mine, dict)
+        and isinstance(theirs, dict)
+        and mine.get("arch") != theirs.get("arch")
+    ):
+        # another architecture under the same name (default names are the factory's or the
+        # folder's last part): re-making this baseline would overwrite the other model's
+        raise StaleBaselineError(
+            f"{candidate}: {baseline.path} is the baseline of another model "
+            f"({theirs.get('arch')!r}, this one is {mine.get('arch')!r}); give this model a baseline "
+            f'name of its own (name = "..." in its model spec) and make its baseline under it'
+        )
     if diff:
         raise StaleBaselineError(
             f"{candidate}: does not match the baseline in {baseline.path}: {'; '.join(diff)}; "

@@ -137,6 +137,11 @@ def _hf_with_weights(spec: ModelSpec, path: Path) -> nn.Module:
     with tempfile.TemporaryDirectory(prefix="drift-gate-hf-") as tmp:
         config.save_pretrained(tmp)
         (Path(tmp) / ("model.safetensors" if safetensors else "pytorch_model.bin")).symlink_to(path.resolve())
+        from transformers.utils import logging
+
+        hf_logging: Any = logging  # its functions are untyped
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # drift-gate's own progress (or --no-progress) rules
         try:
             net, info = AutoModelForImageClassification.from_pretrained(
                 tmp,
@@ -153,6 +158,9 @@ def _hf_with_weights(spec: ModelSpec, path: Path) -> nn.Module:
             raise CheckpointError(
                 f"{path}: the weights do not fit {spec.arch} with {len(spec.classes)} classes: {detail}"
             ) from None
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
     problems = [
         f"{what} {len(keys)} weight(s) (e.g. {sorted(keys)[0]})"
         for what, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys")))

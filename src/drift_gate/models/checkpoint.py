@@ -55,7 +55,7 @@ def library_versions() -> dict[str, str]:
     import numpy
     import torchvision
 
-    from drift_gate import __version__
+    from drift_gate._version import __version__
 
     out = {
         "python": platform.python_version(),

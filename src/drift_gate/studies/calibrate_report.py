@@ -11,8 +11,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from drift_gate import __version__
 from drift_gate._io import atomic_write_text
+from drift_gate._version import __version__
 from drift_gate.evidence.registry import CORE_METRICS
 from drift_gate.gating.thresholds import Thresholds, parse_thresholds
 
