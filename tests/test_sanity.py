@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from drift_gate.evidence.sanity import randomised_copy, rank_correlation
+from drift_gate.evidence.metrics import spearman
+from drift_gate.evidence.sanity import randomised_copy
 from drift_gate.models.backbones import build_classifier
 from gatekit import RULES, gate, result
 
@@ -36,10 +37,11 @@ def test_randomised_copy_resets_the_head_and_block_only_and_keeps_the_rng() -> N
         randomised_copy(model, "all")
 
 
-def test_rank_correlation() -> None:
+def test_the_sanity_check_compares_maps_by_their_ranks() -> None:
+    """It uses the drift metric's Spearman correlation (one formula for both)."""
     rng = np.random.default_rng(0)
     a = rng.random((4, 3, 3))
-    out = rank_correlation(a, np.stack([a[0], -a[1], a[2] ** 3, np.zeros((3, 3))]))
+    out = spearman(a, np.stack([a[0], -a[1], a[2] ** 3, np.zeros((3, 3))]))
     assert out[0] == pytest.approx(1) and out[1] == pytest.approx(-1) and out[2] == pytest.approx(1)
     assert np.isnan(out[3]), "a constant map has no rank correlation"
 

@@ -3,18 +3,18 @@ maps that barely change when the model's weights are randomised do not explain t
 
 :func:`randomised_copy` re-initialises a copy of a model's head (its last linear layer)
 and, with ``"head+block"``, also the block its CAMs are computed on; the gate computes the
-candidate's maps again on that copy and :func:`rank_correlation` compares them per sample.
+candidate's maps again on that copy and compares them per sample with the drift metrics'
+Spearman correlation (:func:`~drift_gate.evidence.metrics.spearman`).
 """
 
 from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["RANDOMISE", "randomised_copy", "rank_correlation"]
+__all__ = ["RANDOMISE", "randomised_copy"]
 
 #: What :func:`randomised_copy` re-initialises.
 RANDOMISE = ("head", "head+block")
@@ -95,19 +95,3 @@ def randomised_copy(model: nn.Module, what: str = "head", seed: int = 0) -> nn.M
             if block is not None:
                 _reset(block)
     return twin.eval()
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each pair of maps ``a[i]``, ``b[i]`` (ties averaged); NaN
-    where either map is constant."""
-    from scipy.stats import rankdata
-
-    x = rankdata(a.reshape(len(a), -1), axis=1)
-    y = rankdata(b.reshape(len(b), -1), axis=1)
-    x -= x.mean(1, keepdims=True)
-    y -= y.mean(1, keepdims=True)
-    den = np.sqrt((x * x).sum(1) * (y * y).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (x * y).sum(1) / den
-    out[den == 0] = np.nan
-    return np.asarray(out, dtype=np.float64)

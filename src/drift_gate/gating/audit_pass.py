@@ -28,8 +28,8 @@ from drift_gate.errors import CheckpointError, StaleBaselineError
 from drift_gate.evidence.cam import CamResult, compute_cams, upsample
 from drift_gate.evidence.counterfactual import counterfactual_metrics
 from drift_gate.evidence.faithfulness import faithfulness_metrics
-from drift_gate.evidence.metrics import drift_metrics, localisation
-from drift_gate.evidence.sanity import randomised_copy, rank_correlation
+from drift_gate.evidence.metrics import drift_metrics, localisation, spearman
+from drift_gate.evidence.sanity import randomised_copy
 from drift_gate.gating.stored import Baseline
 from drift_gate.gating.thresholds import Thresholds
 from drift_gate.models.checkpoint import CheckpointMeta
@@ -149,10 +149,10 @@ def _chunk(
     out: dict[str, Any] = {"logits": cams.logits, "maps": cams.maps, "metrics": {}}
     if twin is not None:  # the same maps from a randomised copy
         other = _cams(job, twin, ds)
-        out["sanity"] = {m: rank_correlation(cams.maps[m], other.maps[m]) for m in t.methods}
+        out["sanity"] = {m: spearman(cams.maps[m], other.maps[m]) for m in t.methods}
     if t.sanity_max_class_correlation is not None:  # the maps of another class
         shifted = _cams(job, job.model, _OtherClass(ds, len(meta.classes)))
-        out["class_sanity"] = {m: rank_correlation(cams.maps[m], shifted.maps[m]) for m in t.methods}
+        out["class_sanity"] = {m: spearman(cams.maps[m], shifted.maps[m]) for m in t.methods}
     masks = load_masks(chosen, size, meta.preprocess) if with_masks else None
     if job.session is not None and job.pairs is None:
         out["onnx"] = job.session.logits(ds, job.batch_size)
