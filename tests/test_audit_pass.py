@@ -38,7 +38,14 @@ def test_chunks_decode_each_image_once_and_change_no_number(
     def gated(chunk_batches: int) -> dict[str, dict[str, list[float | None]]]:
         monkeypatch.setattr(audit_pass, "CHUNK_BATCHES", chunk_batches)
         decoded.clear()
-        c, _ = run_gate(env["ft"], env["baselines"], rules, env["data"], batch_size=2, use_onnx=False)
+        c, _ = run_gate(
+            env["ft"],
+            baselines=env["baselines"],
+            thresholds=rules,
+            data_root=env["data"],
+            batch_size=2,
+            use_onnx=False,
+        )
         assert len(decoded) == c.n_audit == len(set(decoded)), "every audit image decoded exactly once"
         assert {"faithfulness", "counterfactual_drop"} <= set(c.per_sample["layercam"])
         return c.per_sample
@@ -50,3 +57,37 @@ def test_chunks_decode_each_image_once_and_change_no_number(
             a = np.array(values, dtype=float)
             b = np.array(many[method][metric], dtype=float)
             np.testing.assert_array_equal(a, b, err_msg=f"{method}/{metric}")
+
+
+def test_the_gate_is_its_five_stages(env: dict[str, Path]) -> None:
+    """prepare -> audit -> predictions -> judge -> record, called one by one, is run_gate;
+    each stage's output is what the next one reads."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from drift_gate.distributed import Dist
+    from drift_gate.gating import gate
+
+    rules = parse_thresholds(RULES.format(drift="iou.min = 0.3"))
+    common = {"baselines": env["baselines"], "thresholds": rules, "data_root": env["data"], "batch_size": 4}
+    whole, _ = run_gate(env["ft"], use_onnx=False, **common)
+    job = gate.prepare(
+        env["ft"],
+        reference=None,
+        use_onnx=False,
+        dist=Dist(0, 1, torch.device("cpu")),
+        progress=False,
+        precision="fp32",
+        **common,
+    )
+    gathered = gate.audit(job)
+    assert set(gathered.maps) == set(rules.methods) and gathered.onnx_logits is None
+    assert len(gathered.torch_logits) == len(job.samples) == whole.n_audit
+    preds = gate.predictions(job, gathered)
+    assert int(preds.selected.sum()) == whole.n_selected and preds.parity_rules == []
+    judged = gate.judge(job, gathered, preds)
+    assert [r.rule for r in judged[0]] == [r.rule for r in whole.rules]
+    staged, _ = gate.record(job, gathered, preds, judged, None)
+    assert json.dumps(asdict(staged), default=str) == json.dumps(asdict(whole), default=str)

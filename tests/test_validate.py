@@ -152,7 +152,9 @@ def test_calibration_proposes_thresholds_every_run_passes(
     assert runs[1:] == [out / "runs" / "tiny" / f"ft.seed{s}.pt" for s in (1, 2)]
     # By construction every calibration run lies within k noise widths of the centre.
     for run in runs:
-        c, _ = run_gate(run, out / "baselines", proposed, phantom_data.root, use_onnx=False)
+        c, _ = run_gate(
+            run, baselines=out / "baselines", thresholds=proposed, data_root=phantom_data.root, use_onnx=False
+        )
         drift = [r for r in c.rules if "/auc." not in r.rule and r.status != "inconclusive"]
         assert drift and all(r.status == "pass" for r in drift), [r.message for r in drift]
     assert "| tiny | layercam | iou |" in (out / "calibration.md").read_text()

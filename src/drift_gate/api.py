@@ -229,9 +229,9 @@ def gate(
     for ckpt in chosen:
         res, art = run_gate(
             ckpt,
-            root,
-            rules,
-            source,
+            baselines=root,
+            thresholds=rules,
+            data_root=source,
             device=dist.device,
             batch_size=batch_size,
             reference=Path(reference) if reference is not None else references.get(ckpt),

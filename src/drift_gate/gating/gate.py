@@ -60,7 +60,20 @@ from drift_gate.models.spec import ModelSpec
 if TYPE_CHECKING:
     from drift_gate.gating.signing import Keyring
 
-__all__ = ["RESULT_SCHEMA", "CandidateResult", "GateResult", "load_masks", "run_gate"]
+__all__ = [
+    "RESULT_SCHEMA",
+    "CandidateResult",
+    "GateResult",
+    "Gathered",
+    "Predictions",
+    "audit",
+    "judge",
+    "load_masks",
+    "predictions",
+    "prepare",
+    "record",
+    "run_gate",
+]
 
 
 RESULT_SCHEMA = 1
@@ -173,8 +186,9 @@ def _image_logits(job: Job) -> tuple[np.ndarray, np.ndarray | None]:
     return logits, None if job.session is None else job.session.logits(ds, job.batch_size)
 
 
-def _prepare(
+def prepare(
     candidate: Path,
+    *,
     baselines: Path,
     thresholds: Thresholds,
     data_root: Path,
@@ -188,7 +202,8 @@ def _prepare(
     public_key: Keyring | None = None,
     spec_file: Path | None = None,
 ) -> Job:
-    """Loads the candidate and its baseline and checks that one may be gated against the other."""
+    """Stage 1: loads the candidate and its baseline and checks that one may be gated
+    against the other (hashes, methods, model, classes, target layer, audit images)."""
     model, meta = load_model(candidate, spec, dist.device)
     base: Baseline = load_baseline(Path(baselines) / meta.arch, public_key)
 
@@ -327,8 +342,192 @@ def _drift(
     return rules, summaries, per_sample
 
 
+@dataclass
+class Gathered:
+    """Stage 2's output: every rank's share of the audit pass, joined back in audit order."""
+
+    #: per method, the candidate's maps at the target layer's grid
+    maps: dict[str, np.ndarray]
+    #: per method, per metric, the per-sample values (``degenerate`` among them)
+    values: dict[str, dict[str, np.ndarray]]
+    #: the checkpoint's logits, and its ONNX export's when one is used
+    torch_logits: np.ndarray
+    onnx_logits: np.ndarray | None
+    #: ``sanity`` / ``class_sanity`` per method, where its rule is configured
+    sanity: dict[str, dict[str, np.ndarray]]
+
+
+@dataclass
+class Predictions:
+    """Stage 3's output: what the deployed model predicts, and which samples are gated."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    scores: dict[str, Any]
+    ref_scores: dict[str, Any]
+    selected: np.ndarray
+    ref_ok: np.ndarray
+    cand_ok: np.ndarray
+    #: the ONNX parity record (empty when predictions come from torch), and its rule
+    onnx: dict[str, Any]
+    parity_rules: list[RuleResult]
+
+
+def audit(job: Job) -> Gathered:
+    """Stage 2: the candidate's pass over the audit set (each rank its batches under
+    ``torchrun``), gathered on every rank."""
+    t, samples = job.thresholds, job.samples
+    shards = gather_shards(job.dist, len(samples), job.batch_size, lambda idx: audit_pass(job, idx))
+    parts = [(idx, part) for idx, part in shards if part is not None]
+
+    def joined(get: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
+        """One array of every shard, back in audit order."""
+        return cast(np.ndarray, in_order(parts, get))
+
+    maps = {m: joined(lambda p, m=m: p["maps"][m]) for m in t.methods}  # type: ignore[misc]
+    if job.pairs is None:
+        torch_logits = joined(lambda p: p["logits"])
+        onnx_logits = joined(lambda p: p["onnx"]) if job.session is not None else None
+    else:  # multi-label: map rows are (image, class) pairs; predictions are per image
+        torch_logits, onnx_logits = _image_logits(job)
+    values = {
+        m: {k: joined(lambda p, m=m, k=k: p["metrics"][m][k]) for k in parts[0][1]["metrics"][m]}  # type: ignore[misc]
+        for m in t.methods
+    }
+    sanity = {
+        key: {m: joined(lambda p, m=m, key=key: p[key][m]) for m in t.methods}  # type: ignore[misc]
+        for key, bound in (
+            ("sanity", t.sanity_max_correlation),
+            ("class_sanity", t.sanity_max_class_correlation),
+        )
+        if bound is not None
+    }
+    return Gathered(maps, values, torch_logits, onnx_logits, sanity)
+
+
+def predictions(job: Job, gathered: Gathered) -> Predictions:
+    """Stage 3: predictions come from what is deployed (the exported model when there is
+    one, with a parity rule against the checkpoint), scored against the reference's, and
+    the samples the drift rules judge (``[gate] samples``)."""
+    meta, base, t = job.meta, job.base, job.thresholds
+    logits, onnx_info, rules = gathered.torch_logits, {}, []
+    if job.session is not None and gathered.onnx_logits is not None:
+        logits = gathered.onnx_logits
+        par = parity(gathered.torch_logits, logits, job.session.provider)
+        rules.append(parity_rule(meta.arch, par, t))
+        onnx_info = {"path": str(job.exported), "sha256": file_sha256(job.exported), **asdict(par)}
+    labels = np.array([s.label for s in job.samples])
+    if job.pairs is None:
+        scores = classification_metrics(logits, labels, meta.classes)
+        ref_scores = classification_metrics(base.logits, labels, meta.classes)
+        selected = select_samples(labels, predicted_class(base.logits), predicted_class(logits), t.samples)
+        ref_ok, cand_ok = predicted_class(base.logits) == labels, predicted_class(logits) == labels
+    else:
+        ops = operating_points(base.meta)
+        scores = multilabel_metrics(logits, base.labels.astype(bool), meta.classes, ops)
+        ref_scores = multilabel_metrics(base.logits, base.labels.astype(bool), meta.classes, ops)
+        img, cls = job.pairs[:, 0], job.pairs[:, 1]
+        ref_ok = predicted_positive(base.logits, ops)[img, cls]
+        cand_ok = predicted_positive(logits, ops)[img, cls]
+        selected = np.ones(len(job.samples), dtype=bool) if t.samples == "all" else ref_ok & cand_ok
+    return Predictions(logits, labels, scores, ref_scores, selected, ref_ok, cand_ok, onnx_info, rules)
+
+
+def judge(
+    job: Job, gathered: Gathered, preds: Predictions
+) -> tuple[list[RuleResult], dict[str, Any], dict[str, Any]]:
+    """Stage 4: every rule (parity, AUC, drift per group, counterfactual, sanity); returns
+    the rule results, the summaries and the per-sample values for the reports."""
+    meta, t, values = job.meta, job.thresholds, gathered.values
+    baseline_auc = float(job.base.approved.get("auc", job.base.meta["auc"]))
+    rules = [*preds.parity_rules]
+    rules += auc_rules(meta.arch, preds.scores, preds.ref_scores, baseline_auc, t)
+    newly = ~preds.ref_ok & preds.cand_ok
+    drift_rules, summaries, per_sample = _drift(job, values, preds.selected, preds.labels, newly)
+    rules += drift_rules
+    if t.counterfactual_border is not None:
+        rules += [
+            counterfactual_rule(meta.arch, m, values[m]["counterfactual_drop"][preds.selected | newly], t)
+            for m in t.methods
+        ]
+    for key, per_method in gathered.sanity.items():
+        rules += [sanity_rule(meta.arch, m, per_method[m], t, key == "class_sanity") for m in t.methods]
+    return rules, summaries, per_sample
+
+
+def record(
+    job: Job,
+    gathered: Gathered,
+    preds: Predictions,
+    judged: tuple[list[RuleResult], dict[str, Any], dict[str, Any]],
+    public_key: Keyring | None,
+) -> tuple[CandidateResult, dict[str, Any]]:
+    """Stage 5: the result record every report is written from, and the arrays the HTML
+    overlays need (native-resolution maps, image paths, input size)."""
+    meta, base, samples, t = job.meta, job.base, job.samples, job.thresholds
+    rules, summaries, per_sample = judged
+    verdict, label = decide_verdict(rules)
+    coarse = grid_warning(next(iter(gathered.maps.values())).shape[1:], meta.input_size)
+    unverified = None
+    if public_key is None and (base.path / SIGNATURE_FILE).is_file():
+        unverified = "the baseline is signed, but no public key is configured: its signature was not checked"
+    artifacts = {
+        "size": meta.input_size,
+        "preprocess": meta.preprocess,
+        "paths": [s.path for s in samples],
+        "reference": base.maps,
+        "candidate": gathered.maps,
+    }
+    labels, selected = preds.labels, preds.selected
+    return CandidateResult(
+        candidate=str(job.candidate),
+        candidate_sha256=file_sha256(job.candidate),
+        arch=meta.arch,
+        baseline=str(base.path),
+        reference_sha256=base.meta["reference"]["sha256"],
+        audit_sha256=base.audit.sha256,
+        classes=tuple(meta.classes),
+        auc=float(preds.scores["auc_macro"]),
+        reference_auc=float(base.approved.get("auc", base.meta["auc"])),
+        auc_per_class=dict(preds.scores["auc_per_class"]),
+        reference_auc_per_class=dict(preds.ref_scores["auc_per_class"]),
+        preprocess={
+            "input_size": meta.input_size,
+            "mean": list(meta.mean),
+            "std": list(meta.std),
+            **meta.preprocess.as_dict(),
+        },
+        n_audit=len(samples),
+        n_selected=int(selected.sum()),
+        summaries=summaries,
+        rules=rules,
+        verdict=verdict,
+        label=label,
+        per_sample=per_sample,
+        sample_ids=[s.id if job.pairs is None else f"{s.id} [{meta.classes[s.label]}]" for s in samples],
+        selected=[bool(x) for x in selected],
+        predictions=(
+            f"onnxruntime ({preds.onnx['provider']})" if preds.onnx else f"torch ({job.dist.device.type})"
+        ),
+        onnx=preds.onnx,
+        precision=job.precision,
+        warnings=[w for w in (coarse, unverified) if w],
+        baseline_digest=base.digest,
+        baseline_signed=public_key is not None,
+        groups=_correct_groups(preds.ref_ok, preds.cand_ok),
+        consistency={
+            m: {
+                "reference": intra_class_consistency(base.maps[m], labels, selected, meta.classes),
+                "candidate": intra_class_consistency(gathered.maps[m], labels, selected, meta.classes),
+            }
+            for m in t.methods
+        },
+    ), artifacts
+
+
 def run_gate(
     candidate: Path,
+    *,
     baselines: Path,
     thresholds: Thresholds,
     data_root: Path,
@@ -343,7 +542,10 @@ def run_gate(
     public_key: Keyring | None = None,
     spec_file: Path | None = None,
 ) -> tuple[CandidateResult, dict[str, Any]]:
-    """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``.
+    """Gates one candidate checkpoint against the stored baseline ``baselines/<arch>``, in
+    five stages a test can call one by one: :func:`prepare` (load and check the candidate
+    and its baseline), :func:`audit` (the audit pass), :func:`predictions`, :func:`judge`
+    (the rules) and :func:`record` (the result).
 
     When ``<candidate stem>.onnx`` exists beside the candidate (and ``use_onnx``),
     predictions (AUC, true-positive selection) come from ONNX Runtime and a parity
@@ -364,139 +566,24 @@ def run_gate(
             method, does not fit the candidate, or ``reference`` is not the file
             it was made from.
         CheckpointError, DataError: unusable candidate or audit images.
-
-    Kept in one piece: after the shards are gathered it reads as one pass from the
-    per-sample arrays to the result record, a third of it the record's fields.
     """
     dist = dist or Dist(0, 1, torch.device(device))
     allocator_policy(AUDIT)  # peak memory independent of the audit set's size
-    job = _prepare(
+    job = prepare(
         candidate,
-        baselines,
-        thresholds,
-        data_root,
-        reference,
-        use_onnx,
-        dist,
-        batch_size,
-        progress,
-        precision,
-        spec,
-        public_key,
-        spec_file,
-    )
-    meta, base, samples = job.meta, job.base, job.samples
-    shards = gather_shards(dist, len(samples), batch_size, lambda idx: audit_pass(job, idx))
-    parts = [(idx, part) for idx, part in shards if part is not None]
-
-    def joined(get: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
-        """One array of every shard, back in audit order."""
-        return cast(np.ndarray, in_order(parts, get))
-
-    maps = {m: joined(lambda p, m=m: p["maps"][m]) for m in thresholds.methods}  # type: ignore[misc]
-    if job.pairs is None:
-        torch_logits = joined(lambda p: p["logits"])
-        onnx_logits = joined(lambda p: p["onnx"]) if job.session is not None else None
-    else:  # multi-label: map rows are (image, class) pairs; predictions are per image
-        torch_logits, onnx_logits = _image_logits(job)
-    # Predictions come from what is deployed: the exported model when there is one.
-    logits, onnx_info, rules = torch_logits, {}, []
-    if job.session is not None and onnx_logits is not None:
-        logits = onnx_logits
-        par = parity(torch_logits, logits, job.session.provider)
-        rules.append(parity_rule(meta.arch, par, thresholds))
-        onnx_info = {"path": str(job.exported), "sha256": file_sha256(job.exported), **asdict(par)}
-    labels = np.array([s.label for s in samples])
-    if job.pairs is None:
-        scores = classification_metrics(logits, labels, meta.classes)
-        ref_scores = classification_metrics(base.logits, labels, meta.classes)
-        selected = select_samples(
-            labels, predicted_class(base.logits), predicted_class(logits), thresholds.samples
-        )
-        ref_ok, cand_ok = predicted_class(base.logits) == labels, predicted_class(logits) == labels
-    else:
-        ops = operating_points(base.meta)
-        scores = multilabel_metrics(logits, base.labels.astype(bool), meta.classes, ops)
-        ref_scores = multilabel_metrics(base.logits, base.labels.astype(bool), meta.classes, ops)
-        img, cls = job.pairs[:, 0], job.pairs[:, 1]
-        ref_ok = predicted_positive(base.logits, ops)[img, cls]
-        cand_ok = predicted_positive(logits, ops)[img, cls]
-        both = ref_ok & cand_ok
-        selected = np.ones(len(samples), dtype=bool) if thresholds.samples == "all" else both
-    auc = float(scores["auc_macro"])
-    baseline_auc = float(base.approved.get("auc", base.meta["auc"]))
-    rules += auc_rules(meta.arch, scores, ref_scores, baseline_auc, thresholds)
-    values = {
-        m: {k: joined(lambda p, m=m, k=k: p["metrics"][m][k]) for k in parts[0][1]["metrics"][m]}  # type: ignore[misc]
-        for m in thresholds.methods
-    }
-    newly = ~ref_ok & cand_ok
-    drift_rules, summaries, per_sample = _drift(job, values, selected, labels, newly)
-    rules += drift_rules
-    if thresholds.counterfactual_border is not None:
-        rules += [
-            counterfactual_rule(meta.arch, m, values[m]["counterfactual_drop"][selected | newly], thresholds)
-            for m in thresholds.methods
-        ]
-    for key, bound in (
-        ("sanity", thresholds.sanity_max_correlation),
-        ("class_sanity", thresholds.sanity_max_class_correlation),
-    ):
-        if bound is not None:
-            for m in thresholds.methods:
-                corr = joined(lambda p, m=m, key=key: p[key][m])  # type: ignore[misc]
-                rules.append(sanity_rule(meta.arch, m, corr, thresholds, key == "class_sanity"))
-    verdict, label = decide_verdict(rules)
-    coarse = grid_warning(next(iter(maps.values())).shape[1:], meta.input_size)
-    unverified = None
-    if public_key is None and (base.path / SIGNATURE_FILE).is_file():
-        unverified = "the baseline is signed, but no public key is configured: its signature was not checked"
-    artifacts = {
-        "size": meta.input_size,
-        "preprocess": meta.preprocess,
-        "paths": [s.path for s in samples],
-        "reference": base.maps,
-        "candidate": maps,
-    }
-    return CandidateResult(
-        candidate=str(candidate),
-        candidate_sha256=file_sha256(candidate),
-        arch=meta.arch,
-        baseline=str(base.path),
-        reference_sha256=base.meta["reference"]["sha256"],
-        audit_sha256=base.audit.sha256,
-        classes=tuple(meta.classes),
-        auc=auc,
-        reference_auc=baseline_auc,
-        auc_per_class=dict(scores["auc_per_class"]),
-        reference_auc_per_class=dict(ref_scores["auc_per_class"]),
-        preprocess={
-            "input_size": meta.input_size,
-            "mean": list(meta.mean),
-            "std": list(meta.std),
-            **meta.preprocess.as_dict(),
-        },
-        n_audit=len(samples),
-        n_selected=int(selected.sum()),
-        summaries=summaries,
-        rules=rules,
-        verdict=verdict,
-        label=label,
-        per_sample=per_sample,
-        sample_ids=[s.id if job.pairs is None else f"{s.id} [{meta.classes[s.label]}]" for s in samples],
-        selected=[bool(x) for x in selected],
-        predictions=f"onnxruntime ({onnx_info['provider']})" if onnx_info else f"torch ({dist.device.type})",
-        onnx=onnx_info,
+        baselines=baselines,
+        thresholds=thresholds,
+        data_root=data_root,
+        reference=reference,
+        use_onnx=use_onnx,
+        dist=dist,
+        batch_size=batch_size,
+        progress=progress,
         precision=precision,
-        warnings=[w for w in (coarse, unverified) if w],
-        baseline_digest=base.digest,
-        baseline_signed=public_key is not None,
-        groups=_correct_groups(ref_ok, cand_ok),
-        consistency={
-            m: {
-                "reference": intra_class_consistency(base.maps[m], labels, selected, meta.classes),
-                "candidate": intra_class_consistency(maps[m], labels, selected, meta.classes),
-            }
-            for m in thresholds.methods
-        },
-    ), artifacts
+        spec=spec,
+        public_key=public_key,
+        spec_file=spec_file,
+    )
+    gathered = audit(job)
+    preds = predictions(job, gathered)
+    return record(job, gathered, preds, judge(job, gathered, preds), public_key)

@@ -386,7 +386,15 @@ def run_calibration(
         )
         results = []
         for what, seed, path, base in pool:
-            c, _ = run_gate(path, base, plain, data.root, device, batch_size, use_onnx=False)
+            c, _ = run_gate(
+                path,
+                baselines=base,
+                thresholds=plain,
+                data_root=data.root,
+                device=device,
+                batch_size=batch_size,
+                use_onnx=False,
+            )
             results.append((seed, c))
             log(f"[{arch}] {what} {seed}: AUC {c.auc:.4f}, {c.n_selected}/{c.n_audit} true positives")
         cal.n_audit[arch] = results[0][1].n_audit

@@ -168,11 +168,11 @@ def run_study(
         create_baseline(folder / "tl.pt", data, base, methods, per_class, device, batch_size, progress)
         c, _ = run_gate(
             folder / "ft.pt",
-            out / "baselines",
-            _plain_rules(methods),
-            data.root,
-            device,
-            batch_size,
+            baselines=out / "baselines",
+            thresholds=_plain_rules(methods),
+            data_root=data.root,
+            device=device,
+            batch_size=batch_size,
             progress=progress,
             use_onnx=False,
         )

@@ -85,7 +85,14 @@ def run_track(
     previous: tuple[dict[str, np.ndarray], np.ndarray] | None = None
     for epoch, ckpt in epochs:
         c, art = run_gate(
-            ckpt, baselines, thresholds, data.root, device, batch_size, progress=progress, use_onnx=False
+            ckpt,
+            baselines=baselines,
+            thresholds=thresholds,
+            data_root=data.root,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            use_onnx=False,
         )
         row: dict[str, Any] = {
             "epoch": epoch,

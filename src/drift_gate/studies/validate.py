@@ -247,11 +247,11 @@ class _Bench:
     ) -> tuple[CandidateResult, dict[str, Any]]:
         return run_gate(
             candidate,
-            base,
-            thresholds or self.thresholds,
-            root,
-            self.device,
-            self.batch_size,
+            baselines=base,
+            thresholds=thresholds or self.thresholds,
+            data_root=root,
+            device=self.device,
+            batch_size=self.batch_size,
             progress=self.progress,
             use_onnx=False,
         )
