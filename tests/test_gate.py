@@ -15,7 +15,7 @@ import torch
 
 from drift_gate.cli import main
 from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
-from gatekit import RULES, baseline_args, gate, result, run_suggested, tree_digest
+from gatekit import RULES, assert_error, baseline_args, gate, result, run_suggested, tree_digest
 
 
 def test_reference_against_itself_passes_at_ideal_values(env: dict[str, Path]) -> None:
@@ -228,6 +228,32 @@ def test_profile_mode_creates_missing_baselines_and_gates_every_backbone(
     # the command it suggests runs as written, and then the gate does too
     assert run_suggested(err) == 0
     assert main(args) == 0
+
+
+def test_profile_mode_gates_only_the_backbones_asked_for(
+    tmp_path: Path, trained: Path, phantom_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`nox -s train gate -- --backbone X` trains one backbone of a profile; the gate then
+    takes the same --backbone and leaves the untrained ones alone."""
+    (tmp_path / "profiles.toml").write_text(
+        f'[t]\ndata = "{phantom_root}"\nbackbones = ["tiny", "mobilenet_v3_small"]\ninput_size = 32\n'
+        f'weights = "none"\nout = "{trained.parent}"\n'
+    )
+    (tmp_path / "thresholds.toml").write_text(RULES.format(drift="iou.min = 0.0"))
+    args = ["gate", "--profile", "t", "--profiles", str(tmp_path / "profiles.toml"), "--thresholds"]
+    args += [str(tmp_path / "thresholds.toml"), "--baselines", str(tmp_path / "b"), "--reports"]
+    args += [str(tmp_path / "r"), "--device", "cpu", "--no-progress", "--create-missing-baselines"]
+    assert main(args) == 2  # mobilenet_v3_small was not trained
+    assert "mobilenet_v3_small" in capsys.readouterr().err
+    assert main([*args, "--backbone", "tiny"]) == 0
+    (c,) = json.loads((tmp_path / "r" / "gate.json").read_text())["candidates"]
+    assert c["arch"] == "tiny" and not (tmp_path / "b" / "mobilenet_v3_small").exists()
+    capsys.readouterr()
+    assert_error(
+        main([*args, "--backbone", "resnet50v2"]),
+        capsys,
+        r"--backbone resnet50v2: not a backbone of profile 't' \(tiny, mobilenet_v3_small\)",
+    )
 
 
 def test_newly_correct_samples_are_their_own_group_with_their_own_rules(

@@ -97,6 +97,7 @@ def gate(
     thresholds: PathLike | Thresholds = "thresholds.toml",
     profile: str | Profile | None = None,
     profiles: PathLike = "profiles.toml",
+    backbones: Sequence[str] | None = None,
     create_missing_baselines: bool = False,
     reference: PathLike | None = None,
     reports: PathLike | None = None,
@@ -127,6 +128,7 @@ def gate(
             make the model the baseline was made from). A profile with ``baselines =
             "own-tl"`` (the demo) has them made here from those TL checkpoints, and
             re-made whenever one changed.
+        backbones: with ``profile``: only these of its backbones (as ``train(backbones=...)``).
         create_missing_baselines: with ``profile``: make a missing baseline from the
             backbone's TL checkpoint (never the default for stored baselines: a CI run
             must not re-create what it is gated against).
@@ -177,13 +179,20 @@ def gate(
     root = Path("baselines") if baselines is None else Path(baselines)
     if profile is not None:
         prof = profile_from(profile, profiles)
+        unknown = sorted(set(backbones or ()) - set(prof.backbones))
+        if unknown:
+            raise ConfigError(
+                f"--backbone {', '.join(unknown)}: not a backbone of profile {prof.name!r} "
+                f"({', '.join(prof.backbones)})"
+            )
+        archs = tuple(backbones or prof.backbones)
         root = prof.baselines_folder() if baselines is None else root
         own_tl = prof.own_tl_baselines and baselines is None
 
         def prepare() -> Path:
             data_root = source or profile_data(prof, progress=progress and dist.main, log=log)
             made = []
-            for arch in prof.backbones:
+            for arch in archs:
                 ft = Path(prof.out) / arch / "ft.pt"
                 if not ft.is_file():
                     raise missing_checkpoint(ft, prof, "FT checkpoint")
@@ -216,7 +225,7 @@ def gate(
 
         # rank 0 makes the data and the baselines; the other ranks then find them
         source = main_first(dist, prepare)
-        from_profile = [Path(prof.out) / arch / "ft.pt" for arch in prof.backbones]
+        from_profile = [Path(prof.out) / arch / "ft.pt" for arch in archs]
         chosen += from_profile
         # a profile's FT checkpoint descends from the TL checkpoint beside it: the baseline
         # must have been made from exactly that one

@@ -128,6 +128,7 @@ def _gate(args: argparse.Namespace, dist: Dist) -> int:
         thresholds=args.thresholds,
         profile=args.profile,
         profiles=args.profiles,
+        backbones=args.backbones,
         create_missing_baselines=args.create_missing_baselines,
         reference=args.reference,
         reports=args.reports,

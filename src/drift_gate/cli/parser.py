@@ -216,6 +216,12 @@ def _add_gate(sub: _Sub) -> None:
         "--profile", default=None, help="gate every FT checkpoint that `train --profile NAME` wrote"
     )
     p.add_argument(
+        "--backbone",
+        action="append",
+        dest="backbones",
+        help="with --profile: only this backbone (repeatable), as `train --backbone`",
+    )
+    p.add_argument(
         "--create-missing-baselines",
         action="store_true",
         help="with --profile: make missing baselines from the TL checkpoints",
