@@ -161,3 +161,45 @@ def test_ci_statistic_takes_the_conservative_end() -> None:
     )
     got = {r.rule.rsplit("/", 1)[1]: (r.status, r.observed) for r in rules}
     assert got["iou.min"] == (FAIL, 0.28) and got["displacement.max"] == (FAIL, 0.16)
+
+
+def test_widening_a_proposal_by_another_calibration_keeps_the_looser_bound() -> None:
+    """tools/widen_thresholds.py: per shared [drift] bound the looser of two calibrations
+    (min: lower, max and abs_max: higher), said in the line's comment; the rest unchanged."""
+    import importlib.util
+
+    from drift_gate.gating.thresholds import parse_thresholds
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "widen_thresholds.py"
+    spec = importlib.util.spec_from_file_location("widen_thresholds", path)
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    proposed = (
+        '[gate]\nmethods = ["layercam", "gradcam++"]\n\n[drift]\niou.min = 0.20\n\n'
+        "[drift.tiny.layercam]\n"
+        "iou.min = 0.35                       # runs 0.5 0.6\n"
+        "displacement.max = 0.07              # runs 0.05 0.06\n"
+        "correlation.min = 0.50\n\n"
+        '[drift.tiny."gradcam++"]\nconcentration_change.abs_max = 0.06  # runs 0.01\n'
+    )
+    other = (
+        "[drift]\niou.min = 0.25\n[drift.tiny.layercam]\niou.min = 0.28\ndisplacement.max = 0.06\n"
+        'correlation.min = 0.6\n[drift.tiny."gradcam++"]\nconcentration_change.abs_max = 0.08\n'
+        "[drift.other.layercam]\niou.min = 0.01\n"
+    )
+    text, changed = tool.widen(proposed, other, "B")
+    assert changed == 2
+    lines = text.splitlines()
+    assert (
+        "iou.min = 0.28                       "
+        "# looser of two calibrations: 0.28 from B (here 0.35); runs 0.5 0.6" in lines
+    )
+    assert (
+        "concentration_change.abs_max = 0.08  "
+        "# looser of two calibrations: 0.08 from B (here 0.06); runs 0.01" in lines
+    )
+    assert "displacement.max = 0.07              # runs 0.05 0.06" in lines  # B's 0.06 is tighter
+    assert "correlation.min = 0.50" in lines and "iou.min = 0.20" in lines  # tighter in B: kept
+    rules = parse_thresholds(text)
+    assert {(b.metric, b.kind): b.value for b in rules.bounds("tiny", "layercam")}[("iou", "min")] == 0.28
