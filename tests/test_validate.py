@@ -336,15 +336,18 @@ out = {json.dumps(profile.out)}
 #: strict xfail: the heavy test fails when one of them is caught too, so that this list,
 #: the README's controls table and the docs are brought up to date.
 KNOWN_MISSES = {
+    # under bounds that cover another machine's whole retraining (thresholds.toml of b8a2df4;
+    # `validate` of 2026-12-04, seven controls): the marker is caught on no backbone
+    ("marker", "densenet201"): "passes: its LayerCAM correlation bound fell to 0.26 (0.59 on one machine)",
     ("marker", "resnet50v2"): "its 4x4 maps do not move onto the 14 % corner box it relies on",
     ("marker", "inception_v3"): "its 3x3 maps do not move onto the 14 % corner box it relies on",
+    ("shortcut", "inception_v3"): "inconclusive: 109 true positives of 300, no rule broken by 10",
 }
 
-#: Strip shortcuts the gate fails although the candidate's maps do not carry more mass on
-#: the strip (the drift is elsewhere): strict too, so a change is noticed.
+#: Strip shortcuts whose candidate's maps do not carry more mass on the strip (the drift,
+#: if any, is elsewhere): strict too, so a change is noticed.
 STRIP_NOT_IN_MAPS = {
-    "inception_v3": "fails on LayerCAM correlation (0.216 vs >= 0.32) while its 3x3 maps' "
-    "mass on the strip falls (0.115 -> 0.101)",
+    "inception_v3": "its 3x3 maps' mass on the strip falls (0.12 -> 0.10 on 2026-12-04)",
 }
 
 
