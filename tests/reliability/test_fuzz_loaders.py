@@ -222,3 +222,116 @@ def test_the_gate_on_a_fuzzed_baseline_json_ends_in_a_documented_exit(
     if code == 2:
         assert len([ln for ln in err.splitlines() if ln.startswith("drift-gate: error:")]) == 1, err
         assert "unexpected" not in err, err
+
+
+def _variant(tensor: Any, kind: str) -> Any:
+    """One weight of a user's state dict, stored another way."""
+    import torch
+
+    if kind == "transposed view":  # non-contiguous, same values
+        return tensor.t().contiguous().t() if tensor.dim() == 2 else tensor.flip(0).flip(0)
+    if kind == "strided slice":
+        return torch.cat([tensor, tensor]).narrow(0, 0, len(tensor)) if tensor.dim() else tensor
+    if kind == "sparse":
+        return tensor.to_sparse()
+    if kind == "meta":
+        return tensor.to("meta")
+    if kind == "quantised":
+        import warnings
+
+        with warnings.catch_warnings():  # deprecated in torch, still what a user may have saved
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.quantize_per_tensor(tensor.float(), 0.1, 0, torch.qint8)
+    if kind == "complex":
+        return tensor.to(torch.complex64)
+    if kind in ("float64", "bfloat16", "float16", "int64", "bool"):
+        return tensor.to(getattr(torch, kind))
+    if kind in ("nan", "inf"):
+        return tensor.clone().fill_(float(kind))
+    if kind == "wrong shape":
+        return torch.zeros(*(s + 1 for s in tensor.shape))
+    if kind == "scalar":
+        return torch.tensor(1.0)
+    if kind == "not a tensor":
+        return [1.0, 2.0]
+    raise AssertionError(kind)
+
+
+_LAYOUTS = (
+    "transposed view",
+    "strided slice",
+    "sparse",
+    "meta",
+    "quantised",
+    "complex",
+    "float64",
+    "bfloat16",
+    "float16",
+    "int64",
+    "bool",
+    "nan",
+    "inf",
+    "wrong shape",
+    "scalar",
+    "not a tensor",
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_state_dicts_of_any_tensor_layout_load_or_name_the_key(tmp_path: Path, data: st.DataObject) -> None:
+    """A user's state dict with some weights in another layout, dtype or shape (or extra
+    and missing keys) either loads, or is refused with a DriftGateError that names a key
+    or says what the file is: never another exception."""
+    import torch
+
+    from drift_gate.models.adapters import load_model
+    from drift_gate.models.spec import load_spec
+    from user_model import small_net
+
+    spec_file = tmp_path / "model.toml"
+    spec_file.write_text(
+        '[model]\narch = "python:user_model:small_net"\nclasses = ["a", "b"]\ninput_size = 32\n'
+        "[model.kwargs]\noutputs = 2\n"
+    )
+    state: dict[str, Any] = dict(small_net(2).state_dict())
+    keys = sorted(state)
+    for key in data.draw(st.lists(st.sampled_from(keys), max_size=3, unique=True)):
+        state[key] = _variant(state[key], data.draw(st.sampled_from(_LAYOUTS)))
+    if data.draw(st.booleans()):
+        state.pop(data.draw(st.sampled_from(keys)))
+    if data.draw(st.booleans()):
+        state["extra.weight"] = torch.zeros(2)
+    path = tmp_path / "v.pt"
+    torch.save(state, path)
+    try:
+        model, _ = load_model(path, load_spec(spec_file))
+    except DriftGateError as exc:
+        text = str(exc)
+        assert not text.startswith("unexpected") and str(path) in text, text
+        return
+    for value in model.state_dict().values():  # what loaded is dense, finite float
+        assert value.layout == torch.strided and bool(torch.isfinite(value.float()).all())
+    stored = [v for v in state.values() if isinstance(v, torch.Tensor)]
+    assert all(v.is_floating_point() for v in stored)  # an int or bool weight is refused
+
+
+def test_an_integer_weight_is_refused_not_cast(tmp_path: Path) -> None:
+    """A bool or int64 tensor where the model has a float weight would load as 0/1 or
+    whole numbers, silently: it is refused, naming the key."""
+    import torch
+
+    from drift_gate.models.adapters import load_model
+    from drift_gate.models.spec import load_spec
+    from user_model import small_net
+
+    spec_file = tmp_path / "model.toml"
+    spec_file.write_text(
+        '[model]\narch = "python:user_model:small_net"\nclasses = ["a", "b"]\ninput_size = 32\n'
+        "[model.kwargs]\noutputs = 2\n"
+    )
+    state = dict(small_net(2).state_dict())
+    state["stage.0.weight"] = state["stage.0.weight"] > 0
+    torch.save(state, tmp_path / "v.pt")
+    with pytest.raises(DriftGateError, match=r"weight stage.0.weight is bool, not a floating-point tensor"):
+        load_model(tmp_path / "v.pt", load_spec(spec_file))

@@ -294,6 +294,14 @@ def _load_weights(net: nn.Module, spec: ModelSpec, state: dict[str, Tensor], pat
                 from dataclasses import replace
 
                 spec = replace(spec, operating_point=values)
+    own = net.state_dict()
+    for name, tensor in state.items():  # load_state_dict would cast 0/1 or 3 into a float weight
+        if name in own and own[name].is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(
+                f"{path}: weight {name} is {str(tensor.dtype).removeprefix('torch.')}, not a "
+                f"floating-point tensor as the model's ({str(own[name].dtype).removeprefix('torch.')}); "
+                "save the float weights"
+            )
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensors of the wrong shape (e.g. another number of classes)
