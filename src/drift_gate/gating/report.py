@@ -20,6 +20,7 @@ import base64
 import html
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -63,6 +64,20 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span that a table row keeps in one cell: printable,
+    ``|`` escaped, fenced by more backticks than it holds in a row."""
+    shown = printable(text).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", shown)), default=0) + 1)
+    pad = " " if shown.startswith("`") or shown.endswith("`") else ""
+    return f"{fence}{pad}{shown}{pad}{fence}"
+
+
+def _cell(text: str) -> str:
+    """``text`` as one Markdown table cell: printable, ``|`` escaped."""
+    return printable(text).replace("|", "\\|")
 
 
 def _f(x: Any) -> str:
@@ -121,7 +136,7 @@ def console_table(result: GateResult) -> str:
     width = max([len(r.rule) for c in result.candidates for r in c.rules] + [4]) + 2
     for c in result.candidates:
         lines.append(
-            f"{c.arch}  {c.candidate}  AUC {c.auc:.4f} (reference {c.reference_auc:.4f})  "
+            f"{c.arch}  {printable(c.candidate)}  AUC {c.auc:.4f} (reference {c.reference_auc:.4f})  "
             f"samples {c.n_selected}/{c.n_audit}  ->  {_MARK[c.verdict]}: {c.label}"
         )
         lines.append(f"  predictions: {c.predictions}")
@@ -131,10 +146,10 @@ def console_table(result: GateResult) -> str:
             lines.append(f"  AUC per class: {auc_line(c)}")
         if c.groups:
             lines.append(f"  samples: {groups_line(c)}")
-        lines += [f"  warning: {w}" for w in c.warnings]
+        lines += [f"  warning: {printable(w)}" for w in c.warnings]
         lines.append(f"  {'rule':<{width}}{'status':<14}{'observed':>10}  bound")
         for r in c.rules:
-            bound = r.message if r.status == "skipped" else r.direction
+            bound = printable(r.message) if r.status == "skipped" else r.direction
             lines.append(f"  {r.rule:<{width}}{_MARK[r.status]:<14}{_f(r.observed):>10}  {bound}")
     lines.append(f"verdict: {_MARK[result.verdict]}")
     return "\n".join(lines)
@@ -149,7 +164,7 @@ def markdown(result: GateResult) -> str:
     ]
     for c in result.candidates:
         out.append(
-            f"| {c.arch} | `{printable(Path(c.candidate).name)}` | {c.predictions} | {c.auc:.4f} | "
+            f"| {c.arch} | {_code(Path(c.candidate).name)} | {c.predictions} | {c.auc:.4f} | "
             f"{c.reference_auc:.4f} | {c.n_selected}/{c.n_audit} | **{_MARK[c.verdict]}** {c.label} |"
         )
     out += [f"\n{c.arch} samples: {groups_line(c)}" for c in result.candidates if c.groups]
@@ -157,12 +172,14 @@ def markdown(result: GateResult) -> str:
     out += [f"\n{c.arch} AUC per class: {auc_line(c)}" for c in result.candidates if c.auc_per_class]
     warnings = [(c, w) for c in result.candidates for w in c.warnings]
     if warnings:
-        out += [""] + [f"> **Warning ({c.arch})**: {w}" for c, w in warnings]
+        out += [""] + [f"> **Warning ({c.arch})**: {printable(w)}" for c, w in warnings]
     failed = [(c, r) for c in result.candidates for r in c.rules if r.status in (FAIL, INCONCLUSIVE)]
     if failed:
         out += ["", "| rule | status | observed | bound | |", "|---|---|---|---|---|"]
         for _, r in failed:
-            out.append(f"| `{r.rule}` | {_MARK[r.status]} | {_f(r.observed)} | {r.direction} | {r.message} |")
+            out.append(
+                f"| `{r.rule}` | {_MARK[r.status]} | {_f(r.observed)} | {r.direction} | {_cell(r.message)} |"
+            )
     methods = sorted({m for c in result.candidates for m in c.summaries})
     for c in result.candidates:
         for m in methods:
@@ -246,7 +263,7 @@ def junit(result: GateResult) -> str:
         suite = ET.SubElement(
             root,
             "testsuite",
-            name=f"{c.arch}:{Path(c.candidate).name}",
+            name=f"{c.arch}:{printable(Path(c.candidate).name)}",
             tests=str(len(c.rules)),
             failures=str(fails),
             skipped=str(skips),
@@ -256,10 +273,10 @@ def junit(result: GateResult) -> str:
             case = ET.SubElement(suite, "testcase", classname=f"drift_gate.{c.arch}", name=r.rule)
             if r.status in (FAIL, INCONCLUSIVE):
                 ET.SubElement(
-                    case, "failure", message=r.message, type=r.status
+                    case, "failure", message=printable(r.message), type=r.status
                 ).text = f"observed {_f(r.observed)}, bound {r.direction} ({r.source})"
             elif r.status == "skipped":
-                ET.SubElement(case, "skipped", message=r.message)
+                ET.SubElement(case, "skipped", message=printable(r.message))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -272,7 +289,11 @@ def _github(result: GateResult, md: str, env: Mapping[str, str]) -> None:
             for c in result.candidates:
                 for r in c.rules:
                     if r.status in (FAIL, INCONCLUSIVE):
-                        msg = f"{r.message} [{r.source}]".replace("%", "%25").replace("\n", "%0A")
+                        msg = (
+                            f"{r.message} [{r.source}]".replace("%", "%25")
+                            .replace("\r", "%0D")
+                            .replace("\n", "%0A")
+                        )
                         print(f"::error title=drift-gate {r.rule}::{msg}", flush=True)
     if env.get("GITHUB_STEP_SUMMARY"):
         with (
@@ -399,7 +420,7 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
         f"<h1>drift-gate: <span class='{result.verdict}'>{_MARK[result.verdict]}</span></h1>",
     ]
     for c in result.candidates:
-        parts.append(f"<h2>{html.escape(c.arch)} — <code>{html.escape(c.candidate)}</code></h2>")
+        parts.append(f"<h2>{html.escape(c.arch)} — <code>{html.escape(printable(c.candidate))}</code></h2>")
         parts.append(
             f"<p class='{c.verdict}'><b>{_MARK[c.verdict]}</b>: {html.escape(c.label)}. "
             f"AUC {c.auc:.4f} (reference {c.reference_auc:.4f}); {c.n_selected} of "
@@ -411,7 +432,7 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
             parts.append(f"<p>Preprocessing: {html.escape(preprocess_line(c))}.</p>")
         if c.auc_per_class:
             parts.append(f"<p>AUC per class: {html.escape(auc_line(c))}.</p>")
-        parts += [f"<p class='inconclusive'>Warning: {html.escape(w)}</p>" for w in c.warnings]
+        parts += [f"<p class='inconclusive'>Warning: {html.escape(printable(w))}</p>" for w in c.warnings]
         parts.append(
             "<table><tr><th>rule</th><th>status</th><th>observed</th><th>bound</th><th>source</th></tr>"
         )
