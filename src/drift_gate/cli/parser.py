@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from drift_gate._version import __version__
 from drift_gate.cli import commands
@@ -56,10 +56,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _parent(*adders: tuple[str, dict[str, object]]) -> argparse.ArgumentParser:
+def _parent(*adders: tuple[str, dict[str, Any]]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     for flag, kwargs in adders:
-        p.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+        p.add_argument(flag, **kwargs)
     return p
 
 

@@ -36,7 +36,17 @@ from drift_gate.data.preprocess import (
 )
 from drift_gate.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "SPLITS", "DataSet", "ImageDataset", "Sample", "data_root", "load_dataset"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SPLITS",
+    "DataSet",
+    "ImageDataset",
+    "Images",
+    "Rows",
+    "Sample",
+    "data_root",
+    "load_dataset",
+]
 
 
 SPLITS = ("train", "val", "test")
@@ -324,7 +334,31 @@ def _multilabel(source: Path, root: Path, rows: list[Row], classes: Sequence[str
     return DataSet(root, classes, tuple(samples))
 
 
-class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+class Images(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+    """A map-style data set of ``(input, label)`` pairs that knows its length: what
+    every pass over images (predictions, features, maps) reads."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+
+class Rows(Images):
+    """The rows ``indices`` of ``images``, in that order (a shard of a pass)."""
+
+    def __init__(self, images: Images, indices: Sequence[int]) -> None:
+        self.images, self.indices = images, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[self.indices[i]]
+
+
+class ImageDataset(Images):
     """Normalised model inputs and labels for a list of samples, preprocessed by
     ``preprocess`` (:mod:`drift_gate.preprocess`).
 

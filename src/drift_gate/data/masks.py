@@ -12,6 +12,7 @@ then resized to the model's input exactly like the image.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +23,24 @@ from drift_gate.data.paths import confined
 from drift_gate.data.preprocess import DEFAULT, Preprocess, read_image, resize
 from drift_gate.errors import DataError
 
-__all__ = ["Boxes", "Mask", "image_size", "mask_text", "parse_mask", "read_mask"]
+__all__ = ["Boxes", "Mask", "box", "image_size", "mask_text", "parse_mask", "read_mask"]
 
 _PREFIX = "boxes:"
 _MAX_BOXES = 64
 _MAX_COORD = 65535.0
+
+
+def box(values: Iterable[str | float]) -> tuple[float, float, float, float]:
+    """One box ``(x, y, width, height)`` from four numbers (or their text).
+
+    Raises:
+        ValueError: not four numbers.
+    """
+    numbers = [float(v) for v in values]
+    if len(numbers) != 4:
+        raise ValueError(f"a box is four numbers x, y, width, height, not {len(numbers)}")
+    x, y, w, h = numbers
+    return x, y, w, h
 
 
 @dataclass(frozen=True)
@@ -70,10 +84,7 @@ def parse_mask(text: str, root: Path) -> Mask:
     """
     if text.startswith(_PREFIX):
         try:
-            boxes = tuple(
-                tuple(float(v) for v in part.split(",")) for part in text[len(_PREFIX) :].split(";") if part
-            )
-            return Boxes(boxes)  # type: ignore[arg-type]
+            return Boxes(tuple(box(part.split(",")) for part in text[len(_PREFIX) :].split(";") if part))
         except ValueError as exc:
             raise DataError(f"mask {text[:80]!r}: not boxes 'boxes:x,y,w,h;…' ({exc})") from None
     return confined(Path(root) / text, root, "mask")

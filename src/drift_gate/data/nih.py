@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from drift_gate.data.formats import Reader, Row, first_file, none_on_disk, patient_bucket, read_table
-from drift_gate.data.masks import Boxes
+from drift_gate.data.masks import Boxes, box
 from drift_gate.errors import DataError
 
 __all__ = ["FINDINGS", "READER", "nih_rows"]
@@ -96,8 +96,7 @@ def _boxes(root: Path, known: set[str]) -> dict[str, str]:
         if finding not in known:
             continue
         try:
-            box = tuple(float(row[c]) for c in _BOX_COLUMNS[2:])
-            boxes[row["Image Index"]].append(box)  # type: ignore[arg-type]
+            boxes[row["Image Index"]].append(box(row[c] for c in _BOX_COLUMNS[2:]))
         except ValueError:
             raise DataError(f"{path}: {row['Image Index']!r} has a box that is not four numbers") from None
     try:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from drift_gate.data.formats import Reader, Row, first_file, none_on_disk, read_table, split_by_patient
-from drift_gate.data.masks import Boxes
+from drift_gate.data.masks import Boxes, box
 from drift_gate.errors import DataError
 
 __all__ = ["FINDINGS", "READER", "rsna_rows"]
@@ -64,7 +64,7 @@ def rsna_rows(root: Path, classes: Sequence[str], uncertain: str = "zeros") -> t
             raise DataError(f"{table}, line {n}: Target is {e['Target'][:20]!r}, not 0 or 1")
         if e["Target"] == "1":
             try:
-                image.append(tuple(float(e[c]) for c in ("x", "y", "width", "height")))  # type: ignore[arg-type]
+                image.append(box(e[c] for c in ("x", "y", "width", "height")))
             except ValueError:
                 raise DataError(f"{table}, line {n}: a Target 1 row needs x, y, width and height") from None
     folder = root / f"{stage}_train_images"

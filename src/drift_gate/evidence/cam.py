@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from drift_gate.data.datasets import Images
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.methods import METHODS as _REGISTRY
 from drift_gate.evidence.methods import Needs
@@ -366,7 +367,7 @@ def _no_tf32(precision: str) -> Iterator[None]:
 
 def compute_cams(
     model: torch.nn.Module,
-    dataset: torch.utils.data.Dataset[tuple[Tensor, int]],
+    dataset: Images,
     methods: Sequence[str],
     device: torch.device | str = "cpu",
     batch_size: int = 16,
@@ -389,7 +390,7 @@ def compute_cams(
     logits: list[Tensor] = []
     targets: list[Tensor] = []
     maps: dict[str, list[Tensor]] = {m: [] for m in engine.methods}
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)
     with tqdm(total=n, desc="CAMs", unit="img", disable=not progress, leave=False) as bar:
         for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
             out = engine(x.to(device), y if target == "label" else None)

@@ -21,12 +21,11 @@ Cost: two forward passes per image whose map points outside, none for the others
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
 
+from drift_gate.data.datasets import Images
 from drift_gate.evidence.faithfulness import replacement
 
 __all__ = ["BASELINES", "border_band", "counterfactual_drop", "counterfactual_metrics"]
@@ -125,7 +124,7 @@ def counterfactual_drop(
 
 def counterfactual_metrics(
     model: nn.Module,
-    dataset: torch.utils.data.Dataset[Any],
+    dataset: Images,
     maps: np.ndarray,
     targets: np.ndarray,
     border: float,
@@ -137,7 +136,7 @@ def counterfactual_metrics(
     band) and ``counterfactual_drop`` (:func:`counterfactual_drop`), ``batch_size`` images
     at a time."""
     parts: dict[str, list[np.ndarray]] = {"outside_anatomy": [], "counterfactual_drop": []}
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         x = torch.stack([dataset[i][0] for i in range(start, stop)])

@@ -13,11 +13,11 @@ better. Cost: ``2 × (steps + 1)`` forward passes per image and map, batched.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
+
+from drift_gate.data.datasets import Images
 
 __all__ = ["BASELINES", "deletion_insertion", "faithfulness_metrics", "replacement"]
 
@@ -92,7 +92,7 @@ def deletion_insertion(
 
 def faithfulness_metrics(
     model: nn.Module,
-    dataset: torch.utils.data.Dataset[Any],
+    dataset: Images,
     reference: np.ndarray,
     candidate: np.ndarray,
     targets: np.ndarray,
@@ -105,7 +105,7 @@ def faithfulness_metrics(
     ``candidate`` maps and ``reference_faithfulness`` of the ``reference`` maps, both on
     ``model``, and their difference ``faithfulness_change``; ``batch_size`` images at a time."""
     parts: dict[str, list[np.ndarray]] = {"faithfulness": [], "reference_faithfulness": []}
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
         x = torch.stack([dataset[i][0] for i in range(rows.start, rows.stop)])

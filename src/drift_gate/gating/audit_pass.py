@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from drift_gate.data.datasets import ImageDataset, Sample
+from drift_gate.data.datasets import ImageDataset, Images, Sample
 from drift_gate.data.masks import read_mask
 from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.distributed import Dist
@@ -99,7 +99,7 @@ def _streamed_metrics(
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-class _OtherClass(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+class _OtherClass(Images):
     """The same inputs, each labelled with the next class: the class-sensitivity check's targets."""
 
     def __init__(self, images: ImageDataset, classes: int) -> None:
@@ -113,14 +113,11 @@ class _OtherClass(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         return x, (y + 1) % self.classes
 
 
-_Images = torch.utils.data.Dataset[tuple[torch.Tensor, int]]
-
-
 #: Largest |value| a candidate's raw CAM may hold to be compared (as the metrics accept).
 _MAX_MAP_VALUE = 1e30
 
 
-def _cams(job: Job, model: torch.nn.Module, ds: _Images) -> CamResult:
+def _cams(job: Job, model: torch.nn.Module, ds: Images) -> CamResult:
     """The candidate's CAMs; a map holding NaN, Inf or absurd values (a broken model's) is
     replaced by a constant one, so that it counts as degenerate (reported, never averaged)
     instead of stopping the gate: the candidate's own numbers are the evidence against it."""

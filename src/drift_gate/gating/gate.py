@@ -11,8 +11,8 @@ written.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -182,7 +182,7 @@ def _image_logits(job: Job) -> tuple[np.ndarray, np.ndarray | None]:
     ds = ImageDataset(
         job.images, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess
     )
-    logits, _ = predict(job.model, ds, job.dist.device, job.batch_size)  # type: ignore[arg-type]
+    logits, _ = predict(job.model, ds, job.dist.device, job.batch_size)
     return logits, None if job.session is None else job.session.logits(ds, job.batch_size)
 
 
@@ -373,6 +373,12 @@ class Predictions:
     parity_rules: list[RuleResult]
 
 
+def _dig(part: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for k in keys:
+        part = part[k]
+    return part
+
+
 def audit(job: Job) -> Gathered:
     """Stage 2: the candidate's pass over the audit set (each rank its batches under
     ``torchrun``), gathered on every rank."""
@@ -380,22 +386,19 @@ def audit(job: Job) -> Gathered:
     shards = gather_shards(job.dist, len(samples), job.batch_size, lambda idx: audit_pass(job, idx))
     parts = [(idx, part) for idx, part in shards if part is not None]
 
-    def joined(get: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
-        """One array of every shard, back in audit order."""
-        return cast(np.ndarray, in_order(parts, get))
+    def joined(*keys: str) -> np.ndarray:
+        """One array of every shard (each shard's ``part[k1][k2]...``), back in audit order."""
+        return cast(np.ndarray, in_order(parts, partial(_dig, keys=keys)))
 
-    maps = {m: joined(lambda p, m=m: p["maps"][m]) for m in t.methods}  # type: ignore[misc]
+    maps = {m: joined("maps", m) for m in t.methods}
     if job.pairs is None:
-        torch_logits = joined(lambda p: p["logits"])
-        onnx_logits = joined(lambda p: p["onnx"]) if job.session is not None else None
+        torch_logits = joined("logits")
+        onnx_logits = joined("onnx") if job.session is not None else None
     else:  # multi-label: map rows are (image, class) pairs; predictions are per image
         torch_logits, onnx_logits = _image_logits(job)
-    values = {
-        m: {k: joined(lambda p, m=m, k=k: p["metrics"][m][k]) for k in parts[0][1]["metrics"][m]}  # type: ignore[misc]
-        for m in t.methods
-    }
+    values = {m: {k: joined("metrics", m, k) for k in parts[0][1]["metrics"][m]} for m in t.methods}
     sanity = {
-        key: {m: joined(lambda p, m=m, key=key: p[key][m]) for m in t.methods}  # type: ignore[misc]
+        key: {m: joined(key, m) for m in t.methods}
         for key, bound in (
             ("sanity", t.sanity_max_correlation),
             ("class_sanity", t.sanity_max_class_correlation),

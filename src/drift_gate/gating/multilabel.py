@@ -49,7 +49,7 @@ def multilabel_reference(
             items, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess
         )
 
-    logits, _ = predict(model, dataset(samples), torch.device(device), batch_size)  # type: ignore[arg-type]
+    logits, _ = predict(model, dataset(samples), torch.device(device), batch_size)
     pair_samples, pairs = expand_pairs(samples)
     cams = compute_cams(model, dataset(pair_samples), methods, device, batch_size, progress=progress)
     positives = multi_hot(samples, len(meta.classes))

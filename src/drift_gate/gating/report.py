@@ -198,10 +198,11 @@ def markdown(result: GateResult) -> str:
                     f"| {metric} | {_f(s['mean'])} | {_f(s['median'])} | "
                     f"[{_f(s['ci_low'])}, {_f(s['ci_high'])}] | {s['n_degenerate']} |"
                 )
-            fresh = {k: c.summaries[m][k].get("newly_correct") for k in CORE_METRICS}
-            if all(fresh.values()) and fresh["iou"]["n"]:  # type: ignore[index]
+            got = {k: c.summaries[m][k].get("newly_correct") for k in CORE_METRICS}
+            fresh = {k: v for k, v in got.items() if v}
+            if len(fresh) == len(got) and fresh["iou"]["n"]:
                 out.append(
-                    f"| newly right ({fresh['iou']['n']}): "  # type: ignore[index]
+                    f"| newly right ({fresh['iou']['n']}): "
                     + ", ".join(f"{k} {_f(v['mean'])}" for k, v in fresh.items() if v)
                     + " | | | | |"
                 )

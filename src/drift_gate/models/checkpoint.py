@@ -228,7 +228,7 @@ def _schema(meta: CheckpointMeta) -> int:
     return 1 if meta.target_layer is None else 2
 
 
-def save_checkpoint(path: Path, model: Classifier, meta: CheckpointMeta) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, meta: CheckpointMeta) -> None:
     """Writes ``model`` and ``meta`` to ``path`` atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     buf = io.BytesIO()

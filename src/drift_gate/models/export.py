@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from drift_gate._io import atomic_write_bytes, atomic_write_text, file_sha256, uninterrupted
-from drift_gate.data.datasets import ImageDataset
+from drift_gate.data.datasets import ImageDataset, Images
 from drift_gate.errors import CheckpointError, ExportError
 from drift_gate.models.adapters import load_model
 from drift_gate.models.spec import ModelSpec
@@ -107,9 +107,7 @@ class OnnxModel:
         """The execution provider that runs the model."""
         return str(self.session.get_providers()[0])
 
-    def logits(
-        self, dataset: torch.utils.data.Dataset[tuple[torch.Tensor, int]], batch_size: int = 16
-    ) -> np.ndarray:
+    def logits(self, dataset: Images, batch_size: int = 16) -> np.ndarray:
         """Logits for every image of ``dataset``, in order."""
         out = [
             np.asarray(self.session.run(None, {self.input: x.numpy()})[0], dtype=np.float32)
@@ -120,7 +118,7 @@ class OnnxModel:
 
 def torch_logits(
     model: torch.nn.Module,
-    dataset: torch.utils.data.Dataset[tuple[torch.Tensor, int]],
+    dataset: Images,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
 ) -> np.ndarray:
@@ -129,7 +127,7 @@ def torch_logits(
 
     device = torch.device(device)
     model = model.to(device).eval()
-    return collect(model, dataset, device, batch_size, False, "logits")[0].numpy()  # type: ignore[arg-type]
+    return collect(model, dataset, device, batch_size, False, "logits")[0].numpy()
 
 
 def _export_bytes(

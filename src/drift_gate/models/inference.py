@@ -9,9 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from drift_gate.data.datasets import ImageDataset
+from drift_gate.data.datasets import Images
 from drift_gate.errors import ConfigError
-from drift_gate.models.backbones import Classifier
 
 __all__ = ["predict", "resolve_device"]
 
@@ -42,7 +41,7 @@ def resolve_device(spec: str) -> torch.device:
 @torch.inference_mode()
 def collect(
     fn: Callable[[torch.Tensor], torch.Tensor],
-    dataset: ImageDataset,
+    dataset: Images,
     device: torch.device,
     batch_size: int,
     progress: bool,
@@ -58,8 +57,8 @@ def collect(
 
 
 def predict(
-    model: Classifier,
-    dataset: ImageDataset,
+    model: torch.nn.Module,
+    dataset: Images,
     device: torch.device,
     batch_size: int,
     progress: bool = False,

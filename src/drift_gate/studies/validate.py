@@ -419,7 +419,7 @@ def _randomised_control(b: _Bench, arch: str, tl: Path, base: Path) -> None:
     model, meta = load_checkpoint(tl, "cpu")
     path = b.out / "candidates" / arch / "tl.randomised.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, randomised_copy(model, what, seed), meta)  # type: ignore[arg-type]
+    save_checkpoint(path, randomised_copy(model, what, seed), meta)
     thresholds = b.thresholds
     if thresholds.sanity_max_correlation is None:  # the documented example's check
         thresholds = replace(thresholds, sanity_randomise="head+block", sanity_max_correlation=0.6)

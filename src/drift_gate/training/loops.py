@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from drift_gate._io import atomic_write_bytes
-from drift_gate.data.datasets import ImageDataset
+from drift_gate.data.datasets import ImageDataset, Images, Rows
 from drift_gate.distributed import Dist, barrier, gather_shards, global_batchnorm, in_order
 from drift_gate.errors import CheckpointError, ConfigError
 from drift_gate.evidence.cam import autocast
@@ -45,7 +45,7 @@ def seed_all(seed: int) -> None:
 
 def extract_features(
     model: Classifier,
-    dataset: ImageDataset,
+    dataset: Images,
     device: torch.device,
     batch_size: int,
     progress: bool = False,
@@ -59,7 +59,7 @@ def extract_features(
 def sharded_features(
     dist: Dist,
     model: Classifier,
-    dataset: ImageDataset,
+    dataset: Images,
     device: torch.device,
     batch_size: int,
     progress: bool,
@@ -72,8 +72,7 @@ def sharded_features(
     def shard(idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not idx:
             return None
-        sub = torch.utils.data.Subset(dataset, list(idx))
-        return extract_features(model, sub, device, batch_size, progress and dist.main, desc)  # type: ignore[arg-type]
+        return extract_features(model, Rows(dataset, idx), device, batch_size, progress and dist.main, desc)
 
     parts = [(i, p) for i, p in gather_shards(dist, len(dataset), batch_size, shard) if p is not None]
     return in_order(parts, lambda p: p[0]), in_order(parts, lambda p: p[1])

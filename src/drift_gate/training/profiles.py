@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from drift_gate._io import file_sha256
 from drift_gate.data.preprocess import DEFAULT, Preprocess
@@ -31,7 +31,10 @@ __all__ = [
 ]
 
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 #: ``baselines = "own-tl"``: each FT checkpoint is gated against its own TL checkpoint.
 OWN_TL = "own-tl"
@@ -207,10 +210,10 @@ class Profile:
 def _check(value: Any, tp: Any, key: str) -> Any:
     """Validates ``value`` against annotation ``tp``; returns the converted value."""
     origin = typing.get_origin(tp)
-    if is_dataclass(tp):
+    if isinstance(tp, type) and is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table")
-        return _build(tp, value, key)  # type: ignore[arg-type]
+        return _build(tp, value, key)
     if tp is type(None):
         if value is not None:
             raise ConfigError(f"{key}: unexpected value {value!r}")
@@ -244,14 +247,14 @@ def _check(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls: type[T], table: dict[str, Any], prefix: str) -> T:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(
             f"{prefix}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known - {'name'}))}"
         )
     kwargs = {k: _check(v, hints[k], f"{prefix}.{k}") for k, v in table.items()}
-    for f in fields(cls):  # type: ignore[arg-type]
+    for f in fields(cls):
         if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(f"{prefix}: missing key {f.name}")
     try:
