@@ -10,6 +10,7 @@ from drift_gate.errors import ConfigError
 from drift_gate.evidence.methods import METHODS
 from drift_gate.evidence.registry import METRICS
 from drift_gate.gating._toml import Ctx, as_number, table_line
+from drift_gate.gating.kinds import KINDS
 from drift_gate.models.backbones import BACKBONES
 
 __all__ = [
@@ -22,8 +23,16 @@ __all__ = [
 ]
 
 
-#: Bound kinds: absolute (min, max, abs_max) and relative to the approved value.
-BOUND_KINDS = ("min", "max", "abs_max", "max_drop", "max_rise")
+#: Bound kinds (:data:`~drift_gate.gating.kinds.KINDS`, read at each use): absolute
+#: (min, max, abs_max) and relative to the approved value (max_drop, max_rise).
+BOUND_KINDS = KINDS.keys()
+
+
+def _absolute() -> str:
+    """The absolute kinds' keys, for a message that refuses a relative one."""
+    return ", ".join(k for k, kind in KINDS.items() if not kind.relative)
+
+
 #: Default smallest "newly correct" group whose rules are checked.
 NEWLY_CORRECT_MIN_SAMPLES = 5
 
@@ -78,14 +87,11 @@ def drift_table(ctx: Ctx, table: list[str], raw: dict[str, Any]) -> dict[str, fl
                     table, f"{metric}.{kind}", f"unknown bound {kind!r}; known: {', '.join(BOUND_KINDS)}"
                 )
             number = as_number(ctx, table, f"{metric}.{kind}", value)
-            if kind in ("abs_max", "max_drop", "max_rise") and number < 0:
+            low, high = KINDS[kind].allowed(*METRICS[metric].range)
+            if KINDS[kind].non_negative and number < 0:
                 raise ctx.fail(table, f"{metric}.{kind}", f"{kind} must be >= 0, got {number}")
-            lo, hi = METRICS[metric].range
-            widest = hi - lo if kind in ("max_drop", "max_rise") else max(abs(lo), abs(hi))
-            if (kind in ("min", "max") and not lo <= number <= hi) or (
-                kind not in ("min", "max") and number > widest
-            ):
-                allowed = f"[{lo:g}, {hi:g}]" if kind in ("min", "max") else f"[0, {widest:g}]"
+            if not low <= number <= high:
+                allowed = f"[{low:g}, {high:g}]"
                 raise ctx.fail(
                     table,
                     f"{metric}.{kind}",
@@ -133,8 +139,8 @@ def drift_section(ctx: Ctx, drift: dict[str, Any]) -> dict[str, Any]:
                 raise ctx.fail(["drift", arch, "labels"], cls, "expected a table of bounds")
             labels[(arch, cls)] = drift_table(ctx, where, bounds)
             for key in labels[(arch, cls)]:
-                if key.rsplit(".", 1)[1] in ("max_drop", "max_rise"):
-                    raise ctx.fail(where, key, "per-class bounds are absolute (min, max, abs_max)")
+                if KINDS[key.rsplit(".", 1)[1]].relative:
+                    raise ctx.fail(where, key, f"per-class bounds are absolute ({_absolute()})")
                 sources[(arch, f"labels.{cls}", key)] = ctx.where(where, key).rsplit(": ", 1)[0]
         for method, mtable in table.items():
             if method in METHODS:
@@ -154,8 +160,8 @@ def newly_correct_section(ctx: Ctx, raw: Any) -> dict[str, Any]:
     bounds = drift_table(ctx, ["newly_correct"], {k: v for k, v in raw.items() if k != "min_samples"})
     sources = {}
     for key in bounds:
-        if key.rsplit(".", 1)[1] in ("max_drop", "max_rise"):
-            raise ctx.fail(["newly_correct"], key, "newly-correct bounds are absolute (min, max, abs_max)")
+        if KINDS[key.rsplit(".", 1)[1]].relative:
+            raise ctx.fail(["newly_correct"], key, f"newly-correct bounds are absolute ({_absolute()})")
         sources[(None, "newly_correct", key)] = ctx.where(["newly_correct"], key).rsplit(": ", 1)[0]
     check_contradictions(ctx, ["newly_correct"], bounds)
     return {"newly_correct": bounds, "newly_correct_min_samples": n, "sources": sources}

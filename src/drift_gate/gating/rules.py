@@ -12,6 +12,7 @@ import numpy as np
 
 from drift_gate.evidence.registry import METRICS, Direction
 from drift_gate.evidence.summary import Summary
+from drift_gate.gating.kinds import KINDS
 from drift_gate.gating.thresholds import Bound, Thresholds
 from drift_gate.models.export import Parity
 
@@ -88,41 +89,14 @@ def _statistic(s: Summary, statistic: str, direction: Direction, kind: str) -> f
         return s.median
     if s.ci_low is None or s.ci_high is None:
         return None
-    if kind == "abs_max":
-        return max(abs(s.ci_low), abs(s.ci_high))
-    # The end of the interval that is worse for this bound.
-    return s.ci_low if kind in ("min", "max_drop") else s.ci_high
-
-
-def _bound(kind: str, value: float, approved: float | None) -> tuple[str, float]:
-    """(direction text, effective bound) of one bound; relative kinds need ``approved``."""
-    if kind == "min":
-        return f">= {value:g}", value
-    if kind == "max":
-        return f"<= {value:g}", value
-    if kind == "abs_max":
-        return f"|x| <= {value:g}", value
-    assert approved is not None
-    if kind == "max_drop":
-        return f">= approved {approved:.4f} - {value:g}", approved - value
-    return f"<= approved {approved:.4f} + {value:g}", approved + value
-
-
-def _passes(kind: str, observed: float, bound: float) -> bool:
-    if kind in ("min", "max_drop"):
-        return observed >= bound
-    if kind == "abs_max":
-        return abs(observed) <= bound
-    return observed <= bound
+    return KINDS[kind].conservative(s.ci_low, s.ci_high)
 
 
 def _ci_violates(s: Summary, kind: str, bound: float) -> bool:
     """Whether every value in ``s``'s 95 % CI of the mean breaks the bound."""
     if s.ci_low is None or s.ci_high is None:
         return False
-    if kind == "abs_max":
-        return s.ci_low > bound or s.ci_high < -bound
-    return not (_passes(kind, s.ci_low, bound) or _passes(kind, s.ci_high, bound))
+    return KINDS[kind].interval_breaks(s.ci_low, s.ci_high, bound)
 
 
 def samples_needed(n_usable: int, n_audit: int, required: int, n_classes: int, share: float | None) -> str:
@@ -182,11 +156,11 @@ def evaluate_rules(
         s = summaries.get(b.metric, {}).get(group)
         spec = METRICS[b.metric]
         approved_value = (approved.get(method) or {}).get(b.metric)
-        relative = b.kind in ("max_drop", "max_rise")
+        relative = KINDS[b.kind].relative
         bound: float | None = None
         direction = b.kind  # a relative bound without an approved value has no number yet
         if not relative or approved_value is not None:
-            direction, bound = _bound(b.kind, b.value, approved_value)
+            direction, bound = KINDS[b.kind].effective(b.value, approved_value)
         if s is None:
             out.append(RuleResult(name, SKIPPED, None, bound, direction, f"{b.metric} not computed", **where))
             continue
@@ -251,7 +225,7 @@ def evaluate_rules(
             )
             continue
         assert observed is not None and bound is not None
-        ok = _passes(b.kind, observed, bound)
+        ok = KINDS[b.kind].holds(observed, bound)
         word = "ok" if ok else "violated"
         out.append(
             RuleResult(
@@ -307,7 +281,7 @@ def _auc_rule(
         status, message = early
     else:
         assert auc is not None
-        ok = auc >= bound
+        ok = KINDS[kind].holds(auc, bound)
         status, message = (PASS if ok else FAIL), f"{name} {auc:.4f} {'ok' if ok else 'violated'}: {text}"
     rule = f"{arch}/auc.{kind}" if scope == "auc" else f"{arch}/{scope}.{kind}"
     observed = auc if auc is not None and math.isfinite(auc) else None

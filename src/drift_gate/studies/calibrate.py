@@ -53,6 +53,7 @@ from drift_gate.evidence.registry import METRICS, Direction
 from drift_gate.evidence.summary import Summary
 from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import CandidateResult, run_gate
+from drift_gate.gating.kinds import for_direction
 from drift_gate.gating.rules import _statistic
 from drift_gate.gating.thresholds import Thresholds
 from drift_gate.studies.calibrate_report import (
@@ -91,12 +92,8 @@ def propose_bound(
     """``(kind, bound)`` ``k`` noise widths beyond ``centre`` on the worse side,
     rounded outwards to 0.01, and kept within the metric's ``limits`` (a bound beyond
     them could never be reached, and the thresholds parser refuses it)."""
-    lo, hi = limits
-    if direction is Direction.HIGHER:
-        return "min", max(lo, math.floor((centre - k * noise) * 100 + 1e-9) / 100)
-    if direction is Direction.LOWER:
-        return "max", min(hi, math.ceil((centre + k * noise) * 100 - 1e-9) / 100)
-    return "abs_max", min(max(abs(lo), abs(hi)), math.ceil((abs(centre) + k * noise) * 100 - 1e-9) / 100)
+    kind = for_direction(direction)
+    return kind.name, kind.propose(centre, noise, k, limits)
 
 
 #: What a proposed bound is meant to hold for: ``COVERAGE`` of the next honest runs'
@@ -284,9 +281,7 @@ def _noise_rows(
         ]
         if len(summaries) != len(results) or any(s.n < max(fewest, 1) for s in summaries):
             continue
-        kind_hint = {Direction.HIGHER: "min", Direction.LOWER: "max", Direction.ZERO: "abs_max"}[
-            spec.direction
-        ]
+        kind_hint = for_direction(spec.direction).name
         values = [_statistic(s, statistic, spec.direction, kind_hint) for s in summaries]
         if any(v is None for v in values):
             continue

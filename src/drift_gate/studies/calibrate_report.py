@@ -14,6 +14,7 @@ from typing import Any
 from drift_gate._io import atomic_write_text
 from drift_gate._version import __version__
 from drift_gate.evidence.registry import CORE_METRICS
+from drift_gate.gating.kinds import KINDS
 from drift_gate.gating.thresholds import Thresholds, parse_thresholds
 
 __all__ = [
@@ -78,8 +79,9 @@ class NoiseRow:
             for v, src in zip(self.values, self.sources, strict=True)
         )
         seed = "—" if self.seed_sd is None else f"{self.seed_sd:.3f}"
-        sign = "-" if self.kind == "min" else "+"
-        centre = f"|{self.centre:.3f}|" if self.kind == "abs_max" else f"{self.centre:.3f}"
+        kind = KINDS[self.kind]
+        sign = "-" if kind.lower else "+"
+        centre = f"|{self.centre:.3f}|" if kind.magnitude else f"{self.centre:.3f}"
         return (
             f"runs {runs}; {self.spread} sd {seed}, bootstrap sd {self.bootstrap_sd:.3f}: "
             f"{centre} {sign} {k:.2f} x {self.noise:.3f}"
@@ -232,7 +234,7 @@ def _loosest(rows: list[NoiseRow]) -> dict[str, tuple[str, float]]:
         if r.metric in OPT_IN:
             continue
         have = loosest.get(r.metric)
-        if have is None or (r.bound < have[1] if r.kind == "min" else r.bound > have[1]):
+        if have is None or (r.bound < have[1] if KINDS[r.kind].lower else r.bound > have[1]):
             loosest[r.metric] = (r.kind, r.bound)
     return loosest
 

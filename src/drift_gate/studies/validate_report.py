@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from drift_gate.gating.gate import CandidateResult
+from drift_gate.gating.kinds import KINDS
 from drift_gate.gating.rules import FAIL, PASS, RuleResult
 
 __all__ = [
@@ -65,11 +66,7 @@ class ValidationResult:
 def _margin(r: RuleResult) -> float:
     """How far a checked rule is from failing, in the metric's units (< 0: failed)."""
     assert r.observed is not None and r.bound is not None
-    if r.kind == "abs_max":
-        return r.bound - abs(r.observed)
-    if r.kind in ("min", "max_drop"):
-        return r.observed - r.bound
-    return r.bound - r.observed
+    return KINDS[r.kind].margin(r.observed, r.bound)
 
 
 def _rule_text(r: RuleResult) -> str:
