@@ -152,88 +152,42 @@ def gate(
     Raises:
         ConfigError, DataError, CheckpointError, StaleBaselineError: bad input.
 
-    Kept in one piece: the profile branch runs on rank 0 first (``main_first``) and
-    needs the same locals as the loop over candidates.
+    Stages: the inputs resolved (rules, spec, keys, tracking), a profile's FT checkpoints
+    and their baselines (:func:`_profile_gate`, made on rank 0 first), each candidate
+    gated (:func:`~drift_gate.gating.gate.run_gate`), the result recorded (reports, MLflow).
     """
-    from drift_gate.data.datasets import load_dataset
-    from drift_gate.distributed import barrier, main_first
     from drift_gate.gating import signing
-    from drift_gate.gating.baseline import create_baseline
     from drift_gate.gating.gate import GateResult, run_gate
-    from drift_gate.gating.report import write_reports
     from drift_gate.models.checkpoint import library_versions
 
     dist = _local(dist, device)
     rules = rules_from(thresholds)
     spec = spec_from(model)
     verify_with, signer = signing.public_key(public_key), signing.signing_key(signing_key)
-    tracking = None
-    if mlflow is not None and dist.main:
-        from drift_gate.integrations.tracking import open_tracking
-
-        tracking = open_tracking(mlflow, mlflow_experiment)
-    chosen = [Path(c) for c in candidates]
-    candidates_given = set(chosen)
-    references: dict[Path, Path] = {}
+    tracking = _open_tracking(mlflow, mlflow_experiment) if dist.main else None
+    given = [Path(c) for c in candidates]
+    chosen, references = list(given), {}
     source = None if data is None else Path(data)
     root = Path("baselines") if baselines is None else Path(baselines)
     if profile is not None:
-        prof = profile_from(profile, profiles)
-        unknown = sorted(set(backbones or ()) - set(prof.backbones))
-        if unknown:
-            raise ConfigError(
-                f"--backbone {', '.join(unknown)}: not a backbone of profile {prof.name!r} "
-                f"({', '.join(prof.backbones)})"
-            )
-        archs = tuple(backbones or prof.backbones)
-        root = prof.baselines_folder() if baselines is None else root
-        own_tl = prof.own_tl_baselines and baselines is None
-
-        def prepare() -> Path:
-            data_root = source or profile_data(prof, progress=progress and dist.main, log=log)
-            made = []
-            for arch in archs:
-                ft = Path(prof.out) / arch / "ft.pt"
-                if not ft.is_file():
-                    raise missing_checkpoint(ft, prof, "FT checkpoint")
-                base, tl = root / arch, ft.parent / "tl.pt"
-                if own_tl:
-                    make = not _made_from(base, tl, rules.methods)
-                else:
-                    make = create_missing_baselines and not (base / "baseline.json").is_file()
-                    if make:
-                        log(f"baseline {base} is missing: creating it from {tl}")
-                if make and dist.main:
-                    create_baseline(
-                        tl,
-                        load_dataset(data_root),
-                        base,
-                        rules.methods,
-                        device=dist.device,
-                        progress=progress,
-                        rules=rules,
-                        log=quiet if own_tl else log,
-                        signer=signer,
-                    )
-                    made.append(arch)
-            if made and own_tl:
-                log(
-                    f"baselines: made from the TL checkpoints just trained ({prof.out}/<arch>/tl.pt, "
-                    f"{', '.join(made)}) in {root}; each FT checkpoint is gated against its own TL"
-                )
-            return data_root
-
-        # rank 0 makes the data and the baselines; the other ranks then find them
-        source = main_first(dist, prepare)
-        from_profile = [Path(prof.out) / arch / "ft.pt" for arch in archs]
-        chosen += from_profile
-        # a profile's FT checkpoint descends from the TL checkpoint beside it: the baseline
-        # must have been made from exactly that one
-        references = {ft: ft.parent / "tl.pt" for ft in from_profile}
+        plan = _profile_gate(profile, profiles, backbones, baselines)
+        root = plan.root
+        source = plan.prepare(
+            source,
+            rules,
+            create_missing=create_missing_baselines,
+            dist=dist,
+            progress=progress,
+            log=log,
+            signer=signer,
+        )
+        chosen += plan.candidates
+        references = plan.references
     if not chosen:
         raise ConfigError("nothing to gate: give --candidate CKPT or --profile NAME")
     if source is None:
         raise ConfigError("--data is required (the data root that holds the audit images)")
+    spec_file = Path(model) if isinstance(model, str | os.PathLike) else None
     results, artifacts = [], {}
     for ckpt in chosen:
         res, art = run_gate(
@@ -248,24 +202,182 @@ def gate(
             use_onnx=onnx,
             dist=dist,
             precision=precision,
-            spec=spec if ckpt in candidates_given else None,
+            spec=spec if ckpt in given else None,
             public_key=verify_with,
-            spec_file=Path(model)
-            if isinstance(model, str | os.PathLike) and ckpt in candidates_given
-            else None,
+            spec_file=spec_file if ckpt in given else None,
         )
         results.append(res)
         artifacts[res.candidate] = art
     result = GateResult(results, rules.as_dict(), rules.path, library_versions())
-    if reports is not None and dist.main:  # every rank holds the same result; one writes it
+    _record_gate(
+        result,
+        artifacts,
+        reports=reports,
+        tracking=tracking,
+        experiment=mlflow_experiment,
+        signer=signer,
+        dist=dist,
+        log=log,
+    )
+    return result
+
+
+def _open_tracking(uri: str | None, experiment: str) -> Any:
+    """The MLflow tracking of ``gate(mlflow=...)``, opened (and so checked) before anything
+    is computed; ``None`` without a URI."""
+    if uri is None:
+        return None
+    from drift_gate.integrations.tracking import open_tracking
+
+    return open_tracking(uri, experiment)
+
+
+def _record_gate(
+    result: GateResult,
+    artifacts: dict[str, Any],
+    *,
+    reports: PathLike | None,
+    tracking: Any,
+    experiment: str,
+    signer: Any,
+    dist: Dist,
+    log: Log,
+) -> None:
+    """The gate's record: reports written by rank 0 (every rank holds the same result),
+    a run per candidate in MLflow; then every rank waits for the others."""
+    from drift_gate.distributed import barrier
+    from drift_gate.gating.report import write_reports
+
+    if reports is not None and dist.main:
         result.report_paths = write_reports(result, Path(reports), artifacts, signer=signer)
     if tracking is not None:
         from drift_gate.integrations.tracking import log_gate
 
         runs = log_gate(tracking, result, artifacts, result.report_paths)
-        log(f"mlflow: {len(runs)} run(s) in experiment {mlflow_experiment!r} at {tracking.uri}")
+        log(f"mlflow: {len(runs)} run(s) in experiment {experiment!r} at {tracking.uri}")
     barrier(dist)
-    return result
+
+
+@dataclass(frozen=True)
+class _ProfileGate:
+    """A profile's part of a gate: its FT checkpoints (of ``archs``), the baselines root,
+    and whether their baselines are made here from the TL checkpoints beside them."""
+
+    prof: Profile
+    archs: tuple[str, ...]
+    root: Path
+    own_tl: bool
+
+    @property
+    def candidates(self) -> list[Path]:
+        return [Path(self.prof.out) / arch / "ft.pt" for arch in self.archs]
+
+    @property
+    def references(self) -> dict[Path, Path]:
+        """Each FT checkpoint descends from the TL checkpoint beside it: its baseline must
+        have been made from exactly that one."""
+        return {ft: ft.parent / "tl.pt" for ft in self.candidates}
+
+    def prepare(
+        self,
+        source: Path | None,
+        rules: Thresholds,
+        *,
+        create_missing: bool,
+        dist: Dist,
+        progress: bool,
+        log: Log,
+        signer: Any,
+    ) -> Path:
+        """The data root (``source``, else the profile's data, made if needed) after the
+        baselines the profile gates against are there: rank 0 makes them, the other ranks
+        then find them."""
+        from drift_gate.distributed import main_first
+
+        def make() -> Path:
+            data_root = source or profile_data(self.prof, progress=progress and dist.main, log=log)
+            made = [
+                arch
+                for arch in self.archs
+                if self._baseline(
+                    arch,
+                    data_root,
+                    rules,
+                    create_missing=create_missing,
+                    dist=dist,
+                    progress=progress,
+                    log=log,
+                    signer=signer,
+                )
+            ]
+            if made and self.own_tl:
+                log(
+                    f"baselines: made from the TL checkpoints just trained ({self.prof.out}/<arch>/tl.pt, "
+                    f"{', '.join(made)}) in {self.root}; each FT checkpoint is gated against its own TL"
+                )
+            return data_root
+
+        return main_first(dist, make)
+
+    def _baseline(
+        self,
+        arch: str,
+        data_root: Path,
+        rules: Thresholds,
+        *,
+        create_missing: bool,
+        dist: Dist,
+        progress: bool,
+        log: Log,
+        signer: Any,
+    ) -> bool:
+        """Makes ``arch``'s baseline where it is due (own-TL: missing or not from the TL
+        checkpoint beside the FT one; else missing and ``create_missing``); whether it did."""
+        from drift_gate.data.datasets import load_dataset
+        from drift_gate.gating.baseline import create_baseline
+
+        ft = Path(self.prof.out) / arch / "ft.pt"
+        if not ft.is_file():
+            raise missing_checkpoint(ft, self.prof, "FT checkpoint")
+        base, tl = self.root / arch, ft.parent / "tl.pt"
+        if self.own_tl:
+            make = not _made_from(base, tl, rules.methods)
+        else:
+            make = create_missing and not (base / "baseline.json").is_file()
+            if make:
+                log(f"baseline {base} is missing: creating it from {tl}")
+        if not (make and dist.main):
+            return False
+        create_baseline(
+            tl,
+            load_dataset(data_root),
+            base,
+            rules.methods,
+            device=dist.device,
+            progress=progress,
+            rules=rules,
+            log=quiet if self.own_tl else log,
+            signer=signer,
+        )
+        return True
+
+
+def _profile_gate(
+    profile: str | Profile, profiles: PathLike, backbones: Sequence[str] | None, baselines: PathLike | None
+) -> _ProfileGate:
+    """The profile's part of ``gate(profile=...)``: its backbones (or ``backbones`` of
+    them), its baselines folder unless ``baselines`` is given, own-TL or committed."""
+    prof = profile_from(profile, profiles)
+    unknown = sorted(set(backbones or ()) - set(prof.backbones))
+    if unknown:
+        raise ConfigError(
+            f"--backbone {', '.join(unknown)}: not a backbone of profile {prof.name!r} "
+            f"({', '.join(prof.backbones)})"
+        )
+    root = prof.baselines_folder() if baselines is None else Path(baselines)
+    return _ProfileGate(
+        prof, tuple(backbones or prof.backbones), root, prof.own_tl_baselines and baselines is None
+    )
 
 
 def baseline(

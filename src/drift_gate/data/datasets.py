@@ -209,14 +209,38 @@ def load_dataset(
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: data source not found")
+    rows, root, described = _rows(source, classes, multilabel, uncertain)
+    if not rows:
+        raise DataError(f"{source}: no images found (PNG, JPEG, TIFF or DICOM)")
+    if multilabel:
+        return dataclasses.replace(_multilabel(source, root, rows, classes), description=described)
+    classes = _single_label_classes(source, rows, classes)
+    samples = []
+    for rel, label, split, digest, mask in rows:
+        path, actual, split = _verified(root, rel, digest, split)
+        mask_of = parse_mask(mask, root) if mask else None
+        samples.append(Sample(rel, path, classes.index(label), split, actual, mask_of))
+    _check_duplicates(samples, classes)
+    counts = Counter((s.split, s.label) for s in samples)
+    for split in SPLITS:
+        empty = [c for i, c in enumerate(classes) if counts[(split, i)] == 0]
+        if empty:
+            raise DataError(f"{source}: class(es) {', '.join(empty)} have no images in the {split} split")
+    return DataSet(root, classes, tuple(samples), described)
+
+
+def _rows(
+    source: Path, classes: Sequence[str] | None, multilabel: bool, uncertain: str
+) -> tuple[list[Row], Path, str]:
+    """The rows of ``source`` (a manifest, a public data set's folder or a folder of class
+    subfolders), the root their paths are relative to, and how a public set was read."""
     from drift_gate.data.public import detect
 
-    described = ""
     if source.is_file():
-        rows, root = _from_manifest(source)
-    elif (source / "manifest.csv").is_file():
-        rows, root = _from_manifest(source / "manifest.csv")
-    elif (reader := detect(source)) is not None:
+        return (*_from_manifest(source), "")
+    if (source / "manifest.csv").is_file():
+        return (*_from_manifest(source / "manifest.csv"), "")
+    if (reader := detect(source)) is not None:
         if reader.multilabel and (not multilabel or not classes):
             raise DataError(
                 f"{source}: {reader.title} is multi-label: gate it with a model spec whose "
@@ -225,22 +249,20 @@ def load_dataset(
         if multilabel and not reader.multilabel:
             raise DataError(f"{source}: {reader.title} has one class per image; it is not multi-label")
         rows, described = reader.read(source, classes or (), uncertain)
-        root = source
-    elif multilabel:
-        raise DataError(f"{source}: multi-label data needs a manifest (path,label with labels A|B)")
-    else:
-        rows, root = _from_folder(source), source
-    if not rows:
-        raise DataError(f"{source}: no images found (PNG, JPEG, TIFF or DICOM)")
+        return rows, source, described
     if multilabel:
-        return dataclasses.replace(_multilabel(source, root, rows, classes), description=described)
+        raise DataError(f"{source}: multi-label data needs a manifest (path,label with labels A|B)")
+    return _from_folder(source), source, ""
 
+
+def _single_label_classes(source: Path, rows: list[Row], classes: Sequence[str] | None) -> tuple[str, ...]:
+    """The classes of a single-label data set: ``classes``, else the phantoms' in their
+    canonical order, else the labels found, sorted; a label outside them is refused."""
     found = list(dict.fromkeys(r[1] for r in rows))
     if classes is None:
         from drift_gate.data.phantoms import CLASSES
 
         classes = CLASSES if set(found) == set(CLASSES) else sorted(found)
-    classes = tuple(classes)
     unknown = sorted(set(found) - set(classes))
     if unknown:
         hint = (
@@ -252,21 +274,11 @@ def load_dataset(
         raise DataError(
             f"{source}: unknown label(s) {', '.join(unknown)}; expected one of {', '.join(classes)}{hint}"
         )
+    return tuple(classes)
 
-    samples = []
-    for rel, label, split, digest, mask in rows:
-        path, actual, split = _verified(root, rel, digest, split)
-        samples.append(
-            Sample(
-                rel,
-                path,
-                classes.index(label),
-                split,
-                actual,
-                parse_mask(mask, root) if mask else None,
-            )
-        )
 
+def _check_duplicates(samples: list[Sample], classes: tuple[str, ...]) -> None:
+    """Refuses one image (by its decoded pixels' hash) under two labels or in two splits."""
     by_hash: dict[str, set[str]] = defaultdict(set)
     first: dict[str, Sample] = {}
     for s in samples:
@@ -283,12 +295,6 @@ def load_dataset(
                 f"{first[digest].path}: the same image appears in splits "
                 f"{', '.join(sorted(splits))}; remove the duplicate"
             )
-    counts = Counter((s.split, s.label) for s in samples)
-    for split in SPLITS:
-        empty = [c for i, c in enumerate(classes) if counts[(split, i)] == 0]
-        if empty:
-            raise DataError(f"{source}: class(es) {', '.join(empty)} have no images in the {split} split")
-    return DataSet(root, classes, tuple(samples), described)
 
 
 def _verified(root: Path, rel: str, digest: str | None, split: str | None) -> tuple[Path, str, str]:

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,68 +141,113 @@ def create_baseline(
     from drift_gate.models.adapters import load_model
 
     allocator_policy(AUDIT)
+    say = log or (lambda m: None)
     model, meta = loaded or load_model(reference, spec, device)
     model = model.to(device)
     target = getattr(model, "target", None)
     if target is not None:
-        (log or (lambda m: None))(f"CAM target layer: {target.describe()}")
+        say(f"CAM target layer: {target.describe()}")
     if tuple(data.classes) != tuple(meta.classes):
         raise DataError(
             f"data classes {list(data.classes)} differ from the checkpoint's {list(meta.classes)}"
         )
+    run = _reference_pass(model, meta, data, methods, per_class, device, batch_size, progress)
+    coarse = grid_warning(next(iter(run.maps.values())).shape[1:], meta.input_size)
+    for line in run.lines + ([f"warning: {coarse}"] if coarse else []):
+        say(line)
+    if rules is not None:
+        check_reachable(
+            rules,
+            len(run.correct),
+            int(run.correct.sum()),
+            len(meta.classes),
+            per_class if is_multilabel(meta) else min(test_images_per_class(data).values()),
+        )
+    arrays = {f"map_{m}": v.astype(np.float32) for m, v in run.maps.items()}
+    arrays.update(logits=run.logits.astype(np.float32), labels=run.labels, **run.extra)
+    npz = _npz_bytes(arrays)
+    doc = _baseline_doc(reference, meta, data, run, hashlib.sha256(npz).hexdigest(), target)
+    _store(out, npz, run.audit.to_json(), json.dumps(doc, indent=2, sort_keys=True) + "\n", signer)
+    return out / "baseline.json"
+
+
+@dataclass(frozen=True)
+class _ReferencePass:
+    """The reference on its audit set: maps, logits, labels, which it gets right, and what
+    the audit set holds (``sizing`` for baseline.json, ``lines`` to say so)."""
+
+    audit: Any
+    n_samples: int
+    per_class: int
+    maps: dict[str, np.ndarray]
+    logits: np.ndarray
+    labels: np.ndarray
+    correct: np.ndarray
+    extra: dict[str, np.ndarray]
+    sizing: dict[str, Any]
+    lines: list[str]
+    metrics: dict[str, Any]
+
+
+def _reference_pass(
+    model: torch.nn.Module,
+    meta: CheckpointMeta,
+    data: DataSet,
+    methods: tuple[str, ...],
+    per_class: int,
+    device: str | torch.device,
+    batch_size: int,
+    progress: bool,
+) -> _ReferencePass:
+    """The audit set drawn from ``data`` and the reference's one pass over it: per image
+    (multi-class) or per (image, positive finding) pair (multi-label)."""
     if is_multilabel(meta):
         audit = build_multilabel_audit_set(data, per_class)
         samples = audit.resolve(data.root, data.classes, multilabel=True)
-        run = multilabel_reference(model, meta, samples, methods, device, batch_size, progress)
-        cams, logits, labels, correct, extra = run
+        cams, logits, labels, correct, extra = multilabel_reference(
+            model, meta, samples, methods, device, batch_size, progress
+        )
         sizing, lines = multilabel_summary(meta, samples, extra["pairs"], correct, per_class)
-        n = per_class
+        n, maps = per_class, dict(cams.maps)
+        metrics = multilabel_metrics(logits, labels, meta.classes, operating_points(meta))
     else:
         audit = build_audit_set(data, per_class)
         samples = audit.resolve(data.root, data.classes)
         ds = ImageDataset(
             samples, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess
         )
-        cams = compute_cams(model, ds, methods, device, batch_size, progress=progress)
-        logits, labels, extra = cams.logits, np.array([s.label for s in samples]), {}
+        result = compute_cams(model, ds, methods, device, batch_size, progress=progress)
+        logits, labels, extra = result.logits, np.array([s.label for s in samples]), {}
+        maps = dict(result.maps)
         correct = predicted_class(logits) == labels
         n = len(samples) // len(meta.classes)
         sizing, lines = audit_summary(data, per_class, n, labels, correct)
-    metrics = (
-        multilabel_metrics(logits, labels, meta.classes, operating_points(meta))
-        if is_multilabel(meta)
-        else classification_metrics(logits, labels, meta.classes)
+        metrics = classification_metrics(logits, labels, meta.classes)
+    return _ReferencePass(
+        audit, len(samples), n, maps, logits, labels, correct, extra, sizing, lines, metrics
     )
-    coarse = grid_warning(next(iter(cams.maps.values())).shape[1:], meta.input_size)
-    for line in lines + ([f"warning: {coarse}"] if coarse else []):
-        (log or (lambda m: None))(line)
-    if rules is not None:
-        check_reachable(
-            rules,
-            len(correct),
-            int(correct.sum()),
-            len(meta.classes),
-            per_class if is_multilabel(meta) else min(test_images_per_class(data).values()),
-        )
-    arrays = {f"map_{m}": v.astype(np.float32) for m, v in cams.maps.items()}
-    shapes = {m: list(v.shape[1:]) for m, v in cams.maps.items()}
-    arrays.update(logits=logits.astype(np.float32), labels=labels, **extra)
-    npz = _npz_bytes(arrays)
-    doc = {
+
+
+def _baseline_doc(
+    reference: Path, meta: CheckpointMeta, data: DataSet, run: _ReferencePass, npz_sha256: str, target: Any
+) -> dict[str, Any]:
+    """baseline.json's content (without the history an approval adds later)."""
+    shapes = {m: list(v.shape[1:]) for m, v in run.maps.items()}
+    return {
         "schema_version": BASELINE_SCHEMA,
         **_meta_view(meta),
         "reference": {"path": str(reference), "sha256": file_sha256(reference), "phase": meta.phase},
         "audit": {
-            "sha256": audit.sha256,
-            "n": len(samples),
-            "per_class": n,
-            **sizing,
-            **({"pairs": len(extra["pairs"])} if "pairs" in extra else {}),
+            "sha256": run.audit.sha256,
+            "n": run.n_samples,
+            "per_class": run.per_class,
+            **run.sizing,
+            **({"pairs": len(run.extra["pairs"])} if "pairs" in run.extra else {}),
         },
         "maps": {
-            "sha256": hashlib.sha256(npz).hexdigest(),
-            "methods": list(cams.maps),
-            "shape": list(next(iter(cams.maps.values())).shape[1:]),
+            "sha256": npz_sha256,
+            "methods": list(run.maps),
+            "shape": list(next(iter(run.maps.values())).shape[1:]),
             # methods at another resolution than the first (Integrated Gradients' fine grid)
             **({"shapes": shapes} if len({tuple(v) for v in shapes.values()}) > 1 else {}),
             **({"layer": target.path} if target is not None else {}),
@@ -211,14 +257,12 @@ def create_baseline(
             "images": len(data.samples),
             **({"read_as": data.description} if data.description else {}),
         },
-        "auc": metrics["auc_macro"],
-        "accuracy": metrics["accuracy"],
+        "auc": run.metrics["auc_macro"],
+        "accuracy": run.metrics["accuracy"],
         "versions": library_versions(),
         "approved": {},
         "history": [],
     }
-    _store(out, npz, audit.to_json(), json.dumps(doc, indent=2, sort_keys=True) + "\n", signer)
-    return out / "baseline.json"
 
 
 def _store(

@@ -143,103 +143,85 @@ def evaluate_rules(
 
     With fewer samples than ``min_samples`` a rule is inconclusive, unless
     :data:`FEWEST_TO_FAIL` or more samples violate it beyond their 95 % CI: then it fails.
-
-    Kept in one piece: one loop over the bounds, each of its outcomes (not computed, too
-    few samples, no approved value, checked) spelled out where it happens.
+    Each bound's outcome (not computed, too few samples, no approved value, checked) is
+    decided by :func:`_drift_rule`.
     """
-    out = []
-    own_size = required
-    required = thresholds.required_samples(n_audit) if own_size is None else own_size
-    for b in thresholds.bounds(arch, method) if bounds is None else bounds:
-        name = f"{arch}/{method}/{'' if group == 'overall' else group + '/'}{b.metric}.{b.kind}"
-        where = {"source": b.source, "method": method, "metric": b.metric, "kind": b.kind}
-        s = summaries.get(b.metric, {}).get(group)
-        spec = METRICS[b.metric]
-        approved_value = (approved.get(method) or {}).get(b.metric)
-        relative = KINDS[b.kind].relative
-        bound: float | None = None
-        direction = b.kind  # a relative bound without an approved value has no number yet
-        if not relative or approved_value is not None:
-            direction, bound = KINDS[b.kind].effective(b.value, approved_value)
-        if s is None:
-            out.append(RuleResult(name, SKIPPED, None, bound, direction, f"{b.metric} not computed", **where))
-            continue
-        if s.n < required and own_size is not None:
-            out.append(
-                RuleResult(
-                    name,
-                    SKIPPED,
-                    None,
-                    bound,
-                    direction,
-                    f"{group}: {s.n} usable samples, fewer than its min_samples {own_size}: not checked",
-                    **where,
-                )
-            )
-            continue
-        if s.n < required:
-            shown = thresholds.min_samples_text
-            if thresholds.min_samples_share is not None:
-                shown += f" of {n_audit} = {required}"
-            if bound is not None and s.n >= FEWEST_TO_FAIL and _ci_violates(s, b.kind, bound):
-                out.append(
-                    RuleResult(
-                        name,
-                        FAIL,
-                        s.mean,
-                        bound,
-                        direction,
-                        f"only {s.n} usable samples (min_samples is {shown}), but the whole 95 % CI "
-                        f"of their mean [{s.ci_low:.4f}, {s.ci_high:.4f}] is outside the bound "
-                        f"({direction}): too few to show a pass, enough to show a violation",
-                        **where,
-                    )
-                )
-                continue
-            out.append(
-                RuleResult(
-                    name,
-                    INCONCLUSIVE,
-                    None,
-                    bound,
-                    direction,
-                    f"only {s.n} usable samples ({s.n_degenerate} degenerate), min_samples is {shown}: "
-                    f"inconclusive, not a pass; "
-                    + samples_needed(s.n, n_audit, required, n_classes, thresholds.min_samples_share),
-                    **where,
-                )
-            )
-            continue
-        observed = _statistic(s, thresholds.statistic, spec.direction, b.kind)
-        if relative and approved_value is None:
-            out.append(
-                RuleResult(
-                    name,
-                    SKIPPED,
-                    observed,
-                    None,
-                    b.kind,
-                    "no approved result yet (run `drift-gate approve`)",
-                    **where,
-                )
-            )
-            continue
-        assert observed is not None and bound is not None
-        ok = KINDS[b.kind].holds(observed, bound)
-        word = "ok" if ok else "violated"
-        out.append(
-            RuleResult(
-                name,
-                PASS if ok else FAIL,
-                observed,
-                bound,
-                direction,
-                f"{b.metric} {thresholds.statistic} {observed:.4f} {word}: must be {direction} "
-                f"({spec.direction.value} is better)",
-                **where,
-            )
+    needed = thresholds.required_samples(n_audit) if required is None else required
+    ctx = _Group(arch, method, group, thresholds, approved, n_audit, n_classes, needed, required)
+    return [
+        _drift_rule(ctx, b, summaries)
+        for b in (thresholds.bounds(arch, method) if bounds is None else bounds)
+    ]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """What every drift rule of one backbone x method x group is checked in."""
+
+    arch: str
+    method: str
+    group: str
+    thresholds: Thresholds
+    approved: dict[str, Any]
+    n_audit: int
+    n_classes: int
+    needed: int  # usable samples a rule needs to be checked
+    own_size: int | None  # the group's own smallest size (too few: skipped, not inconclusive)
+
+
+def _drift_rule(ctx: _Group, b: Bound, summaries: dict[str, dict[str, Summary]]) -> RuleResult:
+    """One drift bound's outcome on its metric's summary of ``ctx``'s group."""
+    group = "" if ctx.group == "overall" else ctx.group + "/"
+    name = f"{ctx.arch}/{ctx.method}/{group}{b.metric}.{b.kind}"
+    where = {"source": b.source, "method": ctx.method, "metric": b.metric, "kind": b.kind}
+    kind, spec = KINDS[b.kind], METRICS[b.metric]
+    approved_value = (ctx.approved.get(ctx.method) or {}).get(b.metric)
+    bound: float | None = None
+    direction = b.kind  # a relative bound without an approved value has no number yet
+    if not kind.relative or approved_value is not None:
+        direction, bound = kind.effective(b.value, approved_value)
+    s = summaries.get(b.metric, {}).get(ctx.group)
+    if s is None:
+        return RuleResult(name, SKIPPED, None, bound, direction, f"{b.metric} not computed", **where)
+    if s.n < ctx.needed:
+        return _too_few(ctx, s, name, bound, direction, where)
+    observed = _statistic(s, ctx.thresholds.statistic, spec.direction, b.kind)
+    if kind.relative and approved_value is None:
+        text = "no approved result yet (run `drift-gate approve`)"
+        return RuleResult(name, SKIPPED, observed, None, b.kind, text, **where)
+    assert observed is not None and bound is not None
+    ok = kind.holds(observed, bound)
+    text = (
+        f"{b.metric} {ctx.thresholds.statistic} {observed:.4f} {'ok' if ok else 'violated'}: "
+        f"must be {direction} ({spec.direction.value} is better)"
+    )
+    return RuleResult(name, PASS if ok else FAIL, observed, bound, direction, text, **where)
+
+
+def _too_few(
+    ctx: _Group, s: Summary, name: str, bound: float | None, direction: str, where: dict[str, Any]
+) -> RuleResult:
+    """A rule on fewer usable samples than it needs: skipped for a group with a size of its
+    own, failed when enough samples break it with their whole CI, else inconclusive."""
+    if ctx.own_size is not None:
+        text = f"{ctx.group}: {s.n} usable samples, fewer than its min_samples {ctx.own_size}: not checked"
+        return RuleResult(name, SKIPPED, None, bound, direction, text, **where)
+    shown = ctx.thresholds.min_samples_text
+    if ctx.thresholds.min_samples_share is not None:
+        shown += f" of {ctx.n_audit} = {ctx.needed}"
+    if bound is not None and s.n >= FEWEST_TO_FAIL and _ci_violates(s, where["kind"], bound):
+        text = (
+            f"only {s.n} usable samples (min_samples is {shown}), but the whole 95 % CI "
+            f"of their mean [{s.ci_low:.4f}, {s.ci_high:.4f}] is outside the bound "
+            f"({direction}): too few to show a pass, enough to show a violation"
         )
-    return out
+        return RuleResult(name, FAIL, s.mean, bound, direction, text, **where)
+    share = ctx.thresholds.min_samples_share
+    text = (
+        f"only {s.n} usable samples ({s.n_degenerate} degenerate), min_samples is {shown}: "
+        "inconclusive, not a pass; " + samples_needed(s.n, ctx.n_audit, ctx.needed, ctx.n_classes, share)
+    )
+    return RuleResult(name, INCONCLUSIVE, None, bound, direction, text, **where)
 
 
 def _auc_status(
@@ -261,33 +243,56 @@ def _auc_status(
     return None
 
 
-def _auc_rule(
-    arch: str,
-    scope: str,
-    kind: str,
-    auc: float | None,
-    bound: float,
-    direction: str,
-    text: str,
-    support: int,
-    non_finite: int,
-    n: int,
-    thresholds: Thresholds,
-    source: str,
-) -> RuleResult:
-    name = "macro AUC" if scope == "auc" else f"AUC of {scope.split('/', 1)[1]}"
-    early = _auc_status(name, auc, support, non_finite, n, thresholds)
-    if early is not None:
-        status, message = early
-    else:
-        assert auc is not None
-        ok = KINDS[kind].holds(auc, bound)
-        status, message = (PASS if ok else FAIL), f"{name} {auc:.4f} {'ok' if ok else 'violated'}: {text}"
-    rule = f"{arch}/auc.{kind}" if scope == "auc" else f"{arch}/{scope}.{kind}"
-    observed = auc if auc is not None and math.isfinite(auc) else None
-    return RuleResult(
-        rule, status, observed, bound, direction, message, source, scope="auc", metric="auc", kind=kind
-    )
+@dataclass(frozen=True)
+class _AucScope:
+    """One AUC the ``[auc]`` rules judge: the macro AUC (``scope`` ``auc``) or one class's
+    (``auc/<class>``), with what it rests on."""
+
+    arch: str
+    scope: str
+    auc: float | None
+    support: int  # the fewest positives or negatives of a class it rests on
+    non_finite: int  # audit images with NaN or infinite logits
+    n: int
+    thresholds: Thresholds
+    source: str
+
+    def rule(self, kind: str, bound: float, direction: str, text: str) -> RuleResult:
+        name = "macro AUC" if self.scope == "auc" else f"AUC of {self.scope.split('/', 1)[1]}"
+        early = _auc_status(name, self.auc, self.support, self.non_finite, self.n, self.thresholds)
+        if early is not None:
+            status, message = early
+        else:
+            assert self.auc is not None
+            ok = KINDS[kind].holds(self.auc, bound)
+            status = PASS if ok else FAIL
+            message = f"{name} {self.auc:.4f} {'ok' if ok else 'violated'}: {text}"
+        observed = self.auc if self.auc is not None and math.isfinite(self.auc) else None
+        return RuleResult(
+            f"{self.arch}/{self.scope}.{kind}",
+            status,
+            observed,
+            bound,
+            direction,
+            message,
+            self.source,
+            scope="auc",
+            metric="auc",
+            kind=kind,
+        )
+
+    def rules(
+        self, bounds: Mapping[str, float | None], against: float | None, whose: str
+    ) -> list[RuleResult]:
+        """The ``min`` and ``max_drop`` of ``bounds`` that are set; a drop needs ``against``
+        (the approved or reference AUC, ``whose`` in the message)."""
+        out = []
+        if (b := bounds.get("min")) is not None:
+            out.append(self.rule("min", b, f">= {b:g}", f"must be >= {b:g}"))
+        if (d := bounds.get("max_drop")) is not None and against is not None:
+            text = f"may drop at most {d:g} below {whose}{against:.4f}"
+            out.append(self.rule("max_drop", against - d, f">= {against:.4f} - {d:g}", text))
+        return out
 
 
 def auc_rules(
@@ -303,90 +308,35 @@ def auc_rules(
     and of the reference on the audit set. An AUC that rests on fewer than ``[auc]
     min_support`` positives or negatives of a class is inconclusive; NaN or infinite logits
     fail."""
-    out = []
     n, broken = int(metrics.get("n", 0)), int(metrics.get("non_finite", 0))
     support = metrics.get("support", {})
-    used = [support[c] for c in metrics.get("auc_per_class", {}) if c in support]
-    macro_support = min(used, default=0)
-    source = f"{thresholds.path} [auc]"
-    auc = metrics.get("auc_macro")
-    if thresholds.auc_min is not None:
-        b = thresholds.auc_min
-        out.append(
-            _auc_rule(
-                arch,
-                "auc",
-                "min",
-                auc,
-                b,
-                f">= {b:g}",
-                f"must be >= {b:g}",
-                macro_support,
-                broken,
-                n,
-                thresholds,
-                source,
-            )
-        )
-    if thresholds.auc_max_drop is not None:
-        d = thresholds.auc_max_drop
-        out.append(
-            _auc_rule(
-                arch,
-                "auc",
-                "max_drop",
-                auc,
-                baseline_auc - d,
-                f">= {baseline_auc:.4f} - {d:g}",
-                f"may drop at most {d:g} below {baseline_auc:.4f}",
-                macro_support,
-                broken,
-                n,
-                thresholds,
-                source,
-            )
-        )
+    per_class = metrics.get("auc_per_class", {})
+    macro_support = min((support[c] for c in per_class if c in support), default=0)
+    macro = _AucScope(
+        arch,
+        "auc",
+        metrics.get("auc_macro"),
+        macro_support,
+        broken,
+        n,
+        thresholds,
+        f"{thresholds.path} [auc]",
+    )
+    wanted = {"min": thresholds.auc_min, "max_drop": thresholds.auc_max_drop}
+    out = macro.rules(wanted, baseline_auc, "")
     for cls, bounds in thresholds.auc_labels.items():
-        got = metrics.get("auc_per_class", {}).get(cls)
         ref = reference.get("auc_per_class", {}).get(cls)
-        where = f"{thresholds.path} [auc.labels.{cls}]"
-        scope = f"auc/{cls}"
-        if "min" in bounds:
-            b = bounds["min"]
-            out.append(
-                _auc_rule(
-                    arch,
-                    scope,
-                    "min",
-                    got,
-                    b,
-                    f">= {b:g}",
-                    f"must be >= {b:g}",
-                    support.get(cls, 0),
-                    broken,
-                    n,
-                    thresholds,
-                    where,
-                )
-            )
-        if "max_drop" in bounds and ref is not None and math.isfinite(ref):
-            d = bounds["max_drop"]
-            out.append(
-                _auc_rule(
-                    arch,
-                    scope,
-                    "max_drop",
-                    got,
-                    ref - d,
-                    f">= {ref:.4f} - {d:g}",
-                    f"may drop at most {d:g} below the reference's {ref:.4f}",
-                    support.get(cls, 0),
-                    broken,
-                    n,
-                    thresholds,
-                    where,
-                )
-            )
+        one = _AucScope(
+            arch,
+            f"auc/{cls}",
+            per_class.get(cls),
+            support.get(cls, 0),
+            broken,
+            n,
+            thresholds,
+            f"{thresholds.path} [auc.labels.{cls}]",
+        )
+        out += one.rules(bounds, ref if ref is not None and math.isfinite(ref) else None, "the reference's ")
     return out
 
 

@@ -169,38 +169,11 @@ def _parse(raw: object, source: str) -> ModelSpec:
         if key not in raw:
             raise _fail(source, key, "missing (required)")
     arch = _arch(source, raw["arch"])
-    classes = raw["classes"]
-    if (
-        not isinstance(classes, list)
-        or not 1 <= len(classes) <= _MAX_CLASSES
-        or not all(isinstance(c, str) and c and "\x00" not in c and len(c) <= 200 for c in classes)
-    ):
-        raise _fail(source, "classes", "expected a non-empty list of class names")
-    if len(set(classes)) != len(classes):
-        raise _fail(source, "classes", "class names must be unique")
-    task = raw.get("task", "multiclass")
-    if task not in TASKS:
-        raise _fail(source, "task", f"expected one of {', '.join(TASKS)}, got {task!r}")
-    if task == "binary" and len(classes) != 2:
-        raise _fail(
-            source, "classes", f"a binary task has two classes (negative, positive), got {len(classes)}"
-        )
-    if task == "multiclass" and len(classes) < 2:
-        raise _fail(source, "classes", "a multiclass task needs at least two classes")
+    classes, task = _classes_and_task(source, raw)
     size = raw.get("input_size", 224)
     if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
         raise _fail(source, "input_size", f"expected an integer from 8 to 4096, got {size!r}")
-    channels = raw.get("channels", 3)
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise _fail(source, "channels", f"expected 1 or 3, got {channels!r}")
-    default_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    default_std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    if channels == 1:
-        default_mean, default_std = ((0.5,), (0.5,))
-    mean = _floats(source, "mean", raw.get("mean", list(default_mean)), channels)
-    std = _floats(source, "std", raw.get("std", list(default_std)), channels)
-    if any(s <= 0 for s in std):
-        raise _fail(source, "std", f"every value must be > 0, got {list(std)}")
+    channels, mean, std = _normalisation(source, raw)
     layer = raw.get("target_layer", "auto")
     if not isinstance(layer, str) or not layer or len(layer) > 512 or "\x00" in layer:
         raise _fail(source, "target_layer", f"expected a module path or 'auto', got {layer!r}")
@@ -243,6 +216,45 @@ def _parse(raw: object, source: str) -> ModelSpec:
         kwargs=dict(kwargs),
         preprocess=preprocess,
     )
+
+
+def _classes_and_task(source: str, raw: dict[str, Any]) -> tuple[list[str], str]:
+    """``classes`` and ``task``, checked against each other."""
+    classes = raw["classes"]
+    if (
+        not isinstance(classes, list)
+        or not 1 <= len(classes) <= _MAX_CLASSES
+        or not all(isinstance(c, str) and c and "\x00" not in c and len(c) <= 200 for c in classes)
+    ):
+        raise _fail(source, "classes", "expected a non-empty list of class names")
+    if len(set(classes)) != len(classes):
+        raise _fail(source, "classes", "class names must be unique")
+    task = raw.get("task", "multiclass")
+    if task not in TASKS:
+        raise _fail(source, "task", f"expected one of {', '.join(TASKS)}, got {task!r}")
+    if task == "binary" and len(classes) != 2:
+        raise _fail(
+            source, "classes", f"a binary task has two classes (negative, positive), got {len(classes)}"
+        )
+    if task == "multiclass" and len(classes) < 2:
+        raise _fail(source, "classes", "a multiclass task needs at least two classes")
+    return classes, str(task)
+
+
+def _normalisation(source: str, raw: dict[str, Any]) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """``channels``, ``mean`` and ``std`` (ImageNet's for 3 channels, 0.5 for 1 by default)."""
+    channels = raw.get("channels", 3)
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise _fail(source, "channels", f"expected 1 or 3, got {channels!r}")
+    default_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    default_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    if channels == 1:
+        default_mean, default_std = ((0.5,), (0.5,))
+    mean = _floats(source, "mean", raw.get("mean", list(default_mean)), channels)
+    std = _floats(source, "std", raw.get("std", list(default_std)), channels)
+    if any(s <= 0 for s in std):
+        raise _fail(source, "std", f"every value must be > 0, got {list(std)}")
+    return int(channels), mean, std
 
 
 def load_spec(path: Path | str) -> ModelSpec:

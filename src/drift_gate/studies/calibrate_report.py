@@ -124,6 +124,17 @@ def _fmt(x: float) -> str:
 def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
     """A complete ``thresholds.toml``: ``[gate]``, ``[auc]`` and ``[onnx]`` as in
     ``thresholds``, and the calibrated ``[drift]`` tables with their provenance."""
+    lines = _provenance(cal, thresholds) + _kept_tables(thresholds) + _drift_tables(cal)
+    lines += _newly_correct_lines(cal, thresholds)
+    lines += _kept_checks(thresholds)
+    text = "\n".join(lines) + "\n"
+    parse_thresholds(text, "proposed thresholds")  # what calibrate writes must load
+    return text
+
+
+def _provenance(cal: Calibration, thresholds: Thresholds) -> list[str]:
+    """The proposal's opening comment: which runs the noise came from and how a bound
+    follows from it."""
     seeds = sorted({s for r in cal.rows for s, src in zip(r.seeds, r.sources, strict=True) if src == "seed"})
     how = (
         f"{len(seeds)} fine-tuning runs per backbone (seeds {', '.join(map(str, seeds))}) from its TL "
@@ -152,7 +163,7 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
             f"# samples (bootstrap sd) the noise was estimated from ({', '.join(map(str, ks))}): "
             f"with {cal.confidence:.0%} confidence,"
         )
-    lines = [
+    return [
         f"# Proposed by `drift-gate calibrate --profile {cal.profile}` (drift-gate {__version__}, "
         f"{date.today().isoformat()}).",
         f"# Noise sources: {how}, each gated against its own TL reference's maps on the audit set",
@@ -172,6 +183,12 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
             if cal.k is None
             else ["# An update that moves the evidence like an ordinary run passes; k widths further fails."]
         ),
+    ]
+
+
+def _kept_tables(thresholds: Thresholds) -> list[str]:
+    """``[gate]``, ``[auc]`` (and its per-class tables) and ``[onnx]``, as ``thresholds`` has them."""
+    lines = [
         "",
         "[gate]",
         f"methods = [{', '.join(json.dumps(m) for m in thresholds.methods)}]",
@@ -187,9 +204,13 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
     lines += ["", f"[auc]                     # not calibrated: kept from {thresholds.path}", *auc]
     for cls, bounds in thresholds.auc_labels.items():
         lines += ["", f"[auc.labels.{json.dumps(cls)}]", *(f"{k} = {v:g}" for k, v in bounds.items())]
-    lines += ["", "[onnx]", f"max_rel_diff = {thresholds.onnx_max_rel_diff:g}"]
-    # Backbones that were not calibrated fall back to the loosest bound seen.
-    lines += ["", "[drift]                   # backbones not calibrated here: the loosest bound below"]
+    return [*lines, "", "[onnx]", f"max_rel_diff = {thresholds.onnx_max_rel_diff:g}"]
+
+
+def _drift_tables(cal: Calibration) -> list[str]:
+    """``[drift]`` (the loosest bound seen, for backbones not calibrated) and a table per
+    calibrated backbone x method, each bound with its arithmetic as a comment."""
+    lines = ["", "[drift]                   # backbones not calibrated here: the loosest bound below"]
     lines += [f"{m}.{kind} = {_fmt(b)}" for m, (kind, b) in _loosest(cal.rows).items()]
     for arch in dict.fromkeys(r.arch for r in cal.rows):
         for method in cal.methods:
@@ -204,11 +225,7 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
                     lines.append(f"# {left:<{width - 2}}# opt-in (needs masks): {r.comment()}")
                 else:
                     lines.append(f"{left:<{width}}# {r.comment()}")
-    lines += _newly_correct_lines(cal, thresholds)
-    lines += _kept_checks(thresholds)
-    text = "\n".join(lines) + "\n"
-    parse_thresholds(text, "proposed thresholds")  # what calibrate writes must load
-    return text
+    return lines
 
 
 #: Tables of checks that calibration does not propose, carried over unchanged.
