@@ -143,21 +143,7 @@ def _record(
         "statistic": key,
         "statistics": stats,
     }
-    old = base.approved
-    changes = [
-        f"{base.path}: approved {Path(candidate['candidate']).name} "
-        f"(sha256 {candidate['candidate_sha256'][:12]}…)"
-    ]
-    if old.get("auc") != new["auc"]:
-        changes.append(f"  auc: {old.get('auc', '—')} -> {new['auc']:.4f}")
-    for m, per in stats.items():
-        for metric, value in per.items():
-            before = (old.get("statistics") or {}).get(m, {}).get(metric)
-            if value is not None and before != value:
-                shown = "—" if before is None else f"{before:.4f}"
-                changes.append(f"  {m}/{metric} ({key}): {shown} -> {value:.4f}")
-    if verdict != "pass":
-        changes.append(f"  forced: the gate's verdict was {verdict}")
+    changes = _changes(base, candidate, new, verdict)
     meta = dict(base.meta)
     meta["approved"] = new
     meta["history"] = [
@@ -179,4 +165,25 @@ def _record(
         "maps.npz": (base.path / "maps.npz").read_bytes(),
     }
     write_set(base.path, files, signer)
+    return changes
+
+
+def _changes(base: Baseline, candidate: dict[str, Any], new: dict[str, Any], verdict: Any) -> list[str]:
+    """What the approval changes, one line each: the candidate, then every approved value
+    that moves (AUC and each method's statistics), and whether the approval was forced."""
+    old, key = base.approved, new["statistic"]
+    changes = [
+        f"{base.path}: approved {Path(candidate['candidate']).name} "
+        f"(sha256 {candidate['candidate_sha256'][:12]}…)"
+    ]
+    if old.get("auc") != new["auc"]:
+        changes.append(f"  auc: {old.get('auc', '—')} -> {new['auc']:.4f}")
+    for m, per in new["statistics"].items():
+        for metric, value in per.items():
+            before = (old.get("statistics") or {}).get(m, {}).get(metric)
+            if value is not None and before != value:
+                shown = "—" if before is None else f"{before:.4f}"
+                changes.append(f"  {m}/{metric} ({key}): {shown} -> {value:.4f}")
+    if verdict != "pass":
+        changes.append(f"  forced: the gate's verdict was {verdict}")
     return changes

@@ -59,6 +59,7 @@ from drift_gate.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from drift_gate.gating.signing import Keyring
+    from drift_gate.models.checkpoint import CheckpointMeta
 
 __all__ = [
     "RESULT_SCHEMA",
@@ -207,42 +208,8 @@ def prepare(
     model, meta = load_model(candidate, spec, dist.device)
     base: Baseline = load_baseline(Path(baselines) / meta.arch, public_key)
 
-    def remake(ref: Path | None) -> str:
-        return baseline_command(base.path, data_root, ref, thresholds.path, spec_file)
-
-    if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
-        raise StaleBaselineError(
-            f"{reference}: sha256 differs from the reference the baseline in {base.path} was made from, "
-            "so the candidate would be gated against maps of a model it does not descend from. If this "
-            f"checkpoint is the right reference, re-make the baseline: {remake(reference)}; if the "
-            "baseline is, train with the code and settings that made it"
-        )
-    missing = [m for m in thresholds.methods if m not in base.maps]
-    if missing:
-        raise StaleBaselineError(
-            f"{base.path}: baseline has no maps for {', '.join(missing)}; re-make it with these rules "
-            f"from the checkpoint it was made from (sha256 {base.meta['reference']['sha256'][:12]}…): "
-            f"{remake(reference)}"
-        )
-    check_compatible(base, meta, candidate, remake(reference))
-    for cls, bounds in thresholds.label_bounds(meta.arch).items():  # before any CAM is computed
-        if cls not in meta.classes:
-            raise ConfigError(
-                f"{bounds[0].source}: drift.{meta.arch}.labels.{cls}: {cls!r} is not one of the "
-                f"model's classes ({', '.join(meta.classes)})"
-            )
-    layer, stored = getattr(getattr(model, "target", None), "path", None), base.meta["maps"].get("layer")
-    if layer != stored:
-        raise StaleBaselineError(
-            f"{candidate}: its CAM target layer is {layer!r}, the baseline in {base.path} was made on "
-            f"{stored!r}; name the layer in the "
-            + (
-                "spec (target_layer)"
-                if meta.model is not None
-                else "training profile (per_backbone.<arch>.target_layer)"
-            )
-            + " or refresh the baseline"
-        )
+    remake = baseline_command(base.path, data_root, reference, thresholds.path, spec_file)
+    _check_pairing(candidate, model, meta, base, thresholds, reference, remake)
     images = base.audit.resolve(data_root, base.classes, multilabel=is_multilabel(meta))
     samples, pairs = images, None
     if is_multilabel(meta):
@@ -269,6 +236,54 @@ def prepare(
         images,
         pairs,
     )
+
+
+def _check_pairing(
+    candidate: Path,
+    model: torch.nn.Module,
+    meta: CheckpointMeta,
+    base: Baseline,
+    thresholds: Thresholds,
+    reference: Path | None,
+    remake: str,
+) -> None:
+    """Refuses a candidate that may not be gated against ``base``: a baseline made from
+    another reference, without maps for the rules' methods, of another model, classes or
+    target layer; or per-class rules for classes the model does not have. ``remake`` is the
+    command that re-makes the baseline, for the messages."""
+    if reference is not None and file_sha256(reference) != base.meta["reference"]["sha256"]:
+        raise StaleBaselineError(
+            f"{reference}: sha256 differs from the reference the baseline in {base.path} was made from, "
+            "so the candidate would be gated against maps of a model it does not descend from. If this "
+            f"checkpoint is the right reference, re-make the baseline: {remake}; if the "
+            "baseline is, train with the code and settings that made it"
+        )
+    missing = [m for m in thresholds.methods if m not in base.maps]
+    if missing:
+        raise StaleBaselineError(
+            f"{base.path}: baseline has no maps for {', '.join(missing)}; re-make it with these rules "
+            f"from the checkpoint it was made from (sha256 {base.meta['reference']['sha256'][:12]}…): "
+            f"{remake}"
+        )
+    check_compatible(base, meta, candidate, remake)
+    for cls, bounds in thresholds.label_bounds(meta.arch).items():  # before any CAM is computed
+        if cls not in meta.classes:
+            raise ConfigError(
+                f"{bounds[0].source}: drift.{meta.arch}.labels.{cls}: {cls!r} is not one of the "
+                f"model's classes ({', '.join(meta.classes)})"
+            )
+    layer, stored = getattr(getattr(model, "target", None), "path", None), base.meta["maps"].get("layer")
+    if layer != stored:
+        raise StaleBaselineError(
+            f"{candidate}: its CAM target layer is {layer!r}, the baseline in {base.path} was made on "
+            f"{stored!r}; name the layer in the "
+            + (
+                "spec (target_layer)"
+                if meta.model is not None
+                else "training profile (per_backbone.<arch>.target_layer)"
+            )
+            + " or refresh the baseline"
+        )
 
 
 def _approved(base: Baseline, thresholds: Thresholds) -> dict[str, Any]:

@@ -410,7 +410,8 @@ def _figure(what: str, draw: Callable[[], T]) -> T | None:
 
 
 def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) -> str:
-    """The self-contained HTML report (kept in one piece: it builds the page top to bottom)."""
+    """The self-contained HTML report: the verdict, then per candidate its summary, its
+    rules and per method its figures and tables, then the rules file as the gate read it."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>drift-gate report</title><style>",
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}",
@@ -421,68 +422,9 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
         f"<h1>drift-gate: <span class='{result.verdict}'>{_MARK[result.verdict]}</span></h1>",
     ]
     for c in result.candidates:
-        parts.append(f"<h2>{html.escape(c.arch)} — <code>{html.escape(printable(c.candidate))}</code></h2>")
-        parts.append(
-            f"<p class='{c.verdict}'><b>{_MARK[c.verdict]}</b>: {html.escape(c.label)}. "
-            f"AUC {c.auc:.4f} (reference {c.reference_auc:.4f}); {c.n_selected} of "
-            f"{c.n_audit} audit samples selected. Predictions: {html.escape(c.predictions)}.</p>"
-        )
-        if c.groups:
-            parts.append(f"<p>Samples: {html.escape(groups_line(c))}.</p>")
-        if c.preprocess:
-            parts.append(f"<p>Preprocessing: {html.escape(preprocess_line(c))}.</p>")
-        if c.auc_per_class:
-            parts.append(f"<p>AUC per class: {html.escape(auc_line(c))}.</p>")
-        parts += [f"<p class='inconclusive'>Warning: {html.escape(printable(w))}</p>" for w in c.warnings]
-        parts.append(
-            "<table><tr><th>rule</th><th>status</th><th>observed</th><th>bound</th><th>source</th></tr>"
-        )
-        for r in c.rules:
-            parts.append(
-                f"<tr><td>{html.escape(r.rule)}</td><td class='{r.status}'>{_MARK[r.status]}</td>"
-                f"<td>{_f(r.observed)}</td><td>{html.escape(r.direction)}</td>"
-                f"<td>{html.escape(r.source)}</td></tr>"
-            )
-        parts.append("</table>")
-        art = artifacts.get(c.candidate)
+        parts += _html_candidate(c)
         for method in c.summaries:
-            parts.append(f"<h3>{html.escape(method)}</h3>")
-            uri = _figure(f"the {method} distributions of {c.arch}", partial(_distributions, c, method))
-            if uri:
-                parts.append(f"<img alt='metric distributions {html.escape(method)}' src='{uri}'>")
-            parts.append(_class_table(c, method))
-            parts.append(_consistency_table(c, method))
-            if "faithfulness" in c.summaries[method]:
-                f = c.summaries[method]
-                parts.append(
-                    "<table><tr><th>faithfulness on the candidate (insertion − deletion)</th>"
-                    f"<th>reference map</th><th>candidate map</th><th>change</th></tr><tr><td>mean</td>"
-                    f"<td>{_f(f['reference_faithfulness']['overall']['mean'])}</td>"
-                    f"<td>{_f(f['faithfulness']['overall']['mean'])}</td>"
-                    f"<td>{_f(f['faithfulness_change']['overall']['mean'])}</td></tr></table>"
-                )
-            loc = c.summaries[method]
-            if "mask_energy" in loc:
-                cells = "".join(
-                    f"<tr><td>{label}</td><td>{_f(loc['reference_' + k]['overall']['mean'])}</td>"
-                    f"<td>{_f(loc[k]['overall']['mean'])}</td></tr>"
-                    for k, label in (("pointing_game", "pointing game"), ("mask_energy", "mask energy"))
-                )
-                parts.append(
-                    "<table><tr><th>against the ground-truth masks</th><th>reference</th>"
-                    f"<th>candidate</th></tr>{cells}</table>"
-                )
-            titles = {"most": "drifted most (lowest IoU)", "least": "drifted least (highest IoU)"}
-            figures = (
-                _figure(f"the {method} overlays of {c.arch}", partial(overlay_pngs, c, method, art)) or {}
-            )
-            for which, fig in figures.items():
-                uri = "data:image/png;base64," + base64.b64encode(fig.png).decode()
-                rows = "".join(f"<li>{html.escape(t)}</li>" for t in fig.captions)
-                parts.append(
-                    f"<h4>{titles[which]}</h4><figure><img alt='overlays {html.escape(method)} "
-                    f"{titles[which]}' src='{uri}'><figcaption><ol>{rows}</ol></figcaption></figure>"
-                )
+            parts += _html_method(c, method, artifacts.get(c.candidate))
     parts.append("<h2>Rules</h2><pre>" + html.escape(json.dumps(result.thresholds, indent=2)) + "</pre>")
     # Lets a headless browser (and the test suite) confirm that every image decoded.
     parts.append(
@@ -492,6 +434,72 @@ def html_report(result: GateResult, artifacts: Mapping[str, Mapping[str, Any]]) 
     )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _html_candidate(c: CandidateResult) -> list[str]:
+    """A candidate's heading, verdict, what its numbers rest on, warnings and rule table."""
+    parts = [
+        f"<h2>{html.escape(c.arch)} — <code>{html.escape(printable(c.candidate))}</code></h2>",
+        f"<p class='{c.verdict}'><b>{_MARK[c.verdict]}</b>: {html.escape(c.label)}. "
+        f"AUC {c.auc:.4f} (reference {c.reference_auc:.4f}); {c.n_selected} of "
+        f"{c.n_audit} audit samples selected. Predictions: {html.escape(c.predictions)}.</p>",
+    ]
+    if c.groups:
+        parts.append(f"<p>Samples: {html.escape(groups_line(c))}.</p>")
+    if c.preprocess:
+        parts.append(f"<p>Preprocessing: {html.escape(preprocess_line(c))}.</p>")
+    if c.auc_per_class:
+        parts.append(f"<p>AUC per class: {html.escape(auc_line(c))}.</p>")
+    parts += [f"<p class='inconclusive'>Warning: {html.escape(printable(w))}</p>" for w in c.warnings]
+    parts.append("<table><tr><th>rule</th><th>status</th><th>observed</th><th>bound</th><th>source</th></tr>")
+    for r in c.rules:
+        parts.append(
+            f"<tr><td>{html.escape(r.rule)}</td><td class='{r.status}'>{_MARK[r.status]}</td>"
+            f"<td>{_f(r.observed)}</td><td>{html.escape(r.direction)}</td>"
+            f"<td>{html.escape(r.source)}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _html_method(c: CandidateResult, method: str, art: Mapping[str, Any] | None) -> list[str]:
+    """One method's section: metric distributions, per-class and consistency tables,
+    faithfulness and localisation where measured, and the overlays that drifted most and least."""
+    parts = [f"<h3>{html.escape(method)}</h3>"]
+    uri = _figure(f"the {method} distributions of {c.arch}", partial(_distributions, c, method))
+    if uri:
+        parts.append(f"<img alt='metric distributions {html.escape(method)}' src='{uri}'>")
+    parts.append(_class_table(c, method))
+    parts.append(_consistency_table(c, method))
+    f = c.summaries[method]
+    if "faithfulness" in f:
+        parts.append(
+            "<table><tr><th>faithfulness on the candidate (insertion − deletion)</th>"
+            f"<th>reference map</th><th>candidate map</th><th>change</th></tr><tr><td>mean</td>"
+            f"<td>{_f(f['reference_faithfulness']['overall']['mean'])}</td>"
+            f"<td>{_f(f['faithfulness']['overall']['mean'])}</td>"
+            f"<td>{_f(f['faithfulness_change']['overall']['mean'])}</td></tr></table>"
+        )
+    if "mask_energy" in f:
+        cells = "".join(
+            f"<tr><td>{label}</td><td>{_f(f['reference_' + k]['overall']['mean'])}</td>"
+            f"<td>{_f(f[k]['overall']['mean'])}</td></tr>"
+            for k, label in (("pointing_game", "pointing game"), ("mask_energy", "mask energy"))
+        )
+        parts.append(
+            "<table><tr><th>against the ground-truth masks</th><th>reference</th>"
+            f"<th>candidate</th></tr>{cells}</table>"
+        )
+    titles = {"most": "drifted most (lowest IoU)", "least": "drifted least (highest IoU)"}
+    figures = _figure(f"the {method} overlays of {c.arch}", partial(overlay_pngs, c, method, art)) or {}
+    for which, fig in figures.items():
+        uri = "data:image/png;base64," + base64.b64encode(fig.png).decode()
+        rows = "".join(f"<li>{html.escape(t)}</li>" for t in fig.captions)
+        parts.append(
+            f"<h4>{titles[which]}</h4><figure><img alt='overlays {html.escape(method)} "
+            f"{titles[which]}' src='{uri}'><figcaption><ol>{rows}</ol></figcaption></figure>"
+        )
+    return parts
 
 
 def write_reports(

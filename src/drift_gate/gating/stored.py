@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,11 +263,42 @@ def _arrays(
     """The arrays of ``maps.npz``, checked against what ``baseline.json`` records before and
     after reading: sizes from the archive's directory (a zip bomb is refused unread),
     shapes, and finite values."""
-    import zipfile
 
     def bad(what: str) -> StaleBaselineError:
         return StaleBaselineError(f"{path}: {what}; {how}")
 
+    rows, expected = _expected_size(meta, n, bad)
+    _refuse_oversized(npz, expected, n, bad)
+    multilabel, methods = is_multilabel(meta), meta["maps"]["methods"]
+    try:
+        with np.load(io.BytesIO(npz), allow_pickle=False) as z:
+            maps = {m: z[f"map_{m}"].astype(np.float32) for m in methods}
+            logits, labels = z["logits"], z["labels"]
+            pairs = z["pairs"].astype(np.int64) if multilabel else None
+    except (KeyError, ValueError, OSError) as exc:
+        raise bad(f"unreadable arrays ({exc})") from exc
+    _check_maps(maps, meta, rows, bad)
+    classes = meta["classes"]
+    if pairs is not None and (
+        pairs.shape != (rows, 2)
+        or not (
+            (pairs[:, 0] >= 0) & (pairs[:, 0] < n) & (pairs[:, 1] >= 0) & (pairs[:, 1] < len(classes))
+        ).all()
+    ):
+        raise bad(f"the (image, class) pairs {pairs.shape} do not fit {n} images of {len(classes)} classes")
+    if logits.shape != (n, len(classes)) or labels.shape != ((n, len(classes)) if multilabel else (n,)):
+        raise bad(
+            f"logits {logits.shape} and labels {labels.shape} do not fit {n} images of {len(classes)} classes"
+        )
+    if not np.isfinite(logits).all():
+        raise bad("the stored logits contain NaN or Inf")
+    return maps, logits, labels, pairs
+
+
+def _expected_size(meta: dict[str, Any], n: int, bad: Callable[[str], StaleBaselineError]) -> tuple[int, int]:
+    """The number of stored maps per method (images, or (image, class) pairs) and about how
+    many bytes ``maps.npz`` unpacks to, from baseline.json's grid, methods, classes and AUC,
+    each checked."""
     methods, grid, classes = meta["maps"]["methods"], meta["maps"].get("shape"), meta["classes"]
     if not (
         isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and 0 < g <= 4096 for g in grid)
@@ -277,21 +309,27 @@ def _arrays(
     auc = meta["auc"]
     if isinstance(auc, bool) or not isinstance(auc, int | float) or not 0.0 <= float(auc) <= 1.0:
         raise bad(f"baseline.json records an AUC of {auc!r}, not a number in [0, 1]")
-    multilabel, rows = is_multilabel(meta), n
-    if multilabel:
+    rows = n
+    if is_multilabel(meta):
         rows = meta["audit"].get("pairs")
         if isinstance(rows, bool) or not isinstance(rows, int) or not 0 < rows <= n * len(classes):
             raise bad(f"baseline.json records no valid number of (image, class) pairs ({rows!r})")
+    per_method = meta["maps"].get("shapes")
     cells = (
         sum(
             g[0] * g[1] if isinstance(g, list) and len(g) == 2 and all(isinstance(v, int) for v in g) else 0
-            for g in (
-                meta["maps"].get("shapes", {}) if isinstance(meta["maps"].get("shapes"), dict) else {}
-            ).values()
+            for g in (per_method if isinstance(per_method, dict) else {}).values()
         )
         or len(methods) * grid[0] * grid[1]
     )
-    expected = rows * (cells * 4 + 16) + n * (len(classes) * 5 + 8) + (1 << 20)
+    return rows, rows * (cells * 4 + 16) + n * (len(classes) * 5 + 8) + (1 << 20)
+
+
+def _refuse_oversized(npz: bytes, expected: int, n: int, bad: Callable[[str], StaleBaselineError]) -> None:
+    """Refuses, unread, an archive whose directory or array headers declare more than twice
+    ``expected`` bytes (a zip bomb, or an array header that asks for gigabytes)."""
+    import zipfile
+
     try:
         with zipfile.ZipFile(io.BytesIO(npz)) as zf:
             unpacked = sum(i.file_size for i in zf.infolist())
@@ -310,14 +348,13 @@ def _arrays(
         raise bad(
             f"unpacks to {unpacked:,} bytes where {n} audit images need about {expected:,}; refused unread"
         )
-    try:
-        with np.load(io.BytesIO(npz), allow_pickle=False) as z:
-            maps = {m: z[f"map_{m}"].astype(np.float32) for m in methods}
-            logits, labels = z["logits"], z["labels"]
-            pairs = z["pairs"].astype(np.int64) if multilabel else None
-    except (KeyError, ValueError, OSError) as exc:
-        raise bad(f"unreadable arrays ({exc})") from exc
-    shapes = meta["maps"].get("shapes", {})
+
+
+def _check_maps(
+    maps: dict[str, np.ndarray], meta: dict[str, Any], rows: int, bad: Callable[[str], StaleBaselineError]
+) -> None:
+    """Each method's maps have the grid baseline.json records for it, and finite values."""
+    grid, shapes = meta["maps"].get("shape"), meta["maps"].get("shapes", {})
     if not isinstance(shapes, dict):
         raise bad(f"baseline.json records no valid map shapes per method ({shapes!r})")
     for m, a in maps.items():
@@ -328,17 +365,3 @@ def _arrays(
             raise bad(f"{m} maps have shape {a.shape}, but the baseline records {rows} maps of {g[0]}x{g[1]}")
         if not np.isfinite(a).all():
             raise bad(f"the stored {m} maps contain NaN or Inf (the baseline is damaged, not the candidate)")
-    if pairs is not None and (
-        pairs.shape != (rows, 2)
-        or not (
-            (pairs[:, 0] >= 0) & (pairs[:, 0] < n) & (pairs[:, 1] >= 0) & (pairs[:, 1] < len(classes))
-        ).all()
-    ):
-        raise bad(f"the (image, class) pairs {pairs.shape} do not fit {n} images of {len(classes)} classes")
-    if logits.shape != (n, len(classes)) or labels.shape != ((n, len(classes)) if multilabel else (n,)):
-        raise bad(
-            f"logits {logits.shape} and labels {labels.shape} do not fit {n} images of {len(classes)} classes"
-        )
-    if not np.isfinite(logits).all():
-        raise bad("the stored logits contain NaN or Inf")
-    return maps, logits, labels, pairs

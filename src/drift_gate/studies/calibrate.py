@@ -379,49 +379,76 @@ def run_calibration(
             progress,
             log,
         )
-        results = []
-        for what, seed, path, base in pool:
-            c, _ = run_gate(
-                path,
-                baselines=base,
-                thresholds=plain,
-                data_root=data.root,
-                device=device,
-                batch_size=batch_size,
-                use_onnx=False,
-            )
-            results.append((seed, c))
-            log(f"[{arch}] {what} {seed}: AUC {c.auc:.4f}, {c.n_selected}/{c.n_audit} true positives")
+        results = _gate_pool(arch, pool, plain, data, device, batch_size, log)
         cal.n_audit[arch] = results[0][1].n_audit
         cal.runs[arch] = [
             {"source": w, "seed": s, "checkpoint": str(p), "auc": c.auc, "n_selected": c.n_selected}
             for (w, s, p, _), (_, c) in zip(pool, results, strict=True)
         ]
-        sources = [w for w, *_ in pool]
-        for method in thresholds.methods:
-            every = _noise_rows(arch, method, results, thresholds.statistic, k, tuple(METRICS), sources)
-            if not every:
-                raise DataError(
-                    f"{arch}/{method}: a calibration run has no usable audit sample "
-                    f"({', '.join(str(c.n_selected) for _, c in results)} selected); use more audit "
-                    'images (--per-class) or [gate] samples = "all"'
-                )
-            cal.all_rows += every
-            cal.rows += [r for r in every if r.metric in CALIBRATED + OPT_IN]
-            cal.newly_rows += _noise_rows(
-                arch,
-                method,
-                results,
-                thresholds.statistic,
-                k,
-                CALIBRATED,
-                sources,
-                "newly_correct",
-                thresholds.newly_correct_min_samples,
-            )
+        _add_rows(cal, arch, results, thresholds, k, [w for w, *_ in pool])
     if write:
         write_calibration(cal, thresholds, out)
     return cal
+
+
+def _gate_pool(
+    arch: str,
+    pool: list[tuple[str, int, Path, Path]],
+    plain: Thresholds,
+    data: DataSet,
+    device: torch.device,
+    batch_size: int,
+    log: Log,
+) -> list[tuple[int, CandidateResult]]:
+    """Each run of ``pool`` (source, seed, checkpoint, baselines) gated against its own
+    TL reference's maps under ``plain`` rules (no bounds, ``min_samples`` 1)."""
+    results = []
+    for what, seed, path, base in pool:
+        c, _ = run_gate(
+            path,
+            baselines=base,
+            thresholds=plain,
+            data_root=data.root,
+            device=device,
+            batch_size=batch_size,
+            use_onnx=False,
+        )
+        results.append((seed, c))
+        log(f"[{arch}] {what} {seed}: AUC {c.auc:.4f}, {c.n_selected}/{c.n_audit} true positives")
+    return results
+
+
+def _add_rows(
+    cal: Calibration,
+    arch: str,
+    results: list[tuple[int, CandidateResult]],
+    thresholds: Thresholds,
+    k: float | None,
+    sources: list[str],
+) -> None:
+    """``arch``'s noise rows for every method into ``cal``: over the runs' overall
+    summaries, and over their newly-correct groups."""
+    for method in thresholds.methods:
+        every = _noise_rows(arch, method, results, thresholds.statistic, k, tuple(METRICS), sources)
+        if not every:
+            raise DataError(
+                f"{arch}/{method}: a calibration run has no usable audit sample "
+                f"({', '.join(str(c.n_selected) for _, c in results)} selected); use more audit "
+                'images (--per-class) or [gate] samples = "all"'
+            )
+        cal.all_rows += every
+        cal.rows += [r for r in every if r.metric in CALIBRATED + OPT_IN]
+        cal.newly_rows += _noise_rows(
+            arch,
+            method,
+            results,
+            thresholds.statistic,
+            k,
+            CALIBRATED,
+            sources,
+            "newly_correct",
+            thresholds.newly_correct_min_samples,
+        )
 
 
 def merged(cals: list[Calibration]) -> Calibration:

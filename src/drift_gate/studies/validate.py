@@ -431,6 +431,53 @@ def _randomised_control(b: _Bench, arch: str, tl: Path, base: Path) -> None:
     b.log(f"[{arch}] randomised: {c.verdict} ({c.label}); sanity correlations {observed}")
 
 
+def _cues(
+    profile: Profile,
+    out: Path,
+    controls: tuple[str, ...],
+    shortcut: float,
+    occult: float,
+    shortcut_per_class: int,
+    progress: bool,
+) -> tuple[_Cue | None, _Cue | None, _Cue | None]:
+    """The data of each planted cue that ``controls`` asks for (strip, marker, drain)."""
+    # The audit images of a cue: a held-out draw (the next phantom seed) as biased as the
+    # shortcut's training data, large enough that its test split holds shortcut_per_class
+    # images per class (its reference gets many of them wrong, and only true positives count).
+    audit_n = max(profile.phantoms.n_per_class, math.ceil(shortcut_per_class / _TEST_SHARE))
+    audit_seed = profile.phantoms.seed + 1
+
+    def cue_sets(cue: str, hidden: float) -> _Cue:
+        def site(
+            kind: str, rho: float, hide: float, n: int | None = None, seed: int | None = None
+        ) -> DataSet:
+            folder = out / f"data-{cue}-{kind}"
+            return phantoms_with_strip(profile, folder, rho, hide, progress, cue, n, seed)
+
+        return _Cue(
+            cue,
+            site("uninformative", 0.0, 0.0),
+            site("shortcut", shortcut, hidden),
+            site("audit", shortcut, hidden, audit_n, audit_seed),
+            audit_seed,
+        )
+
+    # Per cue: the reference's data (present, uninformative), the shortcut's (predictive;
+    # for the strip half the findings occult) and the held-out biased audit images.
+    strip = marker = drain = None
+    if "shortcut" in controls:
+        strip = cue_sets("strip", occult)
+    if "marker" in controls or "marker-twin" in controls:
+        # Every finding visible: the marker competes with real evidence. The twin fine-tunes
+        # on the reference's own images (the same patients and findings as the shortcut's,
+        # only the marker's grey level uninformative), so it differs from the shortcut in the
+        # label correlation alone.
+        marker = cue_sets("marker", 0.0)
+    if "drain" in controls or "drain-twin" in controls:
+        drain = cue_sets("drain", 0.0)  # as the marker: every finding visible, a twin on the same patients
+    return strip, marker, drain
+
+
 def run_validation(
     profile: Profile,
     data: DataSet,
@@ -485,40 +532,7 @@ def run_validation(
     cache_dir = cache_dir or default_cache_dir()
     detail = {"correlation": shortcut, "occult": occult}
 
-    # The audit images of a cue: a held-out draw (the next phantom seed) as biased as the
-    # shortcut's training data, large enough that its test split holds shortcut_per_class
-    # images per class (its reference gets many of them wrong, and only true positives count).
-    audit_n = max(profile.phantoms.n_per_class, math.ceil(shortcut_per_class / _TEST_SHARE))
-    audit_seed = profile.phantoms.seed + 1
-
-    def cue_sets(cue: str, hidden: float) -> _Cue:
-        def site(
-            kind: str, rho: float, hide: float, n: int | None = None, seed: int | None = None
-        ) -> DataSet:
-            folder = out / f"data-{cue}-{kind}"
-            return phantoms_with_strip(profile, folder, rho, hide, progress, cue, n, seed)
-
-        return _Cue(
-            cue,
-            site("uninformative", 0.0, 0.0),
-            site("shortcut", shortcut, hidden),
-            site("audit", shortcut, hidden, audit_n, audit_seed),
-            audit_seed,
-        )
-
-    # Per cue: the reference's data (present, uninformative), the shortcut's (predictive;
-    # for the strip half the findings occult) and the held-out biased audit images.
-    strip = marker = drain = None
-    if "shortcut" in controls:
-        strip = cue_sets("strip", occult)
-    if "marker" in controls or "marker-twin" in controls:
-        # Every finding visible: the marker competes with real evidence. The twin fine-tunes
-        # on the reference's own images (the same patients and findings as the shortcut's,
-        # only the marker's grey level uninformative), so it differs from the shortcut in the
-        # label correlation alone.
-        marker = cue_sets("marker", 0.0)
-    if "drain" in controls or "drain-twin" in controls:
-        drain = cue_sets("drain", 0.0)  # as the marker: every finding visible, a twin on the same patients
+    strip, marker, drain = _cues(profile, out, controls, shortcut, occult, shortcut_per_class, progress)
     for arch in profile.backbones:
         tl = Path(profile.out) / arch / "tl.pt"
         clean = out / "baselines" / "clean"
