@@ -10,6 +10,9 @@ directly::
 
 Errors are :class:`drift_gate.errors.DriftGateError` subclasses whose ``str`` is
 the one-line message; nothing here prints, except through the optional ``log``.
+
+Size: one function per command with its whole argument documentation (the Python API
+reference is generated from it), and the gate's helpers that only the facade uses.
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ def gate(
         ConfigError, DataError, CheckpointError, StaleBaselineError: bad input.
 
     Stages: the inputs resolved (rules, spec, keys, tracking), a profile's FT checkpoints
-    and their baselines (:func:`_profile_gate`, made on rank 0 first), each candidate
+    and their baselines (made on rank 0 first), each candidate
     gated (:func:`~drift_gate.gating.gate.run_gate`), the result recorded (reports, MLflow).
     """
     from drift_gate.gating import signing
@@ -209,16 +212,7 @@ def gate(
         results.append(res)
         artifacts[res.candidate] = art
     result = GateResult(results, rules.as_dict(), rules.path, library_versions())
-    _record_gate(
-        result,
-        artifacts,
-        reports=reports,
-        tracking=tracking,
-        experiment=mlflow_experiment,
-        signer=signer,
-        dist=dist,
-        log=log,
-    )
+    _record_gate(result, artifacts, reports=reports, tracking=tracking, signer=signer, dist=dist, log=log)
     return result
 
 
@@ -238,7 +232,6 @@ def _record_gate(
     *,
     reports: PathLike | None,
     tracking: Any,
-    experiment: str,
     signer: Any,
     dist: Dist,
     log: Log,
@@ -254,7 +247,7 @@ def _record_gate(
         from drift_gate.integrations.tracking import log_gate
 
         runs = log_gate(tracking, result, artifacts, result.report_paths)
-        log(f"mlflow: {len(runs)} run(s) in experiment {experiment!r} at {tracking.uri}")
+        log(f"mlflow: {len(runs)} run(s) in experiment {tracking.experiment!r} at {tracking.uri}")
     barrier(dist)
 
 

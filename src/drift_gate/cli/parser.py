@@ -1,5 +1,9 @@
 """The argument parser: one subcommand per command; options that several commands
-share come from parent parsers, so each is defined once. Building it imports no torch."""
+share come from parent parsers, so each is defined once. Building it imports no torch.
+
+Size: every command's options, each defined once; docs/reference/cli.md is generated from
+it.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,11 @@ UTF-8 byte-order mark (as Excel writes) is skipped. A folder is read as
 ``ROOT/<class>/*`` (splits assigned from each file's hash, so they do not depend
 on listing order) or ``ROOT/<split>/<class>/*``. How an image becomes the model's
 input is :mod:`drift_gate.preprocess`.
+
+Size: every local layout (manifest, class folders, split folders) and the checks that apply
+to all of them (hashes, one image in two splits or under two labels, empty classes) in one
+place, beside the torch data sets that read the images; public data sets' own layouts are
+in :mod:`drift_gate.data.public` and :mod:`drift_gate.data.formats`.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ Desai & Ramaswamy (2020): ``w_k = (y_c - y_c^{(k)}) / y_c``. pytorch-grad-cam's
 ``AblationCAM`` reruns the whole network per ablated channel; with the target
 layer last in the body the result is the same for non-negative activations
 (post-ReLU targets), at a fraction of the cost.
+
+Size: the engine's pass (hooks, batches, precision, devices) is one piece; the methods'
+formulas are in :mod:`drift_gate.evidence.methods`.
 """
 
 from __future__ import annotations

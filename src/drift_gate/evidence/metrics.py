@@ -11,6 +11,9 @@ The core metrics cost O(P) per map of P pixels: top-q masks and the top-10 %
 mass come from selection (``numpy.partition``), not sorting, with a deterministic
 row-major tie-break. Spearman and Gini need a full sort and are opt-in in
 :func:`drift_metrics`. Maps are float32; sums accumulate in float64.
+
+Size: each metric's per-sample function and the fused batch path that computes them all
+from shared intermediates stay side by side, so the two are read (and tested) together.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ verifies the audit images, has each rank's share of them passed through the
 candidate (:mod:`~drift_gate.gating.audit_pass`: CAMs, predictions, per-sample
 metrics and checks), and returns one :class:`GateResult` from which every report is
 written.
+
+Size: the gate's five stages (prepare, audit, predictions, judge, record) and the result
+types they fill, each stage a function a test calls.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@
 Every file is written atomically, and the set of them under a folder lock
 (concurrent runs into one folder take turns; the files found afterwards all come
 from one run).
+
+Size: every report (console, JSON, Markdown, JUnit, GitHub, HTML) is written from one
+result here, so that they cannot disagree; the figures are drawn in
+:mod:`drift_gate.gating.figures`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Rules: summaries and thresholds in, rule results and a verdict out. Pure."""
+"""Rules: summaries and thresholds in, rule results and a verdict out. Pure.
+
+Size: every rule family (drift, AUC, sanity, counterfactual, ONNX parity) and the verdict
+they add up to, all pure: what a rule means is read in one file.
+"""
 
 from __future__ import annotations
 

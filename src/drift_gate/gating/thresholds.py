@@ -49,6 +49,10 @@ Shape::
     min_samples = 5                # them wrong): where a new shortcut would carry the prediction.
     displacement.max = 0.15        # Absolute bounds on that group (every backbone x method);
                                    # with fewer samples its rules are skipped, not failed
+
+Size: this docstring is the file format's reference; the bound tables are parsed in
+:mod:`~drift_gate.gating.bound_tables`, the opt-in tables in
+:mod:`~drift_gate.gating.opt_in_tables`, the kinds in :mod:`~drift_gate.gating.kinds`.
 """
 
 from __future__ import annotations

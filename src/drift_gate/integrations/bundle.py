@@ -19,6 +19,9 @@ result, ``bundle-<arch>-<candidate sha256[:12]>.tar`` holding (under
 regular files only, paths inside the bundle, sizes bounded, every file listed in the
 manifest with its hash and nothing else, ``bundle.json`` consistent with the gate result
 and baseline it names, and, with a public key, the manifest's signature.
+
+Size: the bundle's writer and its verifier side by side, so that what one writes and the
+other checks are read against each other in one file.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ class Tracking:
     uri: str
     experiment_id: str
     client: Any
+    experiment: str = "drift-gate"
 
 
 def open_tracking(uri: str, experiment: str = "drift-gate") -> Tracking:
@@ -71,7 +72,7 @@ def open_tracking(uri: str, experiment: str = "drift-gate") -> Tracking:
             f"--mlflow {uri}: cannot use the tracking store ({type(exc).__name__}); give a tracking "
             "URI such as sqlite:///mlflow.db or http(s)://server"
         ) from None
-    return Tracking(uri, str(exp_id), client)
+    return Tracking(uri, str(exp_id), client, experiment)
 
 
 def _short(exc: BaseException) -> str:

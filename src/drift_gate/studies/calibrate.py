@@ -34,6 +34,10 @@ on the side that is worse for the metric (``abs_max = |centre| + k x noise`` for
 metrics best at 0), rounded outwards to 0.01. It is written as a
 ``thresholds.toml`` whose ``[drift]`` tables carry, as comments, the runs'
 values, centre, both spreads and the arithmetic of every bound.
+
+Size: the noise sources (seeds, emulated machines, a retrained TL and pretraining), the
+tolerance factor and the noise rows belong to one procedure; its report and proposed file
+are written by :mod:`drift_gate.studies.calibrate_report`.
 """
 
 from __future__ import annotations

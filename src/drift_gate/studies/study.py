@@ -268,20 +268,25 @@ def study_markdown(result: StudyResult) -> str:
             for r in loc
         ]
     out += ["", "Checks (on this data; not assertions):", ""]
-    for c in result.checks:
-        line = f"- {'yes' if c['holds'] else 'no'}: {c['check']}"
-        detail = c["detail"]
-        if not c["holds"] and isinstance(detail, dict):
-            if all(isinstance(v, (bool, type(None))) for v in detail.values()):
-                misses = [k for k, v in detail.items() if v is False]
-            else:
-                misses = [k for k, (disp, iou) in detail.items() if not (disp < 0.1 and iou < 0.7)]
-            if misses:
-                line += f" (not for {', '.join(misses)})"
-        elif c["holds"] and isinstance(detail, list):
-            line += "".join(f" ({' vs '.join(d['methods'])}: {d['pairs']})" for d in detail)
-        out.append(line)
+    out += [_check_line(c) for c in result.checks]
     return "\n".join(out) + "\n"
+
+
+def _check_line(c: dict[str, Any]) -> str:
+    """One of the study's checks as a list item, with where it does not hold (or, for a
+    method comparison that holds, the pairs it rests on)."""
+    line = f"- {'yes' if c['holds'] else 'no'}: {c['check']}"
+    detail = c["detail"]
+    if not c["holds"] and isinstance(detail, dict):
+        if all(isinstance(v, (bool, type(None))) for v in detail.values()):
+            misses = [k for k, v in detail.items() if v is False]
+        else:
+            misses = [k for k, (disp, iou) in detail.items() if not (disp < 0.1 and iou < 0.7)]
+        if misses:
+            line += f" (not for {', '.join(misses)})"
+    elif c["holds"] and isinstance(detail, list):
+        line += "".join(f" ({' vs '.join(d['methods'])}: {d['pairs']})" for d in detail)
+    return line
 
 
 def _study_plot(result: StudyResult) -> bytes:

@@ -107,23 +107,32 @@ def run_track(
             row["consistency"][method] = c.consistency[method]["candidate"]["overall"]["mean"]
         selected = np.array(c.selected, dtype=bool)
         if previous is not None:
-            # Samples selected for both epochs (true positives of TL and of both epochs).
-            maps_prev, selected_prev = previous
-            both = selected & selected_prev
-            row["vs_previous"] = {}
-            for method in thresholds.methods:
-                v = drift_metrics(
-                    upsample(torch.from_numpy(maps_prev[method]), art["size"]),
-                    upsample(torch.from_numpy(art["candidate"][method]), art["size"]),
-                )
-                ok = both & ~v["degenerate"]
-                row["vs_previous"][method] = {
-                    m: float(np.mean(v[m][ok])) if ok.any() else None for m in CORE_METRICS
-                }
+            row["vs_previous"] = _vs_previous(previous, selected, art, thresholds.methods)
         previous = ({m: art["candidate"][m] for m in thresholds.methods}, selected)
         result.rows.append(row)
     _write_track(result, thresholds.methods, out)
     return result
+
+
+def _vs_previous(
+    previous: tuple[dict[str, np.ndarray], np.ndarray],
+    selected: np.ndarray,
+    art: dict[str, Any],
+    methods: tuple[str, ...],
+) -> dict[str, dict[str, float | None]]:
+    """Each method's mean drift from the previous epoch's maps, over the samples selected
+    for both epochs (true positives of TL and of both epochs)."""
+    maps_prev, selected_prev = previous
+    both = selected & selected_prev
+    out = {}
+    for method in methods:
+        v = drift_metrics(
+            upsample(torch.from_numpy(maps_prev[method]), art["size"]),
+            upsample(torch.from_numpy(art["candidate"][method]), art["size"]),
+        )
+        ok = both & ~v["degenerate"]
+        out[method] = {m: float(np.mean(v[m][ok])) if ok.any() else None for m in CORE_METRICS}
+    return out
 
 
 def _write_track(result: TrackResult, methods: tuple[str, ...], out: Path) -> None:

@@ -48,6 +48,9 @@ measured). Every candidate is gated with the given ``thresholds.toml`` by the sa
 :func:`~drift_gate.gate.run_gate` as ``drift-gate gate``. Besides the verdicts,
 the share of each map's mass on the planted strip (``cue energy``) shows
 *where* the shortcut candidate's evidence went.
+
+Size: every control and its bench in one module, whose docstring is the table of what each
+control expects; the report is written by :mod:`drift_gate.studies.validate_report`.
 """
 
 from __future__ import annotations

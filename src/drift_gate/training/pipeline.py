@@ -10,6 +10,10 @@
 Both phases keep the epoch with the best validation macro one-vs-rest AUC and
 write ``<out>/<arch>/{tl,ft}.pt`` and ``{tl,ft}.metrics.json``. Everything is
 seeded: on the CPU, the same profile and data give the same weights.
+
+Size: both phases with what decides whether a checkpoint is up to date (the per-phase
+training key), resuming and the code stamp; the loops themselves are in
+:mod:`drift_gate.training.loops`.
 """
 
 from __future__ import annotations
@@ -401,19 +405,15 @@ def finetune_from(
     resumes from ``<out>.resume.pt``.
     """
     out = Path(out)
-    config_sha = hashlib.sha256(
-        json.dumps(
-            {
-                "reference": file_sha256(reference),
-                "data": data.manifest_sha256,
-                "cfg": asdict(cfg),
-                "seed": seed,
-                "batch_size": batch_size,
-                **({} if machine is None else {"machine": machine}),
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
+    settings = {
+        "reference": file_sha256(reference),
+        "data": data.manifest_sha256,
+        "cfg": asdict(cfg),
+        "seed": seed,
+        "batch_size": batch_size,
+        **({} if machine is None else {"machine": machine}),
+    }
+    config_sha = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     if _up_to_date(out, config_sha, device) is not None:
         log(f"  {out} is up to date; skipping")
         return out
@@ -445,10 +445,10 @@ def finetune_from(
         progress,
         log,
     )
-    metrics = {}
-    for s in ("val", "test"):
-        logits, labels = predict(model, sets[s], device, batch_size)
-        metrics[s] = classification_metrics(logits, labels, data.classes)
+    metrics = {
+        s: classification_metrics(*predict(model, sets[s], device, batch_size), data.classes)
+        for s in ("val", "test")
+    }
     meta = replace(
         ref_meta,
         phase="ft",
