@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from drift_gate.evidence.metrics import (
+    FORMULAS,
     concentration,
     concentration_change,
     correlation,
@@ -158,6 +159,22 @@ def test_chunking_does_not_change_results(maps: tuple[np.ndarray, np.ndarray]) -
     one, many = drift_metrics(a, b, ranks=True, chunk=64), drift_metrics(a, b, ranks=True, chunk=2)
     for k in one:
         np.testing.assert_array_equal(one[k], many[k])
+
+
+def test_every_pairwise_metric_has_one_formula_and_every_formula_a_declaration() -> None:
+    """A pairwise metric is its registry entry (direction, range, description) plus its
+    formula in FORMULAS, which the per-metric functions and drift_metrics both evaluate."""
+    assert list(FORMULAS) == list(PAIRWISE_METRICS)
+
+
+def test_a_formula_is_what_drift_metrics_reports(maps: tuple[np.ndarray, np.ndarray], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    a, b = maps
+    before = drift_metrics(a, b)["displacement"]
+    monkeypatch.setitem(
+        FORMULAS, "displacement", lambda p: 2 * (p.a.centroid - p.b.centroid).norm(dim=1) / p.diagonal
+    )
+    np.testing.assert_allclose(drift_metrics(a, b)["displacement"], 2 * before)
+    np.testing.assert_allclose(displacement(a, b), 2 * before, atol=1e-6)
 
 
 def test_individual_functions_agree_with_drift_metrics(maps: tuple[np.ndarray, np.ndarray]) -> None:

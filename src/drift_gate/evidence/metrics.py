@@ -19,7 +19,7 @@ from shared intermediates stay side by side, so the two are read (and tested) to
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,20 +103,6 @@ def _sum64(t: Tensor, dim: int | tuple[int, ...]) -> Tensor:
     return t.sum(dim).double()
 
 
-def _centroid(m: Tensor) -> Tensor:
-    h, w = m.shape[1:]
-    rows = torch.arange(h, dtype=torch.float64)
-    cols = torch.arange(w, dtype=torch.float64)
-    mass = _sum64(m, (1, 2)).clamp_min(1e-300)
-    return torch.stack([(_sum64(m, 2) * rows).sum(1) / mass, (_sum64(m, 1) * cols).sum(1) / mass], 1)
-
-
-def _peak(m: Tensor) -> Tensor:
-    w = m.shape[2]
-    idx = m.flatten(1).argmax(1)  # first maximum in row-major order
-    return torch.stack([idx // w, idx % w], 1).double()
-
-
 def _diag(m: Tensor) -> float:
     return math.hypot(m.shape[1], m.shape[2])
 
@@ -169,15 +155,6 @@ def _selection(flat: Tensor, q: float) -> tuple[Tensor, Tensor]:
     thr_q = (top_big if kq == big else top_small).min(1)  # k-th largest = min of the top k
     mass_c = (top_small if kc == small else top_big).sum(1, dtype=np.float64)
     return torch.from_numpy(thr_q), torch.from_numpy(mass_c)
-
-
-def _top(flat: Tensor, q: float) -> tuple[Tensor, Tensor]:
-    """Mask of the ``k = round(q * P)`` largest pixels and their sum, in O(P)."""
-    p = flat.shape[1]
-    k = _top_k(p, q)
-    thr = torch.from_numpy(np.ascontiguousarray(np.partition(flat.numpy(), p - k, axis=1)[:, p - k]))
-    mask = _mask_at(flat, thr, k)
-    return mask, _sum64(torch.where(mask, flat, 0), 1)
 
 
 def _concentration(flat: Tensor) -> Tensor:
@@ -261,33 +238,27 @@ def _raw_stats(x: Tensor, q: float) -> _Stats:
 
 def displacement(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """‖c(A) − c(B)‖₂ / √(H² + W²), c the intensity-weighted centroid."""
-    na, nb, deg = _pair(a, b)
-    return _nan_where((_centroid(na) - _centroid(nb)).norm(dim=1) / _diag(na), deg)
+    return _one("displacement", a, b)
 
 
 def peak_displacement(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """Distance between the maps' (first) maxima / image diagonal."""
-    na, nb, deg = _pair(a, b)
-    return _nan_where((_peak(na) - _peak(nb)).norm(dim=1) / _diag(na), deg)
+    return _one("peak_displacement", a, b)
 
 
 def iou(a: ArrayLike, b: ArrayLike, q: float = 0.2) -> np.ndarray:
     """IoU of the top-``q`` pixel masks (ties broken by pixel order, deterministically)."""
-    na, nb, deg = _pair(a, b)
-    ma, mb = _top(na.flatten(1), q)[0], _top(nb.flatten(1), q)[0]
-    return _nan_where(_sum64(ma & mb, 1) / _sum64(ma | mb, 1), deg)
+    return _one("iou", a, b, q)
 
 
 def correlation(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """Pearson r of the flattened maps."""
-    na, nb, deg = _pair(a, b)
-    return _nan_where(_pearson(na.flatten(1), nb.flatten(1)), deg)
+    return _one("correlation", a, b)
 
 
 def spearman(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """Spearman rank correlation of the flattened maps (average ranks for ties)."""
-    na, nb, deg = _pair(a, b)
-    return _nan_where(_pearson(_avg_ranks(na.flatten(1)), _avg_ranks(nb.flatten(1))), deg)
+    return _one("spearman", a, b)
 
 
 def concentration(maps: ArrayLike) -> np.ndarray:
@@ -304,8 +275,49 @@ def gini(maps: ArrayLike) -> np.ndarray:
 
 def concentration_change(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """κ(B) − κ(A)."""
-    na, nb, deg = _pair(a, b)
-    return _nan_where(_concentration(nb.flatten(1)) - _concentration(na.flatten(1)), deg)
+    return _one("concentration_change", a, b)
+
+
+def _one(name: str, a: ArrayLike, b: ArrayLike, q: float = 0.2) -> np.ndarray:
+    """One pairwise metric by its formula in :data:`FORMULAS`, on min-max normalised maps
+    (checked for NaN, Inf and their shapes first)."""
+    na, nb, _ = _pair(a, b)
+    return _chunk_metrics(na, nb, q, (name,))[name]
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """What the pairwise formulas read of a chunk of map pairs (A: reference, B:
+    candidate), computed once for all of them: each map's statistics from its raw
+    values, the flattened raw maps, the top-``q`` pixel count ``k`` and the overlap of
+    the top-``q`` masks, and the image diagonal."""
+
+    a: _Stats
+    b: _Stats
+    fa: Tensor
+    fb: Tensor
+    k: int
+    overlap: Tensor
+    diagonal: float
+
+
+#: Each pairwise metric's formula (one per :data:`~drift_gate.evidence.registry.PAIRWISE_METRICS`
+#: name, which declares its direction and range): the only place it is written. The
+#: per-metric functions above and :func:`drift_metrics` both evaluate it. A new pairwise
+#: metric is its registry entry and one formula here.
+FORMULAS: dict[str, Callable[[Pairs], Tensor]] = {
+    "displacement": lambda p: (p.a.centroid - p.b.centroid).norm(dim=1) / p.diagonal,
+    "peak_displacement": lambda p: (p.a.peak - p.b.peak).norm(dim=1) / p.diagonal,
+    "iou": lambda p: p.overlap / (2 * p.k - p.overlap),  # both masks hold exactly k pixels
+    "correlation": lambda p: _pearson(p.fa, p.fb, p.a.span, p.b.span),
+    "spearman": lambda p: _pearson(_avg_ranks(p.fa), _avg_ranks(p.fb)),
+    "concentration_change": lambda p: p.b.concentration - p.a.concentration,
+    "gini_change": lambda p: _gini(_minmax(p.fb)) - _gini(_minmax(p.fa)),
+}
+
+
+def _minmax(flat: Tensor) -> Tensor:
+    return _normalise(flat[:, None, :])[0][:, 0, :]
 
 
 def drift_metrics(
@@ -341,12 +353,12 @@ def drift_metrics(
         try:
             with ThreadPoolExecutor(workers) as pool:
                 done = list(
-                    pool.map(lambda i: _chunk_metrics(ta[i : i + chunk], tb[i : i + chunk], q, ranks), starts)
+                    pool.map(lambda i: _chunk_metrics(ta[i : i + chunk], tb[i : i + chunk], q, names), starts)
                 )
         finally:
             torch.set_num_threads(previous)
     else:
-        done = [_chunk_metrics(ta[i : i + chunk], tb[i : i + chunk], q, ranks) for i in starts]
+        done = [_chunk_metrics(ta[i : i + chunk], tb[i : i + chunk], q, names) for i in starts]
     return {
         k: np.concatenate([d[k] for d in done])
         if done
@@ -355,27 +367,19 @@ def drift_metrics(
     }
 
 
-def _chunk_metrics(a: Tensor, b: Tensor, q: float, ranks: bool) -> dict[str, np.ndarray]:
+def _chunk_metrics(a: Tensor, b: Tensor, q: float, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``names``' formulas on one chunk of pairs, NaN where a map is degenerate; with
+    ``concentration_a``/``concentration_b`` and ``degenerate``."""
     a_raw = _as_tensor(a, check=False)
     b_raw = _as_tensor(b, check=False)
     sa, sb = _raw_stats(a_raw, q), _raw_stats(b_raw, q)
     deg = sa.degenerate | sb.degenerate
     fa, fb = a_raw.flatten(1), b_raw.flatten(1)
     k = _top_k(fa.shape[1], q)
-    inter = _sum64(_mask_at(fa, sa.thr_q, k) & _mask_at(fb, sb.thr_q, k), 1)
-    diag = _diag(a_raw)
-    out = {
-        "displacement": (sa.centroid - sb.centroid).norm(dim=1) / diag,
-        "peak_displacement": (sa.peak - sb.peak).norm(dim=1) / diag,
-        "iou": inter / (2 * k - inter),
-        "correlation": _pearson(fa, fb, sa.span, sb.span),
-        "concentration_change": sb.concentration - sa.concentration,
-        "concentration_a": sa.concentration,
-        "concentration_b": sb.concentration,
-    }
-    if ranks:
-        out["spearman"] = _pearson(_avg_ranks(fa), _avg_ranks(fb))
-        out["gini_change"] = _gini(_normalise(b_raw)[0].flatten(1)) - _gini(_normalise(a_raw)[0].flatten(1))
+    overlap = _sum64(_mask_at(fa, sa.thr_q, k) & _mask_at(fb, sb.thr_q, k), 1)
+    pairs = Pairs(sa, sb, fa, fb, k, overlap, _diag(a_raw))
+    out = {name: FORMULAS[name](pairs) for name in names}
+    out.update(concentration_a=sa.concentration, concentration_b=sb.concentration)
     result = {key: _nan_where(v, deg) for key, v in out.items()}
     result["degenerate"] = deg.numpy()
     return result

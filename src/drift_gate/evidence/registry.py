@@ -46,6 +46,7 @@ class MetricSpec:
             maps themselves, as for the reference-based localisation metrics).
         description: one line for reports.
         range: the values the metric can take (bounds outside it are refused).
+        title: its name in table headings, where not the name in words (``IoU``).
     """
 
     name: str
@@ -53,6 +54,12 @@ class MetricSpec:
     ideal: float | None
     description: str
     range: tuple[float, float] = (0.0, 1.0)
+    title: str = ""
+
+    @property
+    def heading(self) -> str:
+        """The metric's name in a table heading (``title``, else the name in words)."""
+        return self.title or self.name.replace("_", " ")
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -67,7 +74,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec(
             "peak_displacement", Direction.LOWER, 0.0, "distance between the maps' maxima / image diagonal"
         ),
-        MetricSpec("iou", Direction.HIGHER, 1.0, "IoU of the top-q pixel masks"),
+        MetricSpec("iou", Direction.HIGHER, 1.0, "IoU of the top-q pixel masks", title="IoU"),
         MetricSpec("correlation", Direction.HIGHER, 1.0, "Pearson correlation of the maps", (-1.0, 1.0)),
         MetricSpec("spearman", Direction.HIGHER, 1.0, "Spearman rank correlation of the maps", (-1.0, 1.0)),
         MetricSpec(

@@ -215,9 +215,10 @@ def _opt(x: float | None) -> str:
 
 def study_markdown(result: StudyResult) -> str:
     out = [
-        "| backbone | method | TL AUC | FT AUC | n (TP) | displacement | IoU | correlation "
-        "| concentration change |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backbone | method | TL AUC | FT AUC | n (TP) | "
+        + " | ".join(METRICS[m].heading for m in CORE_METRICS)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(CORE_METRICS),
     ]
     for r in result.rows:
         out.append(
