@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
         start = time.perf_counter()
         ftrain = extract_features(model, train, device, args.batch)
         fval = extract_features(model, val, device, args.batch)
-        train_head(model, ftrain, fval, cfg, args.batch, 0, data.classes)
+        train_head(model, ftrain, fval, cfg, batch_size=args.batch, seed=0, classes=data.classes)
         t_cached = time.perf_counter() - start
 
         naive = build_classifier(args.backbone, len(data.classes)).eval()

@@ -75,7 +75,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, phantom_data: DataSet) -> 
     out = tmp_path_factory.mktemp("ck")
     profile = dataclasses.replace(TINY_TRAINING, out=str(out))
     train_backbone(
-        profile, "tiny", phantom_data, torch.device("cpu"), out / "cache", progress=False, log=lambda m: None
+        profile,
+        "tiny",
+        phantom_data,
+        torch.device("cpu"),
+        cache_dir=out / "cache",
+        progress=False,
+        log=lambda m: None,
     )
     return out / "tiny"
 

@@ -94,7 +94,13 @@ def test_a_pinned_reference_is_copied_not_trained(
     lines: list[str] = []
     profile = dataclasses.replace(TINY_TRAINING, out=str(tmp_path / "ck"), reference=str(tmp_path / "ref"))
     first = train_backbone(
-        profile, "tiny", phantom_data, torch.device("cpu"), tmp_path / "c", False, log=lines.append
+        profile,
+        "tiny",
+        phantom_data,
+        torch.device("cpu"),
+        cache_dir=tmp_path / "c",
+        progress=False,
+        log=lines.append,
     )
     pinned = tmp_path / "ref" / "tiny" / "tl.pt"
     assert any("made the pinned reference" in line for line in lines), lines
@@ -103,7 +109,13 @@ def test_a_pinned_reference_is_copied_not_trained(
     lines.clear()
     again = dataclasses.replace(profile, out=str(tmp_path / "ck2"))
     second = train_backbone(
-        again, "tiny", phantom_data, torch.device("cpu"), tmp_path / "c", False, log=lines.append
+        again,
+        "tiny",
+        phantom_data,
+        torch.device("cpu"),
+        cache_dir=tmp_path / "c",
+        progress=False,
+        log=lines.append,
     )
     assert any("the pinned reference" in line and "not trained" in line for line in lines), lines
     assert not any("TL: frozen body" in line for line in lines), "the TL phase must not run"
@@ -113,7 +125,13 @@ def test_a_pinned_reference_is_copied_not_trained(
     other = dataclasses.replace(again, tl=PhaseConfig(epochs=1, lr=1e-2))
     with pytest.raises(CheckpointError, match="pinned reference was not trained with profile"):
         train_backbone(
-            other, "tiny", phantom_data, torch.device("cpu"), tmp_path / "c", False, log=lines.append
+            other,
+            "tiny",
+            phantom_data,
+            torch.device("cpu"),
+            cache_dir=tmp_path / "c",
+            progress=False,
+            log=lines.append,
         )
     assert file_sha256(pinned) == file_sha256(first.checkpoints["tl"])
 

@@ -54,12 +54,14 @@ def test_border_band() -> None:
 @pytest.mark.parametrize("baseline", ["swap", "mean", "edge"])
 def test_replacing_a_marker_the_model_uses_drops_its_score(baseline: str) -> None:
     x, targets = _inputs()
-    outside, drop = counterfactual_drop(_Corner(), x, _maps((3, 3)), targets, 0.2, baseline)
+    outside, drop = counterfactual_drop(_Corner(), x, _maps((3, 3)), targets, border=0.2, baseline=baseline)
     assert outside.tolist() == [1, 1, 1, 1]
     # Class 1 loses its bright marker: a large drop of its score.
     assert (drop[targets == 1] > 0.3).all(), drop
     # A model that ignores the corner loses nothing when it is replaced.
-    _, drop = counterfactual_drop(_Corner(uses_corner=False), x, _maps((3, 3)), targets, 0.2, baseline)
+    _, drop = counterfactual_drop(
+        _Corner(uses_corner=False), x, _maps((3, 3)), targets, border=0.2, baseline=baseline
+    )
     assert np.abs(drop).max() < 1e-6
 
 
@@ -67,12 +69,12 @@ def test_maps_inside_are_not_perturbed() -> None:
     x, targets = _inputs()
     maps = _maps((1, 2))
     maps[3] = 0.5  # a constant map points nowhere
-    outside, drop = counterfactual_drop(_Corner(), x, maps, targets, 0.2)
+    outside, drop = counterfactual_drop(_Corner(), x, maps, targets, border=0.2)
     assert outside[:3].tolist() == [0, 0, 0] and np.isnan(outside[3]) and np.isnan(drop).all()
     with pytest.raises(ValueError, match="border must lie in"):
-        counterfactual_drop(_Corner(), x, maps, targets, 0.5)
+        counterfactual_drop(_Corner(), x, maps, targets, border=0.5)
     with pytest.raises(ValueError, match="baseline 'noise'"):
-        counterfactual_drop(_Corner(), x, maps, targets, 0.2, "noise")
+        counterfactual_drop(_Corner(), x, maps, targets, border=0.2, baseline="noise")
 
 
 def test_the_rule_fails_a_large_mean_drop_and_skips_too_few() -> None:

@@ -60,7 +60,9 @@ def test_auc_drop(env: dict[str, Path]) -> None:
     model, meta = load_checkpoint(env["tl"])
     audit = load_baseline(env["baselines"] / "tiny").audit.resolve(env["data"], meta.classes)
     feats = extract_features(model, ImageDataset(audit, 32, meta.mean, meta.std), torch.device("cpu"), 8)
-    train_head(model, feats, feats, PhaseConfig(epochs=300, lr=1e-2), 10, 0, meta.classes)
+    train_head(
+        model, feats, feats, PhaseConfig(epochs=300, lr=1e-2), batch_size=10, seed=0, classes=meta.classes
+    )
     fitted = env["tmp"] / "fitted.pt"
     save_checkpoint(fitted, model, meta)
     assert main(baseline_args(env, fitted)) == 0

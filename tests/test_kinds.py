@@ -76,7 +76,7 @@ def test_a_kind_registered_once_is_parsed_ruled_on_and_measured(monkeypatch: pyt
     with pytest.raises(ConfigError, match=r"at_least must lie in \[0, 1\]"):
         parse_thresholds(RULES.format(drift="iou.at_least = 1.5"))
     for mean, status in ((0.35, PASS), (0.25, FAIL)):
-        (rule,) = evaluate_rules("tiny", "layercam", {"iou": {"overall": _summary(mean)}}, t, {})
+        (rule,) = evaluate_rules("tiny", "layercam", {"iou": {"overall": _summary(mean)}}, t, approved={})
         assert (rule.rule, rule.status, rule.direction) == ("tiny/layercam/iou.at_least", status, ">= 0.3")
         assert math.isclose(_margin(rule), mean - 0.3)
 
@@ -84,9 +84,9 @@ def test_a_kind_registered_once_is_parsed_ruled_on_and_measured(monkeypatch: pyt
 def test_a_relative_kind_waits_for_an_approved_value_and_is_refused_per_class() -> None:
     t = parse_thresholds(RULES.format(drift="iou.max_drop = 0.05"))
     summaries = {"iou": {"overall": _summary(0.5)}}
-    (waiting,) = evaluate_rules("tiny", "layercam", summaries, t, {})
+    (waiting,) = evaluate_rules("tiny", "layercam", summaries, t, approved={})
     assert waiting.status == SKIPPED and "approve" in waiting.message
-    (checked,) = evaluate_rules("tiny", "layercam", summaries, t, {"layercam": {"iou": 0.6}})
+    (checked,) = evaluate_rules("tiny", "layercam", summaries, t, approved={"layercam": {"iou": 0.6}})
     assert checked.status == FAIL and checked.bound == pytest.approx(0.55)
     with pytest.raises(ConfigError, match=r"per-class bounds are absolute \(min, max, abs_max\)"):
         parse_thresholds(RULES.format(drift="[drift.tiny.labels.normal]\niou.max_drop = 0.1"))

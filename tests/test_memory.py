@@ -33,7 +33,13 @@ def test_each_stage_sets_its_policy(
         monkeypatch.setattr(f"drift_gate.{module}.allocator_policy", record)
     profile = dataclasses.replace(TINY_TRAINING, out=str(tmp_path / "ck"), weights="synthetic")
     train_backbone(
-        profile, "tiny", phantom_data, torch.device("cpu"), tmp_path / "cache", False, log=lambda m: None
+        profile,
+        "tiny",
+        phantom_data,
+        torch.device("cpu"),
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        log=lambda m: None,
     )
     assert calls and set(calls) == {memory.TRAIN}, "pretraining, TL and FT under TRAIN"
     calls.clear()

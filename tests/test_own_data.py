@@ -281,7 +281,7 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "tiny",
         load_dataset(manifest),
         torch.device("cpu"),
-        root / "cache",
+        cache_dir=root / "cache",
         progress=False,
         log=lambda m: None,
     )

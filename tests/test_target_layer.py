@@ -29,7 +29,13 @@ def _train(out: Path, data: DataSet, layer: str | None) -> Path:
     overrides = {} if layer is None else {"tiny": BackboneOverrides(target_layer=layer)}
     profile = dataclasses.replace(TINY_TRAINING, out=str(out), per_backbone=overrides)
     train_backbone(
-        profile, "tiny", data, torch.device("cpu"), out / "cache", progress=False, log=lambda m: None
+        profile,
+        "tiny",
+        data,
+        torch.device("cpu"),
+        cache_dir=out / "cache",
+        progress=False,
+        log=lambda m: None,
     )
     return out / "tiny"
 

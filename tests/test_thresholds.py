@@ -83,7 +83,7 @@ def test_evaluate_rules_statuses() -> None:
         TEXT.replace("min_samples = 5", "min_samples = 30") + "\n[drift.densenet201]\niou.max_drop = 0.05\n"
     )
     rules = evaluate_rules(
-        "densenet201", "layercam", {"iou": _summary(0.5), "displacement": _summary(0.2)}, t, {}
+        "densenet201", "layercam", {"iou": _summary(0.5), "displacement": _summary(0.2)}, t, approved={}
     )
     status = {r.rule: r.status for r in rules}
     assert status == {
@@ -96,12 +96,16 @@ def test_evaluate_rules_statuses() -> None:
         "layercam",
         {"iou": _summary(0.5), "displacement": _summary(0.1)},
         t,
-        {"layercam": {"iou": 0.6}},
+        approved={"layercam": {"iou": 0.6}},
     )
     drop = next(r for r in rules if r.rule.endswith("iou.max_drop"))
     assert drop.status == FAIL and drop.bound == pytest.approx(0.55)
     few = evaluate_rules(
-        "densenet201", "layercam", {"iou": _summary(0.9, n=3), "displacement": _summary(0.0, n=3)}, t, {}
+        "densenet201",
+        "layercam",
+        {"iou": _summary(0.9, n=3), "displacement": _summary(0.0, n=3)},
+        t,
+        approved={},
     )
     assert {r.status for r in few if not r.rule.endswith("max_drop")} == {INCONCLUSIVE}
 
@@ -114,7 +118,7 @@ def test_below_min_samples_only_a_violation_beyond_the_ci_fails() -> None:
     t = parse_thresholds(text.replace("[drift]\n", "[drift]\nconcentration_change.abs_max = 0.1\n"))
 
     def status(**s: dict[str, Summary]) -> dict[str, str]:
-        rules = evaluate_rules("densenet201", "layercam", s, t, {})
+        rules = evaluate_rules("densenet201", "layercam", s, t, approved={})
         return {r.rule.rsplit("/", 1)[1]: r.status for r in rules}
 
     clear = status(
@@ -138,7 +142,7 @@ def test_below_min_samples_only_a_violation_beyond_the_ci_fails() -> None:
     rule = next(
         r
         for r in evaluate_rules(
-            "densenet201", "layercam", {"displacement": _summary(0.2, n=12, lo=0.16, hi=0.25)}, t, {}
+            "densenet201", "layercam", {"displacement": _summary(0.2, n=12, lo=0.16, hi=0.25)}, t, approved={}
         )
         if r.metric == "displacement"
     )
@@ -157,7 +161,7 @@ def test_ci_statistic_takes_the_conservative_end() -> None:
         "layercam",
         {"iou": _summary(0.35, lo=0.28, hi=0.42), "displacement": _summary(0.1, lo=0.05, hi=0.16)},
         t,
-        {},
+        approved={},
     )
     got = {r.rule.rsplit("/", 1)[1]: (r.status, r.observed) for r in rules}
     assert got["iou.min"] == (FAIL, 0.28) and got["displacement.max"] == (FAIL, 0.16)

@@ -35,7 +35,7 @@ def test_two_phase_run_writes_checkpoints_and_metrics(
         "tiny",
         phantom_data,
         torch.device("cpu"),
-        tmp_path / "cache",
+        cache_dir=tmp_path / "cache",
         progress=False,
         log=lambda m: None,
     )
@@ -63,7 +63,13 @@ def test_tl_keeps_the_body_frozen(tiny_profile: Profile, phantom_data: DataSet, 
 
     fresh = build_classifier("tiny", len(phantom_data.classes))
     train_backbone(
-        tiny_profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=lambda m: None
+        tiny_profile,
+        "tiny",
+        phantom_data,
+        torch.device("cpu"),
+        cache_dir=tmp_path,
+        progress=False,
+        log=lambda m: None,
     )
     tl, _ = load_checkpoint(Path(tiny_profile.out) / "tiny" / "tl.pt")
     for (name, a), b in zip(fresh.body.state_dict().items(), tl.body.state_dict().values(), strict=True):
@@ -75,7 +81,13 @@ def test_training_is_deterministic(tiny_profile: Profile, phantom_data: DataSet,
     for run in ("a", "b"):
         profile = dataclasses.replace(tiny_profile, out=str(tmp_path / run))
         train_backbone(
-            profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=lambda m: None
+            profile,
+            "tiny",
+            phantom_data,
+            torch.device("cpu"),
+            cache_dir=tmp_path,
+            progress=False,
+            log=lambda m: None,
         )
         outs.append(tmp_path / run / "tiny")
     for phase in ("tl", "ft"):
@@ -89,7 +101,7 @@ def test_training_is_deterministic(tiny_profile: Profile, phantom_data: DataSet,
         "tiny",
         phantom_data,
         torch.device("cpu"),
-        tmp_path,
+        cache_dir=tmp_path,
         progress=False,
         log=lambda m: None,
         force=True,
@@ -111,7 +123,7 @@ def test_checkpoints_made_by_other_code_are_not_reused(
             "tiny",
             phantom_data,
             torch.device("cpu"),
-            tmp_path,
+            cache_dir=tmp_path,
             progress=False,
             log=messages.append,
         )
@@ -137,7 +149,13 @@ def test_only_settings_that_reach_a_backbone_retrain_it(
     def run(profile: Profile) -> list[str]:
         messages: list[str] = []
         train_backbone(
-            profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=messages.append
+            profile,
+            "tiny",
+            phantom_data,
+            torch.device("cpu"),
+            cache_dir=tmp_path,
+            progress=False,
+            log=messages.append,
         )
         return [m for m in messages if "is up to date" in m]
 
@@ -195,7 +213,13 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
 ) -> None:
     reference = dataclasses.replace(tiny_profile, out=str(tmp_path / "ref"))
     train_backbone(
-        reference, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=lambda m: None
+        reference,
+        "tiny",
+        phantom_data,
+        torch.device("cpu"),
+        cache_dir=tmp_path,
+        progress=False,
+        log=lambda m: None,
     )
 
     profile = dataclasses.replace(tiny_profile, out=str(tmp_path / "int"))
@@ -210,7 +234,13 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
     monkeypatch.setattr(loops_mod, "predict", interrupt_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_backbone(
-            profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=lambda m: None
+            profile,
+            "tiny",
+            phantom_data,
+            torch.device("cpu"),
+            cache_dir=tmp_path,
+            progress=False,
+            log=lambda m: None,
         )
     out = tmp_path / "int" / "tiny"
     assert (out / "tl.pt").is_file() and (out / "ft.resume.pt").is_file()
@@ -219,7 +249,13 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
     monkeypatch.setattr(loops_mod, "predict", real_predict)
     messages: list[str] = []
     train_backbone(
-        profile, "tiny", phantom_data, torch.device("cpu"), tmp_path, progress=False, log=messages.append
+        profile,
+        "tiny",
+        phantom_data,
+        torch.device("cpu"),
+        cache_dir=tmp_path,
+        progress=False,
+        log=messages.append,
     )
     assert any("TL checkpoint is up to date" in m for m in messages)
     assert any("resuming fine-tuning after epoch 1 of 2" in m for m in messages)
@@ -229,10 +265,10 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
 def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp_path: Path) -> None:
     logs: list[str] = []
     path = pretrain_synthetic(
-        "tiny", tiny_profile.pretrain, 32, tmp_path, torch.device("cpu"), 8, log=logs.append
+        "tiny", tiny_profile.pretrain, 32, tmp_path, device=torch.device("cpu"), batch_size=8, log=logs.append
     )
     again = pretrain_synthetic(
-        "tiny", tiny_profile.pretrain, 32, tmp_path, torch.device("cpu"), 8, log=logs.append
+        "tiny", tiny_profile.pretrain, 32, tmp_path, device=torch.device("cpu"), batch_size=8, log=logs.append
     )
     assert path == again and "cached" in logs[-1]
     import drift_gate.training.pretrain as pretrain_mod
@@ -241,7 +277,13 @@ def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp
     try:
         pretrain_mod.code_sha256 = lambda *a: "0" * 64  # type: ignore[assignment]
         other = pretrain_mod.pretrain_synthetic(
-            "tiny", tiny_profile.pretrain, 32, tmp_path, torch.device("cpu"), 8, log=logs.append
+            "tiny",
+            tiny_profile.pretrain,
+            32,
+            tmp_path,
+            device=torch.device("cpu"),
+            batch_size=8,
+            log=logs.append,
         )
     finally:
         pretrain_mod.code_sha256 = real

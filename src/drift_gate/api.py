@@ -418,10 +418,10 @@ def baseline(
         dataset,
         folder,
         rules.methods,
-        per_class,
-        torch_device,
-        batch_size,
-        progress,
+        per_class=per_class,
+        device=torch_device,
+        batch_size=batch_size,
+        progress=progress,
         rules=rules,
         log=log,
         spec=spec,
@@ -539,7 +539,7 @@ def train(
             arch,
             dataset,
             dist.device,
-            Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+            cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
             progress=quiet,
             force=force,
             log=log,
@@ -626,7 +626,7 @@ def export(
         path, par = export_onnx(
             ckpt,
             ds,
-            tolerance,
+            tolerance=tolerance,
             device=torch_device,
             batch_size=batch_size,
             audit_sha256=audit.sha256,
@@ -691,5 +691,5 @@ def phantoms(
     from drift_gate.data.phantom_set import generate_dataset
 
     return generate_dataset(
-        Path(out), n_per_class, seed, size, progress=progress, shortcut=shortcut, occult=occult
+        Path(out), n_per_class, seed=seed, size=size, progress=progress, shortcut=shortcut, occult=occult
     )

@@ -75,7 +75,7 @@ def profile_data(profile: Profile, *, progress: bool = False, log: Log = quiet) 
     )
     if not ((root / "manifest.csv").is_file() and stamp.is_file() and stamp.read_text() == want):
         log(f"generating the phantom data set in {root} ...")
-        generate_dataset(root, cfg.n_per_class, cfg.seed, cfg.size, progress=progress)
+        generate_dataset(root, cfg.n_per_class, seed=cfg.seed, size=cfg.size, progress=progress)
         atomic_write_text(stamp, want)
     return root
 

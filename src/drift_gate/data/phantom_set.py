@@ -87,6 +87,7 @@ def parallel_map(
 def generate_dataset(
     out: Path,
     n_per_class: int,
+    *,
     seed: int = 0,
     size: int = 256,
     progress: bool = True,

@@ -372,6 +372,7 @@ def compute_cams(
     model: torch.nn.Module,
     dataset: Images,
     methods: Sequence[str],
+    *,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
     target: str = "label",

@@ -70,6 +70,7 @@ def counterfactual_drop(
     x: torch.Tensor,
     maps: np.ndarray,
     targets: np.ndarray,
+    *,
     border: float = 0.15,
     baseline: str = "swap",
     multilabel: bool = False,
@@ -127,6 +128,7 @@ def counterfactual_metrics(
     dataset: Images,
     maps: np.ndarray,
     targets: np.ndarray,
+    *,
     border: float,
     baseline: str,
     multilabel: bool = False,
@@ -141,7 +143,14 @@ def counterfactual_metrics(
         stop = min(start + batch_size, n)
         x = torch.stack([dataset[i][0] for i in range(start, stop)])
         outside, drop = counterfactual_drop(
-            model, x, maps[start:stop], targets[start:stop], border, baseline, multilabel, batch_size
+            model,
+            x,
+            maps[start:stop],
+            targets[start:stop],
+            border=border,
+            baseline=baseline,
+            multilabel=multilabel,
+            batch_size=batch_size,
         )
         parts["outside_anatomy"].append(outside)
         parts["counterfactual_drop"].append(drop)

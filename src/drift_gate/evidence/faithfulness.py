@@ -44,6 +44,7 @@ def deletion_insertion(
     x: torch.Tensor,
     maps: np.ndarray,
     targets: np.ndarray,
+    *,
     steps: int = 10,
     baseline: str = "blur",
     multilabel: bool = False,
@@ -95,6 +96,7 @@ def faithfulness_metrics(
     dataset: Images,
     reference: np.ndarray,
     candidate: np.ndarray,
+    *,
     targets: np.ndarray,
     steps: int,
     baseline: str,
@@ -111,7 +113,14 @@ def faithfulness_metrics(
         x = torch.stack([dataset[i][0] for i in range(rows.start, rows.stop)])
         for key, maps in (("faithfulness", candidate), ("reference_faithfulness", reference)):
             deletion, insertion = deletion_insertion(
-                model, x, maps[rows], targets[rows], steps, baseline, multilabel, batch_size
+                model,
+                x,
+                maps[rows],
+                targets[rows],
+                steps=steps,
+                baseline=baseline,
+                multilabel=multilabel,
+                batch_size=batch_size,
             )
             parts[key].append(insertion - deletion)
     out = {k: np.concatenate(v) for k, v in parts.items()}

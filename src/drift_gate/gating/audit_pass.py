@@ -122,7 +122,12 @@ def _cams(job: Job, model: torch.nn.Module, ds: Images) -> CamResult:
     replaced by a constant one, so that it counts as degenerate (reported, never averaged)
     instead of stopping the gate: the candidate's own numbers are the evidence against it."""
     cams = compute_cams(
-        model, ds, job.thresholds.methods, job.dist.device, job.batch_size, precision=job.precision
+        model,
+        ds,
+        job.thresholds.methods,
+        device=job.dist.device,
+        batch_size=job.batch_size,
+        precision=job.precision,
     )
     for method, maps in cams.maps.items():
         with np.errstate(invalid="ignore"):
@@ -172,9 +177,9 @@ def _chunk(
                 ds,
                 reference,
                 cams.maps[method],
-                cams.targets,
-                t.faithfulness_steps,
-                t.faithfulness_baseline,
+                targets=cams.targets,
+                steps=t.faithfulness_steps,
+                baseline=t.faithfulness_baseline,
                 multilabel=multilabel,
                 batch_size=job.batch_size,
             )
@@ -185,8 +190,8 @@ def _chunk(
                 ds,
                 cams.maps[method],
                 cams.targets,
-                t.counterfactual_border,
-                t.counterfactual_baseline,
+                border=t.counterfactual_border,
+                baseline=t.counterfactual_baseline,
                 multilabel=multilabel,
                 batch_size=job.batch_size,
             )

@@ -109,11 +109,11 @@ def create_baseline(
     data: DataSet,
     out: Path,
     methods: tuple[str, ...],
+    *,
     per_class: int = 10,
     device: str | torch.device = "cpu",
     batch_size: int = 16,
     progress: bool = False,
-    *,
     rules: Thresholds | None = None,
     log: Callable[[str], None] | None = None,
     spec: ModelSpec | None = None,
@@ -151,7 +151,16 @@ def create_baseline(
         raise DataError(
             f"data classes {list(data.classes)} differ from the checkpoint's {list(meta.classes)}"
         )
-    run = _reference_pass(model, meta, data, methods, per_class, device, batch_size, progress)
+    run = _reference_pass(
+        model,
+        meta,
+        data,
+        methods=methods,
+        per_class=per_class,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+    )
     coarse = grid_warning(next(iter(run.maps.values())).shape[1:], meta.input_size)
     for line in run.lines + ([f"warning: {coarse}"] if coarse else []):
         say(line)
@@ -193,6 +202,7 @@ def _reference_pass(
     model: torch.nn.Module,
     meta: CheckpointMeta,
     data: DataSet,
+    *,
     methods: tuple[str, ...],
     per_class: int,
     device: str | torch.device,
@@ -216,7 +226,7 @@ def _reference_pass(
         ds = ImageDataset(
             samples, meta.input_size, meta.mean, meta.std, cache=False, preprocess=meta.preprocess
         )
-        result = compute_cams(model, ds, methods, device, batch_size, progress=progress)
+        result = compute_cams(model, ds, methods, device=device, batch_size=batch_size, progress=progress)
         logits, labels, extra = result.logits, np.array([s.label for s in samples]), {}
         maps = dict(result.maps)
         correct = predicted_class(logits) == labels

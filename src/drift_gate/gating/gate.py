@@ -347,7 +347,7 @@ def _drift(
                 method,
                 summary,
                 job.thresholds,
-                approved,
+                approved=approved,
                 n_audit=n_audit,
                 n_classes=n_classes,
                 group=group,

@@ -51,7 +51,9 @@ def multilabel_reference(
 
     logits, _ = predict(model, dataset(samples), torch.device(device), batch_size)
     pair_samples, pairs = expand_pairs(samples)
-    cams = compute_cams(model, dataset(pair_samples), methods, device, batch_size, progress=progress)
+    cams = compute_cams(
+        model, dataset(pair_samples), methods, device=device, batch_size=batch_size, progress=progress
+    )
     positives = multi_hot(samples, len(meta.classes))
     predicted = predicted_positive(logits, operating_points(meta))
     correct = predicted[pairs[:, 0], pairs[:, 1]]

@@ -124,6 +124,7 @@ def evaluate_rules(
     method: str,
     summaries: dict[str, dict[str, Summary]],
     thresholds: Thresholds,
+    *,
     approved: dict[str, Any],
     n_audit: int = 0,
     n_classes: int = 0,

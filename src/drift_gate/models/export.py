@@ -165,6 +165,7 @@ def _export_bytes(
 def export_onnx(
     checkpoint: Path,
     dataset: ImageDataset,
+    *,
     tolerance: float = 1e-4,
     out: Path | None = None,
     device: torch.device | str = "cpu",

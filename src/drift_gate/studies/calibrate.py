@@ -135,6 +135,7 @@ def seed_runs(
     arch: str,
     data: DataSet,
     seeds: list[int],
+    *,
     out: Path,
     device: torch.device,
     progress: bool,
@@ -154,12 +155,12 @@ def seed_runs(
             folder / "tl.pt",
             data,
             profile.phase_for(arch, "ft"),
-            out / arch / f"ft.seed{seed}.pt",
-            seed,
-            profile.batch_size,
-            device,
-            progress,
-            log,
+            out=out / arch / f"ft.seed{seed}.pt",
+            seed=seed,
+            batch_size=profile.batch_size,
+            device=device,
+            progress=progress,
+            log=log,
         )
         runs.append((seed, path))
     return runs
@@ -193,6 +194,7 @@ def retrained_runs(
     profile: Profile,
     arch: str,
     data: DataSet,
+    *,
     vary: tuple[str, ...],
     out: Path,
     thresholds: Thresholds,
@@ -224,10 +226,18 @@ def retrained_runs(
                 reference=None,
             )
         log(f"[{arch}] calibration run: {VARY[source]} (seed {seed}), then its fine-tune")
-        trained = train_backbone(p, arch, data, device, cache_dir or default_cache_dir(), progress, log=log)
+        trained = train_backbone(
+            p, arch, data, device, cache_dir=cache_dir or default_cache_dir(), progress=progress, log=log
+        )
         base = out / "baselines" / source
         create_baseline(
-            trained.checkpoints["tl"], data, base / arch, thresholds.methods, per_class, device, batch_size
+            trained.checkpoints["tl"],
+            data,
+            base / arch,
+            thresholds.methods,
+            per_class=per_class,
+            device=device,
+            batch_size=batch_size,
         )
         runs.append((source, seed, trained.checkpoints["ft"], base))
     return runs
@@ -267,6 +277,7 @@ def _noise_rows(
     arch: str,
     method: str,
     results: list[tuple[int, CandidateResult]],
+    *,
     statistic: str,
     k: float | None,
     metrics: tuple[str, ...],
@@ -322,6 +333,7 @@ def run_calibration(
     data: DataSet,
     thresholds: Thresholds,
     out: Path,
+    *,
     seeds: list[int],
     k: float | None = None,
     per_class: int = 10,
@@ -361,8 +373,18 @@ def run_calibration(
     )
     for arch in profile.backbones:
         tl = Path(profile.out) / arch / "tl.pt"
-        create_baseline(tl, data, out / "baselines" / arch, thresholds.methods, per_class, device, batch_size)
-        runs = seed_runs(profile, arch, data, seeds, out / "runs", device, progress, log)
+        create_baseline(
+            tl,
+            data,
+            out / "baselines" / arch,
+            thresholds.methods,
+            per_class=per_class,
+            device=device,
+            batch_size=batch_size,
+        )
+        runs = seed_runs(
+            profile, arch, data, seeds, out=out / "runs", device=device, progress=progress, log=log
+        )
         pool = [("seed", seed, path, out / "baselines") for seed, path in runs]
         pool += [
             (m.name, profile.seed, path, out / "baselines")
@@ -374,14 +396,14 @@ def run_calibration(
             profile,
             arch,
             data,
-            vary,
-            out / "runs" / arch,
-            thresholds,
-            per_class,
-            device,
-            batch_size,
-            progress,
-            log,
+            vary=vary,
+            out=out / "runs" / arch,
+            thresholds=thresholds,
+            per_class=per_class,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            log=log,
         )
         results = _gate_pool(arch, pool, plain, data, device, batch_size, log)
         cal.n_audit[arch] = results[0][1].n_audit
@@ -433,7 +455,15 @@ def _add_rows(
     """``arch``'s noise rows for every method into ``cal``: over the runs' overall
     summaries, and over their newly-correct groups."""
     for method in thresholds.methods:
-        every = _noise_rows(arch, method, results, thresholds.statistic, k, tuple(METRICS), sources)
+        every = _noise_rows(
+            arch,
+            method,
+            results,
+            statistic=thresholds.statistic,
+            k=k,
+            metrics=tuple(METRICS),
+            sources=sources,
+        )
         if not every:
             raise DataError(
                 f"{arch}/{method}: a calibration run has no usable audit sample "
@@ -446,12 +476,12 @@ def _add_rows(
             arch,
             method,
             results,
-            thresholds.statistic,
-            k,
-            CALIBRATED,
-            sources,
-            "newly_correct",
-            thresholds.newly_correct_min_samples,
+            statistic=thresholds.statistic,
+            k=k,
+            metrics=CALIBRATED,
+            sources=sources,
+            group="newly_correct",
+            fewest=thresholds.newly_correct_min_samples,
         )
 
 

@@ -154,6 +154,7 @@ def run_study(
     data: DataSet,
     methods: tuple[str, ...],
     out: Path,
+    *,
     per_class: int = 1000,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
@@ -165,7 +166,16 @@ def run_study(
     histories: dict[str, dict[str, list[float]]] = {}
     for arch, folder in checkpoints.items():
         base = out / "baselines" / arch
-        create_baseline(folder / "tl.pt", data, base, methods, per_class, device, batch_size, progress)
+        create_baseline(
+            folder / "tl.pt",
+            data,
+            base,
+            methods,
+            per_class=per_class,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+        )
         c, _ = run_gate(
             folder / "ft.pt",
             baselines=out / "baselines",

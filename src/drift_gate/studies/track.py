@@ -47,6 +47,7 @@ def run_track(
     data: DataSet,
     thresholds: Thresholds,
     out: Path,
+    *,
     per_class: int = 10,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
@@ -76,10 +77,10 @@ def run_track(
             data,
             baselines / meta.arch,
             thresholds.methods,
-            per_class,
-            device,
-            batch_size,
-            progress,
+            per_class=per_class,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
         )
     result = TrackResult(meta.arch)
     previous: tuple[dict[str, np.ndarray], np.ndarray] | None = None

@@ -202,6 +202,7 @@ def phantoms_with_strip(
     out: Path,
     shortcut: float,
     occult: float,
+    *,
     progress: bool,
     cue: str = "strip",
     n_per_class: int | None = None,
@@ -222,7 +223,9 @@ def phantoms_with_strip(
     settings = {"n_per_class": n, "size": p.size, "seed": seed, "shortcut": shortcut}
     want = json.dumps({**settings, "occult": occult, **({"cue": cue} if cue != "strip" else {})})
     if not ((out / "manifest.csv").is_file() and stamp.is_file() and stamp.read_text() == want):
-        generate_dataset(out, n, seed, p.size, progress=progress, shortcut=shortcut, occult=occult, cue=cue)
+        generate_dataset(
+            out, n, seed=seed, size=p.size, progress=progress, shortcut=shortcut, occult=occult, cue=cue
+        )
         atomic_write_text(stamp, want)
     return load_dataset(out)
 
@@ -293,12 +296,12 @@ def _seed_control(b: _Bench, arch: str, tl: Path, base: Path, seed: int) -> None
         tl,
         b.data,
         phase,
-        b.out / "candidates" / arch / f"ft.seed{seed}.pt",
-        seed,
-        b.profile.batch_size,
-        b.device,
-        b.progress,
-        b.log,
+        out=b.out / "candidates" / arch / f"ft.seed{seed}.pt",
+        seed=seed,
+        batch_size=b.profile.batch_size,
+        device=b.device,
+        progress=b.progress,
+        log=b.log,
     )
     c, _ = b.gate(cand, base, b.data.root)
     b.add("seed", PASS, c, c.verdict == PASS, {"seed": seed})
@@ -359,7 +362,14 @@ def _cue_reference(b: _Bench, arch: str, cue: _Cue, cache_dir: Path) -> Path:
     b.log(f"[{arch}] {cue.name} controls: reference = TL on phantoms whose {cue.name} is uninformative")
     ref_profile = replace(b.profile, out=str(b.out / f"{cue.name}-reference"))
     reference = train_backbone(
-        ref_profile, arch, cue.uninformative, b.device, cache_dir, b.progress, log=b.log, phases=("tl",)
+        ref_profile,
+        arch,
+        cue.uninformative,
+        b.device,
+        cache_dir=cache_dir,
+        progress=b.progress,
+        log=b.log,
+        phases=("tl",),
     ).checkpoints["tl"]
     base = b.out / "baselines" / f"{cue.name}-shortcut" / arch
     create_baseline(
@@ -367,10 +377,10 @@ def _cue_reference(b: _Bench, arch: str, cue: _Cue, cache_dir: Path) -> Path:
         cue.audit,
         base,
         b.thresholds.methods,
-        b.shortcut_per_class,
-        b.device,
-        b.batch_size,
-        b.progress,
+        per_class=b.shortcut_per_class,
+        device=b.device,
+        batch_size=b.batch_size,
+        progress=b.progress,
     )
     return reference
 
@@ -395,12 +405,12 @@ def _cue_control(
         reference,
         train_on,
         profile.phase_for(arch, "ft"),
-        b.out / "candidates" / arch / f"ft.{control}.pt",
-        profile.seed,
-        profile.batch_size,
-        b.device,
-        b.progress,
-        b.log,
+        out=b.out / "candidates" / arch / f"ft.{control}.pt",
+        seed=profile.seed,
+        batch_size=profile.batch_size,
+        device=b.device,
+        progress=b.progress,
+        log=b.log,
     )
     c, art = b.gate(cand, base, cue.audit.root)
     cues = cue_masks(c.sample_ids, cue.audit_seed, detail["correlation"], art["size"], cue.name)
@@ -455,7 +465,9 @@ def _cues(
             kind: str, rho: float, hide: float, n: int | None = None, seed: int | None = None
         ) -> DataSet:
             folder = out / f"data-{cue}-{kind}"
-            return phantoms_with_strip(profile, folder, rho, hide, progress, cue, n, seed)
+            return phantoms_with_strip(
+                profile, folder, rho, hide, progress=progress, cue=cue, n_per_class=n, seed=seed
+            )
 
         return _Cue(
             cue,
@@ -486,6 +498,7 @@ def run_validation(
     data: DataSet,
     thresholds: Thresholds,
     out: Path,
+    *,
     seed: int,
     shortcut: float = 0.95,
     occult: float = 0.5,
@@ -539,7 +552,16 @@ def run_validation(
     for arch in profile.backbones:
         tl = Path(profile.out) / arch / "tl.pt"
         clean = out / "baselines" / "clean"
-        create_baseline(tl, data, clean / arch, thresholds.methods, per_class, b.device, batch_size, progress)
+        create_baseline(
+            tl,
+            data,
+            clean / arch,
+            thresholds.methods,
+            per_class=per_class,
+            device=b.device,
+            batch_size=batch_size,
+            progress=progress,
+        )
         if "self" in controls or "permuted" in controls:
             _self_and_permuted(b, arch, tl, clean, controls)
         if "seed" in controls:

@@ -184,7 +184,14 @@ def _tl_phase(run: _Run, cache_dir: Path) -> tuple[Classifier, CheckpointMeta]:
         state = main_first(
             run.dist,
             lambda: pretrain_synthetic(
-                arch, profile.pretrain, size, cache_dir, device, bs, run.progress, run.log
+                arch,
+                profile.pretrain,
+                size,
+                cache_dir,
+                device=device,
+                batch_size=bs,
+                progress=run.progress,
+                log=run.log,
             ),
         )
         load_body_weights(model.body, state)
@@ -198,7 +205,14 @@ def _tl_phase(run: _Run, cache_dir: Path) -> tuple[Classifier, CheckpointMeta]:
     }
     cfg = profile.phase_for(arch, "tl")
     epoch, history = train_head(
-        model, feats["train"], feats["val"], cfg, bs, profile.seed, run.data.classes, run.progress
+        model,
+        feats["train"],
+        feats["val"],
+        cfg,
+        batch_size=bs,
+        seed=profile.seed,
+        classes=run.data.classes,
+        progress=run.progress,
     )
     broadcast(run.dist, model.head)  # every rank continues from rank 0's head
     model.to(device)
@@ -235,18 +249,18 @@ def _ft_phase(run: _Run, model: Classifier, precision: str, keep_epochs: bool) -
         model,
         run.sets["train"],
         run.sets["val"],
-        cfg,
-        bs,
-        profile.seed,
-        device,
-        resume,
-        run.keys["ft"],
-        run.data.classes,
-        run.progress,
-        run.log,
-        run.dist,
-        precision,
-        keep if keep_epochs else None,
+        cfg=cfg,
+        batch_size=bs,
+        seed=profile.seed,
+        device=device,
+        resume=resume,
+        config_sha256=run.keys["ft"],
+        classes=run.data.classes,
+        progress=run.progress,
+        log=run.log,
+        dist=run.dist,
+        precision=precision,
+        on_epoch=keep if keep_epochs else None,
     )
     metrics = {}
     for s in ("val", "test"):
@@ -307,6 +321,7 @@ def train_backbone(
     arch: str,
     data: DataSet,
     device: torch.device,
+    *,
     cache_dir: Path,
     progress: bool = True,
     force: bool = False,
@@ -385,6 +400,7 @@ def finetune_from(
     reference: Path,
     data: DataSet,
     cfg: PhaseConfig,
+    *,
     out: Path,
     seed: int,
     batch_size: int,
@@ -435,15 +451,15 @@ def finetune_from(
         model,
         sets["train"],
         sets["val"],
-        cfg,
-        batch_size,
-        seed,
-        device,
-        resume,
-        config_sha,
-        data.classes,
-        progress,
-        log,
+        cfg=cfg,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        resume=resume,
+        config_sha256=config_sha,
+        classes=data.classes,
+        progress=progress,
+        log=log,
     )
     metrics = {
         s: classification_metrics(*predict(model, sets[s], device, batch_size), data.classes)

@@ -46,6 +46,7 @@ def pretrain_synthetic(
     cfg: PretrainConfig,
     input_size: int,
     cache_dir: Path,
+    *,
     device: torch.device,
     batch_size: int,
     progress: bool = False,
