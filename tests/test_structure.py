@@ -164,3 +164,22 @@ def test_the_length_check_sees_a_long_function_a_long_module_and_their_reasons(t
     big.write_text('"""A module.\n\nSize: a reason.\n"""\n' + "x = 1\n" * LONGEST_MODULE)
     assert _too_long(big, tmp_path) == []
     assert not _says_why("Doc. Size: inline")
+
+
+#: More positional parameters than this and a call no longer says what it passes.
+MOST_POSITIONAL = 7
+
+
+def test_settings_are_passed_by_name() -> None:
+    """A function's subjects may be positional; its settings (device, batch size,
+    progress, seeds, …) are keyword-only, so no call is a row of unnamed values."""
+    many = []
+    for path in sorted((SRC / "drift_gate").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = [
+                    a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")
+                ]
+                if len(names) > MOST_POSITIONAL:
+                    many.append(f"{path.relative_to(SRC).as_posix()}:{node.lineno} {node.name}: {len(names)}")
+    assert many == []

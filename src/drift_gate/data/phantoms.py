@@ -176,6 +176,7 @@ def _blob(
     cv: float,
     au: float,
     av: float,
+    *,
     edge: float,
     lumpiness: float,
 ) -> Array:
@@ -195,8 +196,8 @@ def _consolidation(rng: np.random.Generator, a: _Anatomy, side: float, zone: str
         cv,
         rng.uniform(0.07, 0.10),
         rng.uniform(0.06, 0.09),
-        0.015,
-        1.0,
+        edge=0.015,
+        lumpiness=1.0,
     )
     # Air bronchograms: thin lucent branches inside the dense opacity.
     size = a.u.shape[0]
@@ -219,8 +220,8 @@ def _ground_glass(rng: np.random.Generator, a: _Anatomy, side: float, zone: str)
                 cv,
                 rng.uniform(0.05, 0.07),
                 rng.uniform(0.08, 0.12),
-                0.03,
-                0.6,
+                edge=0.03,
+                lumpiness=0.6,
             ),
         )
     return 0.14 * out
