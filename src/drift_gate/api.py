@@ -285,24 +285,27 @@ class _ProfileGate:
         """The data root (``source``, else the profile's data, made if needed) after the
         baselines the profile gates against are there: rank 0 makes them, the other ranks
         then find them."""
+        from drift_gate.data.datasets import load_dataset
         from drift_gate.distributed import main_first
+        from drift_gate.gating.baseline import create_baseline
 
         def make() -> Path:
             data_root = source or profile_data(self.prof, progress=progress and dist.main, log=log)
-            made = [
-                arch
-                for arch in self.archs
-                if self._baseline(
-                    arch,
-                    data_root,
-                    rules,
-                    create_missing=create_missing,
-                    dist=dist,
-                    progress=progress,
-                    log=log,
-                    signer=signer,
-                )
-            ]
+            made = []
+            for arch in self.archs:
+                if self._due(arch, rules, create_missing, log) and dist.main:
+                    create_baseline(
+                        Path(self.prof.out) / arch / "tl.pt",
+                        load_dataset(data_root),
+                        self.root / arch,
+                        rules.methods,
+                        device=dist.device,
+                        progress=progress,
+                        rules=rules,
+                        log=quiet if self.own_tl else log,
+                        signer=signer,
+                    )
+                    made.append(arch)
             if made and self.own_tl:
                 log(
                     f"baselines: made from the TL checkpoints just trained ({self.prof.out}/<arch>/tl.pt, "
@@ -312,47 +315,20 @@ class _ProfileGate:
 
         return main_first(dist, make)
 
-    def _baseline(
-        self,
-        arch: str,
-        data_root: Path,
-        rules: Thresholds,
-        *,
-        create_missing: bool,
-        dist: Dist,
-        progress: bool,
-        log: Log,
-        signer: Any,
-    ) -> bool:
-        """Makes ``arch``'s baseline where it is due (own-TL: missing or not from the TL
-        checkpoint beside the FT one; else missing and ``create_missing``); whether it did."""
-        from drift_gate.data.datasets import load_dataset
-        from drift_gate.gating.baseline import create_baseline
-
+    def _due(self, arch: str, rules: Thresholds, create_missing: bool, log: Log) -> bool:
+        """Whether ``arch``'s baseline is to be made: own-TL, when it is missing or was not
+        made from the TL checkpoint beside the FT one; else when it is missing and
+        ``create_missing`` (and it says so)."""
         ft = Path(self.prof.out) / arch / "ft.pt"
         if not ft.is_file():
             raise missing_checkpoint(ft, self.prof, "FT checkpoint")
         base, tl = self.root / arch, ft.parent / "tl.pt"
         if self.own_tl:
-            make = not _made_from(base, tl, rules.methods)
-        else:
-            make = create_missing and not (base / "baseline.json").is_file()
-            if make:
-                log(f"baseline {base} is missing: creating it from {tl}")
-        if not (make and dist.main):
-            return False
-        create_baseline(
-            tl,
-            load_dataset(data_root),
-            base,
-            rules.methods,
-            device=dist.device,
-            progress=progress,
-            rules=rules,
-            log=quiet if self.own_tl else log,
-            signer=signer,
-        )
-        return True
+            return not _made_from(base, tl, rules.methods)
+        if create_missing and not (base / "baseline.json").is_file():
+            log(f"baseline {base} is missing: creating it from {tl}")
+            return True
+        return False
 
 
 def _profile_gate(
