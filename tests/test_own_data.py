@@ -67,6 +67,7 @@ def test_baseline_says_what_the_audit_set_holds(
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "audit set: 10 test images, 2 per class, not the 50 asked for: the fewest test images" in err
+    assert "read: the audit images alone, 10 of the data set's" in err
     assert "reference: " in err and " of 10 audit images classified correctly (normal " in err
     doc = json.loads((env["baselines"] / "tiny" / "baseline.json").read_text())
     assert doc["audit"]["requested_per_class"] == 50 and sum(doc["audit"]["reference_correct"].values()) <= 10

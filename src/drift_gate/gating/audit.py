@@ -232,6 +232,8 @@ def audit_summary(
         why = f"{n} per class, as asked"
     lines = [
         f"audit set: {n * len(data.classes)} test images, {why}",
+        f"read: the audit images alone, {n * len(data.classes)} of the data set's {len(data.samples)} "
+        "(its other images are neither decoded nor checked by baseline or gate)",
         f"reference: {int(correct.sum())} of {len(labels)} audit images classified correctly ("
         + ", ".join(f"{k} {v}/{n}" for k, v in right.items())
         + ")",
