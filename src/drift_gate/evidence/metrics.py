@@ -27,9 +27,11 @@ import torch
 from torch import Tensor
 
 from drift_gate.evidence.registry import (
+    METRICS,
     PAIRWISE_METRICS,
     RANK_METRICS,
     ArrayLike,
+    Pairs,
 )
 
 __all__ = [
@@ -279,18 +281,19 @@ def concentration_change(a: ArrayLike, b: ArrayLike) -> np.ndarray:
 
 
 def _one(name: str, a: ArrayLike, b: ArrayLike, q: float = 0.2) -> np.ndarray:
-    """One pairwise metric by its formula in :data:`FORMULAS`, on min-max normalised maps
+    """One pairwise metric by its formula (:data:`FORMULAS`), on min-max normalised maps
     (checked for NaN, Inf and their shapes first)."""
     na, nb, _ = _pair(a, b)
     return _chunk_metrics(na, nb, q, (name,))[name]
 
 
 @dataclass(frozen=True)
-class Pairs:
-    """What the pairwise formulas read of a chunk of map pairs (A: reference, B:
-    candidate), computed once for all of them: each map's statistics from its raw
-    values, the flattened raw maps, the top-``q`` pixel count ``k`` and the overlap of
-    the top-``q`` masks, and the image diagonal."""
+class ChunkPairs:
+    """The registry's :class:`~drift_gate.evidence.registry.Pairs` for one chunk of map
+    pairs (A: reference, B: candidate), computed once for every formula: each map's
+    statistics from its raw values, the flattened raw maps, the top-``q`` pixel count
+    ``k`` and the overlap of the top-``q`` masks, the image diagonal; and the operations
+    formulas share."""
 
     a: _Stats
     b: _Stats
@@ -300,24 +303,33 @@ class Pairs:
     overlap: Tensor
     diagonal: float
 
+    @staticmethod
+    def pearson(x: Tensor, y: Tensor, span_x: Tensor | None = None, span_y: Tensor | None = None) -> Tensor:
+        """Pearson r per row (``span_*``: each row's max - min, to rescale huge ranges)."""
+        return _pearson(x, y, span_x, span_y)
 
-#: Each pairwise metric's formula (one per :data:`~drift_gate.evidence.registry.PAIRWISE_METRICS`
-#: name, which declares its direction and range): the only place it is written. The
-#: per-metric functions above and :func:`drift_metrics` both evaluate it. A new pairwise
-#: metric is its registry entry and one formula here.
+    @staticmethod
+    def ranks(flat: Tensor) -> Tensor:
+        """Average ranks per row (ties share their mean rank)."""
+        return _avg_ranks(flat)
+
+    @staticmethod
+    def gini(flat: Tensor) -> Tensor:
+        """Gini coefficient per row."""
+        return _gini(flat)
+
+    @staticmethod
+    def minmax(flat: Tensor) -> Tensor:
+        """Each row min-max normalised to ``[0, 1]`` (a constant row to 0)."""
+        return _normalise(flat[:, None, :])[0][:, 0, :]
+
+
+#: Each pairwise metric's formula, by name, as the registry declares it
+#: (:attr:`MetricSpec.formula <drift_gate.evidence.registry.MetricSpec.formula>`): the
+#: per-metric functions above and :func:`drift_metrics` both evaluate these.
 FORMULAS: dict[str, Callable[[Pairs], Tensor]] = {
-    "displacement": lambda p: (p.a.centroid - p.b.centroid).norm(dim=1) / p.diagonal,
-    "peak_displacement": lambda p: (p.a.peak - p.b.peak).norm(dim=1) / p.diagonal,
-    "iou": lambda p: p.overlap / (2 * p.k - p.overlap),  # both masks hold exactly k pixels
-    "correlation": lambda p: _pearson(p.fa, p.fb, p.a.span, p.b.span),
-    "spearman": lambda p: _pearson(_avg_ranks(p.fa), _avg_ranks(p.fb)),
-    "concentration_change": lambda p: p.b.concentration - p.a.concentration,
-    "gini_change": lambda p: _gini(_minmax(p.fb)) - _gini(_minmax(p.fa)),
+    name: formula for name, spec in METRICS.items() if (formula := spec.formula) is not None
 }
-
-
-def _minmax(flat: Tensor) -> Tensor:
-    return _normalise(flat[:, None, :])[0][:, 0, :]
 
 
 def drift_metrics(
@@ -377,7 +389,7 @@ def _chunk_metrics(a: Tensor, b: Tensor, q: float, names: Sequence[str]) -> dict
     fa, fb = a_raw.flatten(1), b_raw.flatten(1)
     k = _top_k(fa.shape[1], q)
     overlap = _sum64(_mask_at(fa, sa.thr_q, k) & _mask_at(fb, sb.thr_q, k), 1)
-    pairs = Pairs(sa, sb, fa, fb, k, overlap, _diag(a_raw))
+    pairs = ChunkPairs(sa, sb, fa, fb, k, overlap, _diag(a_raw))
     out = {name: FORMULAS[name](pairs) for name in names}
     out.update(concentration_a=sa.concentration, concentration_b=sb.concentration)
     result = {key: _nan_where(v, deg) for key, v in out.items()}

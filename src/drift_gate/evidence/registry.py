@@ -1,11 +1,15 @@
-"""The metric registry: every metric's name, which way is better, its ideal value and a
-one-line description. Thresholds, reports and calibration read it; none lists metrics again.
+"""The metric registry: every metric's name, which way is better, its ideal value, a
+one-line description and, for a metric that compares two maps, its formula. Thresholds,
+reports, calibration and :func:`~drift_gate.evidence.metrics.drift_metrics` read it; none
+lists metrics again. A new pairwise metric is one entry here (and its test).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from torch import Tensor
@@ -35,6 +39,46 @@ class Direction(enum.Enum):
     ZERO = "closer to 0"
 
 
+class MapStats(Protocol):
+    """One batch of maps' statistics that pairwise formulas read, per map (from raw values;
+    min-max normalisation folded in)."""
+
+    @property
+    def centroid(self) -> Tensor: ...  # (N, 2) intensity-weighted centroid (row, column)
+    @property
+    def peak(self) -> Tensor: ...  # (N, 2) the first maximum (row, column)
+    @property
+    def span(self) -> Tensor: ...  # (N,) max - min
+    @property
+    def concentration(self) -> Tensor: ...  # (N,) share of the mass in the top 10 % of pixels
+
+
+class Pairs(Protocol):
+    """What a pairwise formula reads of a chunk of map pairs (A: reference, B: candidate),
+    computed once for every formula (:class:`drift_gate.evidence.metrics.ChunkPairs`)."""
+
+    @property
+    def a(self) -> MapStats: ...
+    @property
+    def b(self) -> MapStats: ...
+    @property
+    def fa(self) -> Tensor: ...  # (N, P) A's raw maps, flattened
+    @property
+    def fb(self) -> Tensor: ...
+    @property
+    def k(self) -> int: ...  # pixels in each top-q mask
+    @property
+    def overlap(self) -> Tensor: ...  # (N,) pixels in both top-q masks
+    @property
+    def diagonal(self) -> float: ...  # the map's diagonal, in cells
+    def pearson(
+        self, x: Tensor, y: Tensor, span_x: Tensor | None = None, span_y: Tensor | None = None
+    ) -> Tensor: ...  # Pearson r per row
+    def ranks(self, flat: Tensor) -> Tensor: ...  # average ranks per row
+    def gini(self, flat: Tensor) -> Tensor: ...  # Gini coefficient per row
+    def minmax(self, flat: Tensor) -> Tensor: ...  # each row min-max normalised
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """A drift metric's declared properties.
@@ -47,6 +91,9 @@ class MetricSpec:
         description: one line for reports.
         range: the values the metric can take (bounds outside it are refused).
         title: its name in table headings, where not the name in words (``IoU``).
+        formula: for a metric of two maps (A: reference, B: candidate), its value for each
+            pair of a chunk from the statistics the chunk shares
+            (:class:`Pairs`); written only here.
     """
 
     name: str
@@ -55,6 +102,7 @@ class MetricSpec:
     description: str
     range: tuple[float, float] = (0.0, 1.0)
     title: str = ""
+    formula: Callable[[Pairs], Tensor] | None = field(default=None, compare=False, repr=False)
 
     @property
     def heading(self) -> str:
@@ -70,21 +118,55 @@ METRICS: dict[str, MetricSpec] = {
             Direction.LOWER,
             0.0,
             "distance between intensity-weighted centroids / image diagonal",
+            formula=lambda p: (p.a.centroid - p.b.centroid).norm(dim=1) / p.diagonal,
         ),
         MetricSpec(
-            "peak_displacement", Direction.LOWER, 0.0, "distance between the maps' maxima / image diagonal"
+            "peak_displacement",
+            Direction.LOWER,
+            0.0,
+            "distance between the maps' maxima / image diagonal",
+            formula=lambda p: (p.a.peak - p.b.peak).norm(dim=1) / p.diagonal,
         ),
-        MetricSpec("iou", Direction.HIGHER, 1.0, "IoU of the top-q pixel masks", title="IoU"),
-        MetricSpec("correlation", Direction.HIGHER, 1.0, "Pearson correlation of the maps", (-1.0, 1.0)),
-        MetricSpec("spearman", Direction.HIGHER, 1.0, "Spearman rank correlation of the maps", (-1.0, 1.0)),
+        MetricSpec(
+            "iou",
+            Direction.HIGHER,
+            1.0,
+            "IoU of the top-q pixel masks",
+            title="IoU",
+            formula=lambda p: p.overlap / (2 * p.k - p.overlap),  # both masks hold exactly k pixels
+        ),
+        MetricSpec(
+            "correlation",
+            Direction.HIGHER,
+            1.0,
+            "Pearson correlation of the maps",
+            (-1.0, 1.0),
+            formula=lambda p: p.pearson(p.fa, p.fb, p.a.span, p.b.span),
+        ),
+        MetricSpec(
+            "spearman",
+            Direction.HIGHER,
+            1.0,
+            "Spearman rank correlation of the maps",
+            (-1.0, 1.0),
+            formula=lambda p: p.pearson(p.ranks(p.fa), p.ranks(p.fb)),
+        ),
         MetricSpec(
             "concentration_change",
             Direction.ZERO,
             0.0,
             "top-10 % mass share of B minus that of A",
             (-1.0, 1.0),
+            formula=lambda p: p.b.concentration - p.a.concentration,
         ),
-        MetricSpec("gini_change", Direction.ZERO, 0.0, "Gini coefficient of B minus that of A", (-1.0, 1.0)),
+        MetricSpec(
+            "gini_change",
+            Direction.ZERO,
+            0.0,
+            "Gini coefficient of B minus that of A",
+            (-1.0, 1.0),
+            formula=lambda p: p.gini(p.minmax(p.fb)) - p.gini(p.minmax(p.fa)),
+        ),
         # Reference-based: need a ground-truth finding mask per sample (NaN without one).
         MetricSpec(
             "pointing_game",
@@ -170,11 +252,7 @@ FAITHFULNESS_METRICS = ("faithfulness", "reference_faithfulness", "faithfulness_
 #: Metrics of the counterfactual check (computed on the candidate only, opt-in).
 COUNTERFACTUAL_METRICS = ("outside_anatomy", "counterfactual_drop")
 #: Metrics that compare two maps with each other (what ``drift_metrics`` computes).
-PAIRWISE_METRICS = tuple(
-    name
-    for name in METRICS
-    if name not in (*LOCALISATION_METRICS, *FAITHFULNESS_METRICS, *COUNTERFACTUAL_METRICS)
-)
+PAIRWISE_METRICS = tuple(name for name, spec in METRICS.items() if spec.formula is not None)
 
 #: Metrics that need a full sort of every map (O(P log P)); opt-in in drift_metrics.
 RANK_METRICS = ("spearman", "gini_change")
