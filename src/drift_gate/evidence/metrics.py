@@ -12,8 +12,9 @@ mass come from selection (``numpy.partition``), not sorting, with a deterministi
 row-major tie-break. Spearman and Gini need a full sort and are opt-in in
 :func:`drift_metrics`. Maps are float32; sums accumulate in float64.
 
-Size: each metric's per-sample function and the fused batch path that computes them all
-from shared intermediates stay side by side, so the two are read (and tested) together.
+Size: the statistics a chunk of pairs shares (selection, centroids, ranks, Gini), the
+fused batch path and the per-metric functions that evaluate the registry's formulas stay
+side by side, so the two paths are read (and tested) together.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -282,26 +284,35 @@ def concentration_change(a: ArrayLike, b: ArrayLike) -> np.ndarray:
 
 def _one(name: str, a: ArrayLike, b: ArrayLike, q: float = 0.2) -> np.ndarray:
     """One pairwise metric by its formula (:data:`FORMULAS`), on min-max normalised maps
-    (checked for NaN, Inf and their shapes first)."""
-    na, nb, _ = _pair(a, b)
-    return _chunk_metrics(na, nb, q, (name,))[name]
+    (checked for NaN, Inf and their shapes first); only what the formula reads is computed."""
+    na, nb, deg = _pair(a, b)
+    return _nan_where(FORMULAS[name](ChunkPairs(na, nb, q)), deg)
 
 
-@dataclass(frozen=True)
 class ChunkPairs:
     """The registry's :class:`~drift_gate.evidence.registry.Pairs` for one chunk of map
-    pairs (A: reference, B: candidate), computed once for every formula: each map's
-    statistics from its raw values, the flattened raw maps, the top-``q`` pixel count
-    ``k`` and the overlap of the top-``q`` masks, the image diagonal; and the operations
-    formulas share."""
+    pairs (A: reference, B: candidate): each map's statistics from its raw values, the
+    flattened raw maps, the top-``q`` pixel count ``k`` and the overlap of the top-``q``
+    masks, the image diagonal; and the operations formulas share. The statistics and the
+    overlap are computed on first use, once for every formula that reads them."""
 
-    a: _Stats
-    b: _Stats
-    fa: Tensor
-    fb: Tensor
-    k: int
-    overlap: Tensor
-    diagonal: float
+    def __init__(self, a: Tensor, b: Tensor, q: float) -> None:
+        self._raw, self._q = (a, b), q
+        self.fa, self.fb = a.flatten(1), b.flatten(1)
+        self.k = _top_k(self.fa.shape[1], q)
+        self.diagonal = _diag(a)
+
+    @cached_property
+    def a(self) -> _Stats:
+        return _raw_stats(self._raw[0], self._q)
+
+    @cached_property
+    def b(self) -> _Stats:
+        return _raw_stats(self._raw[1], self._q)
+
+    @cached_property
+    def overlap(self) -> Tensor:
+        return _sum64(_mask_at(self.fa, self.a.thr_q, self.k) & _mask_at(self.fb, self.b.thr_q, self.k), 1)
 
     @staticmethod
     def pearson(x: Tensor, y: Tensor, span_x: Tensor | None = None, span_y: Tensor | None = None) -> Tensor:
@@ -382,16 +393,10 @@ def drift_metrics(
 def _chunk_metrics(a: Tensor, b: Tensor, q: float, names: Sequence[str]) -> dict[str, np.ndarray]:
     """``names``' formulas on one chunk of pairs, NaN where a map is degenerate; with
     ``concentration_a``/``concentration_b`` and ``degenerate``."""
-    a_raw = _as_tensor(a, check=False)
-    b_raw = _as_tensor(b, check=False)
-    sa, sb = _raw_stats(a_raw, q), _raw_stats(b_raw, q)
-    deg = sa.degenerate | sb.degenerate
-    fa, fb = a_raw.flatten(1), b_raw.flatten(1)
-    k = _top_k(fa.shape[1], q)
-    overlap = _sum64(_mask_at(fa, sa.thr_q, k) & _mask_at(fb, sb.thr_q, k), 1)
-    pairs = ChunkPairs(sa, sb, fa, fb, k, overlap, _diag(a_raw))
+    pairs = ChunkPairs(_as_tensor(a, check=False), _as_tensor(b, check=False), q)
+    deg = pairs.a.degenerate | pairs.b.degenerate  # the statistics check the values too
     out = {name: FORMULAS[name](pairs) for name in names}
-    out.update(concentration_a=sa.concentration, concentration_b=sb.concentration)
+    out.update(concentration_a=pairs.a.concentration, concentration_b=pairs.b.concentration)
     result = {key: _nan_where(v, deg) for key, v in out.items()}
     result["degenerate"] = deg.numpy()
     return result
