@@ -12,7 +12,7 @@ Errors are :class:`drift_gate.errors.DriftGateError` subclasses whose ``str`` is
 the one-line message; nothing here prints, except through the optional ``log``.
 
 Size: one function per command with its whole argument documentation (the Python API
-reference is generated from it), and the gate's helpers that only the facade uses.
+reference is generated from it); what they are given is resolved in :mod:`drift_gate.inputs`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from drift_gate.inputs import (
     missing_checkpoint,
     profile_data,
     profile_from,
+    profile_gate,
     quiet,
     rules_from,
     spec_from,
@@ -64,24 +65,6 @@ __all__ = [
     "train",
     "verify_bundle",
 ]
-
-
-def _made_from(base: Path, reference: Path, methods: Sequence[str]) -> bool:
-    """Whether the baseline in ``base`` is intact, has maps for ``methods`` and was made
-    from the file ``reference`` (an own-TL baseline is re-made otherwise)."""
-    from drift_gate._io import file_sha256
-    from drift_gate.errors import DriftGateError
-    from drift_gate.gating.stored import load_baseline
-
-    if not (base / "baseline.json").is_file() or not reference.is_file():
-        return False
-    try:
-        stored = load_baseline(base)
-    except DriftGateError:
-        return False
-    return stored.meta["reference"]["sha256"] == file_sha256(reference) and all(
-        m in stored.maps for m in methods
-    )
 
 
 def _local(dist: Dist | None, device: str) -> Dist:
@@ -173,7 +156,7 @@ def gate(
     source = None if data is None else Path(data)
     root = Path("baselines") if baselines is None else Path(baselines)
     if profile is not None:
-        plan = _profile_gate(profile, profiles, backbones, baselines)
+        plan = profile_gate(profile, profiles, backbones, baselines)
         root = plan.root
         source = plan.prepare(
             source,
@@ -249,104 +232,6 @@ def _record_gate(
         runs = log_gate(tracking, result, artifacts, result.report_paths)
         log(f"mlflow: {len(runs)} run(s) in experiment {tracking.experiment!r} at {tracking.uri}")
     barrier(dist)
-
-
-@dataclass(frozen=True)
-class _ProfileGate:
-    """A profile's part of a gate: its FT checkpoints (of ``archs``), the baselines root,
-    and whether their baselines are made here from the TL checkpoints beside them."""
-
-    prof: Profile
-    archs: tuple[str, ...]
-    root: Path
-    own_tl: bool
-
-    @property
-    def candidates(self) -> list[Path]:
-        return [Path(self.prof.out) / arch / "ft.pt" for arch in self.archs]
-
-    @property
-    def references(self) -> dict[Path, Path]:
-        """Each FT checkpoint descends from the TL checkpoint beside it: its baseline must
-        have been made from exactly that one."""
-        return {ft: ft.parent / "tl.pt" for ft in self.candidates}
-
-    def prepare(
-        self,
-        source: Path | None,
-        rules: Thresholds,
-        *,
-        create_missing: bool,
-        dist: Dist,
-        progress: bool,
-        log: Log,
-        signer: Any,
-    ) -> Path:
-        """The data root (``source``, else the profile's data, made if needed) after the
-        baselines the profile gates against are there: rank 0 makes them, the other ranks
-        then find them."""
-        from drift_gate.data.datasets import load_dataset
-        from drift_gate.distributed import main_first
-        from drift_gate.gating.baseline import create_baseline
-
-        def make() -> Path:
-            data_root = source or profile_data(self.prof, progress=progress and dist.main, log=log)
-            made = []
-            for arch in self.archs:
-                if self._due(arch, rules, create_missing, log) and dist.main:
-                    create_baseline(
-                        Path(self.prof.out) / arch / "tl.pt",
-                        load_dataset(data_root),
-                        self.root / arch,
-                        rules.methods,
-                        device=dist.device,
-                        progress=progress,
-                        rules=rules,
-                        log=quiet if self.own_tl else log,
-                        signer=signer,
-                    )
-                    made.append(arch)
-            if made and self.own_tl:
-                log(
-                    f"baselines: made from the TL checkpoints just trained ({self.prof.out}/<arch>/tl.pt, "
-                    f"{', '.join(made)}) in {self.root}; each FT checkpoint is gated against its own TL"
-                )
-            return data_root
-
-        return main_first(dist, make)
-
-    def _due(self, arch: str, rules: Thresholds, create_missing: bool, log: Log) -> bool:
-        """Whether ``arch``'s baseline is to be made: own-TL, when it is missing or was not
-        made from the TL checkpoint beside the FT one; else when it is missing and
-        ``create_missing`` (and it says so)."""
-        ft = Path(self.prof.out) / arch / "ft.pt"
-        if not ft.is_file():
-            raise missing_checkpoint(ft, self.prof, "FT checkpoint")
-        base, tl = self.root / arch, ft.parent / "tl.pt"
-        if self.own_tl:
-            return not _made_from(base, tl, rules.methods)
-        if create_missing and not (base / "baseline.json").is_file():
-            log(f"baseline {base} is missing: creating it from {tl}")
-            return True
-        return False
-
-
-def _profile_gate(
-    profile: str | Profile, profiles: PathLike, backbones: Sequence[str] | None, baselines: PathLike | None
-) -> _ProfileGate:
-    """The profile's part of ``gate(profile=...)``: its backbones (or ``backbones`` of
-    them), its baselines folder unless ``baselines`` is given, own-TL or committed."""
-    prof = profile_from(profile, profiles)
-    unknown = sorted(set(backbones or ()) - set(prof.backbones))
-    if unknown:
-        raise ConfigError(
-            f"--backbone {', '.join(unknown)}: not a backbone of profile {prof.name!r} "
-            f"({', '.join(prof.backbones)})"
-        )
-    root = prof.baselines_folder() if baselines is None else Path(baselines)
-    return _ProfileGate(
-        prof, tuple(backbones or prof.backbones), root, prof.own_tl_baselines and baselines is None
-    )
 
 
 def baseline(
