@@ -52,6 +52,7 @@ from drift_gate.evidence.classification import (
     predicted_class,
 )
 from drift_gate.gating.audit import (
+    AuditSet,
     audit_summary,
     build_audit_set,
     build_multilabel_audit_set,
@@ -185,7 +186,7 @@ class _ReferencePass:
     """The reference on its audit set: maps, logits, labels, which it gets right, and what
     the audit set holds (``sizing`` for baseline.json, ``lines`` to say so)."""
 
-    audit: Any
+    audit: AuditSet
     n_samples: int
     per_class: int
     maps: dict[str, np.ndarray]

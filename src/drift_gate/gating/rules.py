@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from drift_gate.evidence.registry import METRICS, Direction
+from drift_gate.evidence.registry import METRICS
 from drift_gate.evidence.summary import Summary
 from drift_gate.gating.kinds import KINDS
 from drift_gate.gating.thresholds import Bound, Thresholds
@@ -85,7 +85,7 @@ class RuleResult:
     kind: str = ""
 
 
-def _statistic(s: Summary, statistic: str, direction: Direction, kind: str) -> float | None:
+def _statistic(s: Summary, statistic: str, kind: str) -> float | None:
     """The value a bound is compared with; ``ci`` takes the conservative end."""
     if statistic == "mean":
         return s.mean
@@ -190,7 +190,7 @@ def _drift_rule(ctx: _Group, b: Bound, summaries: dict[str, dict[str, Summary]])
         return RuleResult(name, SKIPPED, None, bound, direction, f"{b.metric} not computed", **where)
     if s.n < ctx.needed:
         return _too_few(ctx, s, name, bound, direction, where)
-    observed = _statistic(s, ctx.thresholds.statistic, spec.direction, b.kind)
+    observed = _statistic(s, ctx.thresholds.statistic, b.kind)
     if kind.relative and approved_value is None:
         text = "no approved result yet (run `drift-gate approve`)"
         return RuleResult(name, SKIPPED, observed, None, b.kind, text, **where)

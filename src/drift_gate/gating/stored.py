@@ -295,14 +295,18 @@ def _arrays(
     return maps, logits, labels, pairs
 
 
+def _is_grid(g: object) -> bool:
+    """Whether ``g`` is a map grid as baseline.json records one: ``[rows, columns]``, each
+    from 1 to 4096."""
+    return isinstance(g, list) and len(g) == 2 and all(isinstance(v, int) and 0 < v <= 4096 for v in g)
+
+
 def _expected_size(meta: dict[str, Any], n: int, bad: Callable[[str], StaleBaselineError]) -> tuple[int, int]:
     """The number of stored maps per method (images, or (image, class) pairs) and about how
     many bytes ``maps.npz`` unpacks to, from baseline.json's grid, methods, classes and AUC,
     each checked."""
     methods, grid, classes = meta["maps"]["methods"], meta["maps"].get("shape"), meta["classes"]
-    if not (
-        isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and 0 < g <= 4096 for g in grid)
-    ):
+    if not _is_grid(grid):
         raise bad(f"baseline.json records no valid map shape ({grid!r})")
     if not (isinstance(methods, list) and isinstance(classes, list) and 0 < len(classes) <= 10_000):
         raise bad("baseline.json records no valid methods or classes")
@@ -317,7 +321,7 @@ def _expected_size(meta: dict[str, Any], n: int, bad: Callable[[str], StaleBasel
     per_method = meta["maps"].get("shapes")
     cells = (
         sum(
-            g[0] * g[1] if isinstance(g, list) and len(g) == 2 and all(isinstance(v, int) for v in g) else 0
+            g[0] * g[1] if _is_grid(g) else 0
             for g in (per_method if isinstance(per_method, dict) else {}).values()
         )
         or len(methods) * grid[0] * grid[1]
@@ -359,7 +363,7 @@ def _check_maps(
         raise bad(f"baseline.json records no valid map shapes per method ({shapes!r})")
     for m, a in maps.items():
         g = shapes.get(m, grid)
-        if not (isinstance(g, list) and len(g) == 2 and all(isinstance(v, int) and 0 < v <= 4096 for v in g)):
+        if not _is_grid(g):
             raise bad(f"baseline.json records no valid map shape for {m} ({g!r})")
         if a.shape != (rows, *g):
             raise bad(f"{m} maps have shape {a.shape}, but the baseline records {rows} maps of {g[0]}x{g[1]}")

@@ -297,7 +297,7 @@ def _noise_rows(
         if len(summaries) != len(results) or any(s.n < max(fewest, 1) for s in summaries):
             continue
         kind_hint = for_direction(spec.direction).name
-        values = [_statistic(s, statistic, spec.direction, kind_hint) for s in summaries]
+        values = [_statistic(s, statistic, kind_hint) for s in summaries]
         if any(v is None for v in values):
             continue
         vals = [float(v) for v in values if v is not None]
