@@ -69,20 +69,11 @@ def tiny_profile(tmp_path: Path) -> Profile:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, phantom_data: DataSet) -> Path:
     """TL and FT checkpoints of the tiny backbone (``tl.pt``, ``ft.pt``), trained once."""
-    from drift_gate.training.pipeline import train_backbone
-    from gatekit import TINY_TRAINING
+    from gatekit import TINY_TRAINING, train_tiny
 
     out = tmp_path_factory.mktemp("ck")
     profile = dataclasses.replace(TINY_TRAINING, out=str(out))
-    train_backbone(
-        profile,
-        "tiny",
-        phantom_data,
-        torch.device("cpu"),
-        cache_dir=out / "cache",
-        progress=False,
-        log=lambda m: None,
-    )
+    train_tiny(profile, phantom_data, out / "cache")
     return out / "tiny"
 
 

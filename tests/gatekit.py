@@ -276,3 +276,15 @@ def run_suggested(message: str, **placeholders: str) -> int:
         command = command.replace(word, shlex.quote(value))
     assert not re.search(r"\b[A-Z]{4,}\b", command.replace("drift-gate", "")), command
     return main(shlex.split(command)[1:])
+
+
+def train_tiny(profile: Profile, data: Any, cache: Path, log: Any = lambda m: None, **kw: Any) -> Any:
+    """``profile``'s tiny backbone trained on ``data`` on the CPU, without progress bars
+    (``train_backbone``'s result); ``log`` gets its lines."""
+    import torch
+
+    from drift_gate.training.pipeline import train_backbone
+
+    return train_backbone(
+        profile, "tiny", data, torch.device("cpu"), cache_dir=cache, progress=False, log=log, **kw
+    )

@@ -11,15 +11,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
 
 from drift_gate._io import file_sha256
 from drift_gate.cli import main
 from drift_gate.data.datasets import DataSet
 from drift_gate.errors import CheckpointError
-from drift_gate.training.pipeline import train_backbone
 from drift_gate.training.profiles import OWN_TL, PhaseConfig, load_profile
-from gatekit import RULES, TINY_TRAINING
+from gatekit import RULES, TINY_TRAINING, train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,30 +91,14 @@ def test_a_pinned_reference_is_copied_not_trained(
 ) -> None:
     lines: list[str] = []
     profile = dataclasses.replace(TINY_TRAINING, out=str(tmp_path / "ck"), reference=str(tmp_path / "ref"))
-    first = train_backbone(
-        profile,
-        "tiny",
-        phantom_data,
-        torch.device("cpu"),
-        cache_dir=tmp_path / "c",
-        progress=False,
-        log=lines.append,
-    )
+    first = train_tiny(profile, phantom_data, tmp_path / "c", log=lines.append)
     pinned = tmp_path / "ref" / "tiny" / "tl.pt"
     assert any("made the pinned reference" in line for line in lines), lines
     assert file_sha256(pinned) == file_sha256(first.checkpoints["tl"])
     # another machine (here: a fresh output folder): the pinned bytes, and FT from them
     lines.clear()
     again = dataclasses.replace(profile, out=str(tmp_path / "ck2"))
-    second = train_backbone(
-        again,
-        "tiny",
-        phantom_data,
-        torch.device("cpu"),
-        cache_dir=tmp_path / "c",
-        progress=False,
-        log=lines.append,
-    )
+    second = train_tiny(again, phantom_data, tmp_path / "c", log=lines.append)
     assert any("the pinned reference" in line and "not trained" in line for line in lines), lines
     assert not any("TL: frozen body" in line for line in lines), "the TL phase must not run"
     assert file_sha256(second.checkpoints["tl"]) == file_sha256(pinned)
@@ -124,15 +106,7 @@ def test_a_pinned_reference_is_copied_not_trained(
     # a pinned reference made with other TL settings is refused, never silently replaced
     other = dataclasses.replace(again, tl=PhaseConfig(epochs=1, lr=1e-2))
     with pytest.raises(CheckpointError, match="pinned reference was not trained with profile"):
-        train_backbone(
-            other,
-            "tiny",
-            phantom_data,
-            torch.device("cpu"),
-            cache_dir=tmp_path / "c",
-            progress=False,
-            log=lines.append,
-        )
+        train_tiny(other, phantom_data, tmp_path / "c", log=lines.append)
     assert file_sha256(pinned) == file_sha256(first.checkpoints["tl"])
 
 

@@ -7,12 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import drift_gate._memory as memory
 from drift_gate.data.datasets import DataSet
-from drift_gate.training.pipeline import train_backbone
-from gatekit import TINY_TRAINING, gate, make_env
+from gatekit import TINY_TRAINING, gate, make_env, train_tiny
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -32,15 +30,7 @@ def test_each_stage_sets_its_policy(
     for module in ("training.pipeline", "training.pretrain", "gating.gate", "gating.baseline"):
         monkeypatch.setattr(f"drift_gate.{module}.allocator_policy", record)
     profile = dataclasses.replace(TINY_TRAINING, out=str(tmp_path / "ck"), weights="synthetic")
-    train_backbone(
-        profile,
-        "tiny",
-        phantom_data,
-        torch.device("cpu"),
-        cache_dir=tmp_path / "cache",
-        progress=False,
-        log=lambda m: None,
-    )
+    train_tiny(profile, phantom_data, tmp_path / "cache")
     assert calls and set(calls) == {memory.TRAIN}, "pretraining, TL and FT under TRAIN"
     calls.clear()
     env = make_env(

@@ -27,6 +27,7 @@ from gatekit import (
     resaved,
     result,
     run_suggested,
+    train_tiny,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,20 +273,11 @@ def _binary_set(root: Path, per_split: dict[str, int], size: int = 32) -> Path:
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from drift_gate.data.datasets import load_dataset
-    from drift_gate.training.pipeline import train_backbone
 
     root = tmp_path_factory.mktemp("binary")
     manifest = _binary_set(root / "data", {"train": 30, "val": 10, "test": 10})
     profile = dataclasses.replace(TINY_TRAINING, out=str(root / "ck"))
-    train_backbone(
-        profile,
-        "tiny",
-        load_dataset(manifest),
-        torch.device("cpu"),
-        cache_dir=root / "cache",
-        progress=False,
-        log=lambda m: None,
-    )
+    train_tiny(profile, load_dataset(manifest), root / "cache")
     return {"data": manifest, "tl": root / "ck" / "tiny" / "tl.pt", "ft": root / "ck" / "tiny" / "ft.pt"}
 
 

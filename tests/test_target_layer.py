@@ -17,9 +17,8 @@ from drift_gate.errors import CheckpointError, ConfigError
 from drift_gate.evidence.cam import CamEngine
 from drift_gate.evidence.sanity import randomised_copy
 from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
-from drift_gate.training.pipeline import train_backbone
 from drift_gate.training.profiles import BackboneOverrides, load_profile
-from gatekit import TINY_TRAINING, assert_error, gate, make_env, result
+from gatekit import TINY_TRAINING, assert_error, gate, make_env, result, train_tiny
 
 #: The tiny body's first ReLU: a 16x16 grid at 32 px (its last module gives 8x8).
 EARLIER = "body.2"
@@ -28,15 +27,7 @@ EARLIER = "body.2"
 def _train(out: Path, data: DataSet, layer: str | None) -> Path:
     overrides = {} if layer is None else {"tiny": BackboneOverrides(target_layer=layer)}
     profile = dataclasses.replace(TINY_TRAINING, out=str(out), per_backbone=overrides)
-    train_backbone(
-        profile,
-        "tiny",
-        data,
-        torch.device("cpu"),
-        cache_dir=out / "cache",
-        progress=False,
-        log=lambda m: None,
-    )
+    train_tiny(profile, data, out / "cache")
     return out / "tiny"
 
 

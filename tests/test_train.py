@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -15,9 +14,9 @@ from drift_gate._io import file_sha256
 from drift_gate.cli import main
 from drift_gate.data.datasets import DataSet
 from drift_gate.models.checkpoint import load_checkpoint
-from drift_gate.training.pipeline import train_backbone
 from drift_gate.training.pretrain import pretrain_synthetic
 from drift_gate.training.profiles import BackboneOverrides, PhaseConfig, PretrainConfig, Profile
+from gatekit import train_tiny
 
 
 def _states_equal(a: Path, b: Path) -> bool:
@@ -28,17 +27,10 @@ def _states_equal(a: Path, b: Path) -> bool:
     )
 
 
-def _train(profile: Any, data: Any, cache: Path, log: Any = lambda m: None, **kw: Any) -> Any:
-    """``profile``'s tiny backbone trained on ``data`` on the CPU, quietly."""
-    return train_backbone(
-        profile, "tiny", data, torch.device("cpu"), cache_dir=cache, progress=False, log=log, **kw
-    )
-
-
 def test_two_phase_run_writes_checkpoints_and_metrics(
     tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path
 ) -> None:
-    res = _train(tiny_profile, phantom_data, tmp_path / "cache")
+    res = train_tiny(tiny_profile, phantom_data, tmp_path / "cache")
     out = Path(tiny_profile.out) / "tiny"
     assert res.checkpoints == {"tl": out / "tl.pt", "ft": out / "ft.pt"}
     for phase in ("tl", "ft"):
@@ -62,7 +54,7 @@ def test_tl_keeps_the_body_frozen(tiny_profile: Profile, phantom_data: DataSet, 
     from drift_gate.models.backbones import build_classifier
 
     fresh = build_classifier("tiny", len(phantom_data.classes))
-    _train(tiny_profile, phantom_data, tmp_path)
+    train_tiny(tiny_profile, phantom_data, tmp_path)
     tl, _ = load_checkpoint(Path(tiny_profile.out) / "tiny" / "tl.pt")
     for (name, a), b in zip(fresh.body.state_dict().items(), tl.body.state_dict().values(), strict=True):
         assert torch.equal(a, b), f"TL changed body weight {name}"
@@ -72,7 +64,7 @@ def test_training_is_deterministic(tiny_profile: Profile, phantom_data: DataSet,
     outs = []
     for run in ("a", "b"):
         profile = dataclasses.replace(tiny_profile, out=str(tmp_path / run))
-        _train(profile, phantom_data, tmp_path)
+        train_tiny(profile, phantom_data, tmp_path)
         outs.append(tmp_path / run / "tiny")
     for phase in ("tl", "ft"):
         assert _states_equal(outs[0] / f"{phase}.pt", outs[1] / f"{phase}.pt")
@@ -80,7 +72,7 @@ def test_training_is_deterministic(tiny_profile: Profile, phantom_data: DataSet,
     # reference's sha256; the profile, its output folder included, is part of the metadata)
     profile = dataclasses.replace(tiny_profile, out=str(tmp_path / "a"))
     before = {p: file_sha256(outs[0] / f"{p}.pt") for p in ("tl", "ft")}
-    _train(profile, phantom_data, tmp_path, force=True)
+    train_tiny(profile, phantom_data, tmp_path, force=True)
     assert {p: file_sha256(outs[0] / f"{p}.pt") for p in ("tl", "ft")} == before
 
 
@@ -93,7 +85,7 @@ def test_checkpoints_made_by_other_code_are_not_reused(
 
     def run() -> list[str]:
         messages: list[str] = []
-        _train(tiny_profile, phantom_data, tmp_path, log=messages.append)
+        train_tiny(tiny_profile, phantom_data, tmp_path, log=messages.append)
         return messages
 
     run()
@@ -115,7 +107,7 @@ def test_only_settings_that_reach_a_backbone_retrain_it(
 
     def run(profile: Profile) -> list[str]:
         messages: list[str] = []
-        _train(profile, phantom_data, tmp_path, log=messages.append)
+        train_tiny(profile, phantom_data, tmp_path, log=messages.append)
         return [m for m in messages if "is up to date" in m]
 
     run(tiny_profile)
@@ -171,7 +163,7 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
     tiny_profile: Profile, phantom_data: DataSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = dataclasses.replace(tiny_profile, out=str(tmp_path / "ref"))
-    _train(reference, phantom_data, tmp_path)
+    train_tiny(reference, phantom_data, tmp_path)
 
     profile = dataclasses.replace(tiny_profile, out=str(tmp_path / "int"))
     real_predict, calls = loops_mod.predict, []
@@ -184,14 +176,14 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
 
     monkeypatch.setattr(loops_mod, "predict", interrupt_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        _train(profile, phantom_data, tmp_path)
+        train_tiny(profile, phantom_data, tmp_path)
     out = tmp_path / "int" / "tiny"
     assert (out / "tl.pt").is_file() and (out / "ft.resume.pt").is_file()
     assert not (out / "ft.pt").exists()
     assert not list(out.glob(".*.tmp")), "no partial files"
     monkeypatch.setattr(loops_mod, "predict", real_predict)
     messages: list[str] = []
-    _train(profile, phantom_data, tmp_path, log=messages.append)
+    train_tiny(profile, phantom_data, tmp_path, log=messages.append)
     assert any("TL checkpoint is up to date" in m for m in messages)
     assert any("resuming fine-tuning after epoch 1 of 2" in m for m in messages)
     assert _states_equal(out / "ft.pt", tmp_path / "ref" / "tiny" / "ft.pt")
