@@ -171,14 +171,15 @@ def study(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def calibrate(session: nox.Session) -> None:
-    """Noise of every metric over fine-tuning seeds, an emulated other CPU, a retrained TL
+    """Noise of every metric over fine-tuning seeds, an emulated other CPU, one thread, a retrained TL
     and a re-run pretraining (a fresh clone of the demo retrains all of them), for the demo
     profile, as the committed thresholds.toml's demo sections were made (run `nox -s train`
     first), and the tolerance bounds it implies:
     reports/calibrate/{thresholds.proposed.toml,calibration.md,calibration.json}. The ci
     profile's sections: ``nox -s calibrate -- --profile ci --runs 3 --vary
     aten:default,threads:1,cpu:sse41`` (CI fine-tunes a pinned TL: only the machine varies)."""
-    args = session.posargs or ["--profile", "demo", "--runs", "3", "--vary", "aten:default,tl,pretrain"]
+    vary = "aten:default,threads:1,tl,pretrain"
+    args = session.posargs or ["--profile", "demo", "--runs", "3", "--vary", vary]
     _run(session, "drift-gate", "calibrate", *args)
 
 

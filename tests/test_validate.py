@@ -4,11 +4,14 @@ backbone (default suite) and the demo run (marker ``heavy``, `nox -s validate`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -19,7 +22,7 @@ from drift_gate.errors import ConfigError
 from drift_gate.evidence.registry import Direction
 from drift_gate.gating.gate import run_gate
 from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
-from drift_gate.studies.calibrate import propose_bound, run_calibration
+from drift_gate.studies.calibrate import auc_drop_row, propose_bound, run_calibration, tolerance_factor
 from drift_gate.studies.calibrate_report import (
     CALIBRATED,
     OPT_IN,
@@ -127,6 +130,28 @@ def test_calibration_keeps_the_checks_it_does_not_calibrate() -> None:
     assert "[sanity]" not in thresholds_text(cal, bare), "nothing added that the source did not set"
 
 
+def test_auc_max_drop_is_a_tolerance_bound_over_the_runs_drops() -> None:
+    runs: list[Any] = [
+        SimpleNamespace(reference_auc=0.95, auc=a) for a in (0.96, 0.94, 0.93, 0.95)
+    ]  # drops -0.01, 0.01, 0.02, 0.00
+    row = auc_drop_row("a", runs, ["seed", "seed", "tl", "aten:default"], None)
+    assert row.drops == pytest.approx([-0.01, 0.01, 0.02, 0.0])
+    assert row.centre == pytest.approx(0.005) and row.k == pytest.approx(tolerance_factor(4))
+    assert row.bound == pytest.approx(math.ceil((0.005 + row.k * row.sd) * 100 - 1e-9) / 100)
+    rising: list[Any] = [SimpleNamespace(reference_auc=0.8, auc=a) for a in (0.9, 0.9, 0.9)]
+    assert auc_drop_row("b", rising, ["seed"] * 3, None).bound == 0.0, "never a negative max_drop"
+    thresholds = parse_thresholds("[auc]\nmin = 0.8\nmax_drop = 0.02\n[drift]\niou.min = 0.1\n", "t.toml")
+    cal = Calibration("demo", "seeds", None, "mean", ("layercam",), {"a": 50}, {})
+    cal.rows = [_row("a", "layercam", "correlation", "min", 0.4, [40] * 3)]
+    assert parse_thresholds(thresholds_text(cal, thresholds), "p").auc_max_drop == 0.02, "kept without runs"
+    cal.auc_rows = [row, replace(row, arch="b", bound=0.31)]
+    text = thresholds_text(cal, thresholds)
+    proposed = parse_thresholds(text, "p")
+    assert proposed.auc_max_drop == 0.31 and proposed.auc_min == 0.8, "the loosest backbone's; min kept"
+    assert "#   a: drops -0.010 +0.010 +0.020 (tl) +0.000 (aten:default); run sd" in text
+    assert "AUC drop below the reference, b: drops" in calibration_markdown(cal)
+
+
 def test_calibration_proposes_thresholds_every_run_passes(
     tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
 ) -> None:
@@ -157,6 +182,11 @@ def test_calibration_proposes_thresholds_every_run_passes(
         )
         drift = [r for r in c.rules if "/auc." not in r.rule and r.status != "inconclusive"]
         assert drift and all(r.status == "pass" for r in drift), [r.message for r in drift]
+        drop = [r for r in c.rules if r.rule.endswith("auc.max_drop")]
+        assert [r.status for r in drop] == ["pass"], "each run's AUC drop lies within the proposed max_drop"
+    (row,) = cal.auc_rows
+    assert row.drops == pytest.approx([x["reference_auc"] - x["auc"] for x in cal.runs["tiny"]])
+    assert proposed.auc_max_drop == row.bound
     assert "| tiny | layercam | iou |" in (out / "calibration.md").read_text()
     assert "| centre | seed sd |" in (out / "calibration.md").read_text()
     assert json.loads((out / "calibration.json").read_text())["source"] == "seeds"

@@ -64,6 +64,7 @@ from drift_gate.studies.calibrate_report import (
     CALIBRATED,
     OPT_IN,
     VARY,
+    AucDropRow,
     Calibration,
     NoiseRow,
     write_calibration,
@@ -73,6 +74,7 @@ from drift_gate.training.pipeline import finetune_from, train_backbone
 from drift_gate.training.profiles import Profile
 
 __all__ = [
+    "auc_drop_row",
     "machine_runs",
     "propose_bound",
     "retrained_runs",
@@ -408,13 +410,36 @@ def run_calibration(
         results = _gate_pool(arch, pool, plain, data, device, batch_size, log)
         cal.n_audit[arch] = results[0][1].n_audit
         cal.runs[arch] = [
-            {"source": w, "seed": s, "checkpoint": str(p), "auc": c.auc, "n_selected": c.n_selected}
+            {
+                "source": w,
+                "seed": s,
+                "checkpoint": str(p),
+                "auc": c.auc,
+                "reference_auc": c.reference_auc,
+                "n_selected": c.n_selected,
+            }
             for (w, s, p, _), (_, c) in zip(pool, results, strict=True)
         ]
         _add_rows(cal, arch, results, thresholds, k, [w for w, *_ in pool])
+        if len(results) > 1:
+            cal.auc_rows.append(auc_drop_row(arch, [c for _, c in results], [w for w, *_ in pool], k))
     if write:
         write_calibration(cal, thresholds, out)
     return cal
+
+
+def auc_drop_row(
+    arch: str, results: list[CandidateResult], sources: list[str], k: float | None
+) -> AucDropRow:
+    """The runs' audit macro AUC drops below their own references' and the ``[auc] max_drop``
+    they imply: ``centre + k x sd`` over the runs (``k``: the tolerance factor for their
+    number unless given), rounded up to 0.01 and never below 0. The AUC is one number per
+    run, so unlike the map metrics there is no per-sample bootstrap to weigh against."""
+    drops = [c.reference_auc - c.auc for c in results]
+    centre, sd = float(np.mean(drops)), float(np.std(drops, ddof=1))
+    width = tolerance_factor(len(drops)) if k is None else k
+    _, bound = propose_bound(Direction.LOWER, centre, sd, width, (0.0, 1.0))
+    return AucDropRow(arch, drops, sources, centre, sd, width, max(0.0, bound))
 
 
 def _gate_pool(

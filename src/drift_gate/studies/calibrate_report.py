@@ -21,6 +21,7 @@ __all__ = [
     "CALIBRATED",
     "OPT_IN",
     "VARY",
+    "AucDropRow",
     "Calibration",
     "NoiseRow",
     "calibration_markdown",
@@ -88,6 +89,32 @@ class NoiseRow:
         )
 
 
+@dataclass(frozen=True)
+class AucDropRow:
+    """How far one backbone's audit macro AUC fell below its own reference's across the
+    calibration runs (``reference - candidate``; a rise is negative), and the ``[auc]
+    max_drop`` bound it gives: ``centre + k x run sd``, rounded up to 0.01, never below 0."""
+
+    arch: str
+    drops: list[float]
+    sources: list[str]
+    centre: float
+    sd: float
+    k: float
+    bound: float
+
+    def comment(self) -> str:
+        runs = " ".join(
+            f"{v:+.3f}" if src == "seed" else f"{v:+.3f} ({src})"
+            for v, src in zip(self.drops, self.sources, strict=True)
+        )
+        spread = "seed" if set(self.sources) == {"seed"} else "run"
+        return (
+            f"{self.arch}: drops {runs}; {spread} sd {self.sd:.3f}: "
+            f"{self.centre:+.3f} + {self.k:.2f} x {self.sd:.3f}"
+        )
+
+
 @dataclass
 class Calibration:
     """What ``calibrate`` measured and proposes."""
@@ -108,13 +135,21 @@ class Calibration:
     #: the calibrated metrics' noise on the samples each run newly gets right (reference
     #: wrong, candidate right), where every run has ``[newly_correct] min_samples`` of them
     newly_rows: list[NoiseRow] = field(default_factory=list)
+    #: per backbone, the runs' audit AUC drops below their reference's (two runs or more)
+    auc_rows: list[AucDropRow] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["rows"] = [asdict(r) for r in self.rows]
         out["all_rows"] = [asdict(r) for r in self.all_rows]
         out["newly_rows"] = [asdict(r) for r in self.newly_rows]
+        out["auc_rows"] = [asdict(r) for r in self.auc_rows]
         return out
+
+    @property
+    def auc_max_drop(self) -> float | None:
+        """The proposed ``[auc] max_drop``: the loosest backbone's bound (one key serves all)."""
+        return max((r.bound for r in self.auc_rows), default=None)
 
 
 def _fmt(x: float) -> str:
@@ -124,7 +159,7 @@ def _fmt(x: float) -> str:
 def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
     """A complete ``thresholds.toml``: ``[gate]``, ``[auc]`` and ``[onnx]`` as in
     ``thresholds``, and the calibrated ``[drift]`` tables with their provenance."""
-    lines = _provenance(cal, thresholds) + _kept_tables(thresholds) + _drift_tables(cal)
+    lines = _provenance(cal, thresholds) + _kept_tables(thresholds, cal) + _drift_tables(cal)
     lines += _newly_correct_lines(cal, thresholds)
     lines += _kept_checks(thresholds)
     text = "\n".join(lines) + "\n"
@@ -186,8 +221,9 @@ def _provenance(cal: Calibration, thresholds: Thresholds) -> list[str]:
     ]
 
 
-def _kept_tables(thresholds: Thresholds) -> list[str]:
-    """``[gate]``, ``[auc]`` (and its per-class tables) and ``[onnx]``, as ``thresholds`` has them."""
+def _kept_tables(thresholds: Thresholds, cal: Calibration) -> list[str]:
+    """``[gate]``, ``[auc]`` (and its per-class tables) and ``[onnx]``, as ``thresholds`` has
+    them, but for ``[auc] max_drop`` where the runs calibrated it."""
     lines = [
         "",
         "[gate]",
@@ -198,10 +234,15 @@ def _kept_tables(thresholds: Thresholds) -> list[str]:
         f"statistic = {json.dumps(thresholds.statistic)}",
     ]
     auc = [f"min = {thresholds.auc_min:g}"] if thresholds.auc_min is not None else []
-    if thresholds.auc_max_drop is not None:
+    drop = cal.auc_max_drop
+    if drop is not None:
+        auc.append(f"max_drop = {_fmt(drop):<16}# calibrated: the loosest backbone's bound below")
+        auc += [f"#   {r.comment()}" for r in cal.auc_rows]
+    elif thresholds.auc_max_drop is not None:
         auc.append(f"max_drop = {thresholds.auc_max_drop:g}")
     auc.append(f"min_support = {thresholds.auc_min_support}")
-    lines += ["", f"[auc]                     # not calibrated: kept from {thresholds.path}", *auc]
+    kept = "min and min_support kept" if drop is not None else "not calibrated: kept"
+    lines += ["", f"[auc]                     # {kept} from {thresholds.path}", *auc]
     for cls, bounds in thresholds.auc_labels.items():
         lines += ["", f"[auc.labels.{json.dumps(cls)}]", *(f"{k} = {v:g}" for k, v in bounds.items())]
     return [*lines, "", "[onnx]", f"max_rel_diff = {thresholds.onnx_max_rel_diff:g}"]
@@ -326,6 +367,8 @@ def calibration_markdown(cal: Calibration) -> str:
             f"{r.get('source', 'seed')} {r['seed']}: {r['auc']:.4f} ({r['n_selected']} TP)" for r in runs
         )
         out.append(f"\n{arch} AUC on the audit set: {aucs}")
+    for drop in cal.auc_rows:
+        out.append(f"\nAUC drop below the reference, {drop.comment()} -> max_drop {_fmt(drop.bound)}")
     return "\n".join(out) + "\n"
 
 
