@@ -408,21 +408,7 @@ def run_calibration(
             log=log,
         )
         results = _gate_pool(arch, pool, plain, data, device, batch_size, log)
-        cal.n_audit[arch] = results[0][1].n_audit
-        cal.runs[arch] = [
-            {
-                "source": w,
-                "seed": s,
-                "checkpoint": str(p),
-                "auc": c.auc,
-                "reference_auc": c.reference_auc,
-                "n_selected": c.n_selected,
-            }
-            for (w, s, p, _), (_, c) in zip(pool, results, strict=True)
-        ]
-        _add_rows(cal, arch, results, thresholds, k, [w for w, *_ in pool])
-        if len(results) > 1:
-            cal.auc_rows.append(auc_drop_row(arch, [c for _, c in results], [w for w, *_ in pool], k))
+        _record(cal, arch, pool, results, thresholds, k)
     if write:
         write_calibration(cal, thresholds, out)
     return cal
@@ -440,6 +426,33 @@ def auc_drop_row(
     width = tolerance_factor(len(drops)) if k is None else k
     _, bound = propose_bound(Direction.LOWER, centre, sd, width, (0.0, 1.0))
     return AucDropRow(arch, drops, sources, centre, sd, width, max(0.0, bound))
+
+
+def _record(
+    cal: Calibration,
+    arch: str,
+    pool: list[tuple[str, int, Path, Path]],
+    results: list[tuple[int, CandidateResult]],
+    thresholds: Thresholds,
+    k: float | None,
+) -> None:
+    """``arch``'s runs (source, seed, checkpoint, AUCs), noise rows and AUC drop into ``cal``."""
+    cal.n_audit[arch] = results[0][1].n_audit
+    cal.runs[arch] = [
+        {
+            "source": w,
+            "seed": s,
+            "checkpoint": str(p),
+            "auc": c.auc,
+            "reference_auc": c.reference_auc,
+            "n_selected": c.n_selected,
+        }
+        for (w, s, p, _), (_, c) in zip(pool, results, strict=True)
+    ]
+    sources = [w for w, *_ in pool]
+    _add_rows(cal, arch, results, thresholds, k, sources)
+    if len(results) > 1:
+        cal.auc_rows.append(auc_drop_row(arch, [c for _, c in results], sources, k))
 
 
 def _gate_pool(
