@@ -109,6 +109,10 @@ def test_calibration_proposes_one_newly_correct_table_from_the_loosest_bounds() 
     assert proposed.newly_correct_min_samples == thresholds.newly_correct_min_samples
     assert "# a layercam correlation.min 0.33 (n 8/9/12): runs 0.600 0.500 0.550" in text
     assert "| b | gradcam++ | displacement | 0.600 0.500 0.550 | 6 5 7 |" in calibration_markdown(cal)
+    cal.rows.append(_row("c", "layercam", "correlation", "min", 0.4, [40] * 3))
+    text = thresholds_text(cal, thresholds)
+    assert parse_thresholds(text, "p").newly_correct == {}, "backbone c has no newly correct rows"
+    assert "# [newly_correct] is not proposed: the runs of c did not all newly get" in text
     cal.newly_rows = []  # no run had enough newly correct samples: no table
     assert "[newly_correct]" not in thresholds_text(cal, thresholds)
 

@@ -299,10 +299,21 @@ def _loosest(rows: list[NoiseRow]) -> dict[str, tuple[str, float]]:
 
 def _newly_correct_lines(cal: Calibration, thresholds: Thresholds) -> list[str]:
     """``[newly_correct]``: one table for every backbone x method (the gate's format), so
-    the loosest of their bounds, each row's arithmetic as a comment; none without rows."""
+    the loosest of their bounds, each row's arithmetic as a comment; none without rows, and
+    none where a calibrated backbone has no rows: the table would apply to it with bounds
+    that other backbones' runs set (an honest InceptionV3 fine-tune broke such a bound)."""
     if not cal.newly_rows:
         return []
     n = thresholds.newly_correct_min_samples
+    missing = [
+        a for a in dict.fromkeys(r.arch for r in cal.rows) if a not in {r.arch for r in cal.newly_rows}
+    ]
+    if missing:
+        return [
+            "",
+            f"# [newly_correct] is not proposed: the runs of {', '.join(missing)} did not all newly get",
+            f"# {n} or more audit samples right, and its one table would apply to every backbone.",
+        ]
     lines = [
         "",
         "[newly_correct]           # the samples a run newly gets right (reference wrong), where every",
