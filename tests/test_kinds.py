@@ -58,6 +58,7 @@ def test_allowed_values_and_calibrations_proposals() -> None:
     assert propose_bound(Direction.LOWER, 0.1, 0.02, 3.0, (0, 1)) == ("max", 0.16)
     assert propose_bound(Direction.ZERO, -0.05, 0.02, 3.0, (-1, 1)) == ("abs_max", 0.11)
     assert propose_bound(Direction.HIGHER, 0.05, 0.05, 3.0, (0, 1)) == ("min", 0.0)  # kept in range
+    assert propose_bound(Direction.LOWER, -0.2, 0.02, 3.0, (0, 1)) == ("max", 0.0)  # on both sides
     with pytest.raises(AssertionError):
         KINDS["max_drop"].propose(0.5, 0.1, 3.0, (0, 1))
 

@@ -94,10 +94,12 @@ class Kind:
         assert not self.relative, "calibrate proposes absolute bounds"
         lo, hi = self.allowed(*limits)
         if self.magnitude:
-            return min(hi, math.ceil((abs(centre) + k * noise) * 100 - 1e-9) / 100)
-        if self.lower:
-            return max(lo, math.floor((centre - k * noise) * 100 + 1e-9) / 100)
-        return min(hi, math.ceil((centre + k * noise) * 100 - 1e-9) / 100)
+            bound = math.ceil((abs(centre) + k * noise) * 100 - 1e-9) / 100
+        elif self.lower:
+            bound = math.floor((centre - k * noise) * 100 + 1e-9) / 100
+        else:
+            bound = math.ceil((centre + k * noise) * 100 - 1e-9) / 100
+        return min(hi, max(lo, bound))
 
 
 #: Every kind, by its key: absolute (``min``, ``max``, ``abs_max``) and relative to the

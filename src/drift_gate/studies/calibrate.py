@@ -35,22 +35,21 @@ metrics best at 0), rounded outwards to 0.01. It is written as a
 ``thresholds.toml`` whose ``[drift]`` tables carry, as comments, the runs'
 values, centre, both spreads and the arithmetic of every bound.
 
-Size: the noise sources (seeds, emulated machines, a retrained TL and pretraining), the
-tolerance factor and the noise rows belong to one procedure; its report and proposed file
-are written by :mod:`drift_gate.studies.calibrate_report`.
+Size: the tolerance factor, the noise rows and the AUC drop belong to one procedure; the
+runs it measures (seeds, emulated machines, a retrained TL and pretraining) are made by
+:mod:`drift_gate.studies.calibrate_runs`, its report and proposed file written by
+:mod:`drift_gate.studies.calibrate_report`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from drift_gate._io import default_cache_dir
 from drift_gate.data.datasets import DataSet
 from drift_gate.errors import ConfigError, DataError
 from drift_gate.evidence.registry import METRICS, Direction
@@ -69,17 +68,14 @@ from drift_gate.studies.calibrate_report import (
     NoiseRow,
     write_calibration,
 )
-from drift_gate.studies.machines import Machine, MachineJob, parse_machine, run_jobs
-from drift_gate.training.pipeline import finetune_from, train_backbone
+from drift_gate.studies.calibrate_runs import machine_runs, retrained_runs, seed_runs
+from drift_gate.studies.machines import parse_machine
 from drift_gate.training.profiles import Profile
 
 __all__ = [
     "auc_drop_row",
-    "machine_runs",
     "propose_bound",
-    "retrained_runs",
     "run_calibration",
-    "seed_runs",
     "tolerance_factor",
 ]
 
@@ -130,119 +126,6 @@ def _bootstrap_sd(s: Summary) -> float:
     if s.ci_low is None or s.ci_high is None:
         return 0.0
     return (s.ci_high - s.ci_low) / (2 * _Z95)
-
-
-def seed_runs(
-    profile: Profile,
-    arch: str,
-    data: DataSet,
-    seeds: list[int],
-    *,
-    out: Path,
-    device: torch.device,
-    progress: bool,
-    log: Log,
-) -> list[tuple[int, Path]]:
-    """Fine-tuning runs of ``arch`` from its TL checkpoint, one per seed. The
-    profile's own ``ft.pt`` is the run with the profile's seed; the others are
-    written to ``out/<arch>/ft.seed<k>.pt`` (kept, and reused when up to date)."""
-    folder = Path(profile.out) / arch
-    runs = []
-    for seed in seeds:
-        if seed == profile.seed and (folder / "ft.pt").is_file():
-            runs.append((seed, folder / "ft.pt"))
-            continue
-        log(f"[{arch}] fine-tuning run with seed {seed}")
-        path = finetune_from(
-            folder / "tl.pt",
-            data,
-            profile.phase_for(arch, "ft"),
-            out=out / arch / f"ft.seed{seed}.pt",
-            seed=seed,
-            batch_size=profile.batch_size,
-            device=device,
-            progress=progress,
-            log=log,
-        )
-        runs.append((seed, path))
-    return runs
-
-
-def machine_runs(
-    profile: Profile, arch: str, data: DataSet, machines: list[Machine], out: Path, log: Log
-) -> list[Path]:
-    """One fine-tune of ``arch``'s TL checkpoint with the profile's seed per emulated
-    machine (``out/<arch>/ft.machine-<name>.pt``), side by side as the cores allow."""
-    cfg = profile.phase_for(arch, "ft")
-    tl = Path(profile.out) / arch / "tl.pt"
-    jobs = [
-        MachineJob(
-            m,
-            str(tl),
-            str(data.root),
-            str(out / arch / f"ft.machine-{m.name.replace(':', '-').replace('+', '_')}.pt"),
-            profile.seed,
-            profile.batch_size,
-            cfg.epochs,
-            cfg.lr,
-            cfg.weight_decay,
-        )
-        for m in machines
-    ]
-    return run_jobs(jobs, log) if jobs else []
-
-
-def retrained_runs(
-    profile: Profile,
-    arch: str,
-    data: DataSet,
-    *,
-    vary: tuple[str, ...],
-    out: Path,
-    thresholds: Thresholds,
-    per_class: int,
-    device: torch.device,
-    batch_size: int,
-    progress: bool,
-    log: Log,
-    cache_dir: Path | None = None,
-) -> list[tuple[str, int, Path, Path]]:
-    """Per source in ``vary``: ``(source, seed, FT checkpoint, its reference's baselines)``
-    of a whole retrained TL + FT pair (kept under ``out/<source>``, reused when up to date)."""
-    runs = []
-    for source in vary:
-        # a retrained pair is trained whole: a profile's pinned TL reference is not its own
-        if source == "tl":
-            p = replace(profile, seed=profile.seed + 1, out=str(out / "tl"), reference=None)
-            seed = p.seed
-        else:
-            if profile.weights != "synthetic":
-                raise ConfigError(
-                    f"calibrate --vary pretrain needs weights = 'synthetic', not {profile.weights!r}"
-                )
-            seed = profile.pretrain.seed + 1
-            p = replace(
-                profile,
-                pretrain=replace(profile.pretrain, seed=seed),
-                out=str(out / "pretrain"),
-                reference=None,
-            )
-        log(f"[{arch}] calibration run: {VARY[source]} (seed {seed}), then its fine-tune")
-        trained = train_backbone(
-            p, arch, data, device, cache_dir=cache_dir or default_cache_dir(), progress=progress, log=log
-        )
-        base = out / "baselines" / source
-        create_baseline(
-            trained.checkpoints["tl"],
-            data,
-            base / arch,
-            thresholds.methods,
-            per_class=per_class,
-            device=device,
-            batch_size=batch_size,
-        )
-        runs.append((source, seed, trained.checkpoints["ft"], base))
-    return runs
 
 
 def _moved_most(vals: list[float], sources: list[str], noise: float) -> str:
@@ -419,13 +302,14 @@ def auc_drop_row(
 ) -> AucDropRow:
     """The runs' audit macro AUC drops below their own references' and the ``[auc] max_drop``
     they imply: ``centre + k x sd`` over the runs (``k``: the tolerance factor for their
-    number unless given), rounded up to 0.01 and never below 0. The AUC is one number per
-    run, so unlike the map metrics there is no per-sample bootstrap to weigh against."""
+    number unless given), rounded up to 0.01 and kept within [0, 1] (a drop is a distance
+    between two AUCs). The AUC is one number per run, so unlike the map metrics there is no
+    per-sample bootstrap to weigh against."""
     drops = [c.reference_auc - c.auc for c in results]
     centre, sd = float(np.mean(drops)), float(np.std(drops, ddof=1))
     width = tolerance_factor(len(drops)) if k is None else k
     _, bound = propose_bound(Direction.LOWER, centre, sd, width, (0.0, 1.0))
-    return AucDropRow(arch, drops, sources, centre, sd, width, max(0.0, bound))
+    return AucDropRow(arch, drops, sources, centre, sd, width, bound)
 
 
 def _record(

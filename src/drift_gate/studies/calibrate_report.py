@@ -42,6 +42,19 @@ OPT_IN = ("mask_energy_change",)
 VARY = {"tl": "a retrained TL reference", "pretrain": "a re-run of the synthetic pretraining"}
 
 
+def _runs(values: list[float], sources: list[str], fmt: str) -> str:
+    """The runs' values in ``fmt``, each marked with its source unless a fine-tuning seed."""
+    return " ".join(
+        fmt.format(v) if src == "seed" else f"{fmt.format(v)} ({src})"
+        for v, src in zip(values, sources, strict=True)
+    )
+
+
+def _spread(sources: list[str]) -> str:
+    """What a run-to-run spread is over: ``seed`` (fine-tuning seeds only) or ``run``."""
+    return "seed" if set(sources) == {"seed"} else "run"
+
+
 @dataclass(frozen=True)
 class NoiseRow:
     """The noise of one metric for one backbone x method, and the bound it gives."""
@@ -70,15 +83,12 @@ class NoiseRow:
     @property
     def spread(self) -> str:
         """What the run-to-run spread is over: ``seed`` (fine-tuning seeds only) or ``run``."""
-        return "seed" if set(self.sources) == {"seed"} else "run"
+        return _spread(self.sources)
 
     def comment(self, k: float | None = None) -> str:
         """Where the bound came from, for the TOML comment."""
         k = self.k if k is None else k
-        runs = " ".join(
-            f"{v:.3f}" if src == "seed" else f"{v:.3f} ({src})"
-            for v, src in zip(self.values, self.sources, strict=True)
-        )
+        runs = _runs(self.values, self.sources, "{:.3f}")
         seed = "—" if self.seed_sd is None else f"{self.seed_sd:.3f}"
         kind = KINDS[self.kind]
         sign = "-" if kind.lower else "+"
@@ -104,13 +114,9 @@ class AucDropRow:
     bound: float
 
     def comment(self) -> str:
-        runs = " ".join(
-            f"{v:+.3f}" if src == "seed" else f"{v:+.3f} ({src})"
-            for v, src in zip(self.drops, self.sources, strict=True)
-        )
-        spread = "seed" if set(self.sources) == {"seed"} else "run"
+        runs = _runs(self.drops, self.sources, "{:+.3f}")
         return (
-            f"{self.arch}: drops {runs}; {spread} sd {self.sd:.3f}: "
+            f"{self.arch}: drops {runs}; {_spread(self.sources)} sd {self.sd:.3f}: "
             f"{self.centre:+.3f} + {self.k:.2f} x {self.sd:.3f}"
         )
 
