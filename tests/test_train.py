@@ -215,6 +215,17 @@ def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp
     finally:
         pretrain_mod.code_sha256 = real
     assert other != path and "cached" not in logs[-1], "other code never reuses the cache"
+    finer = pretrain_synthetic(
+        "tiny",
+        tiny_profile.pretrain,
+        32,
+        tmp_path,
+        device=torch.device("cpu"),
+        batch_size=8,
+        output_stride=2,
+        log=logs.append,
+    )
+    assert finer not in (path, other) and "cached" not in logs[-1], "a body of another stride is its own"
     from drift_gate.models.backbones import build_classifier
     from drift_gate.models.weights import load_body_weights
 

@@ -51,6 +51,7 @@ _KEYS = [
     "schema_version",
     "task",
     "target_layer",
+    "output_stride",
     "channels",
     "name",
     "operating_point",

@@ -100,6 +100,8 @@ def _meta_view(meta: CheckpointMeta) -> dict[str, Any]:
         "std": list(meta.std),
         "preprocess": meta.preprocess.as_dict(),
     }
+    if meta.output_stride is not None:  # stored only when set, as in the checkpoint
+        view["output_stride"] = meta.output_stride
     if meta.model is not None:  # a model drift-gate did not train: its spec
         view["model"] = meta.model
     return view
@@ -317,7 +319,9 @@ def check_compatible(baseline: Baseline, meta: CheckpointMeta, candidate: Path, 
     want = {k: baseline.meta[k] for k in ("arch", "classes", "input_size", "mean", "std")}
     # baselines from before preprocessing was configurable used the default
     want["preprocess"] = baseline.meta.get("preprocess", DEFAULT.as_dict())
+    want["output_stride"] = baseline.meta.get("output_stride")
     got = _meta_view(meta)
+    got.setdefault("output_stride", None)
     mine, theirs = got.pop("model", None), baseline.meta.get("model")
     diff = [f"{k} {got[k]!r} (baseline {want[k]!r})" for k in want if got[k] != want[k]]
     if mine != theirs:

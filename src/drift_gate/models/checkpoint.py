@@ -43,10 +43,9 @@ __all__ = [
 ]
 
 
-#: Newest checkpoint schema this version reads. A checkpoint is written as schema 1
-#: unless it names a CAM target layer (schema 2), which a drift-gate that predates the
-#: field would silently ignore and so compute its maps at another layer.
-SCHEMA_VERSION = 2
+#: Newest checkpoint schema this version reads: 1, or 2 naming a CAM target layer, 3 an
+#: output stride; a drift-gate predating the field would ignore it, computing maps elsewhere.
+SCHEMA_VERSION = 3
 _FORMAT = "drift-gate-checkpoint"
 
 
@@ -97,6 +96,8 @@ class CheckpointMeta:
         target_layer: the CAM target layer inside a drift-gate backbone (a module path
             such as ``body.0.denseblock3``, from the profile's ``per_backbone`` table);
             ``None``: the body's last module. Stored only when set.
+        output_stride: the output stride the backbone was built with (the profile's
+            ``per_backbone.<arch>.output_stride``); ``None``: its own. Stored only when set.
     """
 
     arch: str
@@ -116,13 +117,14 @@ class CheckpointMeta:
     preprocess: Preprocess = DEFAULT
     model: dict[str, Any] | None = None
     target_layer: str | None = None
+    output_stride: int | None = None
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys)."""
         doc = asdict(self)
         if self.preprocess == DEFAULT:
             del doc["preprocess"]
-        for optional in ("model", "target_layer"):
+        for optional in ("model", "target_layer", "output_stride"):
             if doc[optional] is None:
                 del doc[optional]
         return json.dumps(doc, sort_keys=True)
@@ -216,6 +218,7 @@ def _bad_fields(raw: dict[str, Any]) -> str | None:
             lambda v: v is None or is_module_path(v),
             "a module path such as body.0.denseblock3",
         ),
+        "output_stride": (lambda v: v is None or (type(v) is int and 0 < v <= 1024), "an integer, 1 to 1024"),
     }
     for key, (ok, what) in checks.items():
         if key in raw and not ok(raw[key]):
@@ -225,6 +228,8 @@ def _bad_fields(raw: dict[str, Any]) -> str | None:
 
 
 def _schema(meta: CheckpointMeta) -> int:
+    if meta.output_stride is not None:
+        return 3
     return 1 if meta.target_layer is None else 2
 
 
@@ -372,15 +377,16 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: checkpoint has no state_dict")
     check_tensors(path, state)
-    model = build_classifier(meta.arch, len(meta.classes))
+    try:
+        model = build_classifier(meta.arch, len(meta.classes), output_stride=meta.output_stride)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(
             f"{path}: weights do not fit architecture {meta.arch!r} with {len(meta.classes)} classes"
         ) from exc
-    if not math.isfinite(meta.input_size) or meta.input_size <= 0:
-        raise CheckpointError(f"{path}: invalid input size {meta.input_size}")
     model = model.to(device).eval()
     if meta.target_layer is not None:
         try:

@@ -169,6 +169,7 @@ class _Run:
             epoch=epoch,
             preprocess=p.preprocess,
             target_layer=p.target_layer_for(self.arch),
+            output_stride=p.output_stride_for(self.arch),
         )
 
 
@@ -178,7 +179,12 @@ def _tl_phase(run: _Run, cache_dir: Path) -> tuple[Classifier, CheckpointMeta]:
     size = profile.input_size_for(arch)
     run.log(f"[{arch}] TL: frozen body, head on cached features ({size}px, weights={profile.weights})")
     seed_all(profile.seed)
-    model = build_classifier(arch, len(run.data.classes), imagenet=profile.weights == "imagenet")
+    model = build_classifier(
+        arch,
+        len(run.data.classes),
+        imagenet=profile.weights == "imagenet",
+        output_stride=profile.output_stride_for(arch),
+    )
     if profile.weights == "synthetic":
         # rank 0 pretrains (or finds the cache); the others then load the cached result
         state = main_first(
@@ -190,6 +196,7 @@ def _tl_phase(run: _Run, cache_dir: Path) -> tuple[Classifier, CheckpointMeta]:
                 cache_dir,
                 device=device,
                 batch_size=bs,
+                output_stride=profile.output_stride_for(arch),
                 progress=run.progress,
                 log=run.log,
             ),
@@ -307,7 +314,7 @@ def _check_target_layer(profile: Profile, arch: str, n_classes: int) -> None:
         return
     try:
         find_layer(
-            build_classifier(arch, n_classes),
+            build_classifier(arch, n_classes, output_stride=profile.output_stride_for(arch)),
             layer,
             profile.input_size_for(arch),
             profile.preprocess.channels,

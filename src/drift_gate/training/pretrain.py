@@ -19,7 +19,14 @@ from drift_gate.data.phantom_set import render_source_set
 from drift_gate.data.phantoms import SOURCE_LABELS
 from drift_gate.models.backbones import build_classifier, get_backbone
 from drift_gate.models.inference import progress_bar
-from drift_gate.training.loops import Log, log_stderr, seed_all, state_bytes
+from drift_gate.training.loops import (
+    Log,
+    log_stderr,
+    seed_all,
+    state_bytes,
+    to_training_layout,
+    training_batch,
+)
 from drift_gate.training.profiles import PretrainConfig
 
 __all__ = ["pretrain_synthetic"]
@@ -49,6 +56,7 @@ def pretrain_synthetic(
     *,
     device: torch.device,
     batch_size: int,
+    output_stride: int | None = None,
     progress: bool = False,
     log: Log = log_stderr,
 ) -> Path:
@@ -59,12 +67,16 @@ def pretrain_synthetic(
     the five target classes, so the TL phase starts from features that respond
     to opacities and their position rather than from random filters.
 
+    The body is built with ``output_stride`` (``None``: the backbone's own), as the TL
+    and FT phases build it, so its filters are trained at the grid they will run at.
+
     Returns:
         Path of a file holding ``{"body": state_dict}``.
     """
     size = cfg.size_for(input_size)
     # keyed by the settings and by the code that makes it (changed code never reuses it)
-    settings = f"{arch}|{json.dumps(asdict(cfg), sort_keys=True)}|{size}|{code_sha256()}"
+    stride = "" if output_stride is None else f"|os{output_stride}"
+    settings = f"{arch}{stride}|{json.dumps(asdict(cfg), sort_keys=True)}|{size}|{code_sha256()}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     path = cache_dir / f"synthetic-{arch}-{key}.pt"
     if path.is_file():
@@ -78,7 +90,9 @@ def pretrain_synthetic(
     mean = torch.tensor(spec.imagenet_norm[0]).view(1, 3, 1, 1)
     std = torch.tensor(spec.imagenet_norm[1]).view(1, 3, 1, 1)
     seed_all(cfg.seed)
-    model = build_classifier(arch, len(SOURCE_LABELS)).to(device)
+    model = to_training_layout(
+        build_classifier(arch, len(SOURCE_LABELS), output_stride=output_stride), device
+    )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     for epoch in range(cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
@@ -90,10 +104,14 @@ def pretrain_synthetic(
             idx = order[first : first + batch_size]
             xb = (x[idx].float().div(255).unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.binary_cross_entropy_with_logits(model(xb.to(device)), y[idx].to(device))
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                model(training_batch(xb, device)), y[idx].to(device)
+            )
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    atomic_write_bytes(path, state_bytes({"body": {k: v.cpu() for k, v in model.body.state_dict().items()}}))
+    atomic_write_bytes(
+        path, state_bytes({"body": {k: v.cpu().contiguous() for k, v in model.body.state_dict().items()}})
+    )
     log(f"  synthetic pretraining done in {time.perf_counter() - began:.0f}s")
     return path

@@ -83,14 +83,17 @@ class BackboneOverrides:
     """Per-backbone settings that replace the profile's.
 
     ``target_layer`` moves the CAM target layer from the body's last module to an earlier
-    one (a module path inside drift-gate's classifier, e.g. ``body.0.denseblock3``); it is
-    written into the checkpoints, so baselines and gates of them use it.
+    one (a module path inside drift-gate's classifier, e.g. ``body.0.denseblock3``);
+    ``output_stride = 16`` builds the body with half its own output stride, so the CAM grid
+    doubles (:func:`drift_gate.models.backbones.build_classifier`). Both are written into
+    the checkpoints, so baselines and gates of them use them.
     """
 
     input_size: int | None = None
     tl: PhaseConfig | None = None
     ft: PhaseConfig | None = None
     target_layer: str | None = None
+    output_stride: int | None = None
 
     def __post_init__(self) -> None:
         if self.target_layer is not None and not is_module_path(self.target_layer):
@@ -174,12 +177,18 @@ class Profile:
         o = self.per_backbone.get(arch)
         return None if o is None else o.target_layer
 
+    def output_stride_for(self, arch: str) -> int | None:
+        """The output stride one backbone is built with (``None``: its own)."""
+        o = self.per_backbone.get(arch)
+        return None if o is None else o.output_stride
+
     def training_key(self, arch: str, phase: str, *extra: str) -> str:
         """Hash of what one backbone's ``phase`` checkpoint depends on, for resuming safely.
 
         Only the settings that reach that backbone's weights count: its input size, seed,
         batch size, weights (a weights file by its content), the synthetic pretraining
-        (for ``weights = "synthetic"``), preprocessing, target layer and the TL phase; the
+        (for ``weights = "synthetic"``), preprocessing, target layer, output stride (where
+        set) and the TL phase; the
         FT key adds the FT phase. The profile's name, ``out``, its other backbones and
         their overrides do not, so renaming a profile or adding a backbone retrains
         nothing, and changing only the FT settings keeps the TL checkpoint. ``extra``
@@ -197,6 +206,8 @@ class Profile:
             "target_layer": self.target_layer_for(arch),
             "tl": asdict(self.phase_for(arch, "tl")),
         }
+        if self.output_stride_for(arch) is not None:
+            doc["output_stride"] = self.output_stride_for(arch)
         if self.weights == "synthetic":
             doc["pretrain"] = asdict(self.pretrain)
         elif self.weights not in ("imagenet", "none") and Path(self.weights).is_file():
@@ -284,7 +295,7 @@ def load_profile(path: Path, name: str) -> Profile:
     if name not in doc:
         raise ConfigError(f"{path}: no profile {name!r}; profiles: {', '.join(sorted(doc))}")
     profile = _build(Profile, {"name": name, **doc[name]}, f"{path}: [{name}]")
-    from drift_gate.models.backbones import get_backbone
+    from drift_gate.models.backbones import check_output_stride, get_backbone
 
     for arch in (*profile.backbones, *profile.per_backbone):
         spec = get_backbone(arch)
@@ -293,6 +304,10 @@ def load_profile(path: Path, name: str) -> Profile:
             raise ConfigError(
                 f"{path}: [{name}] input size {size} is below {arch}'s minimum of {spec.min_input}"
             )
+        try:
+            check_output_stride(arch, profile.output_stride_for(arch))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [{name}].per_backbone.{arch}.{exc}") from None
     if profile.preprocess.channels != 3:
         raise ConfigError(
             f"{path}: [{name}].preprocess.channels = {profile.preprocess.channels}: "
