@@ -368,8 +368,7 @@ out = {json.dumps(profile.out)}
 
 #: Controls the gate gets wrong on the demo, and why (docs/explanation/evidence.md). Like a
 #: strict xfail: the heavy test fails when one of them is caught too, so that this list,
-#: the README's controls table and the docs are brought up to date. Last run 2026-12-04, at
-#: output stride 32 (4x4 / 3x3 grids); not yet run at the demo's output stride 16 (8x8).
+#: the README's controls table and the docs are brought up to date.
 KNOWN_MISSES = {
     # under bounds that cover another machine's whole retraining (thresholds.toml of b8a2df4;
     # `validate` of 2026-12-04, seven controls): the marker is caught on no backbone

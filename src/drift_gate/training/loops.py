@@ -39,11 +39,10 @@ def log_stderr(msg: str) -> None:
 
 
 #: The memory layout every layer is trained in: channels-last ("NHWC") convolutions take
-#: oneDNN's (and cuDNN's) fastest kernels. A training step of the demo's backbones took
-#: 0.90x / 0.96x / 0.90x (DenseNet201 / ResNet50V2 / InceptionV3) the channels-first time,
-#: and at output stride 16 0.79x / 0.90x / 0.84x (2 threads, 2026-12-06;
-#: benchmarks/bench_train_step.py). Checkpoints are written channels-first
-#: (``save_checkpoint`` stores contiguous tensors).
+#: oneDNN's (and cuDNN's) fastest kernels; a training step measured 0.74-0.87x the
+#: channels-first one's time on the three backbones (CPU, one thread, 2026-12-06;
+#: ``nox -s bench``). Checkpoints are written channels-first (:func:`save_checkpoint`
+#: stores contiguous tensors), so what is trained is read back the same on any machine.
 TRAINING_LAYOUT = torch.channels_last
 
 
