@@ -2,9 +2,9 @@
 
 For each backbone at its demo input size, the same Adam step (one batch, a fresh copy of
 one randomly initialised model) is timed four ways, interleaved and best of ``--repeats``:
-the backbone's own output stride (32) in the channels-first layout (the reference), in
-the channels-last layout the training loops use (``drift_gate.training.loops.
-TRAINING_LAYOUT``), and at output stride 16 (twice the CAM grid) in both layouts. Reports
+the backbone's own output stride (32) in the channels-first layout (the reference, what the
+training loops use today: ``drift_gate.training.loops.TRAINING_LAYOUT``), in the
+channels-last layout, and at output stride 16 (twice the CAM grid) in both layouts. Reports
 each as a ratio of the reference and the CAM grid each gives.
 Usage: ``python benchmarks/bench_train_step.py [--backbones densenet201,resnet50v2,inception_v3]``
 """

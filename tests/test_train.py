@@ -190,41 +190,31 @@ def test_interrupted_fine_tuning_resumes_to_the_same_weights(
 
 
 def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp_path: Path) -> None:
-    logs: list[str] = []
-    path = pretrain_synthetic(
-        "tiny", tiny_profile.pretrain, 32, tmp_path, device=torch.device("cpu"), batch_size=8, log=logs.append
-    )
-    again = pretrain_synthetic(
-        "tiny", tiny_profile.pretrain, 32, tmp_path, device=torch.device("cpu"), batch_size=8, log=logs.append
-    )
-    assert path == again and "cached" in logs[-1]
+    import functools
+
     import drift_gate.training.pretrain as pretrain_mod
 
-    real = pretrain_mod.code_sha256
-    try:
-        pretrain_mod.code_sha256 = lambda *a: "0" * 64  # type: ignore[assignment]
-        other = pretrain_mod.pretrain_synthetic(
-            "tiny",
-            tiny_profile.pretrain,
-            32,
-            tmp_path,
-            device=torch.device("cpu"),
-            batch_size=8,
-            log=logs.append,
-        )
-    finally:
-        pretrain_mod.code_sha256 = real
-    assert other != path and "cached" not in logs[-1], "other code never reuses the cache"
-    finer = pretrain_synthetic(
+    logs: list[str] = []
+    pretrain = functools.partial(
+        pretrain_synthetic,
         "tiny",
         tiny_profile.pretrain,
         32,
         tmp_path,
         device=torch.device("cpu"),
         batch_size=8,
-        output_stride=2,
-        log=logs.append,
     )
+    path = pretrain(log=logs.append)
+    again = pretrain(log=logs.append)
+    assert path == again and "cached" in logs[-1]
+    real = pretrain_mod.code_sha256
+    try:
+        pretrain_mod.code_sha256 = lambda *a: "0" * 64  # type: ignore[assignment]
+        other = pretrain(log=logs.append)
+    finally:
+        pretrain_mod.code_sha256 = real
+    assert other != path and "cached" not in logs[-1], "other code never reuses the cache"
+    finer = pretrain(output_stride=2, log=logs.append)
     assert finer not in (path, other) and "cached" not in logs[-1], "a body of another stride is its own"
     from drift_gate.models.backbones import build_classifier
     from drift_gate.models.weights import load_body_weights
