@@ -15,6 +15,9 @@ from drift_gate.data.datasets import DataSet
 from drift_gate.errors import CheckpointError, ConfigError
 from drift_gate.models.backbones import build_classifier, get_backbone
 from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
+from drift_gate.training import loops
+from drift_gate.training.loops import to_training_layout, training_layout
+from drift_gate.training.pipeline import finetune_from
 from drift_gate.training.profiles import BackboneOverrides, load_profile
 from gatekit import TINY_TRAINING, assert_error, gate, make_env, train_tiny
 
@@ -108,6 +111,30 @@ def test_the_stride_travels_with_the_checkpoints(finer: Path, trained: Path) -> 
         assert raw["schema_version"] == 3, "an older drift-gate must refuse it, not build it at stride 4"
     raw = torch.load(trained / "tl.pt", weights_only=True)
     assert raw["schema_version"] == 1 and "output_stride" not in json.loads(raw["meta"])
+
+
+def test_a_halved_stride_trains_channels_last_and_the_own_stride_channels_first(
+    finer: Path, trained: Path, phantom_data: DataSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert training_layout(None) == torch.contiguous_format and training_layout(16) == torch.channels_last
+    seen: list[torch.memory_format] = []
+
+    def spy(model: torch.nn.Module, device: torch.device, layout: torch.memory_format) -> torch.nn.Module:
+        seen.append(layout)
+        return to_training_layout(model, device, layout)
+
+    monkeypatch.setattr(loops, "to_training_layout", spy)
+    for reference in (finer, trained):
+        finetune_from(
+            reference / "tl.pt",
+            phantom_data,
+            TINY_TRAINING.phase_for("tiny", "ft"),
+            out=tmp_path / f"{reference.parent.name}.pt",
+            seed=5,
+            batch_size=TINY_TRAINING.batch_size,
+            device=torch.device("cpu"),
+        )
+    assert seen == [torch.channels_last, torch.contiguous_format]
 
 
 def test_hostile_strides_in_a_checkpoint_are_refused(finer: Path, tmp_path: Path) -> None:

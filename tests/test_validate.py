@@ -31,6 +31,7 @@ from drift_gate.studies.calibrate_report import (
     calibration_markdown,
     thresholds_text,
 )
+from drift_gate.studies.calibrate_runs import retrained_draws
 from drift_gate.studies.validate import CONTROLS, run_validation
 from drift_gate.studies.validate_report import validation_markdown
 from drift_gate.training.profiles import PhantomConfig, Profile
@@ -210,16 +211,20 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
         out,
         seeds=[0],
         per_class=2,
-        vary=("tl", "pretrain"),
+        vary=("tl", "pretrain:2"),
         cache_dir=tmp_path / "cache",
     )
-    assert cal.source == "seeds", "three runs: the profile's fine-tune, a retrained TL, a re-run pretraining"
-    assert [r["source"] for r in cal.runs["tiny"]] == ["seed", "tl", "pretrain"]
-    assert [r["seed"] for r in cal.runs["tiny"]] == [0, 1, 2], "the next TL seed, the next pretraining seed"
-    for source in ("tl", "pretrain"):  # each gated against its own reference's maps
-        assert (out / "runs" / "tiny" / "baselines" / source / "tiny" / "baseline.json").is_file()
-        assert (out / "runs" / "tiny" / source / "tiny" / "ft.pt").is_file()
-    assert all(r.sources == ["seed", "tl", "pretrain"] and r.seed_sd is not None for r in cal.rows)
+    assert cal.source == "seeds", "the profile's fine-tune, a retrained TL, two re-run pretrainings"
+    assert [r["source"] for r in cal.runs["tiny"]] == ["seed", "tl", "pretrain", "pretrain"]
+    assert [r["seed"] for r in cal.runs["tiny"]] == [0, 1, 2, 3], "the next TL seed, the next 2 pretrainings"
+    for folder in ("tl", "pretrain", "pretrain-2"):  # each gated against its own reference's maps
+        assert (out / "runs" / "tiny" / "baselines" / folder / "tiny" / "baseline.json").is_file()
+        assert (out / "runs" / "tiny" / folder / "tiny" / "ft.pt").is_file()
+    ft = [out / "runs" / "tiny" / f / "tiny" / "ft.pt" for f in ("pretrain", "pretrain-2")]
+    assert ft[0].read_bytes() != ft[1].read_bytes(), "two pretraining draws, two models"
+    assert all(
+        r.sources == ["seed", "tl", "pretrain", "pretrain"] and r.seed_sd is not None for r in cal.rows
+    )
     text = (out / "thresholds.proposed.toml").read_text()
     assert (
         "a retrained TL reference (marked (tl))" in text
@@ -231,8 +236,24 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
     assert "| centre | run sd |" in (out / "calibration.md").read_text()
     with pytest.raises(ConfigError, match="unknown noise source or machine setting 'weather'"):
         run_calibration(profile, phantom_data, thresholds, out, seeds=[0], vary=("weather",))
+    with pytest.raises(ConfigError, match="--vary pretrain:0: the number of pretrain draws must be a whole"):
+        run_calibration(synthetic, phantom_data, thresholds, out, seeds=[0], vary=("pretrain:0",))
     with pytest.raises(ConfigError, match="--vary pretrain needs weights = 'synthetic'"):
         run_calibration(profile, phantom_data, thresholds, out, seeds=[0], per_class=2, vary=("pretrain",))
+
+
+def test_retrained_draws_repeat_a_source_with_its_next_seeds() -> None:
+    assert retrained_draws(("tl", "aten:default", "pretrain:3")) == [
+        ("tl", 1),
+        ("pretrain", 1),
+        ("pretrain", 2),
+        ("pretrain", 3),
+    ]
+    assert retrained_draws(("pretrain", "pretrain:2", "threads:1")) == [("pretrain", 1), ("pretrain", 2)]
+    assert retrained_draws(("cpu:avx2+threads:1",)) == []
+    for bad in ("tl:0", "pretrain:x", "pretrain:", "tl:21", "pretrain:-1"):
+        with pytest.raises(ConfigError, match=f"--vary {bad}: the number of"):
+            retrained_draws((bad,))
 
 
 def test_bootstrap_calibration_from_one_run(

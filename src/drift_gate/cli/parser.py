@@ -352,7 +352,8 @@ def _add_calibrate(sub: _Sub) -> None:
         default="",
         help="further noise sources, comma-separated: tl (a retrained TL reference), pretrain (a re-run "
         "of the synthetic pretraining), each one retrained TL + FT pair per backbone gated against its "
-        "own reference; and emulated machines (aten:default, cpu:avx2, cpu:sse41, threads:N, gpu, "
+        "own reference (tl:N, pretrain:N: N pairs, with the next N seeds); and emulated machines "
+        "(aten:default, cpu:avx2, cpu:sse41, threads:N, gpu, "
         "joined by +), each one fine-tune of the TL in a process of its own, as many at once as the "
         "cores allow",
     )

@@ -123,11 +123,12 @@ def calibrate(
     """Each metric's noise over ``runs`` seed-to-seed fine-tunes (and the bootstrap), and
     the bounds it implies: writes ``thresholds.proposed.toml`` and ``calibration.{md,json}``.
     ``vary`` adds noise sources: ``tl`` (a retrained TL reference), ``pretrain`` (a re-run
-    of the synthetic pretraining), and emulated machines (``aten:default``, ``cpu:sse41``,
-    ``threads:1``, ``gpu``; combined with ``+``), each a fine-tune of the TL in a process of
-    its own, side by side as the cores allow. Bounds are tolerance bounds for the number of
-    runs (``k=None``), or ``k`` noise widths from the centre. ``profile`` may name several
-    profiles (``"demo,ci"``): their backbones' bounds go into one proposal."""
+    of the synthetic pretraining; ``tl:N``, ``pretrain:N``: ``N`` draws), and emulated
+    machines (``aten:default``, ``cpu:sse41``, ``threads:1``, ``gpu``; combined with ``+``),
+    each a fine-tune of the TL in a process of its own, side by side as the cores allow.
+    Bounds are tolerance bounds for the number of runs (``k=None``), or ``k`` noise widths
+    from the centre. ``profile`` may name several profiles (``"demo,ci"``): their
+    backbones' bounds go into one proposal."""
     from drift_gate.data.datasets import load_dataset
     from drift_gate.models.inference import resolve_device
     from drift_gate.studies.calibrate import merged, run_calibration

@@ -62,13 +62,18 @@ from drift_gate.gating.thresholds import Thresholds
 from drift_gate.studies.calibrate_report import (
     CALIBRATED,
     OPT_IN,
-    VARY,
     AucDropRow,
     Calibration,
     NoiseRow,
     write_calibration,
 )
-from drift_gate.studies.calibrate_runs import machine_runs, retrained_runs, seed_runs
+from drift_gate.studies.calibrate_runs import (
+    is_retrained,
+    machine_runs,
+    retrained_draws,
+    retrained_runs,
+    seed_runs,
+)
 from drift_gate.studies.machines import parse_machine
 from drift_gate.training.profiles import Profile
 
@@ -235,7 +240,8 @@ def run_calibration(
 
     Args:
         seeds: fine-tuning seeds; one seed (the profile's) means bootstrap only.
-        vary: further noise sources: :data:`VARY` (one retrained run each), and emulated
+        vary: further noise sources: :data:`VARY` (one retrained run each; ``tl:N`` and
+            ``pretrain:N`` retrain ``N``, with the next ``N`` seeds), and emulated
             machines (:func:`~drift_gate.studies.machines.parse_machine`, e.g.
             ``aten:default``, ``threads:1``): one fine-tune of the TL each, in a process of
             its own, as many at once as the cores allow.
@@ -245,9 +251,9 @@ def run_calibration(
         per_class: audit images per class (as for ``drift-gate baseline``).
     """
     device = torch.device(device)
-    machines = [parse_machine(v) for v in vary if v not in VARY]
-    vary = tuple(v for v in vary if v in VARY)
-    source = "seeds" if len(seeds) + len(vary) + len(machines) > 1 else "bootstrap"
+    machines = [parse_machine(v) for v in vary if not is_retrained(v)]
+    vary = tuple(v for v in vary if is_retrained(v))
+    source = "seeds" if len(seeds) + len(retrained_draws(vary)) + len(machines) > 1 else "bootstrap"
     if source == "bootstrap" and k is None:
         k = 3.0  # one run has no spread to scale: the bootstrap alone, 3 widths
     plain = Thresholds(

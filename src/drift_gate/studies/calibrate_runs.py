@@ -23,7 +23,10 @@ from drift_gate.studies.machines import Machine, MachineJob, run_jobs
 from drift_gate.training.pipeline import finetune_from, train_backbone
 from drift_gate.training.profiles import Profile
 
-__all__ = ["machine_runs", "retrained_runs", "seed_runs"]
+__all__ = ["MAX_DRAWS", "is_retrained", "machine_runs", "retrained_draws", "retrained_runs", "seed_runs"]
+
+#: the most draws ``tl:N`` or ``pretrain:N`` may ask for (each is a whole TL + FT training)
+MAX_DRAWS = 20
 
 Log = Callable[[str], None]
 
@@ -88,6 +91,38 @@ def machine_runs(
     return run_jobs(jobs, log) if jobs else []
 
 
+def retrained_draws(vary: tuple[str, ...]) -> list[tuple[str, int]]:
+    """``(source, draw)`` per retrained run that ``vary`` asks for: ``tl`` and ``pretrain``
+    are one draw each, ``tl:N`` and ``pretrain:N`` are draws 1..N (``N`` from 1 to 20).
+    Other entries (emulated machines) are not this function's; a source named twice counts once.
+
+    Raises:
+        ConfigError: ``tl:0``, ``pretrain:x`` and the like.
+    """
+    draws: dict[str, int] = {}
+    for entry in vary:
+        name, sep, count = entry.partition(":")
+        if name not in VARY:
+            continue
+        if sep and not (count.isdigit() and 1 <= int(count) <= MAX_DRAWS):
+            raise ConfigError(
+                f"--vary {entry}: the number of {name} draws must be a whole number from 1 to {MAX_DRAWS}"
+            )
+        draws[name] = max(draws.get(name, 0), int(count) if sep else 1)
+    return [(name, k) for name in VARY if name in draws for k in range(1, draws[name] + 1)]
+
+
+def is_retrained(entry: str) -> bool:
+    """Whether ``entry`` of ``--vary`` names retrained draws (``tl``, ``pretrain:3``)
+    rather than an emulated machine."""
+    return entry.partition(":")[0] in VARY
+
+
+def _folder(source: str, draw: int) -> str:
+    """A draw's run and baseline folder: draw 1 keeps the source's bare name."""
+    return source if draw == 1 else f"{source}-{draw}"
+
+
 def retrained_runs(
     profile: Profile,
     arch: str,
@@ -103,31 +138,34 @@ def retrained_runs(
     log: Log,
     cache_dir: Path | None = None,
 ) -> list[tuple[str, int, Path, Path]]:
-    """Per source in ``vary``: ``(source, seed, FT checkpoint, its reference's baselines)``
-    of a whole retrained TL + FT pair (kept under ``out/<source>``, reused when up to date)."""
+    """Per draw of :func:`retrained_draws`: ``(source, seed, FT checkpoint, its reference's
+    baselines)`` of a whole retrained TL + FT pair, draw ``k`` with the source's seed + ``k``
+    (kept under ``out/<source>`` for the first draw, ``out/<source>-<k>`` for the others,
+    reused when up to date)."""
     runs = []
-    for source in vary:
+    for source, draw in retrained_draws(vary):
+        folder = _folder(source, draw)
         # a retrained pair is trained whole: a profile's pinned TL reference is not its own
         if source == "tl":
-            p = replace(profile, seed=profile.seed + 1, out=str(out / "tl"), reference=None)
+            p = replace(profile, seed=profile.seed + draw, out=str(out / folder), reference=None)
             seed = p.seed
         else:
             if profile.weights != "synthetic":
                 raise ConfigError(
                     f"calibrate --vary pretrain needs weights = 'synthetic', not {profile.weights!r}"
                 )
-            seed = profile.pretrain.seed + 1
+            seed = profile.pretrain.seed + draw
             p = replace(
                 profile,
                 pretrain=replace(profile.pretrain, seed=seed),
-                out=str(out / "pretrain"),
+                out=str(out / folder),
                 reference=None,
             )
         log(f"[{arch}] calibration run: {VARY[source]} (seed {seed}), then its fine-tune")
         trained = train_backbone(
             p, arch, data, device, cache_dir=cache_dir or default_cache_dir(), progress=progress, log=log
         )
-        base = out / "baselines" / source
+        base = out / "baselines" / folder
         create_baseline(
             trained.checkpoints["tl"],
             data,

@@ -74,7 +74,7 @@ def parse_machine(text: str) -> Machine:
             device = "cuda"
         else:
             raise ConfigError(
-                f"unknown noise source or machine setting {part.strip()!r}; known: tl, pretrain, and "
+                f"unknown noise source or machine setting {part.strip()!r}; known: tl[:N], pretrain[:N], and "
                 "aten:default, cpu:avx2, cpu:sse41, threads:N, gpu (machines, joined by +)"
             )
     return Machine(text, env, threads, device)

@@ -38,22 +38,30 @@ def log_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-#: The memory layout every layer is trained in. Channels-last (``torch.channels_last``) took
-#: 0.90x / 0.96x / 0.90x the channels-first step's time (DenseNet201 / ResNet50V2 /
-#: InceptionV3, 2 threads, 2026-12-06; benchmarks/bench_train_step.py), but it gives other
-#: weights, and the committed thresholds were calibrated and validated on channels-first
-#: training: it is switched together with a recalibration (docs/explanation/evidence.md).
-TRAINING_LAYOUT = torch.contiguous_format
+def training_layout(output_stride: int | None) -> torch.memory_format:
+    """The memory layout a backbone is trained in: channels-last for one built at a halved
+    output stride, channels-first (PyTorch's default) otherwise.
+
+    Channels-last took 0.98x / 1.20x / 1.12x the time of a stride-32 channels-first step at
+    stride 16, against 1.24x / 1.34x / 1.33x channels-first (DenseNet201 / ResNet50V2 /
+    InceptionV3, one Adam step, batch 8, 2 threads, 2026-12-06; benchmarks/bench_train_step.py),
+    and 0.90x / 0.96x / 0.90x at stride 32. It gives other weights than channels-first, as
+    another CPU does, so it follows from a setting that is part of every training key (the
+    output stride): a checkpoint trained channels-first is never taken for a channels-last
+    one, and the stride-32 profiles (the ci profile's pinned reference among them) train
+    exactly as before.
+    """
+    return torch.channels_last if output_stride is not None else torch.contiguous_format
 
 
-def to_training_layout(model: M, device: torch.device) -> M:
-    """``model`` on ``device`` with its 4-D weights in :data:`TRAINING_LAYOUT`."""
-    return model.to(device).to(memory_format=TRAINING_LAYOUT)
+def to_training_layout(model: M, device: torch.device, layout: torch.memory_format) -> M:
+    """``model`` on ``device`` with its 4-D weights in ``layout`` (:func:`training_layout`)."""
+    return model.to(device).to(memory_format=layout)
 
 
-def training_batch(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch of images on ``device`` in :data:`TRAINING_LAYOUT`."""
-    return x.to(device, memory_format=TRAINING_LAYOUT)
+def training_batch(x: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+    """A batch of images on ``device`` in ``layout`` (:func:`training_layout`)."""
+    return x.to(device, memory_format=layout)
 
 
 def seed_all(seed: int) -> None:
@@ -215,10 +223,11 @@ def state_bytes(obj: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _wrap(model: Classifier, dist: Dist, device: torch.device, batch_size: int) -> nn.Module:
-    """Every parameter trainable, in the training layout; under torchrun, global-batch
-    BatchNorm and DDP."""
-    to_training_layout(model, device)
+def _wrap(
+    model: Classifier, dist: Dist, device: torch.device, batch_size: int, layout: torch.memory_format
+) -> nn.Module:
+    """Every parameter trainable, in ``layout``; under torchrun, global-batch BatchNorm and DDP."""
+    to_training_layout(model, device, layout)
     for p in model.parameters():
         p.requires_grad_(True)
     if not dist.enabled:
@@ -322,8 +331,10 @@ def finetune(
     dist: Dist | None = None,
     precision: str = "fp32",
     on_epoch: Callable[[int, float], None] | None = None,
+    layout: torch.memory_format = torch.contiguous_format,
 ) -> tuple[int, list[float]]:
-    """Trains every layer; saves a resumable state after each epoch to ``resume``.
+    """Trains every layer, in memory layout ``layout`` (:func:`training_layout`); saves a
+    resumable state after each epoch to ``resume``.
 
     ``on_epoch(epoch, val_auc)`` is called on rank 0 after each epoch (``train
     --keep-epochs`` saves a checkpoint there).
@@ -345,7 +356,7 @@ def finetune(
         The best epoch (0-based) and the validation macro AUC of every epoch.
     """
     dist = dist or Dist(0, 1, device)
-    net = _wrap(model, dist, device, batch_size)
+    net = _wrap(model, dist, device, batch_size, layout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = _resumed(resume, config_sha256, model, opt, device, cfg.epochs, log)
     for epoch in range(run.start, cfg.epochs):
@@ -356,7 +367,9 @@ def finetune(
         for x, y in bar:
             opt.zero_grad(set_to_none=True)
             with autocast(device, precision):
-                loss = nn.functional.cross_entropy(net(training_batch(x, device)).float(), y.to(device))
+                loss = nn.functional.cross_entropy(
+                    net(training_batch(x, device, layout)).float(), y.to(device)
+                )
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")

@@ -47,6 +47,7 @@ from drift_gate.training.loops import (
     seed_all,
     sharded_features,
     train_head,
+    training_layout,
 )
 from drift_gate.training.pretrain import pretrain_synthetic
 from drift_gate.training.profiles import PhaseConfig, Profile
@@ -268,6 +269,7 @@ def _ft_phase(run: _Run, model: Classifier, precision: str, keep_epochs: bool) -
         dist=run.dist,
         precision=precision,
         on_epoch=keep if keep_epochs else None,
+        layout=training_layout(profile.output_stride_for(arch)),
     )
     metrics = {}
     for s in ("val", "test"):
@@ -467,6 +469,7 @@ def finetune_from(
         classes=data.classes,
         progress=progress,
         log=log,
+        layout=training_layout(ref_meta.output_stride),
     )
     metrics = {
         s: classification_metrics(*predict(model, sets[s], device, batch_size), data.classes)

@@ -26,6 +26,7 @@ from drift_gate.training.loops import (
     state_bytes,
     to_training_layout,
     training_batch,
+    training_layout,
 )
 from drift_gate.training.profiles import PretrainConfig
 
@@ -90,8 +91,9 @@ def pretrain_synthetic(
     mean = torch.tensor(spec.imagenet_norm[0]).view(1, 3, 1, 1)
     std = torch.tensor(spec.imagenet_norm[1]).view(1, 3, 1, 1)
     seed_all(cfg.seed)
+    layout = training_layout(output_stride)
     model = to_training_layout(
-        build_classifier(arch, len(SOURCE_LABELS), output_stride=output_stride), device
+        build_classifier(arch, len(SOURCE_LABELS), output_stride=output_stride), device, layout
     )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     for epoch in range(cfg.epochs):
@@ -105,7 +107,7 @@ def pretrain_synthetic(
             xb = (x[idx].float().div(255).unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.binary_cross_entropy_with_logits(
-                model(training_batch(xb, device)), y[idx].to(device)
+                model(training_batch(xb, device, layout)), y[idx].to(device)
             )
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
