@@ -397,12 +397,17 @@ KNOWN_MISSES = {
     ("marker", "resnet50v2"): "its 4x4 maps do not move onto the 14 % corner box it relies on",
     ("marker", "inception_v3"): "its 3x3 maps do not move onto the 14 % corner box it relies on",
     ("shortcut", "inception_v3"): "inconclusive: 109 true positives of 300, no rule broken by 10",
+    # the drain controls under today's thresholds.toml (`validate` of 2026-12-06, bc89a3f;
+    # docs/explanation/controls.md)
+    ("drain", "densenet201"): "passes: LayerCAM displacement 0.043 (<= 0.07), its maps off the drain",
+    ("drain", "inception_v3"): "passes: LayerCAM displacement 0.106 (<= 0.14)",
+    ("drain-twin", "inception_v3"): "[auc] min: its cue reference's own audit AUC is 0.816 (< 0.85)",
 }
 
 #: Strip shortcuts whose candidate's maps do not carry more mass on the strip (the drift,
 #: if any, is elsewhere): strict too, so a change is noticed.
 STRIP_NOT_IN_MAPS = {
-    "inception_v3": "its 3x3 maps' mass on the strip falls (0.12 -> 0.10 on 2026-12-04)",
+    "inception_v3": "its 3x3 maps' mass on the strip falls (0.12 -> 0.10 on 2026-12-04 and 2026-12-06)",
 }
 
 
