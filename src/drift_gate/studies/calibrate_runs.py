@@ -93,7 +93,7 @@ def machine_runs(
 
 def retrained_draws(vary: tuple[str, ...]) -> list[tuple[str, int]]:
     """``(source, draw)`` per retrained run that ``vary`` asks for: ``tl`` and ``pretrain``
-    are one draw each, ``tl:N`` and ``pretrain:N`` are draws 1..N (``N`` from 1 to 20).
+    are one draw each, ``tl:N`` and ``pretrain:N`` are draws 1..N (``N`` up to :data:`MAX_DRAWS`).
     Other entries (emulated machines) are not this function's; a source named twice counts once.
 
     Raises:
