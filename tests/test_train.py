@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -148,6 +149,12 @@ def test_training_key_covers_what_makes_the_weights(tiny_profile: Profile, tmp_p
     assert synthetic.training_key("tiny", "tl", "m") != dataclasses.replace(
         synthetic, pretrain=PretrainConfig(images=64)
     ).training_key("tiny", "tl", "m"), "the pretraining reaches the weights"
+    assert synthetic.training_key("tiny", "tl", "m") != dataclasses.replace(
+        synthetic, pretrain=PretrainConfig(schedule="cosine")
+    ).training_key("tiny", "tl", "m"), "the pretraining's schedule reaches the weights"
+    assert set(PretrainConfig().key()) == {"images", "epochs", "lr", "scale", "seed"}, (
+        "the default schedule leaves the keys of checkpoints made before it (a pinned TL) valid"
+    )
     body = tmp_path / "body.pt"
     body.write_bytes(b"one")
     first = dataclasses.replace(tiny_profile, weights=str(body)).training_key("tiny", "tl", "m")
@@ -207,6 +214,17 @@ def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp
     path = pretrain(log=logs.append)
     again = pretrain(log=logs.append)
     assert path == again and "cached" in logs[-1]
+    cosine = pretrain_synthetic(
+        "tiny",
+        dataclasses.replace(tiny_profile.pretrain, schedule="cosine"),
+        32,
+        tmp_path,
+        device=torch.device("cpu"),
+        batch_size=8,
+        log=logs.append,
+    )
+    assert cosine != path and "cached" not in logs[-1], "a body learnt on another schedule is its own"
+    assert torch.load(cosine)["body"].keys() == torch.load(path)["body"].keys()
     real = pretrain_mod.code_sha256
     try:
         pretrain_mod.code_sha256 = lambda *a: "0" * 64  # type: ignore[assignment]
@@ -223,6 +241,23 @@ def test_synthetic_pretraining_is_cached_and_loadable(tiny_profile: Profile, tmp
     before = model.body[0].weight.clone()
     load_body_weights(model.body, path)
     assert not torch.equal(model.body[0].weight, before), "the pretrained body must be loaded"
+
+
+def test_cosine_pretraining_schedule_ends_at_zero() -> None:
+    from drift_gate.training.pretrain import _schedule
+
+    for name, last in (("constant", 1e-3), ("cosine", 0.0)):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        schedule = _schedule(opt, name, 10)
+        seen = []
+        for _ in range(10):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            schedule.step()
+        assert seen[0] == pytest.approx(1e-3), name
+        assert opt.param_groups[0]["lr"] == pytest.approx(last, abs=1e-12), name
+        if name == "cosine":
+            assert all(a > b for a, b in itertools.pairwise(seen)), "it falls at every step"
 
 
 def _write_profiles(tmp_path: Path, phantom_root: Path, extra: str = "") -> Path:
@@ -270,6 +305,10 @@ def test_cli_train(tmp_path: Path, phantom_root: Path, capsys: pytest.CaptureFix
         ),
         ("preprocess = { resize = 'zoom' }", r"\[t\]\.preprocess: preprocess\.resize must be one of squash"),
         ("preprocess = { channels = 1 }", "the built-in backbones take 3 channels"),
+        (
+            "pretrain = { schedule = 'step' }",
+            r"\[t\]\.pretrain: schedule: expected one of constant, cosine, got 'step'",
+        ),
     ],
 )
 def test_cli_rejects_bad_profiles(

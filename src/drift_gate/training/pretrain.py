@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,8 @@ def _source_images(
     cfg: PretrainConfig, size: int, cache_dir: Path, progress: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     code = code_sha256(("data/phantoms.py", "data/phantom_set.py"))
-    key = hashlib.sha256(f"{json.dumps(asdict(cfg), sort_keys=True)}|{size}|{code}".encode()).hexdigest()[:16]
+    # the source images depend on their seed, count and size only (not on how they are learnt)
+    key = hashlib.sha256(f"{cfg.seed}|{cfg.images}|{size}|{code}".encode()).hexdigest()[:16]
     path = cache_dir / f"source-{key}.npz"
     if path.is_file():
         with np.load(path) as npz:
@@ -47,6 +47,13 @@ def _source_images(
     np.savez_compressed(buf, x=x, y=y)
     atomic_write_bytes(path, buf.getvalue())
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _schedule(opt: torch.optim.Optimizer, name: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning rate over ``steps`` optimiser steps (stepped after each)."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 
 def pretrain_synthetic(
@@ -77,7 +84,7 @@ def pretrain_synthetic(
     size = cfg.size_for(input_size)
     # keyed by the settings and by the code that makes it (changed code never reuses it)
     stride = "" if output_stride is None else f"|os{output_stride}"
-    settings = f"{arch}{stride}|{json.dumps(asdict(cfg), sort_keys=True)}|{size}|{code_sha256()}"
+    settings = f"{arch}{stride}|{json.dumps(cfg.key(), sort_keys=True)}|{size}|{code_sha256()}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     path = cache_dir / f"synthetic-{arch}-{key}.pt"
     if path.is_file():
@@ -96,11 +103,13 @@ def pretrain_synthetic(
         build_classifier(arch, len(SOURCE_LABELS), output_stride=output_stride), device, layout
     )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    per_epoch = len(range(0, len(x) - batch_size + 1, batch_size))
+    schedule = _schedule(opt, cfg.schedule, per_epoch * cfg.epochs)
     for epoch in range(cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         order = torch.randperm(len(x), generator=gen)
         model.train()
-        steps = range(0, len(order) - batch_size + 1, batch_size)
+        steps = range(0, per_epoch * batch_size, batch_size)
         bar = progress_bar(steps, desc=f"pretrain {epoch + 1}/{cfg.epochs}", disable=not progress)
         for first in bar:
             idx = order[first : first + batch_size]
@@ -111,6 +120,7 @@ def pretrain_synthetic(
             )
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
+            schedule.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
     atomic_write_bytes(
         path, state_bytes({"body": {k: v.cpu().contiguous() for k, v in model.body.state_dict().items()}})

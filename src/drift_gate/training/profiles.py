@@ -39,6 +39,9 @@ T = TypeVar("T", bound="DataclassInstance")
 #: ``baselines = "own-tl"``: each FT checkpoint is gated against its own TL checkpoint.
 OWN_TL = "own-tl"
 
+#: learning-rate schedules of the synthetic pretraining (``pretrain.schedule``)
+PRETRAIN_SCHEDULES = ("constant", "cosine")
+
 
 @dataclass(frozen=True)
 class PhantomConfig:
@@ -56,6 +59,9 @@ class PretrainConfig:
     ``scale`` sets the source images' side as a fraction of each backbone's input
     size, so the target layer sees structures at a similar scale in both tasks
     (InceptionV3's unpadded stem turns 96 px into a 1x1 map but 120 px into 2x2).
+    ``schedule`` is the learning rate over the steps: ``"constant"`` (``lr`` throughout) or
+    ``"cosine"`` (from ``lr`` down to 0 at the last step, so the body ends at a settled point
+    rather than wherever the last steps at full ``lr`` left it).
     """
 
     images: int = 1000
@@ -63,6 +69,21 @@ class PretrainConfig:
     lr: float = 1e-3
     scale: float = 0.75
     seed: int = 1
+    schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in PRETRAIN_SCHEDULES:
+            raise ConfigError(
+                f"schedule: expected one of {', '.join(PRETRAIN_SCHEDULES)}, got {self.schedule!r}"
+            )
+
+    def key(self) -> dict[str, Any]:
+        """The settings that reach the pretrained weights, as a training key holds them: the
+        default ``schedule`` is left out, so keys made before it existed stay valid."""
+        doc = asdict(self)
+        if self.schedule == "constant":
+            del doc["schedule"]
+        return doc
 
     def size_for(self, input_size: int) -> int:
         """Source image side for a backbone with this input size."""
@@ -209,7 +230,7 @@ class Profile:
         if self.output_stride_for(arch) is not None:
             doc["output_stride"] = self.output_stride_for(arch)
         if self.weights == "synthetic":
-            doc["pretrain"] = asdict(self.pretrain)
+            doc["pretrain"] = self.pretrain.key()
         elif self.weights not in ("imagenet", "none") and Path(self.weights).is_file():
             doc["weights_sha256"] = file_sha256(Path(self.weights))
         if phase == "ft":
