@@ -21,6 +21,7 @@ from drift_gate.data.datasets import DataSet
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.registry import Direction
 from drift_gate.gating.gate import run_gate
+from drift_gate.gating.rules import decide_verdict
 from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
 from drift_gate.studies.calibrate import auc_drop_row, propose_bound, run_calibration, tolerance_factor
 from drift_gate.studies.calibrate_report import (
@@ -568,3 +569,65 @@ def test_calibrations_of_two_profiles_make_one_proposal(
     text = thresholds_text(both, thresholds)
     assert "[drift.tiny.layercam]" in text and "[drift.mobilenet_v3_small.layercam]" in text
     assert not (tmp_path / "a" / "thresholds.proposed.toml").exists(), "write=False writes nothing"
+
+
+def test_a_cue_control_is_not_judged_by_a_floor_its_reference_misses() -> None:
+    """The uninformative twin of a cue whose reference's own AUC lies below ``[auc] min``
+    passes on its evidence and its drop; the floor still counts where the reference meets it,
+    and a shortcut keeps the shortcut label rather than an AUC regression it did not cause."""
+    from drift_gate.gating.gate import CandidateResult
+    from drift_gate.gating.rules import FAIL, PASS, RuleResult
+    from drift_gate.studies.validate import SHORTCUT_LABEL, _without_floors_the_reference_misses
+
+    def result(reference_auc: float, drift: str) -> CandidateResult:
+        rules = [
+            RuleResult("a/auc.min", FAIL, 0.803, 0.85, ">= 0.85", "", scope="auc", metric="auc", kind="min"),
+            RuleResult(
+                "a/auc.max_drop",
+                PASS,
+                0.803,
+                reference_auc - 0.1,
+                "",
+                "",
+                scope="auc",
+                metric="auc",
+                kind="max_drop",
+            ),
+            RuleResult(
+                "a/layercam/iou.min",
+                drift,
+                0.2,
+                0.3,
+                ">= 0.3",
+                "",
+                method="layercam",
+                metric="iou",
+                kind="min",
+            ),
+        ]
+        verdict, label = decide_verdict(rules)
+        return CandidateResult(
+            "ft.pt",
+            "0",
+            "a",
+            "base",
+            "0",
+            "0",
+            ("x", "y"),
+            0.803,
+            reference_auc,
+            40,
+            30,
+            {},
+            rules,
+            verdict,
+            label,
+        )
+
+    twin, waived = _without_floors_the_reference_misses(result(0.816, PASS))
+    assert (twin.verdict, len(waived)) == (PASS, 1) and "0.8160 is below the floor 0.85" in waived[0]
+    assert [r.rule for r in twin.rules] == ["a/auc.max_drop", "a/layercam/iou.min"]
+    kept, waived = _without_floors_the_reference_misses(result(0.9, PASS))
+    assert (kept.verdict, waived) == (FAIL, []) and len(kept.rules) == 3
+    shortcut, _ = _without_floors_the_reference_misses(result(0.816, FAIL))
+    assert (shortcut.verdict, shortcut.label) == (FAIL, SHORTCUT_LABEL)

@@ -130,6 +130,8 @@ def _extra(r: ControlRow) -> str:
         drops = d.get("counterfactual")
         if drops:
             text += "; score drop with it replaced: " + ", ".join(f"{m} {v:.2f}" for m, v in drops.items())
+        for note in d.get("waived", []):
+            text += f"; {note}"
         return text
     return ""
 
