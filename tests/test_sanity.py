@@ -37,6 +37,33 @@ def test_randomised_copy_resets_the_head_and_block_only_and_keeps_the_rng() -> N
         randomised_copy(model, "all")
 
 
+@pytest.mark.parametrize(
+    ("arch", "randomised", "kept"),
+    [
+        # a pre-activation net's final norm holds no convolution: its last bottleneck goes with it
+        ("resnet50v2", ("2.", "1.3.blocks.2."), ("1.3.blocks.1.", "1.2.", "0.")),
+        ("inception_v3", ("17.",), ("16.", "0.")),
+        ("densenet201", ("0.",), ()),
+    ],
+)
+def test_head_and_block_reinitialise_convolutions_on_every_backbone(
+    arch: str, randomised: tuple[str, ...], kept: tuple[str, ...]
+) -> None:
+    torch.manual_seed(0)
+    model = build_classifier(arch, 3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    twin = randomised_copy(model, "head+block")
+    before, after = model.body.state_dict(), twin.body.state_dict()
+    changed = {k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])}
+    for prefix in randomised:
+        assert any(k.startswith(prefix) for k in changed), (arch, prefix)
+    for prefix in kept:
+        assert not any(k.startswith(prefix) for k in changed), (arch, prefix)
+    assert any(before[k].dim() == 4 for k in changed), "a convolution is re-initialised"
+
+
 def test_the_sanity_check_compares_maps_by_their_ranks() -> None:
     """It uses the drift metric's Spearman correlation (one formula for both)."""
     rng = np.random.default_rng(0)

@@ -34,18 +34,46 @@ def _has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
+def _conv_block(module: nn.Module) -> nn.Module | None:
+    """The last block of ``module`` that holds convolutions itself: its last child with
+    weights, followed down until a module with a ``Conv2d`` among its own children (a
+    residual bottleneck inside a stage)."""
+    m = module
+    while not any(isinstance(c, nn.Conv2d) for c in m.children()):
+        weighted = [c for c in m.children() if _has_parameters(c)]
+        if not weighted:
+            return None
+        m = weighted[-1]
+    return m
+
+
+def _body_block(body: nn.Sequential) -> nn.Module | None:
+    """The last module of ``body`` with weights; where it holds no convolution (a
+    pre-activation network's final norm, ResNet50V2's), together with the last
+    convolutional block before it, so that every backbone's ``head+block`` re-initialises
+    convolutions (DenseNet201: all of ``features``, InceptionV3: Mixed_7c, ResNet50V2: its
+    last bottleneck and the final norm)."""
+    weighted = [m for m in body if _has_parameters(m)]
+    if not weighted:
+        return None
+    last = weighted[-1]
+    if any(isinstance(m, nn.Conv2d) for m in last.modules()) or len(weighted) < 2:
+        return last
+    block = _conv_block(weighted[-2])
+    return last if block is None else nn.ModuleList([block, last])
+
+
 def _last_block(model: nn.Module) -> nn.Module | None:
-    """The last block with weights up to the CAM target layer: the last module of a
-    drift-gate backbone's ``body`` that has parameters (DenseNet201: all of ``features``,
-    ResNet50V2: the final norm, InceptionV3: Mixed_7c; docs/explanation/evidence.md says
-    why DenseNet201's is not narrower); else the named target layer (a foreign model's,
+    """The last block with weights up to the CAM target layer: for a drift-gate backbone's
+    ``body``, :func:`_body_block` (docs/explanation/evidence.md says why DenseNet201's is
+    not narrower); else the named target layer (a foreign model's,
     or one a profile chose inside a drift-gate backbone) when it has weights, the last
     sibling with weights before it in a ``Sequential`` when it has none (an activation),
     or else its nearest parent with weights."""
     path = getattr(getattr(model, "target", None), "path", None)
     body = getattr(model, "body", None)
     if path is None and isinstance(body, nn.Sequential):
-        return next((m for m in reversed(body) if _has_parameters(m)), None)
+        return _body_block(body)
     # a foreign model's layer path is relative to the network it wraps
     wrapped = (getattr(model, "net", None), getattr(model, "model", None))
     inner = next((m for m in wrapped if isinstance(m, nn.Module)), model)
