@@ -48,6 +48,18 @@ def test_round_trip(ckpt: Path) -> None:
     assert not model.training
 
 
+def test_a_rewritten_checkpoint_drops_the_export_of_its_old_bytes(ckpt: Path) -> None:
+    """A retrained ``ft.pt`` beside the old ``ft.onnx`` would fail the gate's parity check
+    (its predictions come from the export): the export goes with the bytes it was made from."""
+    other = ckpt.parent / "other.onnx"
+    for f in (ckpt.with_suffix(".onnx"), ckpt.with_suffix(".onnx.json"), other):
+        f.write_bytes(b"old export")
+    save_checkpoint(ckpt, build_classifier("tiny", 3), _meta())
+    assert not ckpt.with_suffix(".onnx").exists() and not ckpt.with_suffix(".onnx.json").exists()
+    assert other.read_bytes() == b"old export", "only the checkpoint's own export"
+    load_checkpoint(ckpt)
+
+
 def test_meta_json_is_canonical() -> None:
     text = _meta().to_json()
     assert text == json.dumps(json.loads(text), sort_keys=True), "keys sorted, no whitespace variants"

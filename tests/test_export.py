@@ -71,7 +71,10 @@ def test_an_export_of_other_weights_fails_the_parity_rule(exported: Path, env: d
     model, meta = load_checkpoint(exported)
     with torch.no_grad():
         model.head.bias.add_(0.5)
-    save_checkpoint(exported, model, meta)  # model.onnx still holds the old weights
+    # other weights copied over the audited file (drift-gate's own writes drop the old export)
+    changed = exported.parent / "changed.pt"
+    save_checkpoint(changed, model, meta)
+    changed.replace(exported)  # model.onnx still holds the old weights
     env["thresholds"].write_text(RULES.format(drift="iou.min = 0.0"))
     assert gate(env, exported) == 1
     (c,) = result(env)["candidates"]
