@@ -234,18 +234,15 @@ def _schema(meta: CheckpointMeta) -> int:
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: CheckpointMeta) -> None:
-    """Writes ``model`` and ``meta`` to ``path`` atomically, and removes the ONNX export
-    beside it (``<name>.onnx`` and its ``.onnx.json``): it was made from the bytes this
-    replaces, and the gate would take its predictions from it (a retrained ``ft.pt`` with
-    the old ``ft.onnx`` fails the parity check; ``drift-gate export`` makes a new one)."""
+    """Writes ``model`` and ``meta`` to ``path`` atomically; drops the ONNX export beside it
+    (``.onnx``, ``.onnx.json``), made from the bytes this replaces (the gate would fail its parity)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save(
         {"format": _FORMAT, "schema_version": _schema(meta), "meta": meta.to_json(), "state_dict": state},
         buf,
     )
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path := Path(path), buf.getvalue())
     for stale in (path.with_suffix(".onnx"), path.with_suffix(".onnx.json")):
         stale.unlink(missing_ok=True)
 
