@@ -150,7 +150,7 @@ def test_training_key_covers_what_makes_the_weights(tiny_profile: Profile, tmp_p
         synthetic, pretrain=PretrainConfig(images=64)
     ).training_key("tiny", "tl", "m"), "the pretraining reaches the weights"
     assert synthetic.training_key("tiny", "tl", "m") != dataclasses.replace(
-        synthetic, pretrain=PretrainConfig(schedule="cosine")
+        synthetic, pretrain=dataclasses.replace(synthetic.pretrain, schedule="cosine")
     ).training_key("tiny", "tl", "m"), "the pretraining's schedule reaches the weights"
     assert set(PretrainConfig().key()) == {"images", "epochs", "lr", "scale", "seed"}, (
         "the default schedule leaves the keys of checkpoints made before it (a pinned TL) valid"

@@ -103,14 +103,13 @@ def pretrain_synthetic(
         build_classifier(arch, len(SOURCE_LABELS), output_stride=output_stride), device, layout
     )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    per_epoch = len(range(0, len(x) - batch_size + 1, batch_size))
-    schedule = _schedule(opt, cfg.schedule, per_epoch * cfg.epochs)
+    starts = range(0, len(x) - batch_size + 1, batch_size)  # each epoch's batches (full ones only)
+    schedule = _schedule(opt, cfg.schedule, len(starts) * cfg.epochs)
     for epoch in range(cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         order = torch.randperm(len(x), generator=gen)
         model.train()
-        steps = range(0, per_epoch * batch_size, batch_size)
-        bar = progress_bar(steps, desc=f"pretrain {epoch + 1}/{cfg.epochs}", disable=not progress)
+        bar = progress_bar(starts, desc=f"pretrain {epoch + 1}/{cfg.epochs}", disable=not progress)
         for first in bar:
             idx = order[first : first + batch_size]
             xb = (x[idx].float().div(255).unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std
