@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from drift_gate.cli import main
@@ -23,7 +24,14 @@ from drift_gate.evidence.registry import Direction
 from drift_gate.gating.gate import run_gate
 from drift_gate.gating.rules import decide_verdict
 from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
-from drift_gate.studies.calibrate import auc_drop_row, propose_bound, run_calibration, tolerance_factor
+from drift_gate.studies.calibrate import (
+    _margin,
+    auc_drop_row,
+    draw_runs,
+    propose_bound,
+    run_calibration,
+    tolerance_factor,
+)
 from drift_gate.studies.calibrate_report import (
     CALIBRATED,
     OPT_IN,
@@ -156,6 +164,24 @@ def test_auc_max_drop_is_a_tolerance_bound_over_the_runs_drops() -> None:
     assert proposed.auc_max_drop == 0.31 and proposed.auc_min == 0.8, "the loosest backbone's; min kept"
     assert "#   a: drops -0.010 +0.010 +0.020 (tl) +0.000 (aten:default); run sd" in text
     assert "AUC drop below the reference, b: drops" in calibration_markdown(cal)
+    # with re-run pretrainings the draws (the first seed run, each pretrain run) bound it too
+    draws: list[Any] = [SimpleNamespace(reference_auc=0.95, auc=a) for a in (0.95, 0.95, 0.93, 0.97)]
+    row = auc_drop_row("c", draws, ["seed", "seed", "pretrain", "pretrain"], None)
+    assert row.draw_sd == pytest.approx(0.02) and row.k == pytest.approx(tolerance_factor(3))
+    assert row.noise == pytest.approx(0.02)
+    assert row.sd == pytest.approx(float(np.std([0, 0, 0.02, -0.02], ddof=1)))
+    assert "run sd 0.016, draw sd 0.020 (3 draws): " in row.comment()
+    assert row.comment().endswith(f" + {tolerance_factor(3):.2f} x 0.020")
+
+
+def test_draws_are_the_profiles_run_and_each_re_run_pretraining() -> None:
+    assert draw_runs(["seed", "seed", "aten:default", "tl", "pretrain", "pretrain"]) == [0, 4, 5]
+    assert draw_runs(["seed", "seed", "tl", "threads:1"]) == [], "one draw: no spread between draws"
+    assert draw_runs(["seed"]) == []
+    # the widest of the margins: a wide spread between four draws outweighs ten runs' sd
+    assert _margin(0.01, 10, 0.001, 40, None, (0.02, 4)) == (0.02, tolerance_factor(4))
+    assert _margin(0.05, 10, 0.001, 40, None, (0.001, 4)) == (0.05, tolerance_factor(10))
+    assert _margin(0.01, 10, 0.001, 40, 3.0, (0.02, 4)) == (0.02, 3.0), "a fixed k: the largest sd"
 
 
 def test_calibration_proposes_thresholds_every_run_passes(
@@ -226,6 +252,17 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
     assert all(
         r.sources == ["seed", "tl", "pretrain", "pretrain"] and r.seed_sd is not None for r in cal.rows
     )
+    # three pretraining draws (the profile's, two re-runs): no margin narrower than their
+    # spread with the factor for three, and the widest of the three candidates is the one taken
+    for r in cal.rows:
+        assert r.draw_sd == pytest.approx(float(np.std([r.values[i] for i in (0, 2, 3)], ddof=1)))
+        margins = (
+            tolerance_factor(3) * r.draw_sd,
+            tolerance_factor(4) * (r.seed_sd or 0.0),
+            tolerance_factor(min(r.n)) * r.bootstrap_sd,
+        )
+        assert r.k * r.noise == pytest.approx(max(margins)), r
+    assert "draw sd" in (out / "calibration.md").read_text()
     text = (out / "thresholds.proposed.toml").read_text()
     assert (
         "a retrained TL reference (marked (tl))" in text

@@ -13,7 +13,11 @@ every backbone x method x metric it records
   (half-width of the 95 % CI / 1.96, averaged over runs);
 * ``noise``: whichever of the two gives the wider margin, each with its own tolerance
   factor (:func:`_margin`), so that a handful of seeds cannot make the noise look
-  smaller than the audit set's own sampling noise.
+  smaller than the audit set's own sampling noise;
+* with re-run pretrainings among the runs, a third candidate: the sd between the
+  pretraining draws, one run each (:func:`draw_runs`), with the tolerance factor for the
+  number of draws. The other runs share one pretraining, so their spread misses the
+  draw-to-draw part, and a fresh clone on another CPU is a new draw.
 
 Seeds of the fine-tune are not all that varies between two honest runs of the same
 code. With ``vary`` the pool also holds, per backbone, a whole retrained pair gated
@@ -79,6 +83,7 @@ from drift_gate.training.profiles import Profile
 
 __all__ = [
     "auc_drop_row",
+    "draw_runs",
     "propose_bound",
     "run_calibration",
     "tolerance_factor",
@@ -147,20 +152,40 @@ def _moved_most(vals: list[float], sources: list[str], noise: float) -> str:
     return f"{name} {shift[name] / noise:+.1f}"
 
 
+def draw_runs(sources: list[str]) -> list[int]:
+    """The runs that stand for one synthetic pretraining draw each: the profile's own fine-tune
+    (the first ``seed`` run: the seeds, the emulated machines and a retrained TL all share its
+    pretraining) and every ``pretrain`` run; empty where there are fewer than two draws. Runs
+    on one pretraining are not independent of each other, and a fresh clone on another CPU is
+    a new draw (its pretraining takes other kernels), so the draws are the units whose
+    spread a new machine's run has to be judged by."""
+    first = [i for i, s in enumerate(sources) if s == "seed"][:1]
+    draws = first + [i for i, s in enumerate(sources) if s == "pretrain"]
+    return draws if len(draws) > 1 and first else []
+
+
 def _margin(
-    seed_sd: float | None, runs: int, boot: float, samples: int, k: float | None
+    seed_sd: float | None,
+    runs: int,
+    boot: float,
+    samples: int,
+    k: float | None,
+    draw: tuple[float, int] | None = None,
 ) -> tuple[float, float]:
-    """``(noise, k)`` of the wider of the two margins: the runs' sd with the tolerance factor
-    for the number of runs, and the bootstrap sd with the factor for the number of audit
-    samples it was estimated from (a sd from 40 samples is known far better than one from
-    4 runs, so it takes 2.9 widths, not 7.0). ``k`` given: that many widths of the larger sd."""
+    """``(noise, k)`` of the widest margin: the runs' sd with the tolerance factor for the
+    number of runs, the bootstrap sd with the factor for the number of audit samples it was
+    estimated from (a sd from 40 samples is known far better than one from 4 runs, so it
+    takes 2.9 widths, not 7.0), and, with ``draw`` = ``(sd, draws)``, the spread between
+    pretraining draws with the factor for their number. ``k`` given: that many widths of
+    the largest sd."""
     if k is not None:
-        return max(seed_sd or 0.0, boot), k
-    boot_k = tolerance_factor(max(samples, 2))
-    if seed_sd is None:
-        return boot, boot_k
-    seed_k = tolerance_factor(runs)
-    return (seed_sd, seed_k) if seed_k * seed_sd >= boot_k * boot else (boot, boot_k)
+        return max(seed_sd or 0.0, boot, draw[0] if draw else 0.0), k
+    options = [(boot, tolerance_factor(max(samples, 2)))]
+    if seed_sd is not None:
+        options.append((seed_sd, tolerance_factor(runs)))
+    if draw is not None:
+        options.append((draw[0], tolerance_factor(draw[1])))
+    return max(reversed(options), key=lambda o: o[0] * o[1])
 
 
 def _noise_rows(
@@ -193,7 +218,9 @@ def _noise_rows(
         vals = [float(v) for v in values if v is not None]
         seed_sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
         boot = float(np.mean([_bootstrap_sd(s) for s in summaries]))
-        noise, width = _margin(seed_sd, len(vals), boot, min(s.n for s in summaries), k)
+        draws = draw_runs(sources)
+        draw = (float(np.std([vals[i] for i in draws], ddof=1)), len(draws)) if draws else None
+        noise, width = _margin(seed_sd, len(vals), boot, min(s.n for s in summaries), k, draw)
         centre = float(np.mean(vals))
         kind, bound = propose_bound(spec.direction, centre, noise, width, spec.range)
         rows.append(
@@ -213,6 +240,7 @@ def _noise_rows(
                 sources,
                 width,
                 _moved_most(vals, sources, noise),
+                None if draw is None else draw[0],
             )
         )
     return rows
@@ -308,14 +336,18 @@ def auc_drop_row(
 ) -> AucDropRow:
     """The runs' audit macro AUC drops below their own references' and the ``[auc] max_drop``
     they imply: ``centre + k x sd`` over the runs (``k``: the tolerance factor for their
-    number unless given), rounded up to 0.01 and kept within [0, 1] (a drop is a distance
-    between two AUCs). The AUC is one number per run, so unlike the map metrics there is no
-    per-sample bootstrap to weigh against."""
+    number unless given), or over the pretraining draws where that is wider, rounded up to
+    0.01 and kept within [0, 1] (a drop is a distance between two AUCs). The AUC is one
+    number per run, so unlike the map metrics there is no per-sample bootstrap to weigh
+    against."""
     drops = [c.reference_auc - c.auc for c in results]
     centre, sd = float(np.mean(drops)), float(np.std(drops, ddof=1))
-    width = tolerance_factor(len(drops)) if k is None else k
-    _, bound = propose_bound(Direction.LOWER, centre, sd, width, (0.0, 1.0))
-    return AucDropRow(arch, drops, sources, centre, sd, width, bound)
+    draws = draw_runs(sources)
+    draw = (float(np.std([drops[i] for i in draws], ddof=1)), len(draws)) if draws else None
+    noise, width = _margin(sd, len(drops), 0.0, 2, k, draw)  # one AUC per run: no bootstrap
+    _, bound = propose_bound(Direction.LOWER, centre, noise, width, (0.0, 1.0))
+    draw_sd = None if draw is None else draw[0]
+    return AucDropRow(arch, drops, sources, centre, sd, width, bound, draw_sd, noise)
 
 
 def _record(

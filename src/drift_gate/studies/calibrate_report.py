@@ -1,6 +1,9 @@
 """What ``drift-gate calibrate`` measured, and what it writes: the noise rows, the proposed
 ``thresholds.toml`` (``[drift]`` and ``[newly_correct]`` tables with each bound's arithmetic),
 ``calibration.md`` and ``calibration.json``. The measuring is :mod:`drift_gate.studies.calibrate`.
+
+Size: the rows, the proposed file with each bound's arithmetic and the Markdown report are
+one record written three ways; they share the row types and their formatting helpers.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ def _runs(values: list[float], sources: list[str], fmt: str) -> str:
     )
 
 
+def _draw(sd: float | None, sources: list[str]) -> str:
+    """`` draw sd X (N draws),`` where the runs hold several pretraining draws, else ``""``."""
+    if sd is None:
+        return ""
+    return f" draw sd {sd:.3f} ({1 + sources.count('pretrain')} draws),"
+
+
 def _spread(sources: list[str]) -> str:
     """What a run-to-run spread is over: ``seed`` (fine-tuning seeds only) or ``run``."""
     return "seed" if set(sources) == {"seed"} else "run"
@@ -79,6 +89,9 @@ class NoiseRow:
     k: float = 3.0
     #: the source whose runs lie farthest from the seeds' mean, and how far in noise widths
     moved_most: str = ""
+    #: the sd between pretraining draws (one run each, :func:`~drift_gate.studies.calibrate.
+    #: draw_runs`), where the runs hold two draws or more
+    draw_sd: float | None = None
 
     @property
     def spread(self) -> str:
@@ -94,8 +107,8 @@ class NoiseRow:
         sign = "-" if kind.lower else "+"
         centre = f"|{self.centre:.3f}|" if kind.magnitude else f"{self.centre:.3f}"
         return (
-            f"runs {runs}; {self.spread} sd {seed}, bootstrap sd {self.bootstrap_sd:.3f}: "
-            f"{centre} {sign} {k:.2f} x {self.noise:.3f}"
+            f"runs {runs}; {self.spread} sd {seed},{_draw(self.draw_sd, self.sources)} bootstrap sd "
+            f"{self.bootstrap_sd:.3f}: {centre} {sign} {k:.2f} x {self.noise:.3f}"
         )
 
 
@@ -112,12 +125,18 @@ class AucDropRow:
     sd: float
     k: float
     bound: float
+    #: the drops' sd between pretraining draws, where there are two or more
+    draw_sd: float | None = None
+    #: the sd the bound was scaled from (``sd`` or ``draw_sd``, whichever gives the wider margin)
+    noise: float | None = None
 
     def comment(self) -> str:
         runs = _runs(self.drops, self.sources, "{:+.3f}")
+        noise = self.sd if self.noise is None else self.noise
         return (
-            f"{self.arch}: drops {runs}; {_spread(self.sources)} sd {self.sd:.3f}: "
-            f"{self.centre:+.3f} + {self.k:.2f} x {self.sd:.3f}"
+            f"{self.arch}: drops {runs}; {_spread(self.sources)} sd {self.sd:.3f},"
+            f"{_draw(self.draw_sd, self.sources)}".rstrip(",")
+            + f": {self.centre:+.3f} + {self.k:.2f} x {noise:.3f}"
         )
 
 
@@ -212,7 +231,14 @@ def _provenance(cal: Calibration, thresholds: Thresholds) -> list[str]:
         f"statistic {cal.statistic!r}).",
         "# Per metric: centre = mean of the runs' statistic; "
         f"noise = the {'run-to-run' if extra else 'seed-to-seed'} sd or the",
-        "# bootstrap sd of the statistic over audit samples, whichever gives the wider margin;",
+        "# bootstrap sd of the statistic over audit samples"
+        + (
+            ", or the draw sd (between pretraining draws, one run each:\n# the profile's fine-tune "
+            "and each re-run pretraining; the factor for their number),"
+            if "pretrain" in extra
+            else ","
+        )
+        + " whichever gives the wider margin;",
         "# bound = centre -/+ k x noise",
         "# on the worse side (|centre| + k x noise for metrics best at 0), rounded outwards",
         f"# to 0.01; {rule}",
@@ -346,9 +372,9 @@ def calibration_markdown(cal: Calibration) -> str:
     out = [
         f"## drift-gate calibrate: profile {cal.profile} ({cal.source}, {width}, statistic {cal.statistic})",
         "",
-        f"| backbone | method | metric | runs | centre | {spread} sd | bootstrap sd | k | moved most "
-        "| proposed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| backbone | method | metric | runs | centre | {spread} sd | draw sd | bootstrap sd | k "
+        "| moved most | proposed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in cal.all_rows:
         proposed = (
@@ -361,7 +387,8 @@ def calibration_markdown(cal: Calibration) -> str:
         seed = "—" if r.seed_sd is None else f"{r.seed_sd:.4f}"
         out.append(
             f"| {r.arch} | {r.method} | {r.metric} | {' '.join(f'{v:.3f}' for v in r.values)} | "
-            f"{r.centre:.4f} | {seed} | {r.bootstrap_sd:.4f} | {r.k:.2f} | {r.moved_most or '—'} "
+            f"{r.centre:.4f} | {seed} | {'—' if r.draw_sd is None else f'{r.draw_sd:.4f}'} | "
+            f"{r.bootstrap_sd:.4f} | {r.k:.2f} | {r.moved_most or '—'} "
             f"| {proposed} |"
         )
     if cal.newly_rows:
