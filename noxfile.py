@@ -178,7 +178,7 @@ def calibrate(session: nox.Session) -> None:
     reports/calibrate/{thresholds.proposed.toml,calibration.md,calibration.json}. The ci
     profile's sections: ``nox -s calibrate -- --profile ci --runs 3 --vary
     aten:default,threads:1,cpu:sse41`` (CI fine-tunes a pinned TL: only the machine varies)."""
-    vary = "aten:default,threads:1,tl,pretrain"
+    vary = "aten:default,threads:1,cpu:avx2,tl,pretrain:3"
     args = session.posargs or ["--profile", "demo", "--runs", "3", "--vary", vary]
     _run(session, "drift-gate", "calibrate", *args)
 
