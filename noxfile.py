@@ -171,8 +171,8 @@ def study(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def calibrate(session: nox.Session) -> None:
-    """Noise of every metric over fine-tuning seeds, an emulated other CPU, one thread, a retrained TL
-    and a re-run pretraining (a fresh clone of the demo retrains all of them), for the demo
+    """Noise of every metric over fine-tuning seeds, two emulated other CPUs, one thread, a retrained TL
+    and three re-run pretrainings (a fresh clone of the demo retrains all of them), for the demo
     profile, as the committed thresholds.toml's demo sections were made (run `nox -s train`
     first), and the tolerance bounds it implies:
     reports/calibrate/{thresholds.proposed.toml,calibration.md,calibration.json}. The ci
