@@ -164,6 +164,12 @@ def draw_runs(sources: list[str]) -> list[int]:
     return draws if len(draws) > 1 and first else []
 
 
+def _draw_spread(values: list[float], sources: list[str]) -> tuple[float, int] | None:
+    """``(sd, draws)`` of ``values`` over :func:`draw_runs`, or ``None`` with one draw."""
+    draws = draw_runs(sources)
+    return (float(np.std([values[i] for i in draws], ddof=1)), len(draws)) if draws else None
+
+
 def _margin(
     seed_sd: float | None,
     runs: int,
@@ -218,8 +224,7 @@ def _noise_rows(
         vals = [float(v) for v in values if v is not None]
         seed_sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
         boot = float(np.mean([_bootstrap_sd(s) for s in summaries]))
-        draws = draw_runs(sources)
-        draw = (float(np.std([vals[i] for i in draws], ddof=1)), len(draws)) if draws else None
+        draw = _draw_spread(vals, sources)
         noise, width = _margin(seed_sd, len(vals), boot, min(s.n for s in summaries), k, draw)
         centre = float(np.mean(vals))
         kind, bound = propose_bound(spec.direction, centre, noise, width, spec.range)
@@ -342,8 +347,7 @@ def auc_drop_row(
     against."""
     drops = [c.reference_auc - c.auc for c in results]
     centre, sd = float(np.mean(drops)), float(np.std(drops, ddof=1))
-    draws = draw_runs(sources)
-    draw = (float(np.std([drops[i] for i in draws], ddof=1)), len(draws)) if draws else None
+    draw = _draw_spread(drops, sources)
     noise, width = _margin(sd, len(drops), 0.0, 2, k, draw)  # one AUC per run: no bootstrap
     _, bound = propose_bound(Direction.LOWER, centre, noise, width, (0.0, 1.0))
     draw_sd = None if draw is None else draw[0]

@@ -54,10 +54,10 @@ def _runs(values: list[float], sources: list[str], fmt: str) -> str:
 
 
 def _draw(sd: float | None, sources: list[str]) -> str:
-    """`` draw sd X (N draws),`` where the runs hold several pretraining draws, else ``""``."""
+    """``, draw sd X (N draws)`` where the runs hold several pretraining draws, else ``""``."""
     if sd is None:
         return ""
-    return f" draw sd {sd:.3f} ({1 + sources.count('pretrain')} draws),"
+    return f", draw sd {sd:.3f} ({1 + sources.count('pretrain')} draws)"
 
 
 def _spread(sources: list[str]) -> str:
@@ -107,7 +107,7 @@ class NoiseRow:
         sign = "-" if kind.lower else "+"
         centre = f"|{self.centre:.3f}|" if kind.magnitude else f"{self.centre:.3f}"
         return (
-            f"runs {runs}; {self.spread} sd {seed},{_draw(self.draw_sd, self.sources)} bootstrap sd "
+            f"runs {runs}; {self.spread} sd {seed}{_draw(self.draw_sd, self.sources)}, bootstrap sd "
             f"{self.bootstrap_sd:.3f}: {centre} {sign} {k:.2f} x {self.noise:.3f}"
         )
 
@@ -134,9 +134,8 @@ class AucDropRow:
         runs = _runs(self.drops, self.sources, "{:+.3f}")
         noise = self.sd if self.noise is None else self.noise
         return (
-            f"{self.arch}: drops {runs}; {_spread(self.sources)} sd {self.sd:.3f},"
-            f"{_draw(self.draw_sd, self.sources)}".rstrip(",")
-            + f": {self.centre:+.3f} + {self.k:.2f} x {noise:.3f}"
+            f"{self.arch}: drops {runs}; {_spread(self.sources)} sd {self.sd:.3f}"
+            f"{_draw(self.draw_sd, self.sources)}: {self.centre:+.3f} + {self.k:.2f} x {noise:.3f}"
         )
 
 
