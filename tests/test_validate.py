@@ -41,7 +41,7 @@ from drift_gate.studies.calibrate_report import (
     thresholds_text,
 )
 from drift_gate.studies.calibrate_runs import retrained_draws
-from drift_gate.studies.validate import CONTROLS, run_validation
+from drift_gate.studies.validate import CONTROLS, SHORTCUT_MIN_POINTS, WEAK_CUE, run_validation
 from drift_gate.studies.validate_report import validation_markdown
 from drift_gate.training.profiles import PhantomConfig, Profile
 from gatekit import TINY_TRAINING
@@ -338,12 +338,24 @@ def test_reduced_validation_with_the_tiny_backbone(
     # so the documented example's bound applies): its rows carry the correlations.
     assert set(rows["randomised"].detail["sanity"]) == {"layercam", "gradcam++"}
     assert rows["randomised"].expected == "caught by [sanity]"
+    # A cue control's candidate is judged as a shortcut when swapping its cue costs it at least
+    # SHORTCUT_MIN_POINTS of accuracy on the audit images; else its verdict is reported only.
+    for control in ("shortcut", "marker", "drain"):
+        swap = rows[control].detail["cue_swap"]
+        assert swap["candidate"]["n"] == swap["reference"]["n"] == 3 * len(phantom_data.classes)
+        carries = swap["candidate"]["points"] >= SHORTCUT_MIN_POINTS
+        assert rows[control].expected == ("fail" if carries else WEAK_CUE), swap
+        assert carries or rows[control].ok
+        assert f"{rows[control].detail['cue']} swapped: accuracy" in validation_markdown(res)
+    assert "cue_swap" in rows["marker-twin"].detail and rows["marker-twin"].expected == "pass"
     # The marker and its twin share a reference and a baseline, on the same biased images.
-    assert rows["marker"].expected == "fail" and rows["marker-twin"].expected == "pass"
+    assert (
+        rows["marker"].detail["cue_swap"]["reference"] == rows["marker-twin"].detail["cue_swap"]["reference"]
+    )
     assert rows["marker"].detail["cue"] == rows["marker-twin"].detail["cue"] == "marker"
     assert rows["marker"].n_audit == rows["marker-twin"].n_audit
     # the third cue, inside the anatomy: the drain and its twin, the same way
-    assert rows["drain"].expected == "fail" and rows["drain-twin"].expected == "pass"
+    assert rows["drain-twin"].expected == "pass"
     assert rows["drain"].detail["cue"] == rows["drain-twin"].detail["cue"] == "drain"
     assert 0 < rows["drain"].detail["cue_energy"]["strip_area"] < 0.2
     # Both cues are audited on a held-out draw (the next phantom seed) whose test split
@@ -669,3 +681,44 @@ def test_a_cue_control_is_not_judged_by_a_floor_its_reference_misses() -> None:
     assert (kept.verdict, waived) == (FAIL, []) and len(kept.rules) == 3
     shortcut, _ = _without_floors_the_reference_misses(result(0.816, FAIL))
     assert (shortcut.verdict, shortcut.label) == (FAIL, SHORTCUT_LABEL)
+
+
+def test_the_error_rate_table_reports_a_shortcut_its_cue_does_not_carry() -> None:
+    """A must-fail control whose candidate loses fewer than SHORTCUT_MIN_POINTS with its cue
+    swapped is counted neither as caught nor as missed; its cell gives its verdict and the
+    points, and a judged one its count, its deciding rule and its points."""
+    from drift_gate.studies.validate_report import ControlRow, ValidationResult, error_rates
+
+    def row(arch: str, expected: str, verdict: str, ok: bool, points: float) -> ControlRow:
+        swap = {"accuracy": 0.9, "swapped_accuracy": 0.9 - points / 100, "points": points}
+        detail = {
+            "cue": "marker",
+            "cue_energy": {
+                "reference": {"layercam": 0.1},
+                "candidate": {"layercam": 0.2},
+                "strip_area": 0.04,
+            },
+            "cue_swap": {"candidate": swap, "reference": {**swap, "points": 0.5}},
+            "margin": -0.02 if verdict == "fail" else 0.01,
+        }
+        deciding = ["layercam/iou.min 0.200 (bound >= 0.22)"]
+        return ControlRow("marker", arch, expected, verdict, "", ok, 0.9, 0.9, 50, 60, deciding, detail)
+
+    result = ValidationResult(
+        "demo",
+        "thresholds.toml",
+        0.95,
+        [
+            row("a", "fail", "fail", True, 14.3),
+            row("b", WEAK_CUE, "pass", True, 2.0),
+            row("c", "fail", "pass", False, 20),
+        ],
+    )
+    (line,) = [x for x in error_rates(result) if x.startswith("| fine-tuned where a corner marker")]
+    cells = [c.strip() for c in line.strip("|").split("|")][2:]
+    assert cells[0] == "1/1 (layercam/iou.min 0.200 (bound >= 0.22)), carries 14 points"
+    assert cells[1] == "pass, carries 2 points"
+    assert cells[2].startswith("0/1 (") and cells[2].endswith("carries 20 points")
+    assert "marker swapped: accuracy 0.90 → 0.76 (+14.3 points; reference +0.5)" in validation_markdown(
+        result
+    )

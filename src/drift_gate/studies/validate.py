@@ -49,6 +49,12 @@ measured). Every candidate is gated with the given ``thresholds.toml`` by the sa
 the share of each map's mass on the planted strip (``cue energy``) shows
 *where* the shortcut candidate's evidence went.
 
+Whether a cue candidate is a shortcut at all is measured, not assumed: its accuracy on the
+audit images against the same images with only the cue redrawn in another class's form
+(:mod:`drift_gate.studies.cue_swap`). A ``shortcut``, ``marker`` or ``drain`` candidate
+that loses fewer than :data:`SHORTCUT_MIN_POINTS` points has learnt the findings rather
+than the cue: its verdict is reported (expected :data:`WEAK_CUE`), not counted as a miss.
+
 Size: every control and its bench in one module, whose docstring is the table of what each
 control expects; the report is written by :mod:`drift_gate.studies.validate_report`.
 """
@@ -58,7 +64,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +87,7 @@ from drift_gate.gating.rules import FAIL, INCONCLUSIVE, PASS, decide_verdict
 from drift_gate.gating.thresholds import Thresholds
 from drift_gate.models.checkpoint import load_checkpoint, save_checkpoint
 from drift_gate.studies.controls import write_permuted_candidate
+from drift_gate.studies.cue_swap import cue_reliance, swapped_cue_set
 from drift_gate.studies.machines import MachineJob, parse_machine, run_jobs
 from drift_gate.studies.validate_report import (
     ControlRow,
@@ -98,6 +105,8 @@ __all__ = [
     "RANDOMISED_CONTROL",
     "SELF_TOLERANCE",
     "SHORTCUT_LABEL",
+    "SHORTCUT_MIN_POINTS",
+    "WEAK_CUE",
     "phantoms_with_strip",
     "run_validation",
 ]
@@ -123,6 +132,12 @@ HONEST_MACHINES = ("aten:default", "threads:1")
 RANDOMISED_CONTROL = ("head+block", 7)
 #: The label a planted shortcut must get: the evidence moved, the AUC did not.
 SHORTCUT_LABEL = "evidence drift despite stable AUC"
+#: Points of accuracy a shortcut candidate must lose with its cue swapped (drawn in another
+#: class's form, :mod:`drift_gate.studies.cue_swap`) to count as a shortcut that the gate
+#: must fail; below it the control's verdict is reported, not judged.
+SHORTCUT_MIN_POINTS = 10.0
+#: What a cue control whose candidate carries fewer points expects: nothing is judged.
+WEAK_CUE = f"reported: its cue carries < {SHORTCUT_MIN_POINTS:g} points"
 #: Largest |metric - ideal| accepted for the reference gated against itself (the
 #: maps are recomputed, so only float rounding separates them from the stored ones).
 SELF_TOLERANCE = 1e-3
@@ -247,6 +262,15 @@ class _Bench:
     log: Log
     result: ValidationResult
     shortcut_per_class: int
+    _reliance: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+
+    def reliance(self, checkpoint: Path, cue: _Cue) -> dict[str, float]:
+        """How much ``checkpoint``'s accuracy on the cue's audit images falls with the cue
+        swapped (:func:`~drift_gate.studies.cue_swap.cue_reliance`), computed once."""
+        key = (str(checkpoint), cue.name)
+        if key not in self._reliance:
+            self._reliance[key] = cue_reliance(checkpoint, cue.audit, cue.swapped, batch_size=self.batch_size)
+        return self._reliance[key]
 
     def gate(
         self, candidate: Path, base: Path, root: Path, thresholds: Thresholds | None = None
@@ -354,6 +378,8 @@ class _Cue:
     #: held-out biased images (another phantom seed) whose test split is the audit set
     audit: DataSet
     audit_seed: int
+    #: the audit set's test images with only the cue redrawn in another class's form
+    swapped: DataSet
 
 
 def _cue_reference(b: _Bench, arch: str, cue: _Cue, cache_dir: Path) -> Path:
@@ -449,10 +475,21 @@ def _cue_control(
     c, waived = _without_floors_the_reference_misses(c)
     if waived:
         detail = {**detail, "waived": waived}
-    expected = PASS if control.endswith("-twin") else FAIL
-    ok = c.verdict == PASS if expected == PASS else (c.verdict == FAIL and c.label == SHORTCUT_LABEL)
-    b.add(control, expected, c, ok, {"cue_energy": energy, "cue": cue.name, **detail})
-    b.log(f"[{arch}] {control}: {c.verdict} ({c.label}); map mass on the {cue.name} {energy}")
+    reliance = {"reference": b.reliance(reference, cue), "candidate": b.reliance(cand, cue)}
+    points = reliance["candidate"]["points"]
+    expected: str
+    if control.endswith("-twin"):
+        expected, ok = PASS, c.verdict == PASS
+    elif points >= SHORTCUT_MIN_POINTS:
+        expected, ok = FAIL, c.verdict == FAIL and c.label == SHORTCUT_LABEL
+    else:  # not a shortcut by the swap: its verdict is reported, not judged
+        expected, ok = WEAK_CUE, True
+    b.add(control, expected, c, ok, {"cue_energy": energy, "cue": cue.name, "cue_swap": reliance, **detail})
+    b.log(
+        f"[{arch}] {control}: {c.verdict} ({c.label}); map mass on the {cue.name} {energy}; "
+        f"{cue.name} swapped: accuracy {reliance['candidate']['accuracy']:.3f} -> "
+        f"{reliance['candidate']['swapped_accuracy']:.3f} ({points:+.1f} points)"
+    )
 
 
 def _randomised_control(b: _Bench, arch: str, tl: Path, base: Path) -> None:
@@ -499,12 +536,24 @@ def _cues(
                 profile, folder, rho, hide, progress=progress, cue=cue, n_per_class=n, seed=seed
             )
 
+        audit = site("audit", shortcut, hidden, audit_n, audit_seed)
+        swapped = swapped_cue_set(
+            audit,
+            out / f"data-{cue}-audit-swapped",
+            cue=cue,
+            seed=audit_seed,
+            shortcut=shortcut,
+            occult=hidden,
+            size=profile.phantoms.size,
+            progress=progress,
+        )
         return _Cue(
             cue,
             site("uninformative", 0.0, 0.0),
             site("shortcut", shortcut, hidden),
-            site("audit", shortcut, hidden, audit_n, audit_seed),
+            audit,
             audit_seed,
+            swapped,
         )
 
     # Per cue: the reference's data (present, uninformative), the shortcut's (predictive;

@@ -130,10 +130,24 @@ def _extra(r: ControlRow) -> str:
         drops = d.get("counterfactual")
         if drops:
             text += "; score drop with it replaced: " + ", ".join(f"{m} {v:.2f}" for m, v in drops.items())
+        swap = d.get("cue_swap")
+        if swap:
+            c, ref = swap["candidate"], swap["reference"]
+            text += (
+                f"; {d.get('cue', 'strip')} swapped: accuracy {c['accuracy']:.2f} → "
+                f"{c['swapped_accuracy']:.2f} "
+                f"({c['points']:+.1f} points; reference {ref['points']:+.1f})"
+            )
         for note in d.get("waived", []):
             text += f"; {note}"
         return text
     return ""
+
+
+def _points(r: ControlRow) -> str:
+    """The points of accuracy a cue control's candidate loses with its cue swapped."""
+    swap = r.detail.get("cue_swap")
+    return "?" if not swap else f"{swap['candidate']['points']:.0f} points"
 
 
 def error_rates(result: ValidationResult) -> list[str]:
@@ -155,6 +169,13 @@ def error_rates(result: ValidationResult) -> list[str]:
             if not rows:
                 cells.append("—")
                 continue
+            # a must-fail control whose cue carries too few points is reported, not judged
+            weak = [r for r in rows if k in _MUST_FAIL and r.expected != FAIL]
+            rows = [r for r in rows if r not in weak]
+            carries = ", ".join(f"{r.verdict}, carries {_points(r)}" for r in weak)
+            if not rows:
+                cells.append(carries)
+                continue
             right = sum(r.ok for r in rows)
             with_margin = [r for r in rows if r.detail.get("margin") is not None and r.deciding]
             # the closest call: the passing run nearest a bound, or the failing run least past one
@@ -162,9 +183,12 @@ def error_rates(result: ValidationResult) -> list[str]:
                 pick = min if k in _MUST_PASS else max
                 near = pick(with_margin, key=lambda r: r.detail["margin"])
                 what = near.deciding[0].removeprefix("closest: ")
-                cells.append(f"{right}/{len(rows)} ({what})")
+                cell = f"{right}/{len(rows)} ({what})"
             else:
-                cells.append(f"{right}/{len(rows)}")
+                cell = f"{right}/{len(rows)}"
+            if k in _MUST_FAIL and len(rows) == 1:
+                cell += f", carries {_points(rows[0])}"
+            cells.append(cell + (f"; {carries}" if carries else ""))
         expected = "pass" if k in _MUST_PASS else "fail"
         out.append(f"| {_WHAT[k]} | {expected} | " + " | ".join(cells) + " |")
     return out
