@@ -147,7 +147,10 @@ def _extra(r: ControlRow) -> str:
 def _points(r: ControlRow) -> str:
     """The points of accuracy a cue control's candidate loses with its cue swapped."""
     swap = r.detail.get("cue_swap")
-    return "?" if not swap else f"{swap['candidate']['points']:.0f} points"
+    if not swap:
+        return "?"
+    n = round(swap["candidate"]["points"])
+    return f"{n} point{'' if abs(n) == 1 else 's'}"
 
 
 def error_rates(result: ValidationResult) -> list[str]:
