@@ -36,6 +36,8 @@ def test_chunks_decode_each_image_once_and_change_no_number(
     monkeypatch.setattr(datasets, "read_image", counted)
 
     def gated(chunk_batches: int) -> dict[str, dict[str, list[float | None]]]:
+        """In one chunk every image is decoded once; in smaller chunks the counterfactual's
+        donors that lie in another chunk are decoded once more (and only they)."""
         monkeypatch.setattr(audit_pass, "CHUNK_BATCHES", chunk_batches)
         decoded.clear()
         c, _ = run_gate(
@@ -46,7 +48,10 @@ def test_chunks_decode_each_image_once_and_change_no_number(
             batch_size=2,
             use_onnx=False,
         )
-        assert len(decoded) == c.n_audit == len(set(decoded)), "every audit image decoded exactly once"
+        if chunk_batches >= 1000:
+            assert len(decoded) == c.n_audit == len(set(decoded)), "every audit image decoded exactly once"
+        else:
+            assert len(set(decoded)) == c.n_audit < len(decoded) <= 2 * c.n_audit, "donors: at most once more"
         assert {"faithfulness", "counterfactual_drop"} <= set(c.per_sample["layercam"])
         return c.per_sample
 

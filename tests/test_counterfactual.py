@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from drift_gate.evidence.counterfactual import border_band, counterfactual_drop
+from drift_gate.errors import ConfigError
+from drift_gate.evidence.counterfactual import border_band, counterfactual_drop, donor_indices
 from drift_gate.gating.rules import counterfactual_rule
 from drift_gate.gating.thresholds import parse_thresholds
 from gatekit import RULES, gate, result
@@ -105,3 +106,68 @@ def test_the_gate_reports_the_counterfactual_check(env: dict[str, Path]) -> None
         assert "counterfactual_drop" in c["summaries"][method]
     rules = [r for r in c["rules"] if r["rule"].endswith("counterfactual_drop.max")]
     assert len(rules) == 2 and all(r["status"] in ("pass", "skipped") for r in rules)
+
+
+def test_the_whole_band_is_replaced_whatever_the_maps_show() -> None:
+    x, targets = _inputs()
+    maps = _maps((1, 2))  # every map points inside
+    outside, drop = counterfactual_drop(_Corner(), x, maps, targets, border=0.2, region="band")
+    assert outside.tolist() == [0, 0, 0, 0] and np.isfinite(drop).all()
+    assert (drop[targets == 1] > 0.3).all(), drop
+    _, blind = counterfactual_drop(_Corner(uses_corner=False), x, maps, targets, border=0.2, region="band")
+    assert np.abs(blind).max() < 1e-6
+    # Another method's maps reuse the drops: no forward pass, the same values.
+    _, again = counterfactual_drop(
+        _Corner(uses_corner=False), x, _maps((3, 3)), targets, border=0.2, region="band", band_drop=drop
+    )
+    assert np.array_equal(again, drop)
+    with pytest.raises(ValueError, match="region 'cells'"):
+        counterfactual_drop(_Corner(), x, maps, targets, border=0.2, region="cells")
+
+
+def test_the_band_drop_equals_captum_feature_ablation() -> None:
+    """Captum's FeatureAblation with the band as one feature and each image's donor as its
+    baseline gives, on every band pixel, the score before minus the score after."""
+    from captum.attr import FeatureAblation
+
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, 2))
+    x, targets = _inputs()
+    x = x + 0.1 * torch.randn_like(x)
+    _, drop = counterfactual_drop(net, x, _maps((1, 2)), targets, border=0.2, region="band")
+    band = border_band((16, 16), 0.2)
+    donors = x[[1, 2, 3, 0]]  # each image's next (cyclically) of another class, as the check picks
+
+    def probs(inp: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(net(inp), dim=1)
+
+    attr = FeatureAblation(probs).attribute(
+        x, baselines=donors, target=torch.as_tensor(targets), feature_mask=band.long()[None, None]
+    )
+    assert torch.allclose(attr[:, 0][:, band], torch.as_tensor(drop, dtype=attr.dtype)[:, None], atol=1e-6)
+
+
+def test_the_band_rule_is_the_backbones_and_counts_every_sample(env: dict[str, Path]) -> None:
+    text = RULES.format(drift="iou.min = 0.0") + "[counterfactual]\nmax_score_drop = 0.2\nregion = 'band'\n"
+    rules = parse_thresholds(text)
+    assert rules.counterfactual_region == "band"
+    fail = counterfactual_rule("tiny", "layercam", np.array([0.5, 0.3, 0.1]), rules)
+    assert fail.rule == "tiny/counterfactual_drop.max" and fail.method is None
+    assert fail.status == "fail" and fail.observed == pytest.approx(0.3) and "margin" in fail.message
+    with pytest.raises(ConfigError, match=r"region: expected .map."):
+        parse_thresholds(text.replace("'band'", "'cells'"))
+    env["thresholds"].write_text(text.replace("0.2", "1.0") + "border = 0.3\n")
+    assert gate(env, env["ft"]) == 0
+    c = result(env)["candidates"][0]
+    drops = [c["per_sample"][m]["counterfactual_drop"] for m in ("layercam", "gradcam++")]
+    assert drops[0] == drops[1] and None not in drops[0] and len(drops[0]) == c["n_audit"]
+    named = [r["rule"] for r in c["rules"] if "counterfactual" in r["rule"]]
+    assert named == [f"{c['arch']}/counterfactual_drop.max"]
+
+
+def test_donors_come_from_the_whole_set_and_another_image() -> None:
+    # A set stored class by class: every image's donor is of the other class, not itself.
+    assert donor_indices([0, 0, 0, 1, 1, 1]).tolist() == [3, 3, 3, 0, 0, 0]
+    # Multi-label pairs of one image never donate to each other.
+    assert donor_indices([0, 1, 0, 1], ["a", "a", "b", "b"]).tolist() == [3, 2, 1, 0]
+    assert donor_indices([2, 2]).tolist() == [0, 1]  # one class: no donor, itself

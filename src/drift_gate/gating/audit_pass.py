@@ -26,7 +26,7 @@ from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.distributed import Dist
 from drift_gate.errors import CheckpointError, StaleBaselineError
 from drift_gate.evidence.cam import CamResult, compute_cams, upsample
-from drift_gate.evidence.counterfactual import counterfactual_metrics
+from drift_gate.evidence.counterfactual import counterfactual_metrics, donor_indices
 from drift_gate.evidence.faithfulness import faithfulness_metrics
 from drift_gate.evidence.metrics import drift_metrics, localisation, spearman
 from drift_gate.evidence.sanity import randomised_copy
@@ -113,6 +113,31 @@ class _OtherClass(Images):
         return x, (y + 1) % self.classes
 
 
+def _donor_images(job: Job, indices: Sequence[int], ds: ImageDataset) -> torch.Tensor | None:
+    """The chunk's donor images for the counterfactual's ``swap``: each sample's donor is
+    the next sample of the whole audit set (not of its batch or chunk) explained for
+    another class, of another image (a multi-label image's pairs share one), the same on
+    every rank. Donors within the chunk come from its decoded images; the others are
+    decoded here."""
+    if job.thresholds.counterfactual_baseline != "swap":
+        return None
+    donor = donor_indices([s.label for s in job.samples], [s.path for s in job.samples])
+    position = {i: k for k, i in enumerate(indices)}
+    outside = sorted({int(donor[i]) for i in indices} - position.keys())
+    meta = job.meta
+    extra = ImageDataset(
+        [job.samples[d] for d in outside],
+        meta.input_size,
+        meta.mean,
+        meta.std,
+        cache=False,
+        preprocess=meta.preprocess,
+    )
+    decoded = {d: extra[k][0] for k, d in enumerate(outside)}
+    chosen = (int(donor[i]) for i in indices)
+    return torch.stack([ds[position[d]][0] if d in position else decoded[d] for d in chosen])
+
+
 #: Largest |value| a candidate's raw CAM may hold to be compared (as the metrics accept).
 _MAX_MAP_VALUE = 1e30
 
@@ -159,6 +184,8 @@ def _chunk(
     if job.session is not None and job.pairs is None:
         out["onnx"] = job.session.logits(ds, job.batch_size)
     multilabel = job.pairs is not None
+    band_drop = None
+    donors = _donor_images(job, indices, ds) if t.counterfactual_border is not None else None
     for method in t.methods:
         grid, stored = cams.maps[method].shape[1:], job.base.maps[method].shape[1:]
         if grid != stored:
@@ -194,7 +221,12 @@ def _chunk(
                 baseline=t.counterfactual_baseline,
                 multilabel=multilabel,
                 batch_size=job.batch_size,
+                region=t.counterfactual_region,
+                band_drop=band_drop,
+                donors=donors,
             )
+            if t.counterfactual_region == "band":  # map-free: measured once for every method
+                band_drop = perturbed["counterfactual_drop"]
             metrics.update(perturbed)
         out["metrics"][method] = metrics
     return out

@@ -466,10 +466,11 @@ def judge(
     newly = ~preds.ref_ok & preds.cand_ok
     drift_rules, summaries, per_sample = _drift(job, values, preds.selected, preds.labels, newly)
     rules += drift_rules
-    if t.counterfactual_border is not None:
+    if t.counterfactual_border is not None:  # map-free ("band"): one rule, the drops are every method's
+        methods = t.methods[:1] if t.counterfactual_region == "band" else t.methods
         rules += [
             counterfactual_rule(meta.arch, m, values[m]["counterfactual_drop"][preds.selected | newly], t)
-            for m in t.methods
+            for m in methods
         ]
     for key, per_method in gathered.sanity.items():
         rules += [sanity_rule(meta.arch, m, per_method[m], t, key == "class_sanity") for m in t.methods]

@@ -22,7 +22,7 @@ __all__ = [
 
 SANITY_KEYS = {"randomise", "max_randomised_correlation", "max_class_correlation"}
 FAITHFULNESS_KEYS = {"steps", "baseline"}
-COUNTERFACTUAL_KEYS = {"border", "baseline", "max_score_drop", "min_samples"}
+COUNTERFACTUAL_KEYS = {"border", "baseline", "max_score_drop", "min_samples", "region"}
 #: Default smallest number of samples pointing outside the anatomy whose drop is judged.
 COUNTERFACTUAL_MIN_SAMPLES = 3
 #: Default width of the border band treated as outside the anatomy (share of the side).
@@ -72,6 +72,11 @@ def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
     baseline = raw.get("baseline", "swap")
     if baseline not in ("swap", "edge", "mean", "blur"):
         raise ctx.fail(where, "baseline", f"expected 'swap', 'edge', 'mean' or 'blur', got {baseline!r}")
+    region = raw.get("region", "map")
+    if region not in ("map", "band"):
+        raise ctx.fail(
+            where, "region", f"expected 'map' (where the maps point) or 'band' (all of it), got {region!r}"
+        )
     if "max_score_drop" not in raw:
         raise ctx.fail(where, None, "set max_score_drop (the largest mean drop of the candidate's score)")
     drop = as_number(ctx, where, "max_score_drop", raw["max_score_drop"])
@@ -83,6 +88,7 @@ def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
     return {
         "counterfactual_border": border,
         "counterfactual_baseline": baseline,
+        "counterfactual_region": region,
         "counterfactual_max_drop": drop,
         "counterfactual_min_samples": n,
     }

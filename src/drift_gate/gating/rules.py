@@ -391,28 +391,33 @@ def counterfactual_rule(arch: str, method: str, drops: np.ndarray, thresholds: T
     """The ``[counterfactual]`` rule for one method: over the judged samples whose
     candidate map points outside the anatomy (``drops`` finite), the mean drop of the
     candidate's score when that region is replaced must not exceed the bound. Fewer such
-    samples than ``min_samples``: skipped (nothing points outside)."""
+    samples than ``min_samples``: skipped (nothing points outside). With ``region =
+    "band"`` every judged sample counts (the whole band was replaced) and the rule is the
+    backbone's, not a method's."""
     bound, needed = thresholds.counterfactual_max_drop, thresholds.counterfactual_min_samples
-    name = f"{arch}/{method}/counterfactual_drop.max"
-    where = {
-        "source": f"{thresholds.path} [counterfactual]",
-        "method": method,
-        "metric": "counterfactual_drop",
-    }
+    whole = thresholds.counterfactual_region == "band"
+    name = f"{arch}/counterfactual_drop.max" if whole else f"{arch}/{method}/counterfactual_drop.max"
+    source, of = f"{thresholds.path} [counterfactual]", None if whole else method
+    where = {"source": source, "metric": "counterfactual_drop", "kind": "max"}
     finite = drops[np.isfinite(drops)]
+    if whole:
+        share, what = f"{len(finite)} judged samples", "replacing the image's margin"
+        short = f"{len(finite)} judged samples (min_samples {needed}): not checked"
+    else:
+        share = f"{len(finite)} of {len(drops)} judged maps point outside the anatomy"
+        what = "replacing that region"
+        short = f"{len(finite)} judged maps point outside the anatomy (min_samples {needed}): not checked"
     if len(finite) < needed:
-        message = f"{len(finite)} judged maps point outside the anatomy (min_samples {needed}): not checked"
-        return RuleResult(name, SKIPPED, None, bound, f"<= {bound:g}", message, kind="max", **where)
+        return RuleResult(name, SKIPPED, None, bound, f"<= {bound:g}", short, method=of, **where)
     observed = float(finite.mean())
-    share = f"{len(finite)} of {len(drops)} judged maps point outside the anatomy"
     if observed <= bound:
-        message = f"{share}; replacing that region lowers the candidate's score by {observed:.3f} on average"
-        return RuleResult(name, PASS, observed, bound, f"<= {bound:g}", message, kind="max", **where)
+        message = f"{share}; {what} lowers the candidate's score by {observed:.3f} on average"
+        return RuleResult(name, PASS, observed, bound, f"<= {bound:g}", message, method=of, **where)
     message = (
-        f"{share}, and the candidate relies on it: replacing that region lowers its score by "
+        f"{share}, and the candidate relies on it: {what} lowers its score by "
         f"{observed:.3f} on average (> {bound:g}), a shortcut outside the anatomy"
     )
-    return RuleResult(name, FAIL, observed, bound, f"<= {bound:g}", message, kind="max", **where)
+    return RuleResult(name, FAIL, observed, bound, f"<= {bound:g}", message, method=of, **where)
 
 
 def decide_verdict(rules: list[RuleResult]) -> tuple[Status, str]:

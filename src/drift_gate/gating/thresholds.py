@@ -43,7 +43,9 @@ Shape::
     border = 0.1                   # along the edges (outside the anatomy: markers, text), that
     baseline = "swap"              # region is replaced (by another image's; or "edge", "mean",
     max_score_drop = 0.1           # "blur") and the candidate's score drop measured; its mean over
-    min_samples = 3                # the selected and newly-correct samples must stay below the bound
+    min_samples = 3                # the selected and newly-correct samples must stay below the bound;
+    region = "map"                 # or "band": the whole band of every image, whatever the maps
+                                   # show (one rule per backbone, 2 forward passes per image)
 
     [newly_correct]                # samples the candidate newly gets right (the reference got
     min_samples = 5                # them wrong): where a new shortcut would carry the prediction.
@@ -159,6 +161,8 @@ class Thresholds:
     #: largest mean score drop and the fewest samples pointing outside that are judged
     counterfactual_border: float | None = None
     counterfactual_baseline: str = "swap"
+    #: ``map`` (the band's part a map points at) or ``band`` (the whole band, map-free)
+    counterfactual_region: str = "map"
     counterfactual_max_drop: float = 0.1
     counterfactual_min_samples: int = COUNTERFACTUAL_MIN_SAMPLES
 
@@ -253,6 +257,7 @@ class Thresholds:
                     "counterfactual": {
                         "border": self.counterfactual_border,
                         "baseline": self.counterfactual_baseline,
+                        "region": self.counterfactual_region,
                         "max_score_drop": self.counterfactual_max_drop,
                         "min_samples": self.counterfactual_min_samples,
                     }

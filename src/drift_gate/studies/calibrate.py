@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,8 @@ from drift_gate.training.profiles import Profile
 __all__ = [
     "auc_drop_row",
     "draw_runs",
+    "drop_row",
+    "margin_drop_row",
     "propose_bound",
     "run_calibration",
     "tolerance_factor",
@@ -292,6 +295,15 @@ def run_calibration(
     plain = Thresholds(
         methods=thresholds.methods, samples=thresholds.samples, min_samples=1, statistic=thresholds.statistic
     )
+    if thresholds.counterfactual_region == "band":  # map-free: one number per run, calibrated
+        plain = replace(
+            plain,
+            counterfactual_border=thresholds.counterfactual_border,
+            counterfactual_baseline=thresholds.counterfactual_baseline,
+            counterfactual_region="band",
+            counterfactual_max_drop=1.0,
+            counterfactual_min_samples=1,
+        )
     cal = Calibration(
         profile.name, source, k, thresholds.statistic, thresholds.methods, {}, {}, COVERAGE, CONFIDENCE
     )
@@ -336,22 +348,38 @@ def run_calibration(
     return cal
 
 
-def auc_drop_row(
-    arch: str, results: list[CandidateResult], sources: list[str], k: float | None
-) -> AucDropRow:
-    """The runs' audit macro AUC drops below their own references' and the ``[auc] max_drop``
-    they imply: ``centre + k x sd`` over the runs (``k``: the tolerance factor for their
+def drop_row(arch: str, drops: list[float], sources: list[str], k: float | None) -> AucDropRow:
+    """A bound on one number per run that should not grow (an AUC drop, the counterfactual's
+    band drop): ``centre + k x sd`` over the runs (``k``: the tolerance factor for their
     number unless given), or over the pretraining draws where that is wider, rounded up to
-    0.01 and kept within [0, 1] (a drop is a distance between two AUCs). The AUC is one
-    number per run, so unlike the map metrics there is no per-sample bootstrap to weigh
-    against."""
-    drops = [c.reference_auc - c.auc for c in results]
+    0.01 and kept within [0, 1]. One number per run, so unlike the map metrics there is no
+    per-sample bootstrap to weigh against."""
     centre, sd = float(np.mean(drops)), float(np.std(drops, ddof=1))
     draw = _draw_spread(drops, sources)
-    noise, width = _margin(sd, len(drops), 0.0, 2, k, draw)  # one AUC per run: no bootstrap
+    noise, width = _margin(sd, len(drops), 0.0, 2, k, draw)
     _, bound = propose_bound(Direction.LOWER, centre, noise, width, (0.0, 1.0))
     draw_sd = None if draw is None else draw[0]
     return AucDropRow(arch, drops, sources, centre, sd, width, bound, draw_sd, noise)
+
+
+def auc_drop_row(
+    arch: str, results: list[CandidateResult], sources: list[str], k: float | None
+) -> AucDropRow:
+    """The runs' audit macro AUC drops below their own references' (a distance between two
+    AUCs) and the ``[auc] max_drop`` they imply (:func:`drop_row`)."""
+    return drop_row(arch, [c.reference_auc - c.auc for c in results], sources, k)
+
+
+def margin_drop_row(
+    arch: str, results: list[CandidateResult], sources: list[str], k: float | None
+) -> AucDropRow | None:
+    """The runs' mean score drops with the whole border band swapped (``[counterfactual]
+    region = "band"``) and the ``max_score_drop`` they imply (:func:`drop_row`); ``None``
+    where a run's rule was not checked."""
+    drops = [next((r.observed for r in c.rules if r.metric == "counterfactual_drop"), None) for c in results]
+    if any(d is None for d in drops):
+        return None
+    return drop_row(arch, [float(d) for d in drops if d is not None], sources, k)
 
 
 def _record(
@@ -379,6 +407,9 @@ def _record(
     _add_rows(cal, arch, results, thresholds, k, sources)
     if len(results) > 1:
         cal.auc_rows.append(auc_drop_row(arch, [c for _, c in results], sources, k))
+        if thresholds.counterfactual_region == "band":
+            margin = margin_drop_row(arch, [c for _, c in results], sources, k)
+            cal.margin_rows += [margin] if margin is not None else []
 
 
 def _gate_pool(

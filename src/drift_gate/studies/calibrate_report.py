@@ -116,7 +116,8 @@ class NoiseRow:
 class AucDropRow:
     """How far one backbone's audit macro AUC fell below its own reference's across the
     calibration runs (``reference - candidate``; a rise is negative), and the ``[auc]
-    max_drop`` bound it gives: ``centre + k x run sd``, rounded up to 0.01, never below 0."""
+    max_drop`` bound it gives: ``centre + k x run sd``, rounded up to 0.01, never below 0.
+    The same for the runs' score drop with the border band swapped (``margin_rows``)."""
 
     arch: str
     drops: list[float]
@@ -161,6 +162,9 @@ class Calibration:
     newly_rows: list[NoiseRow] = field(default_factory=list)
     #: per backbone, the runs' audit AUC drops below their reference's (two runs or more)
     auc_rows: list[AucDropRow] = field(default_factory=list)
+    #: per backbone, the runs' mean score drops with the whole border band swapped
+    #: (``[counterfactual] region = "band"`` only)
+    margin_rows: list[AucDropRow] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -168,12 +172,19 @@ class Calibration:
         out["all_rows"] = [asdict(r) for r in self.all_rows]
         out["newly_rows"] = [asdict(r) for r in self.newly_rows]
         out["auc_rows"] = [asdict(r) for r in self.auc_rows]
+        out["margin_rows"] = [asdict(r) for r in self.margin_rows]
         return out
 
     @property
     def auc_max_drop(self) -> float | None:
         """The proposed ``[auc] max_drop``: the loosest backbone's bound (one key serves all)."""
         return max((r.bound for r in self.auc_rows), default=None)
+
+    @property
+    def margin_max_drop(self) -> float | None:
+        """The proposed ``[counterfactual] max_score_drop`` (map-free band only): the
+        loosest backbone's bound."""
+        return max((r.bound for r in self.margin_rows), default=None)
 
 
 def _fmt(x: float) -> str:
@@ -185,7 +196,7 @@ def thresholds_text(cal: Calibration, thresholds: Thresholds) -> str:
     ``thresholds``, and the calibrated ``[drift]`` tables with their provenance."""
     lines = _provenance(cal, thresholds) + _kept_tables(thresholds, cal) + _drift_tables(cal)
     lines += _newly_correct_lines(cal, thresholds)
-    lines += _kept_checks(thresholds)
+    lines += _kept_checks(thresholds, cal)
     text = "\n".join(lines) + "\n"
     parse_thresholds(text, "proposed thresholds")  # what calibrate writes must load
     return text
@@ -304,15 +315,26 @@ def _drift_tables(cal: Calibration) -> list[str]:
 KEPT = ("sanity", "faithfulness", "counterfactual")
 
 
-def _kept_checks(thresholds: Thresholds) -> list[str]:
+def _kept_checks(thresholds: Thresholds, cal: Calibration) -> list[str]:
     """``[sanity]``, ``[faithfulness]`` and ``[counterfactual]`` as ``thresholds`` sets them,
-    so that adopting the proposal does not switch a check off."""
+    so that adopting the proposal does not switch a check off; but for the map-free
+    counterfactual's ``max_score_drop`` where the runs calibrated it."""
     doc = thresholds.as_dict()
     lines: list[str] = []
+    margin = cal.margin_max_drop
     for table in KEPT:
-        if table in doc:
-            lines += ["", f"[{table}]{'':<{24 - len(table)}}# not calibrated: kept from {thresholds.path}"]
-            lines += [f"{k} = {json.dumps(v)}" for k, v in doc[table].items() if v is not None]
+        if table not in doc:
+            continue
+        values = {k: v for k, v in doc[table].items() if v is not None}
+        if table == "counterfactual" and margin is not None:
+            lines += ["", f"[{table}]{'':<{24 - len(table)}}# max_score_drop calibrated, the rest kept"]
+            values.pop("max_score_drop")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+            lines.append(f"max_score_drop = {_fmt(margin):<10}# the loosest backbone's bound below")
+            lines += [f"#   {r.comment()}" for r in cal.margin_rows]
+            continue
+        lines += ["", f"[{table}]{'':<{24 - len(table)}}# not calibrated: kept from {thresholds.path}"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     return lines
 
 
@@ -412,6 +434,11 @@ def calibration_markdown(cal: Calibration) -> str:
         out.append(f"\n{arch} AUC on the audit set: {aucs}")
     for drop in cal.auc_rows:
         out.append(f"\nAUC drop below the reference, {drop.comment()} -> max_drop {_fmt(drop.bound)}")
+    for drop in cal.margin_rows:
+        out.append(
+            f"\nScore drop with the border band swapped, {drop.comment()}"
+            f" -> max_score_drop {_fmt(drop.bound)}"
+        )
     return "\n".join(out) + "\n"
 
 
