@@ -113,6 +113,32 @@ class _OtherClass(Images):
         return x, (y + 1) % self.classes
 
 
+def _counterfactual(
+    job: Job,
+    ds: ImageDataset,
+    maps: np.ndarray,
+    targets: np.ndarray,
+    band_drop: np.ndarray | None,
+    donors: torch.Tensor | None,
+) -> dict[str, np.ndarray]:
+    """The ``[counterfactual]`` check's per-sample values for one method's maps."""
+    t = job.thresholds
+    assert t.counterfactual_border is not None
+    return counterfactual_metrics(
+        job.model,
+        ds,
+        maps,
+        targets,
+        border=t.counterfactual_border,
+        baseline=t.counterfactual_baseline,
+        multilabel=job.pairs is not None,
+        batch_size=job.batch_size,
+        region=t.counterfactual_region,
+        band_drop=band_drop,
+        donors=donors,
+    )
+
+
 def _donor_images(job: Job, indices: Sequence[int], ds: ImageDataset) -> torch.Tensor | None:
     """The chunk's donor images for the counterfactual's ``swap``: each sample's donor is
     the next sample of the whole audit set (not of its batch or chunk) explained for
@@ -212,19 +238,7 @@ def _chunk(
             )
             metrics.update(faithful)
         if t.counterfactual_border is not None:
-            perturbed = counterfactual_metrics(
-                job.model,
-                ds,
-                cams.maps[method],
-                cams.targets,
-                border=t.counterfactual_border,
-                baseline=t.counterfactual_baseline,
-                multilabel=multilabel,
-                batch_size=job.batch_size,
-                region=t.counterfactual_region,
-                band_drop=band_drop,
-                donors=donors,
-            )
+            perturbed = _counterfactual(job, ds, cams.maps[method], cams.targets, band_drop, donors)
             if t.counterfactual_region == "band":  # map-free: measured once for every method
                 band_drop = perturbed["counterfactual_drop"]
             metrics.update(perturbed)
