@@ -20,11 +20,12 @@ Cost: two forward passes per image whose map points outside, none for the others
 
 ``region = "band"`` makes the check map-free: the *whole* band of every image is replaced
 (by the donor's band under ``swap``), whatever the maps show — the margin's share of the
-prediction, for maps too coarse to point at a corner marker. Measured on the validate
-controls (docs/explanation/evidence.md): the lead-strip shortcut that passes
-InceptionV3's map rules loses 0.65 of its true-class score, where honest fine-tunes lose
-0.00-0.11; it does not single out the corner marker, whose uninformative twin loses as
-much. Cost: two forward passes per image, once for all methods.
+prediction, for maps too coarse to point at a corner marker. Measured through the gate
+on the validate controls (docs/explanation/controls.md): the lead-strip shortcut that
+passes InceptionV3's map rules loses 0.850 of its true-class score, where the held-out
+honest fine-tunes lose 0.03-0.28; it does not single out the corner marker, whose
+shortcuts lose less than their uninformative twins. Cost: two forward passes per image,
+once for all methods.
 """
 
 from __future__ import annotations

@@ -61,6 +61,8 @@ class Job:
     #: multi-label: the audit images (``samples`` are then their (image, class) pairs)
     images: list[Sample] = field(default_factory=list)
     pairs: np.ndarray | None = None
+    #: each sample's counterfactual donor (:func:`_donor_images`), found once per candidate
+    donor_index: np.ndarray | None = None
 
 
 def load_masks(samples: Sequence[Sample], size: int, preprocess: Preprocess = DEFAULT) -> np.ndarray:
@@ -147,7 +149,9 @@ def _donor_images(job: Job, indices: Sequence[int], ds: ImageDataset) -> torch.T
     decoded here."""
     if job.thresholds.counterfactual_baseline != "swap":
         return None
-    donor = donor_indices([s.label for s in job.samples], [s.path for s in job.samples])
+    if job.donor_index is None:  # over the whole audit set, so once for every chunk
+        job.donor_index = donor_indices([s.label for s in job.samples], [s.path for s in job.samples])
+    donor = job.donor_index
     position = {i: k for k, i in enumerate(indices)}
     outside = sorted({int(donor[i]) for i in indices} - position.keys())
     meta = job.meta
