@@ -7,8 +7,9 @@ Per image and map: the map is upsampled to the input and min-max normalised; if 
 maximum lies within ``border`` (a fraction of the side) of an edge, the *region* is the
 band's pixels where the map is at least half its maximum (so it always holds the peak),
 and it is replaced: ``swap`` (default) copies the same region from another image of the
-batch explained for another class, so the image stays one the model could have seen
-(another patient's margin; a marker coded for another class); ``edge`` fills it with the
+audit set explained for another class (drawn at random, :func:`donor_indices`), so the
+image stays one the model could have seen (another patient's margin; a marker coded for
+another class); ``edge`` fills it with the
 median of the image's band; ``mean`` with zero after normalisation; ``blur`` with a
 blurred copy. Measured on the demo's phantoms, whose bodies reach into the band: a
 fine-tune without a shortcut loses about nothing under ``swap`` and ``blur`` but up to
@@ -54,20 +55,29 @@ BASELINES = ("swap", "edge", "mean", "blur")
 REGIONS = ("map", "band")
 
 
-def donor_indices(targets: Sequence[int] | np.ndarray, images: Sequence[object] | None = None) -> np.ndarray:
-    """For each sample, the next one (cyclically, in the given order) explained for another
-    class, and of another image where ``images`` says which image each sample is (a
-    multi-label image's pairs); itself when there is none. Chosen over the whole audit
-    set, not a batch, so a set stored class by class still gets donors of another class."""
+def donor_indices(
+    targets: Sequence[int] | np.ndarray, images: Sequence[object] | None = None, *, seed: int = 0
+) -> np.ndarray:
+    """For each sample, a donor drawn at random (a fixed ``seed``, so the same on every
+    run and rank) from the samples explained for another class, and of another image where
+    ``images`` says which image each sample is (a multi-label image's pairs); itself when
+    there is none. Drawn over the whole audit set, not a batch, and from every other class
+    in proportion to its share, so a region is replaced by a draw from the set's own
+    distribution of that region. (Taking the next sample of another class instead gives
+    every image of a class the same donor, always of the neighbouring class: a cue coded
+    by class is then only ever swapped for its neighbour's form, which the demo's marker
+    shortcuts barely react to.)"""
     t = np.asarray(targets)
-    n = len(t)
-    out = np.arange(n)
-    for i in range(n):
-        for step in range(1, n):
-            j = (i + step) % n
-            if t[j] != t[i] and (images is None or images[j] != images[i]):
-                out[i] = j
-                break
+    ids = None if images is None else np.unique([str(i) for i in images], return_inverse=True)[1]
+    rng = np.random.default_rng(seed)
+    out = np.arange(len(t))
+    for i in range(len(t)):
+        other = t != t[i]
+        if ids is not None:
+            other &= ids != ids[i]
+        pool = np.flatnonzero(other)
+        if len(pool):
+            out[i] = pool[rng.integers(len(pool))]
     return out
 
 
@@ -112,7 +122,7 @@ def counterfactual_drop(
         band_drop: ``region="band"`` only: the drops already measured for these images
             (they do not depend on the map), so another method's maps cost no forward pass.
         donors: ``swap`` only: each image's donor, ``(N, C, H, W)``; by default the next
-            image of ``x`` explained for another class (:func:`donor_indices`).
+            drawn from ``x``'s images explained for another class (:func:`donor_indices`).
 
     Returns:
         ``(outside, drop)``: ``(N,)`` floats, ``outside`` 1 or 0 (NaN for a constant map),

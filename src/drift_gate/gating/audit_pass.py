@@ -143,8 +143,8 @@ def _counterfactual(
 
 def _donor_images(job: Job, indices: Sequence[int], ds: ImageDataset) -> torch.Tensor | None:
     """The chunk's donor images for the counterfactual's ``swap``: each sample's donor is
-    the next sample of the whole audit set (not of its batch or chunk) explained for
-    another class, of another image (a multi-label image's pairs share one), the same on
+    drawn from the whole audit set (not its batch or chunk) among the samples explained
+    for another class, of another image (a multi-label image's pairs share one), the same on
     every rank. Donors within the chunk come from its decoded images; the others are
     decoded here."""
     if job.thresholds.counterfactual_baseline != "swap":
