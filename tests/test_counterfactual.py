@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from drift_gate.errors import ConfigError
-from drift_gate.evidence.counterfactual import border_band, counterfactual_drop, donor_indices
+from drift_gate.evidence.counterfactual import (
+    CORNERS,
+    border_band,
+    corner_masks,
+    counterfactual_drop,
+    donor_indices,
+)
 from drift_gate.gating.rules import counterfactual_rule
 from drift_gate.gating.thresholds import parse_thresholds
 from gatekit import RULES, gate, result
@@ -145,6 +151,49 @@ def test_the_band_drop_equals_captum_feature_ablation() -> None:
         x, baselines=donors, target=torch.as_tensor(targets), feature_mask=band.long()[None, None]
     )
     assert torch.allclose(attr[:, 0][:, band], torch.as_tensor(drop, dtype=attr.dtype)[:, None], atol=1e-6)
+
+
+def test_each_corner_is_replaced_on_its_own_and_equals_captum() -> None:
+    """``region = "corners"``: one drop per corner, each Captum's FeatureAblation with that
+    corner as a feature and the donors as baselines; only the marker's corner costs score."""
+    from captum.attr import FeatureAblation
+
+    x, targets = _inputs()
+    x = x + 0.05 * torch.rand_like(x)
+    masks = corner_masks((16, 16), 0.2)
+    assert masks.sum((1, 2)).tolist() == [9] * 4 and masks[3, -3:, -3:].all()
+    assert not (masks.sum(0) > 1).any() and (masks.any(0) <= border_band((16, 16), 0.2)).all()
+    net = _Corner()
+    outside, drop = counterfactual_drop(net, x, _maps((1, 2)), targets, border=0.2, region="corners")
+    assert drop.shape == (4, 4) and outside.tolist() == [0, 0, 0, 0]
+    assert (drop[targets == 1, CORNERS.index("bottom-right")] > 0.3).all()
+    assert np.abs(drop[:, :3]).max() < 1e-6, "the other corners carry nothing"
+    feature = torch.full((16, 16), 4, dtype=torch.long)
+    for k, m in enumerate(masks):
+        feature[m] = k
+    donors, target = x[donor_indices(targets)], torch.as_tensor(targets)
+    attr = FeatureAblation(lambda inp: torch.softmax(net(inp), dim=1)).attribute(
+        x, baselines=donors, target=target, feature_mask=feature[None, None]
+    )
+    for k, m in enumerate(masks):
+        want = torch.as_tensor(drop[:, k], dtype=attr.dtype)[:, None]
+        assert torch.allclose(attr[:, 0][:, m], want, atol=1e-6)
+
+
+def test_the_corner_rule_names_the_costliest_corner(env: dict[str, Path]) -> None:
+    section = "[counterfactual]\nmax_score_drop = 0.2\nregion = 'corners'\n"
+    text = RULES.format(drift="iou.min = 0.0") + section
+    rules = parse_thresholds(text)
+    fail = counterfactual_rule("tiny", "layercam", np.array([0.5, 0.3, 0.1]), rules, corner="bottom-right")
+    assert fail.rule == "tiny/counterfactual_drop.max" and fail.method is None
+    assert fail.status == "fail" and "bottom-right corner" in fail.message
+    env["thresholds"].write_text(text.replace("0.2", "1.0") + "border = 0.3\n")
+    assert gate(env, env["ft"]) == 0
+    c = result(env)["candidates"][0]
+    drops = [c["per_sample"][m]["counterfactual_drop"] for m in ("layercam", "gradcam++")]
+    assert drops[0] == drops[1] and None not in drops[0] and len(drops[0]) == c["n_audit"]
+    (rule,) = [r for r in c["rules"] if "counterfactual" in r["rule"]]
+    assert any(f"{k} corner" in rule["message"] for k in CORNERS) and rule["status"] == "pass"
 
 
 def test_the_band_rule_is_the_backbones_and_counts_every_sample(env: dict[str, Path]) -> None:

@@ -27,6 +27,12 @@ passes InceptionV3's map rules loses 0.850 of its true-class score, where the he
 honest fine-tunes lose 0.03-0.28; it does not single out the corner marker, whose
 shortcuts lose less than their uninformative twins. Cost: two forward passes per image,
 once for all methods.
+
+``region = "corners"`` swaps each of the band's four corner squares on its own (where
+laterality markers and site labels are burned in), and the rule judges the corner whose
+mean drop over the judged samples is largest: a class-coded box in one corner stands out
+there, where across the whole band it is one part among the body's edges. Cost: five
+forward passes per image, once for all methods.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ from drift_gate.evidence.faithfulness import replacement
 
 __all__ = [
     "BASELINES",
+    "CORNERS",
     "REGIONS",
     "border_band",
+    "corner_masks",
     "counterfactual_drop",
     "counterfactual_metrics",
     "donor_indices",
@@ -52,7 +60,9 @@ __all__ = [
 #: What the region is replaced with.
 BASELINES = ("swap", "edge", "mean", "blur")
 #: What is replaced: the band's part the map points at (``map``) or the whole band (``band``).
-REGIONS = ("map", "band")
+REGIONS = ("map", "band", "corners")
+#: The four corner squares of ``region = "corners"``, in the order of its drops' columns.
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
 def donor_indices(
@@ -90,6 +100,16 @@ def border_band(size: tuple[int, int], border: float) -> torch.Tensor:
     return band
 
 
+def corner_masks(size: tuple[int, int], border: float) -> torch.Tensor:
+    """``(4, h, w)`` booleans: the band's four corner squares (``border`` x the side on each
+    edge), in :data:`CORNERS` order."""
+    h, w = size
+    bh, bw = max(1, round(border * h)), max(1, round(border * w))
+    out = torch.zeros(len(CORNERS), h, w, dtype=torch.bool)
+    out[0, :bh, :bw] = out[1, :bh, w - bw :] = out[2, h - bh :, :bw] = out[3, h - bh :, w - bw :] = True
+    return out
+
+
 def _scores(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> torch.Tensor:
     device = next(model.parameters()).device
     logits = model(x.to(device)).float().cpu()
@@ -114,19 +134,21 @@ def counterfactual_drop(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Whether each map's maximum lies in the border band, and the score drop when its
     region there is replaced (see the module); with ``region="band"`` the whole band of
-    every image is replaced, so every drop is finite.
+    every image is replaced, so every drop is finite; with ``region="corners"`` each of the
+    band's four corner squares is replaced on its own, one drop per corner.
 
     Args:
         x: ``(N, C, H, W)`` inputs, normalised as the model expects.
         maps: ``(N, h, w)`` maps; ``targets``: the explained classes, ``(N,)``.
-        band_drop: ``region="band"`` only: the drops already measured for these images
-            (they do not depend on the map), so another method's maps cost no forward pass.
-        donors: ``swap`` only: each image's donor, ``(N, C, H, W)``; by default the next
-            drawn from ``x``'s images explained for another class (:func:`donor_indices`).
+        band_drop: map-free regions only: the drops already measured for these images (they
+            do not depend on the map), so another method's maps cost no forward pass.
+        donors: ``swap`` only: each image's donor, ``(N, C, H, W)``; by default one drawn
+            from ``x``'s images explained for another class (:func:`donor_indices`).
 
     Returns:
         ``(outside, drop)``: ``(N,)`` floats, ``outside`` 1 or 0 (NaN for a constant map),
-        ``drop`` NaN where the maximum lies inside (``map`` only).
+        ``drop`` NaN where the maximum lies inside (``map`` only); ``(N, 4)`` for
+        ``corners``, its columns in :data:`CORNERS` order.
     """
     if region not in REGIONS:
         raise ValueError(f"region {region!r}: expected one of {', '.join(REGIONS)}")
@@ -147,17 +169,17 @@ def counterfactual_drop(
     peak_in_band = band.reshape(-1)[flat.argmax(1)] & ~constant
     outside = peak_in_band.double().numpy()
     outside[constant.numpy()] = np.nan
-    if region == "band" and band_drop is not None:
+    whole = region != "map"  # map-free: every image, whatever its map shows
+    if whole and band_drop is not None:
         return outside, np.asarray(band_drop, dtype=np.float64)
-    drop = np.full(n, np.nan)
-    rows = torch.arange(n) if region == "band" else torch.nonzero(peak_in_band)[:, 0]
+    drop = np.full((n, len(CORNERS)) if region == "corners" else n, np.nan)
+    rows = torch.arange(n) if whole else torch.nonzero(peak_in_band)[:, 0]
+    corners = corner_masks((h, w), border).to(x.dtype)[:, None, None]  # (4, 1, 1, h, w)
     t = torch.as_tensor(targets, dtype=torch.long)
     if baseline == "swap":
         donor_images = x[torch.as_tensor(donor_indices(t[: len(x)].numpy()))] if donors is None else donors
     for start in range(0, len(rows), batch_size):
         idx = rows[start : start + batch_size]
-        chosen = band.expand(len(idx), h, w) if region == "band" else band & (norm[idx] >= 0.5)
-        mask = chosen.to(x.dtype)[:, None]
         xi = x[idx]
         if baseline == "swap":
             fill = donor_images[idx]
@@ -165,9 +187,17 @@ def counterfactual_drop(
             fill = xi[:, :, band].median(dim=2).values[:, :, None, None].expand_as(xi)
         else:
             fill = replacement(xi, baseline)
-        changed = xi * (1 - mask) + fill * mask
-        scores = _scores(model, torch.cat([xi, changed]), torch.cat([t[idx], t[idx]]), multilabel)
-        drop[idx.numpy()] = (scores[: len(idx)] - scores[len(idx) :]).double().numpy()
+        if region == "corners":  # each corner on its own: (4, k, C, H, W), corner-major
+            changed = (xi * (1 - corners) + fill * corners).flatten(0, 1)
+        else:
+            chosen = band.expand(len(idx), h, w) if whole else band & (norm[idx] >= 0.5)
+            mask = chosen.to(x.dtype)[:, None]
+            changed = xi * (1 - mask) + fill * mask
+        k = len(idx)
+        copies = len(changed) // k
+        scores = _scores(model, torch.cat([xi, changed]), t[idx].repeat(copies + 1), multilabel).double()
+        lost = scores[:k, None] - scores[k:].view(copies, k).T
+        drop[idx.numpy()] = (lost if region == "corners" else lost[:, 0]).numpy()
     return outside, drop
 
 

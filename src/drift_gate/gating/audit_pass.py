@@ -243,7 +243,7 @@ def _chunk(
             metrics.update(faithful)
         if t.counterfactual_border is not None:
             perturbed = _counterfactual(job, ds, cams.maps[method], cams.targets, band_drop, donors)
-            if t.counterfactual_region == "band":  # map-free: measured once for every method
+            if t.counterfactual_region != "map":  # map-free: measured once for every method
                 band_drop = perturbed["counterfactual_drop"]
             metrics.update(perturbed)
         out["metrics"][method] = metrics

@@ -34,6 +34,7 @@ from drift_gate.evidence.classification import (
     predicted_class,
     predicted_positive,
 )
+from drift_gate.evidence.counterfactual import CORNERS
 from drift_gate.evidence.metrics import intra_class_consistency
 from drift_gate.evidence.summary import Summary, select_samples, summarise
 from drift_gate.gating.audit import expand_pairs
@@ -454,6 +455,18 @@ def predictions(job: Job, gathered: Gathered) -> Predictions:
     return Predictions(logits, labels, scores, ref_scores, selected, ref_ok, cand_ok, onnx_info, rules)
 
 
+def _worst_corner(values: dict[str, dict[str, np.ndarray]], judged: np.ndarray) -> str | None:
+    """``[counterfactual] region = "corners"``: the corner whose mean drop over the judged
+    samples is largest; every method's ``counterfactual_drop`` becomes that corner's
+    column (one per sample, as the reports and the rule expect). ``None``: no judged drop."""
+    drops = next(iter(values.values()))["counterfactual_drop"]
+    means = [float(np.nanmean(c)) if np.isfinite(c).any() else -np.inf for c in drops[judged].T]
+    worst = int(np.argmax(means))
+    for v in values.values():
+        v["counterfactual_drop"] = v["counterfactual_drop"][:, worst]
+    return CORNERS[worst] if np.isfinite(means[worst]) else None
+
+
 def judge(
     job: Job, gathered: Gathered, preds: Predictions
 ) -> tuple[list[RuleResult], dict[str, Any], dict[str, Any]]:
@@ -464,12 +477,14 @@ def judge(
     rules = [*preds.parity_rules]
     rules += auc_rules(meta.arch, preds.scores, preds.ref_scores, baseline_auc, t)
     newly = ~preds.ref_ok & preds.cand_ok
+    corner = _worst_corner(values, preds.selected | newly) if t.counterfactual_region == "corners" else None
     drift_rules, summaries, per_sample = _drift(job, values, preds.selected, preds.labels, newly)
     rules += drift_rules
-    if t.counterfactual_border is not None:  # map-free ("band"): one rule, the drops are every method's
-        methods = t.methods[:1] if t.counterfactual_region == "band" else t.methods
+    if t.counterfactual_border is not None:  # map-free: one rule, the drops are every method's
+        methods = t.methods if t.counterfactual_region == "map" else t.methods[:1]
+        judged = preds.selected | newly
         rules += [
-            counterfactual_rule(meta.arch, m, values[m]["counterfactual_drop"][preds.selected | newly], t)
+            counterfactual_rule(meta.arch, m, values[m]["counterfactual_drop"][judged], t, corner=corner)
             for m in methods
         ]
     for key, per_method in gathered.sanity.items():

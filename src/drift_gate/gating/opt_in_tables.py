@@ -73,9 +73,12 @@ def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
     if baseline not in ("swap", "edge", "mean", "blur"):
         raise ctx.fail(where, "baseline", f"expected 'swap', 'edge', 'mean' or 'blur', got {baseline!r}")
     region = raw.get("region", "map")
-    if region not in ("map", "band"):
+    if region not in ("map", "band", "corners"):
         raise ctx.fail(
-            where, "region", f"expected 'map' (where the maps point) or 'band' (all of it), got {region!r}"
+            where,
+            "region",
+            "expected 'map' (where the maps point), 'band' (all of it) or 'corners' (each corner), "
+            f"got {region!r}",
         )
     if "max_score_drop" not in raw:
         raise ctx.fail(where, None, "set max_score_drop (the largest mean drop of the candidate's score)")

@@ -387,21 +387,29 @@ def sanity_rule(
     )
 
 
-def counterfactual_rule(arch: str, method: str, drops: np.ndarray, thresholds: Thresholds) -> RuleResult:
+def counterfactual_rule(
+    arch: str, method: str, drops: np.ndarray, thresholds: Thresholds, *, corner: str | None = None
+) -> RuleResult:
     """The ``[counterfactual]`` rule for one method: over the judged samples whose
     candidate map points outside the anatomy (``drops`` finite), the mean drop of the
     candidate's score when that region is replaced must not exceed the bound. Fewer such
     samples than ``min_samples``: skipped (nothing points outside). With ``region =
     "band"`` every judged sample counts (the whole band was replaced) and the rule is the
-    backbone's, not a method's."""
+    backbone's, not a method's; ``"corners"`` likewise, ``drops`` being those of the
+    ``corner`` whose mean drop is largest."""
     bound, needed = thresholds.counterfactual_max_drop, thresholds.counterfactual_min_samples
-    whole = thresholds.counterfactual_region == "band"
+    whole = thresholds.counterfactual_region != "map"
     name = f"{arch}/counterfactual_drop.max" if whole else f"{arch}/{method}/counterfactual_drop.max"
     source, of = f"{thresholds.path} [counterfactual]", None if whole else method
     where = {"source": source, "metric": "counterfactual_drop", "kind": "max"}
     finite = drops[np.isfinite(drops)]
     if whole:
-        share, what = f"{len(finite)} judged samples", "replacing the image's margin"
+        share = f"{len(finite)} judged samples"
+        what = (
+            f"replacing the image's {corner or 'worst'} corner (of the four, the costliest)"
+            if thresholds.counterfactual_region == "corners"
+            else "replacing the image's margin"
+        )
         short = f"{len(finite)} judged samples (min_samples {needed}): not checked"
     else:
         share = f"{len(finite)} of {len(drops)} judged maps point outside the anatomy"

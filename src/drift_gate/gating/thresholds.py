@@ -45,7 +45,9 @@ Shape::
     max_score_drop = 0.1           # "blur") and the candidate's score drop measured; its mean over
     min_samples = 3                # the selected and newly-correct samples must stay below the bound;
     region = "map"                 # or "band": the whole band of every image, whatever the maps
-                                   # show (one rule per backbone, 2 forward passes per image)
+                                   # show (one rule per backbone, 2 forward passes per image); or
+                                   # "corners": each corner square on its own, the costliest judged
+                                   # (one rule per backbone, 5 forward passes per image)
 
     [newly_correct]                # samples the candidate newly gets right (the reference got
     min_samples = 5                # them wrong): where a new shortcut would carry the prediction.

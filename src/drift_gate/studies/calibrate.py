@@ -295,12 +295,12 @@ def run_calibration(
     plain = Thresholds(
         methods=thresholds.methods, samples=thresholds.samples, min_samples=1, statistic=thresholds.statistic
     )
-    if thresholds.counterfactual_region == "band":  # map-free: one number per run, calibrated
+    if thresholds.counterfactual_region != "map":  # map-free: one number per run, calibrated
         plain = replace(
             plain,
             counterfactual_border=thresholds.counterfactual_border,
             counterfactual_baseline=thresholds.counterfactual_baseline,
-            counterfactual_region="band",
+            counterfactual_region=thresholds.counterfactual_region,
             counterfactual_max_drop=1.0,
             counterfactual_min_samples=1,
         )
@@ -407,7 +407,7 @@ def _record(
     _add_rows(cal, arch, results, thresholds, k, sources)
     if len(results) > 1:
         cal.auc_rows.append(auc_drop_row(arch, [c for _, c in results], sources, k))
-        if thresholds.counterfactual_region == "band":
+        if thresholds.counterfactual_region != "map":
             margin = margin_drop_row(arch, [c for _, c in results], sources, k)
             cal.margin_rows += [margin] if margin is not None else []
 
