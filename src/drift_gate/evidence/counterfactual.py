@@ -23,9 +23,10 @@ Cost: two forward passes per image whose map points outside, none for the others
 (by the donor's band under ``swap``), whatever the maps show — the margin's share of the
 prediction, for maps too coarse to point at a corner marker. Measured through the gate
 on the validate controls (docs/explanation/controls.md): the lead-strip shortcut that
-passes InceptionV3's map rules loses 0.850 of its true-class score, where the held-out
-honest fine-tunes lose 0.03-0.28; it does not single out the corner marker, whose
-shortcuts lose less than their uninformative twins. Cost: two forward passes per image,
+passes InceptionV3's map rules loses 0.853 of its true-class score, where the held-out
+honest fine-tunes lose 0.035-0.245. The marker shortcuts lose more than their
+uninformative twins (DenseNet201 0.256 against 0.155, ResNet50V2 0.313 against 0.128) but
+stay below the calibrated bound (0.56). Cost: two forward passes per image,
 once for all methods.
 
 ``region = "corners"`` swaps each of the band's four corner squares on its own (where
