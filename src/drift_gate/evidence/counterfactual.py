@@ -175,7 +175,8 @@ def counterfactual_drop(
         return outside, np.asarray(band_drop, dtype=np.float64)
     drop = np.full((n, len(CORNERS)) if region == "corners" else n, np.nan)
     rows = torch.arange(n) if whole else torch.nonzero(peak_in_band)[:, 0]
-    corners = corner_masks((h, w), border).to(x.dtype)[:, None, None]  # (4, 1, 1, h, w)
+    if region == "corners":
+        corners = corner_masks((h, w), border).to(x.dtype)[:, None, None]  # (4, 1, 1, h, w)
     t = torch.as_tensor(targets, dtype=torch.long)
     if baseline == "swap":
         donor_images = x[torch.as_tensor(donor_indices(t[: len(x)].numpy()))] if donors is None else donors

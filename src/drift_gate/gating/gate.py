@@ -477,12 +477,12 @@ def judge(
     rules = [*preds.parity_rules]
     rules += auc_rules(meta.arch, preds.scores, preds.ref_scores, baseline_auc, t)
     newly = ~preds.ref_ok & preds.cand_ok
-    corner = _worst_corner(values, preds.selected | newly) if t.counterfactual_region == "corners" else None
+    judged = preds.selected | newly
+    corner = _worst_corner(values, judged) if t.counterfactual_region == "corners" else None
     drift_rules, summaries, per_sample = _drift(job, values, preds.selected, preds.labels, newly)
     rules += drift_rules
     if t.counterfactual_border is not None:  # map-free: one rule, the drops are every method's
         methods = t.methods if t.counterfactual_region == "map" else t.methods[:1]
-        judged = preds.selected | newly
         rules += [
             counterfactual_rule(meta.arch, m, values[m]["counterfactual_drop"][judged], t, corner=corner)
             for m in methods
