@@ -214,6 +214,46 @@ def test_the_band_rule_is_the_backbones_and_counts_every_sample(env: dict[str, P
     assert named == [f"{c['arch']}/counterfactual_drop.max"]
 
 
+def test_the_corner_rule_stands_beside_the_band_rule(env: dict[str, Path]) -> None:
+    """``max_corner_drop``: a second map-free rule, the costliest corner's, beside the
+    band's; its per-sample drops are those ``region = "corners"`` judges."""
+    band = "[counterfactual]\nmax_score_drop = 1.0\nregion = 'band'\nborder = 0.3\n"
+    text = RULES.format(drift="iou.min = 0.0") + band + "max_corner_drop = 0.1\n"
+    rules = parse_thresholds(text)
+    assert rules.counterfactual_max_corner_drop == 0.1
+    fail = counterfactual_rule(
+        "tiny", "layercam", np.array([0.5, 0.3, 0.4]), rules, corner="top-left", corners=True
+    )
+    assert (fail.rule, fail.metric, fail.bound, fail.status) == (
+        "tiny/corner_drop.max",
+        "corner_drop",
+        0.1,
+        "fail",
+    )
+    assert "top-left corner" in fail.message and fail.observed == pytest.approx(0.4)
+    with pytest.raises(ConfigError, match=r"max_corner_drop: region = 'corners' judges"):
+        parse_thresholds(text.replace("'band'", "'corners'"))
+    with pytest.raises(ConfigError, match=r"max_corner_drop: a score drop lies in \[0, 1\]"):
+        parse_thresholds(text.replace("0.1", "1.5"))
+    env["thresholds"].write_text(text.replace("0.1", "1.0"))
+    assert gate(env, env["ft"]) == 0
+    c = result(env)["candidates"][0]
+    named = {r["rule"]: r for r in c["rules"] if "drop.max" in r["rule"]}
+    arch = c["arch"]
+    assert sorted(named) == [f"{arch}/corner_drop.max", f"{arch}/counterfactual_drop.max"]
+    corner_rule = named[f"{arch}/corner_drop.max"]
+    assert corner_rule["status"] == "pass" and any(f"{k} corner" in corner_rule["message"] for k in CORNERS)
+    drops = c["per_sample"]["layercam"]["corner_drop"]
+    assert None not in drops and len(drops) == c["n_audit"]
+    # The same column that region = "corners" judges under max_score_drop.
+    env["thresholds"].write_text(RULES.format(drift="iou.min = 0.0") + band.replace("band", "corners"))
+    assert gate(env, env["ft"]) == 0
+    alone = result(env)["candidates"][0]
+    assert alone["per_sample"]["layercam"]["counterfactual_drop"] == pytest.approx(drops, abs=1e-12)
+    (rule,) = [r for r in alone["rules"] if "drop.max" in r["rule"]]
+    assert rule["observed"] == pytest.approx(corner_rule["observed"])
+
+
 def test_donors_come_from_every_other_class_and_another_image() -> None:
     # A set stored class by class: every donor is of another class, and a class's images
     # get donors of each other class (not all the same neighbour).

@@ -188,7 +188,7 @@ def test_calibration_proposes_thresholds_every_run_passes(
     tiny: tuple[Profile, Path], phantom_data: DataSet, tmp_path: Path
 ) -> None:
     profile, rules = tiny
-    band = "\n[counterfactual]\nregion = 'band'\nborder = 0.2\nmax_score_drop = 0.5\n"
+    band = "\n[counterfactual]\nregion = 'band'\nborder = 0.2\nmax_score_drop = 0.5\nmax_corner_drop = 0.5\n"
     thresholds = parse_thresholds(rules.read_text() + band, str(rules))
     out = tmp_path / "cal"
     cal = run_calibration(profile, phantom_data, thresholds, out, seeds=[0, 1, 2], k=3.0, per_class=2)
@@ -224,7 +224,9 @@ def test_calibration_proposes_thresholds_every_run_passes(
     (margin,) = cal.margin_rows
     assert proposed.counterfactual_max_drop == margin.bound and len(margin.drops) == 3
     assert (proposed.counterfactual_region, proposed.counterfactual_border) == ("band", 0.2)
-    assert "max_score_drop calibrated, the rest kept" in text
+    (corner,) = cal.corner_rows
+    assert proposed.counterfactual_max_corner_drop == corner.bound and len(corner.drops) == 3
+    assert "max_score_drop and max_corner_drop calibrated, the rest kept" in text
     assert "| tiny | layercam | iou |" in (out / "calibration.md").read_text()
     assert "| centre | seed sd |" in (out / "calibration.md").read_text()
     assert json.loads((out / "calibration.json").read_text())["source"] == "seeds"

@@ -226,6 +226,13 @@ METRICS: dict[str, MetricSpec] = {
             (-1.0, 1.0),
         ),
         MetricSpec(
+            "corner_drop",
+            Direction.LOWER,
+            None,
+            "the candidate's score minus its score with the costliest of the border band's corners swapped",
+            (-1.0, 1.0),
+        ),
+        MetricSpec(
             "mask_energy_change",
             Direction.HIGHER,
             0.0,
@@ -250,7 +257,7 @@ LOCALISATION_METRICS = (
 #: Per-sample faithfulness metrics (computed by the gate when [faithfulness] is set).
 FAITHFULNESS_METRICS = ("faithfulness", "reference_faithfulness", "faithfulness_change")
 #: Metrics of the counterfactual check (computed on the candidate only, opt-in).
-COUNTERFACTUAL_METRICS = ("outside_anatomy", "counterfactual_drop")
+COUNTERFACTUAL_METRICS = ("outside_anatomy", "counterfactual_drop", "corner_drop")
 #: Metrics that compare two maps with each other (what ``drift_metrics`` computes).
 PAIRWISE_METRICS = tuple(name for name, spec in METRICS.items() if spec.formula is not None)
 

@@ -122,8 +122,10 @@ def _counterfactual(
     targets: np.ndarray,
     band_drop: np.ndarray | None,
     donors: torch.Tensor | None,
+    region: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """The ``[counterfactual]`` check's per-sample values for one method's maps."""
+    """The ``[counterfactual]`` check's per-sample values for one method's maps (``region``:
+    another than the table's, for ``max_corner_drop``'s corners)."""
     t = job.thresholds
     assert t.counterfactual_border is not None
     return counterfactual_metrics(
@@ -135,7 +137,7 @@ def _counterfactual(
         baseline=t.counterfactual_baseline,
         multilabel=job.pairs is not None,
         batch_size=job.batch_size,
-        region=t.counterfactual_region,
+        region=region or t.counterfactual_region,
         band_drop=band_drop,
         donors=donors,
     )
@@ -214,7 +216,7 @@ def _chunk(
     if job.session is not None and job.pairs is None:
         out["onnx"] = job.session.logits(ds, job.batch_size)
     multilabel = job.pairs is not None
-    band_drop = None
+    band_drop = corner_drop = None
     donors = _donor_images(job, indices, ds) if t.counterfactual_border is not None else None
     for method in t.methods:
         grid, stored = cams.maps[method].shape[1:], job.base.maps[method].shape[1:]
@@ -246,6 +248,13 @@ def _chunk(
             if t.counterfactual_region != "map":  # map-free: measured once for every method
                 band_drop = perturbed["counterfactual_drop"]
             metrics.update(perturbed)
+            if t.counterfactual_max_corner_drop is not None:  # map-free too: (N, 4), once
+                if corner_drop is None:
+                    corners = _counterfactual(
+                        job, ds, cams.maps[method], cams.targets, None, donors, "corners"
+                    )
+                    corner_drop = corners["counterfactual_drop"]
+                metrics["corner_drop"] = corner_drop
         out["metrics"][method] = metrics
     return out
 

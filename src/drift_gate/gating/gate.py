@@ -455,15 +455,16 @@ def predictions(job: Job, gathered: Gathered) -> Predictions:
     return Predictions(logits, labels, scores, ref_scores, selected, ref_ok, cand_ok, onnx_info, rules)
 
 
-def _worst_corner(values: dict[str, dict[str, np.ndarray]], judged: np.ndarray) -> str | None:
-    """``[counterfactual] region = "corners"``: the corner whose mean drop over the judged
-    samples is largest; every method's ``counterfactual_drop`` becomes that corner's
-    column (one per sample, as the reports and the rule expect). ``None``: no judged drop."""
-    drops = next(iter(values.values()))["counterfactual_drop"]
+def _worst_corner(values: dict[str, dict[str, np.ndarray]], judged: np.ndarray, key: str) -> str | None:
+    """The corner whose mean drop over the judged samples is largest (``key``: the
+    ``(N, 4)`` drops, ``counterfactual_drop`` under ``region = "corners"``, ``corner_drop``
+    under ``max_corner_drop``); every method's ``key`` becomes that corner's column (one
+    per sample, as the reports and the rule expect). ``None``: no judged drop."""
+    drops = next(iter(values.values()))[key]
     means = [float(np.nanmean(c)) if np.isfinite(c).any() else -np.inf for c in drops[judged].T]
     worst = int(np.argmax(means))
     for v in values.values():
-        v["counterfactual_drop"] = v["counterfactual_drop"][:, worst]
+        v[key] = v[key][:, worst]
     return CORNERS[worst] if np.isfinite(means[worst]) else None
 
 
@@ -478,7 +479,12 @@ def judge(
     rules += auc_rules(meta.arch, preds.scores, preds.ref_scores, baseline_auc, t)
     newly = ~preds.ref_ok & preds.cand_ok
     judged = preds.selected | newly
-    corner = _worst_corner(values, judged) if t.counterfactual_region == "corners" else None
+    corner = (
+        _worst_corner(values, judged, "counterfactual_drop") if t.counterfactual_region == "corners" else None
+    )
+    costliest = None
+    if t.counterfactual_max_corner_drop is not None:
+        costliest = _worst_corner(values, judged, "corner_drop")
     drift_rules, summaries, per_sample = _drift(job, values, preds.selected, preds.labels, newly)
     rules += drift_rules
     if t.counterfactual_border is not None:  # map-free: one rule, the drops are every method's
@@ -487,6 +493,11 @@ def judge(
             counterfactual_rule(meta.arch, m, values[m]["counterfactual_drop"][judged], t, corner=corner)
             for m in methods
         ]
+        if t.counterfactual_max_corner_drop is not None:  # beside the region's rule
+            drops = values[t.methods[0]]["corner_drop"][judged]
+            rules.append(
+                counterfactual_rule(meta.arch, t.methods[0], drops, t, corner=costliest, corners=True)
+            )
     for key, per_method in gathered.sanity.items():
         rules += [sanity_rule(meta.arch, m, per_method[m], t, key == "class_sanity") for m in t.methods]
     return rules, summaries, per_sample

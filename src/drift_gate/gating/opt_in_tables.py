@@ -22,7 +22,7 @@ __all__ = [
 
 SANITY_KEYS = {"randomise", "max_randomised_correlation", "max_class_correlation"}
 FAITHFULNESS_KEYS = {"steps", "baseline"}
-COUNTERFACTUAL_KEYS = {"border", "baseline", "max_score_drop", "min_samples", "region"}
+COUNTERFACTUAL_KEYS = {"border", "baseline", "max_score_drop", "max_corner_drop", "min_samples", "region"}
 #: Default smallest number of samples pointing outside the anatomy whose drop is judged.
 COUNTERFACTUAL_MIN_SAMPLES = 3
 #: Default width of the border band treated as outside the anatomy (share of the side).
@@ -85,10 +85,20 @@ def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
     drop = as_number(ctx, where, "max_score_drop", raw["max_score_drop"])
     if not 0 <= drop <= 1:
         raise ctx.fail(where, "max_score_drop", f"a score drop lies in [0, 1], not {drop:g}")
+    corner = None
+    if "max_corner_drop" in raw:
+        if region == "corners":
+            raise ctx.fail(
+                where, "max_corner_drop", "region = 'corners' judges the corners under max_score_drop already"
+            )
+        corner = as_number(ctx, where, "max_corner_drop", raw["max_corner_drop"])
+        if not 0 <= corner <= 1:
+            raise ctx.fail(where, "max_corner_drop", f"a score drop lies in [0, 1], not {corner:g}")
     n = raw.get("min_samples", COUNTERFACTUAL_MIN_SAMPLES)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ctx.fail(where, "min_samples", f"expected a whole number >= 1, got {n!r}")
     return {
+        "counterfactual_max_corner_drop": corner,
         "counterfactual_border": border,
         "counterfactual_baseline": baseline,
         "counterfactual_region": region,

@@ -388,7 +388,13 @@ def sanity_rule(
 
 
 def counterfactual_rule(
-    arch: str, method: str, drops: np.ndarray, thresholds: Thresholds, *, corner: str | None = None
+    arch: str,
+    method: str,
+    drops: np.ndarray,
+    thresholds: Thresholds,
+    *,
+    corner: str | None = None,
+    corners: bool = False,
 ) -> RuleResult:
     """The ``[counterfactual]`` rule for one method: over the judged samples whose
     candidate map points outside the anatomy (``drops`` finite), the mean drop of the
@@ -396,18 +402,23 @@ def counterfactual_rule(
     samples than ``min_samples``: skipped (nothing points outside). With ``region =
     "band"`` every judged sample counts (the whole band was replaced) and the rule is the
     backbone's, not a method's; ``"corners"`` likewise, ``drops`` being those of the
-    ``corner`` whose mean drop is largest."""
+    ``corner`` whose mean drop is largest. ``corners``: the ``max_corner_drop`` rule beside
+    the region's (``drops``: the costliest corner's, ``corner_drop``)."""
     bound, needed = thresholds.counterfactual_max_drop, thresholds.counterfactual_min_samples
-    whole = thresholds.counterfactual_region != "map"
-    name = f"{arch}/counterfactual_drop.max" if whole else f"{arch}/{method}/counterfactual_drop.max"
+    metric = "counterfactual_drop"
+    if corners:
+        assert thresholds.counterfactual_max_corner_drop is not None
+        bound, metric = thresholds.counterfactual_max_corner_drop, "corner_drop"
+    whole = corners or thresholds.counterfactual_region != "map"
+    name = f"{arch}/{metric}.max" if whole else f"{arch}/{method}/{metric}.max"
     source, of = f"{thresholds.path} [counterfactual]", None if whole else method
-    where = {"source": source, "metric": "counterfactual_drop", "kind": "max"}
+    where = {"source": source, "metric": metric, "kind": "max"}
     finite = drops[np.isfinite(drops)]
     if whole:
         share = f"{len(finite)} judged samples"
         what = (
             f"replacing the image's {corner or 'worst'} corner (of the four, the costliest)"
-            if thresholds.counterfactual_region == "corners"
+            if corners or thresholds.counterfactual_region == "corners"
             else "replacing the image's margin"
         )
         short = f"{len(finite)} judged samples (min_samples {needed}): not checked"

@@ -166,6 +166,9 @@ class Thresholds:
     #: ``map`` (the band's part a map points at) or ``band`` (the whole band, map-free)
     counterfactual_region: str = "map"
     counterfactual_max_drop: float = 0.1
+    #: ``max_corner_drop``: a second, map-free rule beside the region's: the band's four
+    #: corner squares swapped one at a time, the costliest judged (None: not checked)
+    counterfactual_max_corner_drop: float | None = None
     counterfactual_min_samples: int = COUNTERFACTUAL_MIN_SAMPLES
 
     def newly_correct_bounds(self) -> list[Bound]:
@@ -212,6 +215,18 @@ class Thresholds:
                 merged[key] = Bound(metric, kind, value, self.sources.get((*scope, key), self.path))
         return [merged[k] for k in sorted(merged)]
 
+    def _counterfactual(self) -> dict[str, Any]:
+        """``[counterfactual]`` as :meth:`as_dict` echoes it."""
+        corner = self.counterfactual_max_corner_drop
+        return {
+            "border": self.counterfactual_border,
+            "baseline": self.counterfactual_baseline,
+            "region": self.counterfactual_region,
+            "max_score_drop": self.counterfactual_max_drop,
+            "min_samples": self.counterfactual_min_samples,
+            **({"max_corner_drop": corner} if corner is not None else {}),
+        }
+
     def as_dict(self) -> dict[str, Any]:
         """The resolved rules, for echoing into reports."""
         return {
@@ -254,19 +269,7 @@ class Thresholds:
                 if self.faithfulness_steps
                 else {}
             ),
-            **(
-                {
-                    "counterfactual": {
-                        "border": self.counterfactual_border,
-                        "baseline": self.counterfactual_baseline,
-                        "region": self.counterfactual_region,
-                        "max_score_drop": self.counterfactual_max_drop,
-                        "min_samples": self.counterfactual_min_samples,
-                    }
-                }
-                if self.counterfactual_border is not None
-                else {}
-            ),
+            **({"counterfactual": self._counterfactual()} if self.counterfactual_border is not None else {}),
             **(
                 {"newly_correct": {"min_samples": self.newly_correct_min_samples, **self.newly_correct}}
                 if self.newly_correct

@@ -292,18 +292,7 @@ def run_calibration(
     source = "seeds" if len(seeds) + len(retrained_draws(vary)) + len(machines) > 1 else "bootstrap"
     if source == "bootstrap" and k is None:
         k = 3.0  # one run has no spread to scale: the bootstrap alone, 3 widths
-    plain = Thresholds(
-        methods=thresholds.methods, samples=thresholds.samples, min_samples=1, statistic=thresholds.statistic
-    )
-    if thresholds.counterfactual_region != "map":  # map-free: one number per run, calibrated
-        plain = replace(
-            plain,
-            counterfactual_border=thresholds.counterfactual_border,
-            counterfactual_baseline=thresholds.counterfactual_baseline,
-            counterfactual_region=thresholds.counterfactual_region,
-            counterfactual_max_drop=1.0,
-            counterfactual_min_samples=1,
-        )
+    plain = _plain_rules(thresholds)
     cal = Calibration(
         profile.name, source, k, thresholds.statistic, thresholds.methods, {}, {}, COVERAGE, CONFIDENCE
     )
@@ -370,13 +359,44 @@ def auc_drop_row(
     return drop_row(arch, [c.reference_auc - c.auc for c in results], sources, k)
 
 
+def _plain_rules(thresholds: Thresholds) -> Thresholds:
+    """The rules the runs are gated under: no bounds, ``min_samples`` 1, and the map-free
+    counterfactual's rules where ``thresholds`` has them (one number per run, calibrated)."""
+    plain = Thresholds(
+        methods=thresholds.methods, samples=thresholds.samples, min_samples=1, statistic=thresholds.statistic
+    )
+    if not _map_free(thresholds):
+        return plain
+    return replace(
+        plain,
+        counterfactual_border=thresholds.counterfactual_border,
+        counterfactual_baseline=thresholds.counterfactual_baseline,
+        counterfactual_region=thresholds.counterfactual_region,
+        counterfactual_max_drop=1.0,
+        counterfactual_max_corner_drop=None if thresholds.counterfactual_max_corner_drop is None else 1.0,
+        counterfactual_min_samples=1,
+    )
+
+
+def _map_free(thresholds: Thresholds) -> bool:
+    """Whether ``thresholds`` has a map-free counterfactual rule (one number per run)."""
+    return thresholds.counterfactual_border is not None and (
+        thresholds.counterfactual_region != "map" or thresholds.counterfactual_max_corner_drop is not None
+    )
+
+
 def margin_drop_row(
-    arch: str, results: list[CandidateResult], sources: list[str], k: float | None
+    arch: str,
+    results: list[CandidateResult],
+    sources: list[str],
+    k: float | None,
+    metric: str = "counterfactual_drop",
 ) -> AucDropRow | None:
     """The runs' mean score drops with the whole border band swapped (``[counterfactual]
-    region = "band"``) and the ``max_score_drop`` they imply (:func:`drop_row`); ``None``
-    where a run's rule was not checked."""
-    drops = [next((r.observed for r in c.rules if r.metric == "counterfactual_drop"), None) for c in results]
+    region = "band"``; ``metric="corner_drop"``: with its costliest corner swapped, for
+    ``max_corner_drop``) and the bound they imply (:func:`drop_row`); ``None`` where a
+    run's rule was not checked."""
+    drops = [next((r.observed for r in c.rules if r.metric == metric), None) for c in results]
     if any(d is None for d in drops):
         return None
     return drop_row(arch, [float(d) for d in drops if d is not None], sources, k)
@@ -407,9 +427,16 @@ def _record(
     _add_rows(cal, arch, results, thresholds, k, sources)
     if len(results) > 1:
         cal.auc_rows.append(auc_drop_row(arch, [c for _, c in results], sources, k))
-        if thresholds.counterfactual_region != "map":
-            margin = margin_drop_row(arch, [c for _, c in results], sources, k)
+        runs = [c for _, c in results]
+        if thresholds.counterfactual_border is not None and thresholds.counterfactual_region != "map":
+            margin = margin_drop_row(arch, runs, sources, k)
             cal.margin_rows += [margin] if margin is not None else []
+        if (
+            thresholds.counterfactual_border is not None
+            and thresholds.counterfactual_max_corner_drop is not None
+        ):
+            corner = margin_drop_row(arch, runs, sources, k, "corner_drop")
+            cal.corner_rows += [corner] if corner is not None else []
 
 
 def _gate_pool(

@@ -165,6 +165,9 @@ class Calibration:
     #: per backbone, the runs' mean score drops with the whole border band swapped
     #: (``[counterfactual] region = "band"`` only)
     margin_rows: list[AucDropRow] = field(default_factory=list)
+    #: per backbone, the runs' mean score drops with the costliest corner swapped
+    #: (``[counterfactual] max_corner_drop`` only)
+    corner_rows: list[AucDropRow] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -173,6 +176,7 @@ class Calibration:
         out["newly_rows"] = [asdict(r) for r in self.newly_rows]
         out["auc_rows"] = [asdict(r) for r in self.auc_rows]
         out["margin_rows"] = [asdict(r) for r in self.margin_rows]
+        out["corner_rows"] = [asdict(r) for r in self.corner_rows]
         return out
 
     @property
@@ -185,6 +189,11 @@ class Calibration:
         """The proposed ``[counterfactual] max_score_drop`` (map-free band only): the
         loosest backbone's bound."""
         return max((r.bound for r in self.margin_rows), default=None)
+
+    @property
+    def corner_max_drop(self) -> float | None:
+        """The proposed ``[counterfactual] max_corner_drop``: the loosest backbone's bound."""
+        return max((r.bound for r in self.corner_rows), default=None)
 
 
 def _fmt(x: float) -> str:
@@ -318,20 +327,27 @@ KEPT = ("sanity", "faithfulness", "counterfactual")
 def _kept_checks(thresholds: Thresholds, cal: Calibration) -> list[str]:
     """``[sanity]``, ``[faithfulness]`` and ``[counterfactual]`` as ``thresholds`` sets them,
     so that adopting the proposal does not switch a check off; but for the map-free
-    counterfactual's ``max_score_drop`` where the runs calibrated it."""
+    counterfactual's ``max_score_drop`` and ``max_corner_drop`` where the runs calibrated
+    them."""
     doc = thresholds.as_dict()
     lines: list[str] = []
-    margin = cal.margin_max_drop
+    calibrated = {
+        "max_score_drop": (cal.margin_max_drop, cal.margin_rows),
+        "max_corner_drop": (cal.corner_max_drop, cal.corner_rows),
+    }
+    calibrated = {k: v for k, v in calibrated.items() if v[0] is not None}
     for table in KEPT:
         if table not in doc:
             continue
         values = {k: v for k, v in doc[table].items() if v is not None}
-        if table == "counterfactual" and margin is not None:
-            lines += ["", f"[{table}]{'':<{24 - len(table)}}# max_score_drop calibrated, the rest kept"]
-            values.pop("max_score_drop")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-            lines.append(f"max_score_drop = {_fmt(margin):<10}# the loosest backbone's bound below")
-            lines += [f"#   {r.comment()}" for r in cal.margin_rows]
+        if table == "counterfactual" and calibrated:
+            names = " and ".join(calibrated)
+            lines += ["", f"[{table}]{'':<{24 - len(table)}}# {names} calibrated, the rest kept"]
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if k not in calibrated]
+            for key, (bound, rows) in calibrated.items():
+                assert bound is not None
+                lines.append(f"{key} = {_fmt(bound):<10}# the loosest backbone's bound below")
+                lines += [f"#   {r.comment()}" for r in rows]
             continue
         lines += ["", f"[{table}]{'':<{24 - len(table)}}# not calibrated: kept from {thresholds.path}"]
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
@@ -434,11 +450,12 @@ def calibration_markdown(cal: Calibration) -> str:
         out.append(f"\n{arch} AUC on the audit set: {aucs}")
     for drop in cal.auc_rows:
         out.append(f"\nAUC drop below the reference, {drop.comment()} -> max_drop {_fmt(drop.bound)}")
-    for drop in cal.margin_rows:
-        out.append(
-            f"\nScore drop with the border band swapped, {drop.comment()}"
-            f" -> max_score_drop {_fmt(drop.bound)}"
-        )
+    swapped = [("the border band", "max_score_drop", r) for r in cal.margin_rows]
+    swapped += [("the costliest corner", "max_corner_drop", r) for r in cal.corner_rows]
+    out += [
+        f"\nScore drop with {what} swapped, {r.comment()} -> {key} {_fmt(r.bound)}"
+        for what, key, r in swapped
+    ]
     return "\n".join(out) + "\n"
 
 

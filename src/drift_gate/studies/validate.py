@@ -194,10 +194,11 @@ def _localisation_summary(c: CandidateResult) -> dict[str, dict[str, float | Non
 
 
 def _row(control: str, expected: str, c: CandidateResult, ok: bool, detail: dict[str, Any]) -> ControlRow:
-    margin_drop = next((r.observed for r in c.rules if r.metric == "counterfactual_drop"), None)
     detail = {**detail, "localisation": _localisation_summary(c), "margin": decision_margin(c)}
-    if margin_drop is not None:  # the counterfactual's mean score drop (map-free: the margin's share)
-        detail["counterfactual_drop"] = margin_drop
+    for metric in ("counterfactual_drop", "corner_drop"):  # mean score drops (map-free: the margin's share)
+        drop = next((r.observed for r in c.rules if r.metric == metric), None)
+        if drop is not None:
+            detail[metric] = drop
     return ControlRow(
         control,
         c.arch,
