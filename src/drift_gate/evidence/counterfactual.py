@@ -33,7 +33,9 @@ once for all methods.
 laterality markers and site labels are burned in), and the rule judges the corner whose
 mean drop over the judged samples is largest: a class-coded box in one corner stands out
 there, where across the whole band it is one part among the body's edges. Cost: five
-forward passes per image, once for all methods.
+forward passes per image, once for all methods. ``max_corner_drop`` judges the corners
+as a second rule beside the region's (the gate calls this module twice: the band, then
+the corners).
 """
 
 from __future__ import annotations
