@@ -4,6 +4,7 @@ and the score drop says whether the model relies on it; the gate rules on the me
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,3 +267,102 @@ def test_donors_come_from_every_other_class_and_another_image() -> None:
     pairs = donor_indices([0, 1, 0, 1], ["a", "a", "b", "b"])
     assert pairs.tolist() == [3, 2, 1, 0]
     assert donor_indices([2, 2]).tolist() == [0, 1]  # one class: no donor, itself
+
+
+def test_control_donors_share_the_class_and_never_the_image() -> None:
+    targets = np.repeat([0, 1, 2], 40)
+    same = donor_indices(targets, same_class=True)
+    assert (targets[same] == targets).all() and (same != np.arange(len(targets))).all()
+    assert len(set(same[:40])) > 20
+    assert donor_indices([0, 0, 1, 1], ["a", "a", "b", "c"], same_class=True).tolist() == [0, 1, 3, 2]
+    assert donor_indices([0, 1], same_class=True).tolist() == [0, 1]  # alone in its class: itself
+
+
+class _Seam(nn.Module):
+    """Class 1's score falls as the top-left corner's brightness departs from the rest of
+    the image's: any other image's corner costs score, whatever its class."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        corner, rest = x[:, :, :3, :3].mean((1, 2, 3)), x[:, :, 6:10, 6:10].mean((1, 2, 3))
+        score = 2 - 40 * (corner - rest).abs()
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def test_the_same_class_control_keeps_a_class_code_and_cancels_a_seam() -> None:
+    """``control = "same-class"``: a class-coded marker keeps its whole drop (another image
+    of its class carries the same marker), a seam any donor opens costs about nothing,
+    and passing the donors themselves as the controls cancels every drop."""
+    x, targets = _inputs()
+    plain = counterfactual_drop(_Corner(), x, _maps((1, 2)), targets, border=0.2, region="corners")[1]
+    coded = counterfactual_drop(
+        _Corner(), x, _maps((1, 2)), targets, border=0.2, region="corners", control="same-class"
+    )[1]
+    assert (coded[targets == 1, 3] > 0.3).all() and np.array_equal(coded, plain)
+    rng = np.random.default_rng(0)
+    exposure = torch.as_tensor(rng.uniform(0.2, 0.8, 60), dtype=torch.float32)
+    x = exposure.view(-1, 1, 1, 1) + 0.01 * torch.randn(60, 1, 16, 16)
+    targets = np.tile([0, 1], 30)
+    maps = np.zeros((60, 4, 4), np.float32)
+    _, seam = counterfactual_drop(_Seam(), x, maps, targets, border=0.2, region="band")
+    _, ctrl = counterfactual_drop(_Seam(), x, maps, targets, border=0.2, region="band", control="same-class")
+    assert seam[targets == 1].mean() > 0.3 and abs(ctrl[targets == 1].mean()) < 0.1, (seam, ctrl)
+    donors = x[donor_indices(targets)]
+    _, zero = counterfactual_drop(
+        _Seam(),
+        x,
+        maps,
+        targets,
+        border=0.2,
+        region="band",
+        donors=donors,
+        control="same-class",
+        controls=donors,
+    )
+    assert np.abs(zero).max() == 0
+    with pytest.raises(ValueError, match="baseline 'mean' swaps nothing"):
+        counterfactual_drop(_Seam(), x, maps, targets, region="band", baseline="mean", control="same-class")
+
+
+def test_the_gate_measures_each_drop_against_its_same_class_control(env: dict[str, Path]) -> None:
+    band = "[counterfactual]\nmax_score_drop = 1.0\nregion = 'band'\nborder = 0.3\nmax_corner_drop = 1.0\n"
+    text = RULES.format(drift="iou.min = 0.0") + band + "control = 'same-class'\n"
+    rules = parse_thresholds(text)
+    assert rules.counterfactual_control == "same-class" and rules.as_dict()["counterfactual"]["control"]
+    with pytest.raises(ConfigError, match=r"control: expected 'none' or 'same-class'"):
+        parse_thresholds(text.replace("'same-class'", "'class'"))
+    with pytest.raises(ConfigError, match=r"control: 'same-class' compares two swaps"):
+        parse_thresholds(text + "baseline = 'blur'\n")
+    env["thresholds"].write_text(text)
+    assert gate(env, env["ft"]) == 0
+    c = result(env)["candidates"][0]
+    named = {r["rule"]: r for r in c["rules"] if "drop.max" in r["rule"]}
+    assert len(named) == 2 and all("same-class control" in r["message"] for r in named.values())
+    controlled = c["per_sample"]["layercam"]["corner_drop"]
+    env["thresholds"].write_text(RULES.format(drift="iou.min = 0.0") + band)
+    assert gate(env, env["ft"]) == 0
+    plain = result(env)["candidates"][0]["per_sample"]["layercam"]["corner_drop"]
+    assert None not in controlled and len(controlled) == len(plain) and controlled != pytest.approx(plain)
+
+
+def test_several_draws_average_their_donors_drops() -> None:
+    """``draws``: each image's drop is the mean of its donors' (and controls') drops, the
+    same as averaging the one-donor drops by hand."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, 2))
+    x = torch.rand(12, 1, 16, 16)
+    targets = np.tile([0, 1, 1], 4)
+    maps = np.zeros((12, 4, 4), np.float32)
+    kw: dict[str, Any] = {"border": 0.2, "region": "corners", "control": "same-class"}
+    _, mean3 = counterfactual_drop(net, x, maps, targets, draws=3, batch_size=5, **kw)
+    singles = []
+    for d in range(3):
+        donors = x[donor_indices(targets, seed=d)]
+        controls = x[donor_indices(targets, seed=d, same_class=True)]
+        singles.append(counterfactual_drop(net, x, maps, targets, donors=donors, controls=controls, **kw)[1])
+    assert mean3.shape == (12, 4) and np.allclose(mean3, np.mean(singles, axis=0), atol=1e-7)
+    assert not np.allclose(singles[0], singles[1])
+    section = "[counterfactual]\nmax_score_drop = 0.5\nregion = 'band'\ndraws = {}\n"
+    assert parse_thresholds(RULES.format(drift="iou.min = 0.0") + section.format(4)).counterfactual_draws == 4
+    for bad, why in (("0", r"draws: expected a whole number"), ("4\nbaseline = 'mean'", "draws none")):
+        with pytest.raises(ConfigError, match=why):
+            parse_thresholds(RULES.format(drift="iou.min = 0.0") + section.format(bad))

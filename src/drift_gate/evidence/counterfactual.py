@@ -51,6 +51,7 @@ from drift_gate.evidence.faithfulness import replacement
 
 __all__ = [
     "BASELINES",
+    "CONTROLS",
     "CORNERS",
     "REGIONS",
     "border_band",
@@ -64,15 +65,23 @@ __all__ = [
 BASELINES = ("swap", "edge", "mean", "blur")
 #: What is replaced: the band's part the map points at (``map``) or the whole band (``band``).
 REGIONS = ("map", "band", "corners")
+#: What each swap's drop is measured against: nothing, or the same region from another
+#: image of the same class (the drop that class-coded content does not explain).
+CONTROLS = ("none", "same-class")
 #: The four corner squares of ``region = "corners"``, in the order of its drops' columns.
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
 def donor_indices(
-    targets: Sequence[int] | np.ndarray, images: Sequence[object] | None = None, *, seed: int = 0
+    targets: Sequence[int] | np.ndarray,
+    images: Sequence[object] | None = None,
+    *,
+    seed: int = 0,
+    same_class: bool = False,
 ) -> np.ndarray:
     """For each sample, a donor drawn at random (a fixed ``seed``, so the same on every
-    run and rank) from the samples explained for another class, and of another image where
+    run and rank) from the samples explained for another class (``same_class``: for the
+    same class, the control's donors; never the sample itself), and of another image where
     ``images`` says which image each sample is (a multi-label image's pairs); itself when
     there is none. Drawn over the whole audit set, not a batch, and from every other class
     in proportion to its share, so a region is replaced by a draw from the set's own
@@ -85,7 +94,7 @@ def donor_indices(
     rng = np.random.default_rng(seed)
     out = np.arange(len(t))
     for i in range(len(t)):
-        other = t != t[i]
+        other = (t == t[i]) & (np.arange(len(t)) != i) if same_class else t != t[i]
         if ids is not None:
             other &= ids != ids[i]
         pool = np.flatnonzero(other)
@@ -113,9 +122,18 @@ def corner_masks(size: tuple[int, int], border: float) -> torch.Tensor:
     return out
 
 
-def _scores(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    device = next(model.parameters()).device
-    logits = model(x.to(device)).float().cpu()
+def _scores(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, multilabel: bool, batch: int | None = None
+) -> torch.Tensor:
+    """The explained classes' scores, ``batch`` images per forward pass (all by default)."""
+    weight = next(model.parameters(), None)  # a parameter-free model runs where x is
+    step = batch or len(x)
+    logits = torch.cat(
+        [
+            model(x[i : i + step] if weight is None else x[i : i + step].to(weight.device)).float().cpu()
+            for i in range(0, len(x), step)
+        ]
+    )
     probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
     return probs[torch.arange(len(x)), targets]
 
@@ -134,19 +152,27 @@ def counterfactual_drop(
     region: str = "map",
     band_drop: np.ndarray | None = None,
     donors: torch.Tensor | None = None,
+    control: str = "none",
+    controls: torch.Tensor | None = None,
+    draws: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Whether each map's maximum lies in the border band, and the score drop when its
     region there is replaced (see the module); with ``region="band"`` the whole band of
     every image is replaced, so every drop is finite; with ``region="corners"`` each of the
-    band's four corner squares is replaced on its own, one drop per corner.
+    band's four corner squares is replaced on its own, one drop per corner. With
+    ``control="same-class"`` (``swap`` only) each drop is less the drop when the same region
+    comes from another image of the same class: the part of it the region's class carries.
 
     Args:
         x: ``(N, C, H, W)`` inputs, normalised as the model expects.
         maps: ``(N, h, w)`` maps; ``targets``: the explained classes, ``(N,)``.
         band_drop: map-free regions only: the drops already measured for these images (they
             do not depend on the map), so another method's maps cost no forward pass.
-        donors: ``swap`` only: each image's donor, ``(N, C, H, W)``; by default one drawn
-            from ``x``'s images explained for another class (:func:`donor_indices`).
+        donors: ``swap`` only: each image's donor, ``(N, C, H, W)``, or ``(D, N, C, H, W)``
+            for ``D`` donors whose drops are averaged; by default ``draws`` drawn from
+            ``x``'s images explained for another class (:func:`donor_indices`).
+        controls: ``control="same-class"`` only: likewise each image's same-class donors, by
+            default drawn from ``x``'s images explained for the same class.
 
     Returns:
         ``(outside, drop)``: ``(N,)`` floats, ``outside`` 1 or 0 (NaN for a constant map),
@@ -159,6 +185,10 @@ def counterfactual_drop(
         raise ValueError(f"baseline {baseline!r}: expected one of {', '.join(BASELINES)}")
     if not 0 < border < 0.5:
         raise ValueError(f"border must lie in (0, 0.5), got {border}")
+    if control not in CONTROLS:
+        raise ValueError(f"control {control!r}: expected one of {', '.join(CONTROLS)}")
+    if control != "none" and baseline != "swap":
+        raise ValueError(f"control {control!r} compares two swaps; baseline {baseline!r} swaps nothing")
     model.eval()
     n, _, h, w = x.shape
     up = torch.nn.functional.interpolate(
@@ -181,28 +211,51 @@ def counterfactual_drop(
         corners = corner_masks((h, w), border).to(x.dtype)[:, None, None]  # (4, 1, 1, h, w)
     t = torch.as_tensor(targets, dtype=torch.long)
     if baseline == "swap":
-        donor_images = x[torch.as_tensor(donor_indices(t[: len(x)].numpy()))] if donors is None else donors
+        donors = _drawn(x, t, donors, draws, same_class=False)
+        controls = _drawn(x, t, controls, draws, same_class=True) if control != "none" else None
+    else:
+        controls = None
     for start in range(0, len(rows), batch_size):
         idx = rows[start : start + batch_size]
         xi = x[idx]
-        if baseline == "swap":
-            fill = donor_images[idx]
+        if donors is not None:
+            fills = list(donors[:, idx])
         elif baseline == "edge":
-            fill = xi[:, :, band].median(dim=2).values[:, :, None, None].expand_as(xi)
+            fills = [xi[:, :, band].median(dim=2).values[:, :, None, None].expand_as(xi)]
         else:
-            fill = replacement(xi, baseline)
+            fills = [replacement(xi, baseline)]
+        swapped = len(fills)
+        fills += [] if controls is None else list(controls[:, idx])
         if region == "corners":  # each corner on its own: (4, k, C, H, W), corner-major
-            changed = (xi * (1 - corners) + fill * corners).flatten(0, 1)
+            changed = torch.cat([(xi * (1 - corners) + f * corners).flatten(0, 1) for f in fills])
         else:
             chosen = band.expand(len(idx), h, w) if whole else band & (norm[idx] >= 0.5)
             mask = chosen.to(x.dtype)[:, None]
-            changed = xi * (1 - mask) + fill * mask
+            changed = torch.cat([xi * (1 - mask) + f * mask for f in fills])
         k = len(idx)
         copies = len(changed) // k
-        scores = _scores(model, torch.cat([xi, changed]), t[idx].repeat(copies + 1), multilabel).double()
-        lost = scores[:k, None] - scores[k:].view(copies, k).T
-        drop[idx.numpy()] = (lost if region == "corners" else lost[:, 0]).numpy()
+        scores = _scores(
+            model, torch.cat([xi, changed]), t[idx].repeat(copies + 1), multilabel, 5 * k
+        ).double()
+        # (k, fills, corners or 1): each fill's loss, averaged over the donors
+        lost = (scores[:k, None] - scores[k:].view(copies, k).T).view(k, len(fills), -1)
+        kept = lost[:, :swapped].mean(1)
+        if controls is not None:  # less the same-class controls' loss
+            kept = kept - lost[:, swapped:].mean(1)
+        drop[idx.numpy()] = (kept if region == "corners" else kept[:, 0]).numpy()
     return outside, drop
+
+
+def _drawn(
+    x: torch.Tensor, t: torch.Tensor, given: torch.Tensor | None, draws: int, *, same_class: bool
+) -> torch.Tensor:
+    """``(D, N, C, H, W)`` donor images: ``given`` (one donor per image, or ``D``) or
+    ``draws`` drawn from ``x``'s images (:func:`donor_indices`, one seed per draw)."""
+    if given is not None:
+        return given if given.dim() == 5 else given[None]
+    labels = t[: len(x)].numpy()
+    picks = [donor_indices(labels, seed=d, same_class=same_class) for d in range(draws)]
+    return torch.stack([x[torch.as_tensor(p)] for p in picks])
 
 
 def counterfactual_metrics(
@@ -218,19 +271,23 @@ def counterfactual_metrics(
     region: str = "map",
     band_drop: np.ndarray | None = None,
     donors: torch.Tensor | None = None,
+    control: str = "none",
+    controls: torch.Tensor | None = None,
+    draws: int = 1,
 ) -> dict[str, np.ndarray]:
     """Per sample of ``dataset``: ``outside_anatomy`` (the map's maximum lies in the border
     band) and ``counterfactual_drop`` (:func:`counterfactual_drop`; ``band_drop``: the
     drops another method's call measured, ``region="band"`` only), ``batch_size`` images
     at a time. ``donors``: ``swap`` only, each sample's donor image, ``(N, C, H, W)`` in
     ``dataset``'s order (the gate picks them over the whole audit set); by default from
-    the same batch."""
+    the same batch; ``control`` and ``controls`` likewise for the same-class control;
+    ``draws``: how many donors per image where none are given."""
     parts: dict[str, list[np.ndarray]] = {"outside_anatomy": [], "counterfactual_drop": []}
     n = len(dataset)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         x = torch.stack([dataset[i][0] for i in range(start, stop)])
-        fill = None if donors is None else donors[start:stop]
+        fill, same = (None if d is None else d[..., start:stop, :, :, :] for d in (donors, controls))
         outside, drop = counterfactual_drop(
             model,
             x,
@@ -243,6 +300,9 @@ def counterfactual_metrics(
             region=region,
             band_drop=None if band_drop is None else band_drop[start:stop],
             donors=fill,
+            control=control,
+            controls=same,
+            draws=draws,
         )
         parts["outside_anatomy"].append(outside)
         parts["counterfactual_drop"].append(drop)

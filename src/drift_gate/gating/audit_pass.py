@@ -61,8 +61,10 @@ class Job:
     #: multi-label: the audit images (``samples`` are then their (image, class) pairs)
     images: list[Sample] = field(default_factory=list)
     pairs: np.ndarray | None = None
-    #: each sample's counterfactual donor (:func:`_donor_images`), found once per candidate
+    #: each sample's counterfactual donor (:func:`_donor_images`), found once per candidate,
+    #: and its same-class control's (``[counterfactual] control = "same-class"``)
     donor_index: np.ndarray | None = None
+    control_index: np.ndarray | None = None
 
 
 def load_masks(samples: Sequence[Sample], size: int, preprocess: Preprocess = DEFAULT) -> np.ndarray:
@@ -121,11 +123,12 @@ def _counterfactual(
     maps: np.ndarray,
     targets: np.ndarray,
     band_drop: np.ndarray | None,
-    donors: torch.Tensor | None,
+    donors: tuple[torch.Tensor, torch.Tensor | None] | None,
     region: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """The ``[counterfactual]`` check's per-sample values for one method's maps (``region``:
-    another than the table's, for ``max_corner_drop``'s corners)."""
+    """The ``[counterfactual]`` check's per-sample values for one method's maps (``donors``:
+    the swap's and the same-class control's images; ``region``: another than the table's,
+    for ``max_corner_drop``'s corners)."""
     t = job.thresholds
     assert t.counterfactual_border is not None
     return counterfactual_metrics(
@@ -139,21 +142,39 @@ def _counterfactual(
         batch_size=job.batch_size,
         region=region or t.counterfactual_region,
         band_drop=band_drop,
-        donors=donors,
+        donors=None if donors is None else donors[0],
+        control=t.counterfactual_control,
+        controls=None if donors is None else donors[1],
+        draws=t.counterfactual_draws,
     )
 
 
-def _donor_images(job: Job, indices: Sequence[int], ds: ImageDataset) -> torch.Tensor | None:
-    """The chunk's donor images for the counterfactual's ``swap``: each sample's donor is
-    drawn from the whole audit set (not its batch or chunk) among the samples explained
-    for another class, of another image (a multi-label image's pairs share one), the same on
-    every rank. Donors within the chunk come from its decoded images; the others are
-    decoded here."""
-    if job.thresholds.counterfactual_baseline != "swap":
+def _donors(
+    job: Job, indices: Sequence[int], ds: ImageDataset
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The chunk's donor images for the counterfactual's ``swap`` and, with ``control =
+    "same-class"``, its controls' (:func:`_donor_images`); ``None`` for another baseline."""
+    t = job.thresholds
+    if t.counterfactual_baseline != "swap":
         return None
-    if job.donor_index is None:  # over the whole audit set, so once for every chunk
-        job.donor_index = donor_indices([s.label for s in job.samples], [s.path for s in job.samples])
-    donor = job.donor_index
+    labels, paths = [s.label for s in job.samples], [s.path for s in job.samples]
+    draws = range(t.counterfactual_draws)
+    if job.donor_index is None:  # over the whole audit set, so once for every chunk: (D, N)
+        job.donor_index = np.stack([donor_indices(labels, paths, seed=d) for d in draws])
+    donors = torch.stack([_donor_images(job, row, indices, ds) for row in job.donor_index])
+    if t.counterfactual_control == "none":
+        return donors, None
+    if job.control_index is None:
+        job.control_index = np.stack([donor_indices(labels, paths, seed=d, same_class=True) for d in draws])
+    return donors, torch.stack([_donor_images(job, row, indices, ds) for row in job.control_index])
+
+
+def _donor_images(job: Job, donor: np.ndarray, indices: Sequence[int], ds: ImageDataset) -> torch.Tensor:
+    """The chunk's donor images (``donor``: each audit sample's, drawn from the whole audit
+    set, not its batch or chunk, among the samples explained for another class, or the same
+    class for the control, of another image (a multi-label image's pairs share one), the
+    same on every rank). Donors within the chunk come from its decoded images; the others
+    are decoded here."""
     position = {i: k for k, i in enumerate(indices)}
     outside = sorted({int(donor[i]) for i in indices} - position.keys())
     meta = job.meta
@@ -217,7 +238,7 @@ def _chunk(
         out["onnx"] = job.session.logits(ds, job.batch_size)
     multilabel = job.pairs is not None
     band_drop = corner_drop = None
-    donors = _donor_images(job, indices, ds) if t.counterfactual_border is not None else None
+    donors = _donors(job, indices, ds) if t.counterfactual_border is not None else None
     for method in t.methods:
         grid, stored = cams.maps[method].shape[1:], job.base.maps[method].shape[1:]
         if grid != stored:

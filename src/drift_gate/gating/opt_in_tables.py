@@ -22,7 +22,16 @@ __all__ = [
 
 SANITY_KEYS = {"randomise", "max_randomised_correlation", "max_class_correlation"}
 FAITHFULNESS_KEYS = {"steps", "baseline"}
-COUNTERFACTUAL_KEYS = {"border", "baseline", "max_score_drop", "max_corner_drop", "min_samples", "region"}
+COUNTERFACTUAL_KEYS = {
+    "border",
+    "baseline",
+    "control",
+    "draws",
+    "max_score_drop",
+    "max_corner_drop",
+    "min_samples",
+    "region",
+}
 #: Default smallest number of samples pointing outside the anatomy whose drop is judged.
 COUNTERFACTUAL_MIN_SAMPLES = 3
 #: Default width of the border band treated as outside the anatomy (share of the side).
@@ -80,6 +89,20 @@ def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
             "expected 'map' (where the maps point), 'band' (all of it) or 'corners' (each corner), "
             f"got {region!r}",
         )
+    control = raw.get("control", "none")
+    if control not in ("none", "same-class"):
+        raise ctx.fail(where, "control", f"expected 'none' or 'same-class', got {control!r}")
+    if control != "none" and baseline != "swap":
+        raise ctx.fail(
+            where, "control", f"'{control}' compares two swaps; baseline = {baseline!r} swaps nothing"
+        )
+    draws = raw.get("draws", 1)
+    if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= 16:
+        raise ctx.fail(
+            where, "draws", f"expected a whole number of donors per image in [1, 16], got {draws!r}"
+        )
+    if draws > 1 and baseline != "swap":
+        raise ctx.fail(where, "draws", f"donors are drawn for 'swap'; baseline = {baseline!r} draws none")
     if "max_score_drop" not in raw:
         raise ctx.fail(where, None, "set max_score_drop (the largest mean drop of the candidate's score)")
     drop = as_number(ctx, where, "max_score_drop", raw["max_score_drop"])
@@ -102,6 +125,8 @@ def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
         "counterfactual_border": border,
         "counterfactual_baseline": baseline,
         "counterfactual_region": region,
+        "counterfactual_control": control,
+        "counterfactual_draws": draws,
         "counterfactual_max_drop": drop,
         "counterfactual_min_samples": n,
     }

@@ -426,6 +426,8 @@ def counterfactual_rule(
         share = f"{len(finite)} of {len(drops)} judged maps point outside the anatomy"
         what = "replacing that region"
         short = f"{len(finite)} judged maps point outside the anatomy (min_samples {needed}): not checked"
+    if thresholds.counterfactual_control == "same-class":
+        what += " (from another class's image, less the same-class control's drop)"
     if len(finite) < needed:
         return RuleResult(name, SKIPPED, None, bound, f"<= {bound:g}", short, method=of, **where)
     observed = float(finite.mean())

@@ -165,6 +165,11 @@ class Thresholds:
     counterfactual_baseline: str = "swap"
     #: ``map`` (the band's part a map points at) or ``band`` (the whole band, map-free)
     counterfactual_region: str = "map"
+    #: ``same-class``: each swap's drop less the drop when the region comes from another
+    #: image of the same class (``none``: the drop itself)
+    counterfactual_control: str = "none"
+    #: ``swap``: donors per image (and controls), their drops averaged
+    counterfactual_draws: int = 1
     counterfactual_max_drop: float = 0.1
     #: ``max_corner_drop``: a second, map-free rule beside the region's: the band's four
     #: corner squares swapped one at a time, the costliest judged (None: not checked)
@@ -222,6 +227,8 @@ class Thresholds:
             "border": self.counterfactual_border,
             "baseline": self.counterfactual_baseline,
             "region": self.counterfactual_region,
+            **({"control": self.counterfactual_control} if self.counterfactual_control != "none" else {}),
+            **({"draws": self.counterfactual_draws} if self.counterfactual_draws != 1 else {}),
             "max_score_drop": self.counterfactual_max_drop,
             "min_samples": self.counterfactual_min_samples,
             **({"max_corner_drop": corner} if corner is not None else {}),

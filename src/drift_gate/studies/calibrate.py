@@ -372,6 +372,8 @@ def _plain_rules(thresholds: Thresholds) -> Thresholds:
         counterfactual_border=thresholds.counterfactual_border,
         counterfactual_baseline=thresholds.counterfactual_baseline,
         counterfactual_region=thresholds.counterfactual_region,
+        counterfactual_control=thresholds.counterfactual_control,
+        counterfactual_draws=thresholds.counterfactual_draws,
         counterfactual_max_drop=1.0,
         counterfactual_max_corner_drop=None if thresholds.counterfactual_max_corner_drop is None else 1.0,
         counterfactual_min_samples=1,
