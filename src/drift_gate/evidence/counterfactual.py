@@ -36,6 +36,12 @@ there, where across the whole band it is one part among the body's edges. Cost: 
 forward passes per image, once for all methods. ``max_corner_drop`` judges the corners
 as a second rule beside the region's (the gate calls this module twice: the band, then
 the corners).
+
+``control = "same-class"`` subtracts from each drop the drop when the same region comes
+from another image of the same class: a class-coded marker keeps its drop, a seam that any
+donor opens (a body edge that no longer meets, an exposure that no longer matches) costs
+both swaps alike and cancels. ``draws`` averages each image's drops over that many donors
+(and controls). Cost: the swap's passes x ``draws``, x 2 with the control.
 """
 
 from __future__ import annotations
@@ -179,16 +185,7 @@ def counterfactual_drop(
         ``drop`` NaN where the maximum lies inside (``map`` only); ``(N, 4)`` for
         ``corners``, its columns in :data:`CORNERS` order.
     """
-    if region not in REGIONS:
-        raise ValueError(f"region {region!r}: expected one of {', '.join(REGIONS)}")
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline {baseline!r}: expected one of {', '.join(BASELINES)}")
-    if not 0 < border < 0.5:
-        raise ValueError(f"border must lie in (0, 0.5), got {border}")
-    if control not in CONTROLS:
-        raise ValueError(f"control {control!r}: expected one of {', '.join(CONTROLS)}")
-    if control != "none" and baseline != "swap":
-        raise ValueError(f"control {control!r} compares two swaps; baseline {baseline!r} swaps nothing")
+    _check(region, baseline, border, control)
     model.eval()
     n, _, h, w = x.shape
     up = torch.nn.functional.interpolate(
@@ -244,6 +241,20 @@ def counterfactual_drop(
             kept = kept - lost[:, swapped:].mean(1)
         drop[idx.numpy()] = (kept if region == "corners" else kept[:, 0]).numpy()
     return outside, drop
+
+
+def _check(region: str, baseline: str, border: float, control: str) -> None:
+    """:func:`counterfactual_drop`'s settings, or a ``ValueError`` naming the bad one."""
+    if region not in REGIONS:
+        raise ValueError(f"region {region!r}: expected one of {', '.join(REGIONS)}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline {baseline!r}: expected one of {', '.join(BASELINES)}")
+    if not 0 < border < 0.5:
+        raise ValueError(f"border must lie in (0, 0.5), got {border}")
+    if control not in CONTROLS:
+        raise ValueError(f"control {control!r}: expected one of {', '.join(CONTROLS)}")
+    if control != "none" and baseline != "swap":
+        raise ValueError(f"control {control!r} compares two swaps; baseline {baseline!r} swaps nothing")
 
 
 def _drawn(
