@@ -161,22 +161,23 @@ def _donors(
     draws = range(t.counterfactual_draws)
     if job.donor_index is None:  # over the whole audit set, so once for every chunk: (D, N)
         job.donor_index = np.stack([donor_indices(labels, paths, seed=d) for d in draws])
-    donors = torch.stack([_donor_images(job, row, indices, ds) for row in job.donor_index])
     if t.counterfactual_control == "none":
-        return donors, None
+        return _donor_images(job, job.donor_index, indices, ds), None
     if job.control_index is None:
         job.control_index = np.stack([donor_indices(labels, paths, seed=d, same_class=True) for d in draws])
-    return donors, torch.stack([_donor_images(job, row, indices, ds) for row in job.control_index])
+    both = _donor_images(job, np.concatenate([job.donor_index, job.control_index]), indices, ds)
+    return both[: len(draws)], both[len(draws) :]
 
 
 def _donor_images(job: Job, donor: np.ndarray, indices: Sequence[int], ds: ImageDataset) -> torch.Tensor:
-    """The chunk's donor images (``donor``: each audit sample's, drawn from the whole audit
-    set, not its batch or chunk, among the samples explained for another class, or the same
-    class for the control, of another image (a multi-label image's pairs share one), the
-    same on every rank). Donors within the chunk come from its decoded images; the others
-    are decoded here."""
+    """The chunk's donor images, ``(D, k, C, H, W)`` (``donor``: ``(D, N)``, each audit
+    sample's donors, drawn from the whole audit set, not its batch or chunk, among the
+    samples explained for another class, or the same class for the control, of another
+    image (a multi-label image's pairs share one), the same on every rank). Donors within
+    the chunk come from its decoded images; the others are decoded here, each once."""
     position = {i: k for k, i in enumerate(indices)}
-    outside = sorted({int(donor[i]) for i in indices} - position.keys())
+    needed = {int(d) for row in donor for d in row[list(indices)]}
+    outside = sorted(needed - position.keys())
     meta = job.meta
     extra = ImageDataset(
         [job.samples[d] for d in outside],
@@ -187,8 +188,8 @@ def _donor_images(job: Job, donor: np.ndarray, indices: Sequence[int], ds: Image
         preprocess=meta.preprocess,
     )
     decoded = {d: extra[k][0] for k, d in enumerate(outside)}
-    chosen = (int(donor[i]) for i in indices)
-    return torch.stack([ds[position[d]][0] if d in position else decoded[d] for d in chosen])
+    image = {d: ds[position[d]][0] for d in needed & position.keys()} | decoded
+    return torch.stack([torch.stack([image[int(row[i])] for i in indices]) for row in donor])
 
 
 #: Largest |value| a candidate's raw CAM may hold to be compared (as the metrics accept).
