@@ -13,7 +13,10 @@ from torch import nn
 
 from drift_gate.errors import ConfigError
 from drift_gate.evidence.counterfactual import (
+    BASELINES,
+    CONTROLS,
     CORNERS,
+    REGIONS,
     border_band,
     corner_masks,
     counterfactual_drop,
@@ -366,3 +369,14 @@ def test_several_draws_average_their_donors_drops() -> None:
     for bad, why in (("0", r"draws: expected a whole number"), ("4\nbaseline = 'mean'", "draws none")):
         with pytest.raises(ConfigError, match=why):
             parse_thresholds(RULES.format(drift="iou.min = 0.0") + section.format(bad))
+
+
+def test_the_parser_accepts_every_choice_the_check_runs_and_no_other() -> None:
+    rules = RULES.format(drift="iou.min = 0.0") + "[counterfactual]\nmax_score_drop = 0.5\n"
+    for key, choices in (("baseline", BASELINES), ("region", REGIONS)):
+        for choice in choices:
+            assert parse_thresholds(rules + f"{key} = '{choice}'\n").as_dict()["counterfactual"]
+    for choice in CONTROLS:
+        assert parse_thresholds(rules + f"control = '{choice}'\n").counterfactual_control == choice
+    with pytest.raises(ConfigError, match="expected 'swap', 'edge', 'mean' or 'blur', got 'noise'"):
+        parse_thresholds(rules + "baseline = 'noise'\n")

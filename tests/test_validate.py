@@ -723,3 +723,30 @@ def test_the_error_rate_table_reports_a_shortcut_its_cue_does_not_carry() -> Non
     assert "marker swapped: accuracy 0.90 → 0.76 (+14.3 points; reference +0.5)" in validation_markdown(
         result
     )
+
+
+def test_a_control_row_carries_the_margin_and_corner_drops_its_rules_observed() -> None:
+    """validate's row records each map-free rule's observed mean drop (the band's and the
+    costliest corner's), whichever of them the thresholds set, and neither without them."""
+    from drift_gate.gating.gate import CandidateResult
+    from drift_gate.gating.rules import counterfactual_rule
+    from drift_gate.studies.validate import _row
+
+    band = "[counterfactual]\nregion = 'band'\nmax_score_drop = 0.3\n"
+    rules = parse_thresholds(TINY_RULES + band + "max_corner_drop = 0.1\n")
+    checked = [
+        counterfactual_rule("a", "layercam", np.array([0.1, 0.3, 0.1, 0.3, np.nan]), rules),
+        counterfactual_rule(
+            "a", "layercam", np.array([0.05, 0.25, 0.05, 0.25]), rules, corner="top-left", corners=True
+        ),
+    ]
+    verdict, label = decide_verdict(checked)
+    c = CandidateResult("ft.pt", "0", "a", "base", "0", "0", ("x", "y"), 0.9, 0.9, 3, 2, {}, checked)
+    row = _row("marker", "fail", replace(c, verdict=verdict, label=label), True, {})
+    assert row.detail["counterfactual_drop"] == pytest.approx(0.2)
+    assert row.detail["corner_drop"] == pytest.approx(0.15)
+    assert row.verdict == "fail" and len(row.deciding) == 1 and "corner_drop" in row.deciding[0]
+    bare = _row("marker", "fail", replace(c, rules=checked[:1]), True, {})
+    assert "corner_drop" not in bare.detail and bare.detail["counterfactual_drop"] == pytest.approx(0.2)
+    plain = _row("seed", "pass", replace(c, rules=[]), True, {})
+    assert not {"corner_drop", "counterfactual_drop"} & set(plain.detail)

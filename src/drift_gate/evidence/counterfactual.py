@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from drift_gate.data.datasets import Images
+from drift_gate.evidence.counterfactual_choices import BASELINES, CONTROLS, REGIONS
 from drift_gate.evidence.faithfulness import replacement
 
 __all__ = [
@@ -67,13 +68,6 @@ __all__ = [
     "donor_indices",
 ]
 
-#: What the region is replaced with.
-BASELINES = ("swap", "edge", "mean", "blur")
-#: What is replaced: the band's part the map points at (``map``) or the whole band (``band``).
-REGIONS = ("map", "band", "corners")
-#: What each swap's drop is measured against: nothing, or the same region from another
-#: image of the same class (the drop that class-coded content does not explain).
-CONTROLS = ("none", "same-class")
 #: The four corner squares of ``region = "corners"``, in the order of its drops' columns.
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drift_gate.evidence.counterfactual_choices import BASELINES, CONTROLS, REGIONS, one_of
 from drift_gate.gating._toml import Ctx, as_number
 
 __all__ = [
@@ -79,10 +80,10 @@ def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
     if not 0 < border < 0.5:
         raise ctx.fail(where, "border", f"a share of the side in (0, 0.5), not {border:g}")
     baseline = raw.get("baseline", "swap")
-    if baseline not in ("swap", "edge", "mean", "blur"):
-        raise ctx.fail(where, "baseline", f"expected 'swap', 'edge', 'mean' or 'blur', got {baseline!r}")
+    if baseline not in BASELINES:
+        raise ctx.fail(where, "baseline", f"expected {one_of(BASELINES)}, got {baseline!r}")
     region = raw.get("region", "map")
-    if region not in ("map", "band", "corners"):
+    if region not in REGIONS:
         raise ctx.fail(
             where,
             "region",
@@ -90,8 +91,8 @@ def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
             f"got {region!r}",
         )
     control = raw.get("control", "none")
-    if control not in ("none", "same-class"):
-        raise ctx.fail(where, "control", f"expected 'none' or 'same-class', got {control!r}")
+    if control not in CONTROLS:
+        raise ctx.fail(where, "control", f"expected {one_of(CONTROLS)}, got {control!r}")
     if control != "none" and baseline != "swap":
         raise ctx.fail(
             where, "control", f"'{control}' compares two swaps; baseline = {baseline!r} swaps nothing"
