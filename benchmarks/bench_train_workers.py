@@ -2,11 +2,12 @@
 
 Would the demo train faster if two backbones (or two calibration runs) trained side by side,
 each on one core, instead of one after the other on both? For each backbone, the synthetic
-pretraining's step (its source size: 0.75 x the demo's input, output stride 16, channels-last,
-batch 16, Adam) runs ``--steps`` times in one process with 2 threads (the reference), then in
-two processes with 1 thread each at the same time. Reports images per second of each and
-their ratio; each worker is a fresh process; model building and a warm-up step are untimed, and the
-pair's timed steps start together.
+pretraining's step as the demo profile sets it (``profiles.toml``: its source size, output
+stride and so memory layout, batch size, learning rate; the multi-label source task's loss)
+runs ``--steps`` times in one process with 2 threads (the reference), then in two processes
+with 1 thread each at the same time. Reports images per second of each and their ratio; each
+worker is a fresh process, model building and a warm-up step are untimed, and the pair's timed
+steps start together.
 Usage: ``python benchmarks/bench_train_workers.py [--backbones densenet201,resnet50v2] [--steps 8]``
 """
 
@@ -17,28 +18,45 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-SOURCE_SIZES = {"densenet201": 96, "resnet50v2": 96, "inception_v3": 120}
-BATCH = 16
+import torch
+from _common import setup
+
+from drift_gate.data.phantoms import SOURCE_LABELS
+from drift_gate.models.backbones import build_classifier
+from drift_gate.training.loops import to_training_layout, training_batch, training_layout
+from drift_gate.training.profiles import Profile, load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _profile() -> Profile:
+    return load_profile(ROOT / "profiles.toml", "demo")
+
+
+def _source_size(name: str) -> int:
+    profile = _profile()
+    return profile.pretrain.size_for(profile.input_size_for(name))
 
 
 def _worker(name: str, threads: int, steps: int) -> None:
     """Runs the timed steps and prints their seconds (the parent reads the last line)."""
-    import torch
-
-    from drift_gate.models.backbones import build_classifier
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    size = SOURCE_SIZES.get(name, 96)
-    model = build_classifier(name, 5, output_stride=16).train().to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.rand(BATCH, 3, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 5, (BATCH,))
+    setup(threads)
+    profile, device = _profile(), torch.device("cpu")
+    stride = profile.output_stride_for(name)
+    layout = training_layout(stride)
+    model = to_training_layout(
+        build_classifier(name, len(SOURCE_LABELS), output_stride=stride), device, layout
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=profile.pretrain.lr)
+    size, batch = _source_size(name), profile.batch_size
+    x = training_batch(torch.rand(batch, 3, size, size), device, layout)
+    y = (torch.rand(batch, len(SOURCE_LABELS)) < 0.3).float()
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        torch.nn.functional.binary_cross_entropy_with_logits(model(x), y).backward()
         opt.step()
 
     step()
@@ -81,14 +99,15 @@ def main(argv: list[str]) -> int:
     if args.worker:
         _worker(args.worker, args.threads, args.steps)
         return 0
-    print(f"pretraining steps ({args.steps} timed per worker, batch {BATCH}, stride 16, channels-last)")
+    batch = _profile().batch_size
+    print(f"the demo's pretraining step ({args.steps} timed per worker, batch {batch})")
     for name in args.backbones.split(","):
         (one,) = _seconds([_launch(name, 2, args.steps)])
         pair = _seconds([_launch(name, 1, args.steps), _launch(name, 1, args.steps)])
-        ref = args.steps * BATCH / one
-        both = 2 * args.steps * BATCH / max(pair)
+        ref = args.steps * batch / one
+        both = 2 * args.steps * batch / max(pair)
         print(
-            f"{name} ({SOURCE_SIZES.get(name, 96)} px): 1 x 2 threads {ref:5.1f} img/s; "
+            f"{name} ({_source_size(name)} px): 1 x 2 threads {ref:5.1f} img/s; "
             f"2 x 1 thread {both:5.1f} img/s together ({pair[0]:.1f} s, {pair[1]:.1f} s): {both / ref:.2f}x"
         )
     return 0
