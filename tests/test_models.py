@@ -20,6 +20,7 @@ from drift_gate.errors import ConfigError
 from drift_gate.evidence.cam import METHODS, CamEngine, minmax, upsample
 from drift_gate.evidence.methods import METHODS as REGISTRY
 from drift_gate.evidence.methods import Needs
+from drift_gate.gating.stored import load_baseline
 from drift_gate.models.adapters import ForeignModel
 from drift_gate.models.layers import find_layer
 from drift_gate.models.spec import ModelSpec, load_spec
@@ -640,6 +641,39 @@ def test_multilabel_torchxrayvision_end_to_end(tmp_path: Path, phantom_root: Pat
     nodule = {r["rule"]: r for r in doc["rules"]}["xrv-chest/layercam/Nodule/iou.min"]
     assert nodule["status"] == "pass" and nodule["source"].endswith("thresholds.toml:14")
     assert 0.0 <= doc["auc"] <= 1.0
+
+
+def test_multilabel_paired_counterfactual_pairs_each_finding(tmp_path: Path, phantom_root: Path) -> None:
+    """``[counterfactual] paired`` on a multi-label head: the baseline stores one reference
+    drop per (image, finding) pair, by the gate's own donors (another image's) and
+    sigmoid scores, so the reference gated against itself adds exactly nothing."""
+    torch.manual_seed(0)
+    spec = tmp_path / "model.toml"
+    spec.write_text(
+        '[model]\narch = "xrv:densenet121"\nname = "xrv-chest"\ntask = "multilabel"\n'
+        f"classes = {json.dumps(FINDINGS)}\ninput_size = 64\nchannels = 1\nmean = [0.5]\nstd = [0.25]\n"
+    )
+    rules = tmp_path / "thresholds.toml"
+    rules.write_text(
+        RULES.format(name="xrv-chest").replace('"layercam", "gradcam++"', '"layercam"')
+        + "[counterfactual]\nregion = 'band'\nborder = 0.3\nmax_score_drop = 0.0\npaired = true\n"
+    )
+    common = ["--model", str(spec), "--data", str(_nih_manifest(tmp_path, phantom_root))]
+    common += ["--thresholds", str(rules), "--device", "cpu", "--no-progress"]
+    ref = _weights(tmp_path, _xrv_n(len(FINDINGS)), "ref.pt")
+    base = tmp_path / "baselines"
+    made = ["baseline", "--reference", str(ref), "--per-class", "2", "--out", str(base / "xrv-chest")]
+    assert main([*made, *common]) == 0
+    stored = load_baseline(base / "xrv-chest")
+    assert stored.pairs is not None and stored.drops["counterfactual_drop"].shape == (len(stored.pairs),)
+    assert np.abs(stored.drops["counterfactual_drop"]).max() > 0, "the reference's own drops are not 0"
+    reports = tmp_path / "reports"
+    assert (
+        main(["gate", "--candidate", str(ref), "--baselines", str(base), "--reports", str(reports), *common])
+        == 0
+    )
+    doc = json.loads((reports / "gate.json").read_text())["candidates"][0]
+    assert doc["per_sample"]["layercam"]["counterfactual_drop"] == [0.0] * len(stored.pairs)
 
 
 def _xrv_n(n: int) -> nn.Module:

@@ -91,11 +91,13 @@ def profile_from(profile: str | Profile, profiles: PathLike) -> Profile:
     return profile if isinstance(profile, Profile) else load_profile(Path(profiles), profile)
 
 
-def _made_from(base: Path, reference: Path, methods: Sequence[str]) -> bool:
-    """Whether the baseline in ``base`` is intact, has maps for ``methods`` and was made
-    from the file ``reference`` (an own-TL baseline is re-made otherwise)."""
+def _made_from(base: Path, reference: Path, rules: Thresholds) -> bool:
+    """Whether the baseline in ``base`` is intact, has maps for the ``rules``' methods (and
+    the reference drops their ``[counterfactual] paired`` needs) and was made from the file
+    ``reference`` (an own-TL baseline is re-made otherwise)."""
     from drift_gate._io import file_sha256
     from drift_gate.errors import DriftGateError
+    from drift_gate.gating.paired import paired_mismatch
     from drift_gate.gating.stored import load_baseline
 
     if not (base / "baseline.json").is_file() or not reference.is_file():
@@ -104,8 +106,10 @@ def _made_from(base: Path, reference: Path, methods: Sequence[str]) -> bool:
         stored = load_baseline(base)
     except DriftGateError:
         return False
-    return stored.meta["reference"]["sha256"] == file_sha256(reference) and all(
-        m in stored.maps for m in methods
+    return (
+        stored.meta["reference"]["sha256"] == file_sha256(reference)
+        and all(m in stored.maps for m in rules.methods)
+        and paired_mismatch(stored, rules) is None
     )
 
 
@@ -188,7 +192,7 @@ class ProfileGate:
             raise missing_checkpoint(ft, self.prof, "FT checkpoint")
         base, tl = self.root / arch, ft.parent / "tl.pt"
         if self.own_tl:
-            return not _made_from(base, tl, rules.methods)
+            return not _made_from(base, tl, rules)
         if create_missing and not (base / "baseline.json").is_file():
             log(f"baseline {base} is missing: creating it from {tl}")
             return True

@@ -42,7 +42,7 @@ from drift_gate._io import (
     uninterrupted,
 )
 from drift_gate._memory import AUDIT, allocator_policy
-from drift_gate.data.datasets import DataSet, ImageDataset
+from drift_gate.data.datasets import DataSet, ImageDataset, Sample
 from drift_gate.data.preprocess import DEFAULT
 from drift_gate.errors import DataError, StaleBaselineError
 from drift_gate.evidence.cam import compute_cams, grid_warning
@@ -57,6 +57,7 @@ from drift_gate.gating.audit import (
     build_audit_set,
     build_multilabel_audit_set,
     check_reachable,
+    expand_pairs,
     test_images_per_class,
 )
 from drift_gate.gating.multilabel import (
@@ -66,7 +67,7 @@ from drift_gate.gating.multilabel import (
     operating_points,
 )
 from drift_gate.gating.signing import SIGNATURE_FILE, sign_files
-from drift_gate.gating.stored import BASELINE_SCHEMA, Baseline, baseline_command, baseline_lock
+from drift_gate.gating.stored import BASELINE_SCHEMA, DROPS, Baseline, baseline_command, baseline_lock
 from drift_gate.models.checkpoint import CheckpointMeta, library_versions
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ def create_baseline(
     batch_size: int = 16,
     progress: bool = False,
     rules: Thresholds | None = None,
+    paired: Thresholds | None = None,
     log: Callable[[str], None] | None = None,
     spec: ModelSpec | None = None,
     signer: Ed25519PrivateKey | None = None,
@@ -129,6 +131,8 @@ def create_baseline(
     Args:
         rules: when given, a baseline on which these rules could never reach
             ``min_samples`` is refused before anything is written.
+        paired: the rules whose ``[counterfactual] paired = true`` needs the reference's
+            swap drops stored (:mod:`drift_gate.gating.paired`); by default ``rules``.
         log: receives lines that say what the audit set holds and why.
         spec: the model spec of a reference drift-gate did not train (a state dict).
         signer: signs the baseline (``signature.json``, :mod:`drift_gate.gating.signing`).
@@ -177,8 +181,25 @@ def create_baseline(
         )
     arrays = {f"map_{m}": v.astype(np.float32) for m, v in run.maps.items()}
     arrays.update(logits=run.logits.astype(np.float32), labels=run.labels, **run.extra)
+    pair_with = paired or rules
+    if pair_with is not None and pair_with.counterfactual_paired:
+        from drift_gate.gating.paired import reference_drops
+
+        say("paired counterfactual: measuring the reference's swap drops on the audit set")
+        drops = reference_drops(
+            model,
+            meta,
+            run.rows,
+            pair_with,
+            multilabel=is_multilabel(meta),
+            device=device,
+            batch_size=batch_size,
+        )
+        arrays.update({DROPS[k]: v for k, v in drops.items()})
     npz = _npz_bytes(arrays)
     doc = _baseline_doc(reference, meta, data, run, hashlib.sha256(npz).hexdigest(), target)
+    if pair_with is not None and pair_with.counterfactual_paired:
+        doc["counterfactual"] = pair_with.counterfactual_settings()
     _store(out, npz, run.audit.to_json(), json.dumps(doc, indent=2, sort_keys=True) + "\n", signer)
     return out / "baseline.json"
 
@@ -199,6 +220,8 @@ class _ReferencePass:
     sizing: dict[str, Any]
     lines: list[str]
     metrics: dict[str, Any]
+    #: the samples of the map rows: the audit images, or a multi-label set's (image, class) pairs
+    rows: list[Sample]
 
 
 def _reference_pass(
@@ -221,7 +244,7 @@ def _reference_pass(
             model, meta, samples, methods, device, batch_size, progress
         )
         sizing, lines = multilabel_summary(meta, samples, extra["pairs"], correct, per_class)
-        n, maps = per_class, dict(cams.maps)
+        n, maps, rows = per_class, dict(cams.maps), expand_pairs(samples)[0]
         metrics = multilabel_metrics(logits, labels, meta.classes, operating_points(meta))
     else:
         audit = build_audit_set(data, per_class)
@@ -236,8 +259,9 @@ def _reference_pass(
         n = len(samples) // len(meta.classes)
         sizing, lines = audit_summary(data, per_class, n, labels, correct)
         metrics = classification_metrics(logits, labels, meta.classes)
+        rows = samples
     return _ReferencePass(
-        audit, len(samples), n, maps, logits, labels, correct, extra, sizing, lines, metrics
+        audit, len(samples), n, maps, logits, labels, correct, extra, sizing, lines, metrics, rows
     )
 
 

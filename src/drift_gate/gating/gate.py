@@ -41,6 +41,7 @@ from drift_gate.gating.audit import expand_pairs
 from drift_gate.gating.audit_pass import Job, audit_pass, load_masks
 from drift_gate.gating.baseline import APPROVED_STATISTIC, check_compatible
 from drift_gate.gating.multilabel import is_multilabel, operating_points
+from drift_gate.gating.paired import less_reference, paired_mismatch
 from drift_gate.gating.rules import (
     FAIL,
     INCONCLUSIVE,
@@ -270,6 +271,12 @@ def _check_pairing(
             f"{remake}"
         )
     check_compatible(base, meta, candidate, remake)
+    why = paired_mismatch(base, thresholds)
+    if why:
+        raise StaleBaselineError(
+            f"{base.path}: {why}; re-make it with these rules from the checkpoint it was made from "
+            f"(sha256 {base.meta['reference']['sha256'][:12]}…): {remake}"
+        )
     for cls, bounds in thresholds.label_bounds(meta.arch).items():  # before any CAM is computed
         if cls not in meta.classes:
             raise ConfigError(
@@ -479,6 +486,8 @@ def judge(
     rules += auc_rules(meta.arch, preds.scores, preds.ref_scores, baseline_auc, t)
     newly = ~preds.ref_ok & preds.cand_ok
     judged = preds.selected | newly
+    if t.counterfactual_paired:  # what the update added to each sample's swap drop
+        less_reference(values, job.base)
     corner = (
         _worst_corner(values, judged, "counterfactual_drop") if t.counterfactual_region == "corners" else None
     )

@@ -31,6 +31,7 @@ COUNTERFACTUAL_KEYS = {
     "max_score_drop",
     "max_corner_drop",
     "min_samples",
+    "paired",
     "region",
 }
 #: Default smallest number of samples pointing outside the anatomy whose drop is judged.
@@ -104,24 +105,13 @@ def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
         )
     if draws > 1 and baseline != "swap":
         raise ctx.fail(where, "draws", f"donors are drawn for 'swap'; baseline = {baseline!r} draws none")
-    if "max_score_drop" not in raw:
-        raise ctx.fail(where, None, "set max_score_drop (the largest mean drop of the candidate's score)")
-    drop = as_number(ctx, where, "max_score_drop", raw["max_score_drop"])
-    if not 0 <= drop <= 1:
-        raise ctx.fail(where, "max_score_drop", f"a score drop lies in [0, 1], not {drop:g}")
-    corner = None
-    if "max_corner_drop" in raw:
-        if region == "corners":
-            raise ctx.fail(
-                where, "max_corner_drop", "region = 'corners' judges the corners under max_score_drop already"
-            )
-        corner = as_number(ctx, where, "max_corner_drop", raw["max_corner_drop"])
-        if not 0 <= corner <= 1:
-            raise ctx.fail(where, "max_corner_drop", f"a score drop lies in [0, 1], not {corner:g}")
+    drop, corner = _drop_bounds(ctx, raw, region)
     n = raw.get("min_samples", COUNTERFACTUAL_MIN_SAMPLES)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ctx.fail(where, "min_samples", f"expected a whole number >= 1, got {n!r}")
+    paired = _paired(ctx, raw, region)
     return {
+        "counterfactual_paired": paired,
         "counterfactual_max_corner_drop": corner,
         "counterfactual_border": border,
         "counterfactual_baseline": baseline,
@@ -131,3 +121,38 @@ def counterfactual_section(ctx: Ctx, raw: dict[str, Any]) -> dict[str, Any]:
         "counterfactual_max_drop": drop,
         "counterfactual_min_samples": n,
     }
+
+
+def _drop_bounds(ctx: Ctx, raw: dict[str, Any], region: str) -> tuple[float, float | None]:
+    """``[counterfactual]``'s ``max_score_drop`` and ``max_corner_drop`` (``None``: not set)."""
+    where = ["counterfactual"]
+    if "max_score_drop" not in raw:
+        raise ctx.fail(where, None, "set max_score_drop (the largest mean drop of the candidate's score)")
+    drop = as_number(ctx, where, "max_score_drop", raw["max_score_drop"])
+    if not 0 <= drop <= 1:
+        raise ctx.fail(where, "max_score_drop", f"a score drop lies in [0, 1], not {drop:g}")
+    if "max_corner_drop" not in raw:
+        return drop, None
+    if region == "corners":
+        raise ctx.fail(
+            where, "max_corner_drop", "region = 'corners' judges the corners under max_score_drop already"
+        )
+    corner = as_number(ctx, where, "max_corner_drop", raw["max_corner_drop"])
+    if not 0 <= corner <= 1:
+        raise ctx.fail(where, "max_corner_drop", f"a score drop lies in [0, 1], not {corner:g}")
+    return drop, corner
+
+
+def _paired(ctx: Ctx, raw: dict[str, Any], region: str) -> bool:
+    """``[counterfactual] paired``: a yes or no, for map-free regions only."""
+    paired = raw.get("paired", False)
+    if not isinstance(paired, bool):
+        raise ctx.fail(["counterfactual"], "paired", f"expected true or false, got {paired!r}")
+    if paired and region == "map":
+        raise ctx.fail(
+            ["counterfactual"],
+            "paired",
+            "needs a map-free region ('band' or 'corners'): under 'map' the reference's drop would be "
+            "measured where the reference's maps point, not where the candidate's do",
+        )
+    return paired

@@ -403,7 +403,8 @@ def counterfactual_rule(
     "band"`` every judged sample counts (the whole band was replaced) and the rule is the
     backbone's, not a method's; ``"corners"`` likewise, ``drops`` being those of the
     ``corner`` whose mean drop is largest. ``corners``: the ``max_corner_drop`` rule beside
-    the region's (``drops``: the costliest corner's, ``corner_drop``)."""
+    the region's (``drops``: the costliest corner's, ``corner_drop``). Under ``paired`` the
+    drops are each less the reference's (:mod:`drift_gate.gating.paired`)."""
     bound, needed = thresholds.counterfactual_max_drop, thresholds.counterfactual_min_samples
     metric = "counterfactual_drop"
     if corners:
@@ -428,15 +429,17 @@ def counterfactual_rule(
         short = f"{len(finite)} judged maps point outside the anatomy (min_samples {needed}): not checked"
     if thresholds.counterfactual_control == "same-class":
         what += " (from another class's image, less the same-class control's drop)"
+    # paired: each drop is already less the reference's on the same sample and donors
+    more = " more than the reference's (same images and donors)" if thresholds.counterfactual_paired else ""
     if len(finite) < needed:
         return RuleResult(name, SKIPPED, None, bound, f"<= {bound:g}", short, method=of, **where)
     observed = float(finite.mean())
     if observed <= bound:
-        message = f"{share}; {what} lowers the candidate's score by {observed:.3f} on average"
+        message = f"{share}; {what} lowers the candidate's score by {observed:.3f}{more} on average"
         return RuleResult(name, PASS, observed, bound, f"<= {bound:g}", message, method=of, **where)
     message = (
         f"{share}, and the candidate relies on it: {what} lowers its score by "
-        f"{observed:.3f} on average (> {bound:g}), a shortcut outside the anatomy"
+        f"{observed:.3f}{more} on average (> {bound:g}), a shortcut outside the anatomy"
     )
     return RuleResult(name, FAIL, observed, bound, f"<= {bound:g}", message, method=of, **where)
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BASELINE_SCHEMA",
+    "DROPS",
     "MAX_FILE",
     "Baseline",
     "baseline_command",
@@ -48,6 +49,10 @@ __all__ = [
 
 
 BASELINE_SCHEMA = 1
+
+#: ``[counterfactual] paired``'s per-sample values (:mod:`drift_gate.gating.paired`) and
+#: their arrays' names in ``maps.npz``
+DROPS = {"counterfactual_drop": "drop_counterfactual", "corner_drop": "drop_corner"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class Baseline:
     #: :func:`~drift_gate.gating.signing.files_digest` of the three files as read (what a
     #: gate result is bound to)
     digest: str = ""
+    #: ``[counterfactual] paired``: the reference's swap drops per map row
+    #: (``counterfactual_drop`` ``(N,)`` or ``(N, 4)``, ``corner_drop`` ``(N, 4)``), measured
+    #: under the settings ``meta["counterfactual"]`` records (:mod:`drift_gate.gating.paired`)
+    drops: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -205,12 +214,12 @@ def read_baseline(folder: Path, public_key: Keyring | None = None) -> Baseline:
             ModelSpec.from_dict(meta["model"], f"{meta_path}: model")
         except ConfigError as exc:
             raise StaleBaselineError(f"{exc}; {how}") from None
-    maps, logits, labels, pairs = _arrays(folder / "maps.npz", npz, meta, len(audit.samples), how)
+    maps, logits, labels, pairs, drops = _arrays(folder / "maps.npz", npz, meta, len(audit.samples), how)
     approved = meta.get("approved") or {}
     why = _bad_approval(approved)
     if why:
         raise StaleBaselineError(f"{meta_path}: the approved result is malformed ({why}); {how}")
-    return Baseline(folder, meta, audit, maps, logits, labels, approved, pairs, files_digest(files))
+    return Baseline(folder, meta, audit, maps, logits, labels, approved, pairs, files_digest(files), drops)
 
 
 def _is_unit(v: object) -> bool:
@@ -259,7 +268,7 @@ def _declared_bytes(zf: Any, info: Any) -> int:
 
 def _arrays(
     path: Path, npz: bytes, meta: dict[str, Any], n: int, how: str
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
     """The arrays of ``maps.npz``, checked against what ``baseline.json`` records before and
     after reading: sizes from the archive's directory (a zip bomb is refused unread),
     shapes, and finite values."""
@@ -275,6 +284,7 @@ def _arrays(
             maps = {m: z[f"map_{m}"].astype(np.float32) for m in methods}
             logits, labels = z["logits"], z["labels"]
             pairs = z["pairs"].astype(np.int64) if multilabel else None
+            drops = {k: z[name].astype(np.float64) for k, name in DROPS.items() if name in z.files}
     except (KeyError, ValueError, OSError) as exc:
         raise bad(f"unreadable arrays ({exc})") from exc
     _check_maps(maps, meta, rows, bad)
@@ -292,7 +302,24 @@ def _arrays(
         )
     if not np.isfinite(logits).all():
         raise bad("the stored logits contain NaN or Inf")
-    return maps, logits, labels, pairs
+    _check_drops(drops, meta, rows, bad)
+    return maps, logits, labels, pairs, drops
+
+
+def _check_drops(
+    drops: dict[str, np.ndarray], meta: dict[str, Any], rows: int, bad: Callable[[str], StaleBaselineError]
+) -> None:
+    """The reference's stored swap drops: recorded settings beside them, one per map row
+    (four columns for corners), finite, in [-2, 2] (a difference of two score drops)."""
+    settings = meta.get("counterfactual")
+    if bool(drops) != isinstance(settings, dict):
+        raise bad("baseline.json's counterfactual settings and the stored reference drops do not go together")
+    for key, a in drops.items():
+        four = key == "corner_drop" or settings.get("region") == "corners"  # type: ignore[union-attr]
+        if a.shape != ((rows, 4) if four else (rows,)):
+            raise bad(f"the stored {key} has shape {a.shape}, not one per map row ({rows})")
+        if not (np.isfinite(a).all() and (np.abs(a) <= 2).all()):
+            raise bad(f"the stored {key} holds NaN, Inf or values outside [-2, 2]")
 
 
 def _is_grid(g: object) -> bool:
@@ -326,7 +353,8 @@ def _expected_size(meta: dict[str, Any], n: int, bad: Callable[[str], StaleBasel
         )
         or len(methods) * grid[0] * grid[1]
     )
-    return rows, rows * (cells * 4 + 16) + n * (len(classes) * 5 + 8) + (1 << 20)
+    # + the paired drops: up to 5 float64 per row
+    return rows, rows * (cells * 4 + 16 + 40) + n * (len(classes) * 5 + 8) + (1 << 20)
 
 
 def _refuse_oversized(npz: bytes, expected: int, n: int, bad: Callable[[str], StaleBaselineError]) -> None:

@@ -48,6 +48,8 @@ Shape::
                                    # show (one rule per backbone, 2 forward passes per image); or
                                    # "corners": each corner square on its own, the costliest judged
                                    # (one rule per backbone, 5 forward passes per image)
+    paired = false                 # true (map-free regions): each drop less the reference's on the
+                                   # same image and donors, stored in the baseline when it is made
 
     [newly_correct]                # samples the candidate newly gets right (the reference got
     min_samples = 5                # them wrong): where a new shortcut would carry the prediction.
@@ -175,6 +177,21 @@ class Thresholds:
     #: corner squares swapped one at a time, the costliest judged (None: not checked)
     counterfactual_max_corner_drop: float | None = None
     counterfactual_min_samples: int = COUNTERFACTUAL_MIN_SAMPLES
+    #: ``paired``: each drop less the reference's on the same sample and donors (stored in
+    #: the baseline, :func:`~drift_gate.gating.paired.reference_drops`); map-free regions only
+    counterfactual_paired: bool = False
+
+    def counterfactual_settings(self) -> dict[str, Any]:
+        """What the reference's stored drops depend on (``paired``): a baseline whose
+        drops were measured with other settings cannot be paired with this file's."""
+        return {
+            "border": self.counterfactual_border,
+            "baseline": self.counterfactual_baseline,
+            "region": self.counterfactual_region,
+            "control": self.counterfactual_control,
+            "draws": self.counterfactual_draws,
+            "corners": self.counterfactual_max_corner_drop is not None,
+        }
 
     def newly_correct_bounds(self) -> list[Bound]:
         """The ``[newly_correct]`` bounds (every backbone x method)."""
@@ -232,6 +249,7 @@ class Thresholds:
             "max_score_drop": self.counterfactual_max_drop,
             "min_samples": self.counterfactual_min_samples,
             **({"max_corner_drop": corner} if corner is not None else {}),
+            **({"paired": True} if self.counterfactual_paired else {}),
         }
 
     def as_dict(self) -> dict[str, Any]:

@@ -306,6 +306,7 @@ def run_calibration(
             per_class=per_class,
             device=device,
             batch_size=batch_size,
+            paired=thresholds,
         )
         runs = seed_runs(
             profile, arch, data, seeds, out=out / "runs", device=device, progress=progress, log=log

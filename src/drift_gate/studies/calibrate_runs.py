@@ -174,6 +174,7 @@ def retrained_runs(
             per_class=per_class,
             device=device,
             batch_size=batch_size,
+            paired=thresholds,
         )
         runs.append((source, seed, trained.checkpoints["ft"], base))
     return runs

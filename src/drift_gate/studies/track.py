@@ -81,6 +81,7 @@ def run_track(
             device=device,
             batch_size=batch_size,
             progress=progress,
+            paired=thresholds,
         )
     result = TrackResult(meta.arch)
     previous: tuple[dict[str, np.ndarray], np.ndarray] | None = None

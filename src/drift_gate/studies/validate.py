@@ -411,6 +411,7 @@ def _cue_reference(b: _Bench, arch: str, cue: _Cue, cache_dir: Path) -> Path:
         device=b.device,
         batch_size=b.batch_size,
         progress=b.progress,
+        paired=b.thresholds,
     )
     return reference
 
@@ -644,6 +645,7 @@ def run_validation(
             device=b.device,
             batch_size=batch_size,
             progress=progress,
+            paired=thresholds,
         )
         if "self" in controls or "permuted" in controls:
             _self_and_permuted(b, arch, tl, clean, controls)
