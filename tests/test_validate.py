@@ -23,6 +23,7 @@ from drift_gate.errors import ConfigError
 from drift_gate.evidence.registry import Direction
 from drift_gate.gating.gate import run_gate
 from drift_gate.gating.rules import decide_verdict
+from drift_gate.gating.stored import load_baseline
 from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
 from drift_gate.studies.calibrate import (
     _margin,
@@ -237,6 +238,8 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
 ) -> None:
     profile, rules = tiny
     synthetic = replace(profile, weights="synthetic")
+    paired = "[counterfactual]\nregion = 'band'\nborder = 0.3\nmax_score_drop = 1.0\npaired = true\n"
+    rules.write_text(rules.read_text() + paired)
     thresholds = load_thresholds(rules)
     out = tmp_path / "cal"
     cal = run_calibration(
@@ -253,8 +256,12 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
     assert [r["source"] for r in cal.runs["tiny"]] == ["seed", "tl", "pretrain", "pretrain"]
     assert [r["seed"] for r in cal.runs["tiny"]] == [0, 1, 2, 3], "the next TL seed, the next 2 pretrainings"
     for folder in ("tl", "pretrain", "pretrain-2"):  # each gated against its own reference's maps
-        assert (out / "runs" / "tiny" / "baselines" / folder / "tiny" / "baseline.json").is_file()
+        base = load_baseline(out / "runs" / "tiny" / "baselines" / folder / "tiny")
+        assert "counterfactual_drop" in base.drops, "and its own reference's drops (paired)"
         assert (out / "runs" / "tiny" / folder / "tiny" / "ft.pt").is_file()
+    assert "counterfactual_drop" in load_baseline(out / "baselines" / "tiny").drops
+    (margin,) = cal.margin_rows
+    assert len(margin.drops) == 4 and margin.sources == ["seed", "tl", "pretrain", "pretrain"]
     ft = [out / "runs" / "tiny" / f / "tiny" / "ft.pt" for f in ("pretrain", "pretrain-2")]
     assert ft[0].read_bytes() != ft[1].read_bytes(), "two pretraining draws, two models"
     assert all(
@@ -277,6 +284,7 @@ def test_calibration_covers_a_retrained_reference_and_pretraining(
         and "synthetic pretraining (marked (pretrain))" in text
     )
     assert " (tl) " in text and " (pretrain);" in text
+    assert "paired = true" in text and "#   paired: each run's drops less its own reference's" in text
     # the spread is over runs of every source, not over seeds alone, and says so
     assert "noise = the run-to-run sd or the" in text and "; run sd " in text and "seed sd" not in text
     assert "| centre | run sd |" in (out / "calibration.md").read_text()

@@ -347,6 +347,10 @@ def _kept_checks(thresholds: Thresholds, cal: Calibration) -> list[str]:
             for key, (bound, rows) in calibrated.items():
                 assert bound is not None
                 lines.append(f"{key} = {_fmt(bound):<10}# the loosest backbone's bound below")
+                if thresholds.counterfactual_paired:
+                    lines.append(
+                        "#   paired: each run's drops less its own reference's on the same images and donors"
+                    )
                 lines += [f"#   {r.comment()}" for r in rows]
             continue
         lines += ["", f"[{table}]{'':<{24 - len(table)}}# not calibrated: kept from {thresholds.path}"]
