@@ -27,6 +27,7 @@ from drift_gate.gating.stored import load_baseline
 from drift_gate.gating.thresholds import load_thresholds, parse_thresholds
 from drift_gate.studies.calibrate import (
     _margin,
+    _plain_rules,
     auc_drop_row,
     draw_runs,
     propose_bound,
@@ -143,6 +144,24 @@ def test_calibration_keeps_the_checks_it_does_not_calibrate() -> None:
         assert proposed.as_dict()[table] == thresholds.as_dict()[table], table
     bare = parse_thresholds('[gate]\nmethods = ["layercam"]\n[drift]\niou.min = 0.1\n', "t.toml")
     assert "[sanity]" not in thresholds_text(cal, bare), "nothing added that the source did not set"
+
+
+def test_calibration_gates_its_runs_under_every_counterfactual_setting_with_open_bounds() -> None:
+    """The runs are gated with the input's map-free counterfactual as it is set (a setting
+    left out, ``paired`` once, would calibrate unpaired drops), only its bounds opened."""
+    source = (
+        '[gate]\nmethods = ["layercam"]\n[drift]\niou.min = 0.1\n[counterfactual]\nregion = "band"\n'
+        'border = 0.2\ncontrol = "same-class"\ndraws = 2\nmax_score_drop = 0.1\nmax_corner_drop = 0.05\n'
+        "min_samples = 9\npaired = true\n"
+    )
+    thresholds = parse_thresholds(source, "t.toml")
+    plain = _plain_rules(thresholds)
+    assert (
+        plain.counterfactual_paired
+        and plain.counterfactual_settings() == thresholds.counterfactual_settings()
+    )
+    assert (plain.counterfactual_max_drop, plain.counterfactual_max_corner_drop) == (1.0, 1.0)
+    assert plain.counterfactual_min_samples == 1 and plain.tables == {}
 
 
 def test_auc_max_drop_is_a_tolerance_bound_over_the_runs_drops() -> None:

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -368,17 +368,16 @@ def _plain_rules(thresholds: Thresholds) -> Thresholds:
     )
     if not _map_free(thresholds):
         return plain
-    return replace(
-        plain,
-        counterfactual_border=thresholds.counterfactual_border,
-        counterfactual_baseline=thresholds.counterfactual_baseline,
-        counterfactual_region=thresholds.counterfactual_region,
-        counterfactual_control=thresholds.counterfactual_control,
-        counterfactual_draws=thresholds.counterfactual_draws,
-        counterfactual_max_drop=1.0,
-        counterfactual_max_corner_drop=None if thresholds.counterfactual_max_corner_drop is None else 1.0,
-        counterfactual_min_samples=1,
-    )
+    # every setting of the table (border, region, control, draws, paired, ...), its bounds open
+    settings = {
+        f.name: getattr(thresholds, f.name)
+        for f in fields(Thresholds)
+        if f.name.startswith("counterfactual_")
+    }
+    settings["counterfactual_max_drop"], settings["counterfactual_min_samples"] = 1.0, 1
+    if thresholds.counterfactual_max_corner_drop is not None:
+        settings["counterfactual_max_corner_drop"] = 1.0
+    return replace(plain, **settings)
 
 
 def _map_free(thresholds: Thresholds) -> bool:
