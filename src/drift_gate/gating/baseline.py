@@ -16,7 +16,9 @@ is caught. The gate refuses to run when an image no longer matches.
 * ``audit.json``: the audit set;
 * ``maps.npz`` (compressed): each method's reference maps at the target layer's
   native resolution (float32: at 4x4 to 10x10 cells per map, float16 would save
-  little and could flip near-tied pixels), the reference logits and the labels.
+  little and could flip near-tied pixels), the reference logits and the labels; with
+  ``[counterfactual] paired = true``, the reference's swap drops per map row
+  (:mod:`drift_gate.gating.paired`), their settings in ``baseline.json``.
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ def create_baseline(
         )
     arrays = {f"map_{m}": v.astype(np.float32) for m, v in run.maps.items()}
     arrays.update(logits=run.logits.astype(np.float32), labels=run.labels, **run.extra)
-    pair_with = paired or rules
+    pair_with, settings = paired or rules, None
     if pair_with is not None and pair_with.counterfactual_paired:
         from drift_gate.gating.paired import reference_drops
 
@@ -196,10 +198,11 @@ def create_baseline(
             batch_size=batch_size,
         )
         arrays.update({DROPS[k]: v for k, v in drops.items()})
+        settings = pair_with.counterfactual_settings()
     npz = _npz_bytes(arrays)
     doc = _baseline_doc(reference, meta, data, run, hashlib.sha256(npz).hexdigest(), target)
-    if pair_with is not None and pair_with.counterfactual_paired:
-        doc["counterfactual"] = pair_with.counterfactual_settings()
+    if settings is not None:  # what the stored drops were measured under
+        doc["counterfactual"] = settings
     _store(out, npz, run.audit.to_json(), json.dumps(doc, indent=2, sort_keys=True) + "\n", signer)
     return out / "baseline.json"
 
