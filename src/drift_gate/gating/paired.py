@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from drift_gate.gating.stored import Baseline
     from drift_gate.models.checkpoint import CheckpointMeta
 
-__all__ = ["DROPS", "less_reference", "paired_mismatch", "reference_drops"]
+__all__ = ["less_reference", "paired_mismatch", "reference_drops"]
 
 
 @torch.no_grad()

@@ -314,8 +314,9 @@ def _check_drops(
     settings = meta.get("counterfactual")
     if bool(drops) != isinstance(settings, dict):
         raise bad("baseline.json's counterfactual settings and the stored reference drops do not go together")
+    corners = isinstance(settings, dict) and settings.get("region") == "corners"
     for key, a in drops.items():
-        four = key == "corner_drop" or settings.get("region") == "corners"  # type: ignore[union-attr]
+        four = key == "corner_drop" or corners
         if a.shape != ((rows, 4) if four else (rows,)):
             raise bad(f"the stored {key} has shape {a.shape}, not one per map row ({rows})")
         if not (np.isfinite(a).all() and (np.abs(a) <= 2).all()):
