@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from drift_gate._machine import machine_line
 from drift_gate.cli import main
 from gatekit import assert_error, gate, result
 
@@ -35,6 +36,7 @@ def test_gate_logs_one_run_per_candidate_with_rules_and_artifacts(
     assert run.data.tags["verdict"] == doc["verdict"] and run.data.tags["exit_code"] == str(code)
     assert run.data.params["candidate_sha256"] == doc["candidate_sha256"]
     assert run.data.params["reference_sha256"] == doc["reference_sha256"]
+    assert run.data.params["machine.gate"] == machine_line(doc["machines"]["gate"])
     assert run.data.metrics["auc"] == pytest.approx(doc["auc"])
     for r in doc["rules"]:
         key = r["rule"].replace("++", "pp")

@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: Sub-packages (and top-level modules) by layer: a module may import its own
 #: sub-package and lower layers only.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_io", "_version", "errors", "_memory", "distributed"),
+    ("_io", "_version", "errors", "_memory", "_machine", "distributed"),
     ("data",),
     ("models",),
     ("evidence",),

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from drift_gate.cli import main
 from drift_gate.cli.parser import _CONTROLS
@@ -406,6 +407,15 @@ def test_reduced_validation_with_the_tiny_backbone(
     md = (tmp_path / "validate.md").read_text()
     assert md == validation_markdown(res) and "reference gated against itself" in md
     assert "| held-out honest fine-tune on an emulated machine | pass | " in md  # the error-rate table
+    # each honest run's checkpoint records the machine its child process ran on
+    for r in (r for r in res.rows if r.control == "honest"):
+        trained = r.detail["machines"]["candidate"]
+        if r.detail["machine"] == "threads:1":
+            assert trained["threads"] == 1
+            assert trained["aten_capability"] == torch.backends.cpu.get_cpu_capability()
+        else:
+            assert trained["aten_capability"] == "DEFAULT", r.detail
+    assert "Candidates trained on: " in md and "Candidates gated on: " in md
     # The shortcut's reference was trained on phantoms whose strip is uninformative.
     assert (tmp_path / "strip-reference" / "tiny" / "tl.pt").is_file()
     assert not (tmp_path / "strip-reference" / "tiny" / "ft.pt").exists()

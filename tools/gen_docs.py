@@ -96,7 +96,7 @@ def modules_reference() -> str:
         "# Modules\n\n",
         "Every module of `src/drift_gate`, with the first sentence of its docstring. Imports point\n",
         "down these layers, and no module imports another in a circle (`tests/test_structure.py`\n",
-        "checks both): base modules (`errors`, `_io`, `_version`, `_memory`, `distributed`) →\n",
+        "checks both): base modules (`errors`, `_io`, `_version`, `_memory`, `_machine`, `distributed`) →\n",
         "`data` → `models` → `evidence` → `training`, `gating` → `integrations`, `inputs` →\n",
         "`studies`, `api` → `cli` and the package's public names (`__init__`).\n",
     ]

@@ -11,7 +11,8 @@ is caught. The gate refuses to run when an image no longer matches.
 
 * ``baseline.json``: schema version, arch, classes, input size, normalisation,
   sha256 of the reference checkpoint, of the audit set and of ``maps.npz``,
-  the reference's AUC on the audit set, methods, library versions, and the
+  the reference's AUC on the audit set, methods, library versions, the machine
+  that made the maps (:mod:`drift_gate._machine`; shown, never compared) and the
   approved candidate's results (if any) for relative rules;
 * ``audit.json``: the audit set;
 * ``maps.npz`` (compressed): each method's reference maps at the target layer's
@@ -43,6 +44,7 @@ from drift_gate._io import (
     swap_in_folder,
     uninterrupted,
 )
+from drift_gate._machine import machine
 from drift_gate._memory import AUDIT, allocator_policy
 from drift_gate.data.datasets import DataSet, ImageDataset, Sample
 from drift_gate.data.preprocess import DEFAULT
@@ -203,6 +205,7 @@ def create_baseline(
     doc = _baseline_doc(reference, meta, data, run, hashlib.sha256(npz).hexdigest(), target)
     if settings is not None:  # what the stored drops were measured under
         doc["counterfactual"] = settings
+    doc["machine"] = machine(device)
     _store(out, npz, run.audit.to_json(), json.dumps(doc, indent=2, sort_keys=True) + "\n", signer)
     return out / "baseline.json"
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from drift_gate._io import file_sha256
+from drift_gate._machine import machine
 from drift_gate._memory import AUDIT, allocator_policy
 from drift_gate.data.datasets import ImageDataset
 from drift_gate.distributed import Dist, gather_shards, in_order
@@ -135,6 +136,10 @@ class CandidateResult:
     #: ``{"mean", "n"}``: how alike one class's maps are (mean pairwise soft IoU over the
     #: selected samples; :func:`~drift_gate.evidence.metrics.intra_class_consistency`)
     consistency: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    #: the machines behind the numbers (:func:`drift_gate._machine.machine`): ``candidate``
+    #: (trained it), ``reference_maps`` (made the baseline), ``gate`` (this run); a key is
+    #: absent where that is not known (a model drift-gate did not train, an older file)
+    machines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -579,7 +584,15 @@ def record(
             }
             for m in t.methods
         },
+        machines=_machines(job),
     ), artifacts
+
+
+def _machines(job: Job) -> dict[str, dict[str, Any]]:
+    """The machines that trained the candidate, made the reference maps and run this gate
+    (``CandidateResult.machines``), those that are known."""
+    known = (("candidate", job.meta.machine), ("reference_maps", job.base.meta.get("machine")))
+    return {**{k: v for k, v in known if v}, "gate": machine(job.dist.device)}
 
 
 def run_gate(

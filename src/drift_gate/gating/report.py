@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from drift_gate._io import atomic_write_bytes, side_output, uninterrupted, warn, write_lock
+from drift_gate._machine import machines_line
 from drift_gate.errors import DataError, DriftGateError
 from drift_gate.evidence.registry import CORE_METRICS
 from drift_gate.gating.figures import Histogram, histograms_svg, overlay_png
@@ -144,6 +145,8 @@ def console_table(result: GateResult) -> str:
             f"samples {c.n_selected}/{c.n_audit}  ->  {_MARK[c.verdict]}: {c.label}"
         )
         lines.append(f"  predictions: {c.predictions}")
+        if c.machines:
+            lines.append(f"  machines: {printable(machines_line(c.machines))}")
         if c.preprocess:
             lines.append(f"  preprocessing: {preprocess_line(c)}")
         if c.auc_per_class:
@@ -171,9 +174,7 @@ def markdown(result: GateResult) -> str:
             f"| {c.arch} | {_code(Path(c.candidate).name)} | {c.predictions} | {c.auc:.4f} | "
             f"{c.reference_auc:.4f} | {c.n_selected}/{c.n_audit} | **{_MARK[c.verdict]}** {c.label} |"
         )
-    out += [f"\n{c.arch} samples: {groups_line(c)}" for c in result.candidates if c.groups]
-    out += [f"\n{c.arch} preprocessing: {preprocess_line(c)}" for c in result.candidates if c.preprocess]
-    out += [f"\n{c.arch} AUC per class: {auc_line(c)}" for c in result.candidates if c.auc_per_class]
+    out += _what_it_rests_on(result)
     warnings = [(c, w) for c in result.candidates for w in c.warnings]
     if warnings:
         out += [""] + [f"> **Warning ({c.arch})**: {printable(w)}" for c, w in warnings]
@@ -221,6 +222,21 @@ def markdown(result: GateResult) -> str:
                     f"reference {_f(ref)} -> candidate {_f(cand)}",
                 ]
     return "\n".join(out) + "\n"
+
+
+def _what_it_rests_on(result: GateResult) -> list[str]:
+    """The Markdown lines under the verdict table: per candidate its samples, preprocessing,
+    machines and AUC per class."""
+    out: list[str] = []
+    kinds: tuple[tuple[str, Callable[[CandidateResult], str], Callable[[CandidateResult], object]], ...] = (
+        ("samples", groups_line, lambda c: c.groups),
+        ("preprocessing", preprocess_line, lambda c: c.preprocess),
+        ("machines", lambda c: printable(machines_line(c.machines)), lambda c: c.machines),
+        ("AUC per class", auc_line, lambda c: c.auc_per_class),
+    )
+    for label, line, show in kinds:
+        out += [f"\n{c.arch} {label}: {line(c)}" for c in result.candidates if show(c)]
+    return out
 
 
 def _localisation_rows(summaries: Mapping[str, Any]) -> list[str]:
@@ -454,6 +470,8 @@ def _html_candidate(c: CandidateResult) -> list[str]:
         parts.append(f"<p>Preprocessing: {html.escape(preprocess_line(c))}.</p>")
     if c.auc_per_class:
         parts.append(f"<p>AUC per class: {html.escape(auc_line(c))}.</p>")
+    if c.machines:
+        parts.append(f"<p>Machines: {html.escape(printable(machines_line(c.machines)))}.</p>")
     parts += [f"<p class='inconclusive'>Warning: {html.escape(printable(w))}</p>" for w in c.warnings]
     parts.append("<table><tr><th>rule</th><th>status</th><th>observed</th><th>bound</th><th>source</th></tr>")
     for r in c.rules:

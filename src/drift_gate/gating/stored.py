@@ -1,6 +1,9 @@
 """Stored baselines, read back: the lock every reader and writer of one takes, and the
 verification of its files (sizes before reading, hashes, signature, shapes, types and
-ranges of every field) before anything in them is used."""
+ranges of every field) before anything in them is used.
+
+Size: one verification pass over a hostile folder, field by field; split up, a field
+could be used by one part before another part had checked it."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from drift_gate._io import (
     file_lock,
     recover_folder,
 )
+from drift_gate._machine import is_machine
 from drift_gate.errors import ConfigError, DataError, StaleBaselineError
 from drift_gate.gating.audit import (
     AuditSet,
@@ -214,6 +218,8 @@ def read_baseline(folder: Path, public_key: Keyring | None = None) -> Baseline:
             ModelSpec.from_dict(meta["model"], f"{meta_path}: model")
         except ConfigError as exc:
             raise StaleBaselineError(f"{exc}; {how}") from None
+    if "machine" in meta and not is_machine(meta["machine"]):
+        raise StaleBaselineError(f"{meta_path}: the machine record is malformed; {how}")
     maps, logits, labels, pairs, drops = _arrays(folder / "maps.npz", npz, meta, len(audit.samples), how)
     approved = meta.get("approved") or {}
     why = _bad_approval(approved)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from drift_gate._machine import machine_line
 from drift_gate.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ def _candidate_run(t: Tracking, result: GateResult, c: CandidateResult) -> str:
         "precision": c.precision,
         "predictions": c.predictions,
         **{f"version.{k}": v for k, v in result.versions.items()},
+        **{f"machine.{k}": machine_line(v) for k, v in c.machines.items()},
     }
     metrics = {
         "auc": c.auc,

@@ -7,6 +7,10 @@ On disk a checkpoint is a ``torch.save`` archive of a plain dict::
 
 It is read with ``torch.load(weights_only=True)``, so a file that would run code
 when unpickled is refused rather than executed.
+
+Size: the metadata's fields, the check of each field's type and range when a file is
+read (every checkpoint is hostile input) and the save and load paths are one format; kept
+in one module, a new field cannot be added without its check.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import torch
 
 from drift_gate._io import atomic_write_bytes
+from drift_gate._machine import is_machine
 from drift_gate.data.preprocess import DEFAULT, Preprocess
 from drift_gate.errors import CheckpointError, ConfigError
 from drift_gate.models.backbones import Classifier, build_classifier
@@ -98,6 +103,9 @@ class CheckpointMeta:
             ``None``: the body's last module. Stored only when set.
         output_stride: the output stride the backbone was built with (the profile's
             ``per_backbone.<arch>.output_stride``); ``None``: its own. Stored only when set.
+        machine: the machine that trained it (:func:`drift_gate._machine.machine`: CPU,
+            kernels, threads, GPU), shown in reports; ``None`` (not stored) for a model
+            drift-gate did not train and for checkpoints written before it was recorded.
     """
 
     arch: str
@@ -118,13 +126,14 @@ class CheckpointMeta:
     model: dict[str, Any] | None = None
     target_layer: str | None = None
     output_stride: int | None = None
+    machine: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys)."""
         doc = asdict(self)
         if self.preprocess == DEFAULT:
             del doc["preprocess"]
-        for optional in ("model", "target_layer", "output_stride"):
+        for optional in ("model", "target_layer", "output_stride", "machine"):
             if doc[optional] is None:
                 del doc[optional]
         return json.dumps(doc, sort_keys=True)
@@ -219,6 +228,11 @@ def _bad_fields(raw: dict[str, Any]) -> str | None:
             "a module path such as body.0.denseblock3",
         ),
         "output_stride": (lambda v: v is None or (type(v) is int and 0 < v <= 1024), "an integer, 1 to 1024"),
+        "machine": (
+            lambda v: v is None or is_machine(v),
+            "a machine record (cpu, arch, aten_capability, onednn_max_cpu_isa, gpu: "
+            "short strings; threads: 1 to 4096)",
+        ),
     }
     for key, (ok, what) in checks.items():
         if key in raw and not ok(raw[key]):

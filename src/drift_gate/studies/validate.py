@@ -194,7 +194,12 @@ def _localisation_summary(c: CandidateResult) -> dict[str, dict[str, float | Non
 
 
 def _row(control: str, expected: str, c: CandidateResult, ok: bool, detail: dict[str, Any]) -> ControlRow:
-    detail = {**detail, "localisation": _localisation_summary(c), "margin": decision_margin(c)}
+    detail = {
+        **detail,
+        "localisation": _localisation_summary(c),
+        "margin": decision_margin(c),
+        "machines": c.machines,
+    }
     for metric in ("counterfactual_drop", "corner_drop"):  # mean score drops (map-free: the margin's share)
         drop = next((r.observed for r in c.rules if r.metric == metric), None)
         if drop is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from drift_gate._machine import machine_line
 from drift_gate.gating.gate import CandidateResult
 from drift_gate.gating.kinds import KINDS
 from drift_gate.gating.rules import FAIL, PASS, RuleResult
@@ -197,6 +198,24 @@ def error_rates(result: ValidationResult) -> list[str]:
     return out
 
 
+def _machines(result: ValidationResult) -> list[str]:
+    """Where the candidates were trained (as their checkpoints record it), with how many
+    rows each machine trained, and where they were gated."""
+    counts: dict[str, dict[str, int]] = {"trained": {}, "gated": {}}
+    for r in result.rows:
+        for role, key in (("trained", "candidate"), ("gated", "gate")):
+            record = r.detail.get("machines", {}).get(key)
+            if record:
+                line = machine_line(record)
+                counts[role][line] = counts[role].get(line, 0) + 1
+    out = [
+        f"Candidates {role} on: " + "; ".join(f"{line} ({n} rows)" for line, n in lines.items()) + "."
+        for role, lines in counts.items()
+        if lines
+    ]
+    return [*out, ""] if out else []
+
+
 def validation_markdown(result: ValidationResult) -> str:
     """The controls table (README and ``validate.md``)."""
     rates = error_rates(result)
@@ -205,6 +224,7 @@ def validation_markdown(result: ValidationResult) -> str:
         f"{'every control got its expected verdict' if result.ok else 'SOME CONTROLS GOT THE WRONG VERDICT'}",
         "",
         *(["Expected verdicts per backbone (closest margin):", "", *rates, ""] if rates else []),
+        *_machines(result),
         "| control | backbone | expected | verdict | AUC (reference → candidate) | true positives "
         "| deciding metrics | also |",
         "|---|---|---|---|---|---|---|---|",

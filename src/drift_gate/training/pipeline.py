@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from drift_gate._io import atomic_write_bytes, atomic_write_text, code_sha256, file_sha256
+from drift_gate._machine import machine as machine_record
 from drift_gate._memory import TRAIN, allocator_policy
 from drift_gate.data.datasets import DataSet, ImageDataset
 from drift_gate.distributed import Dist, barrier, main_first
@@ -171,6 +172,7 @@ class _Run:
             preprocess=p.preprocess,
             target_layer=p.target_layer_for(self.arch),
             output_stride=p.output_stride_for(self.arch),
+            machine=machine_record(self.device),
         )
 
 
@@ -484,6 +486,7 @@ def finetune_from(
         config_sha256=config_sha,
         epoch=epoch,
         versions=library_versions(),
+        machine=machine_record(device),
     )
     save_checkpoint(out, model, meta)
     resume.unlink(missing_ok=True)
