@@ -44,7 +44,6 @@ def test_the_record_says_which_aten_kernels_a_process_runs() -> None:
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "DEFAULT"
-    assert machine()["aten_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ is made; it is shown, never compared: two honest runs may differ in it.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -17,14 +18,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_machine", "machine", "machine_line", "machines_line"]
+__all__ = ["is_machine", "machine", "machine_line", "machines_line", "well_formed"]
 
 #: Longest text value kept (a CPU's model name is about 50 characters).
 _MAX_TEXT = 200
-#: The keys a record may hold, in the order :func:`machine_line` shows them.
+#: The keys a record may hold.
 _KEYS = ("cpu", "arch", "aten_capability", "onednn_max_cpu_isa", "threads", "gpu")
 
 
+@functools.cache
 def _cpu_model() -> str:
     """The CPU's model name (Linux's ``/proc/cpuinfo``, else what Python's platform says)."""
     try:
@@ -83,11 +85,19 @@ def machine_line(record: dict[str, Any] | None) -> str:
         parts.append(f"{record['threads']} thread{'s' if record['threads'] != 1 else ''}")
     if "gpu" in record:
         parts.append(f"GPU {record['gpu']}")
-    return ", ".join(str(p) for p in parts)
+    return ", ".join(parts)
 
 
 #: The machines behind one gate result (``CandidateResult.machines``), as reports name them.
 _ROLES = (("candidate", "trained"), ("reference_maps", "reference maps"), ("gate", "gate"))
+
+
+def well_formed(machines: object) -> dict[str, Any]:
+    """The well-formed records of a result's ``machines`` table read from a file (the
+    known roles only; anything else is dropped)."""
+    if not isinstance(machines, dict):
+        return {}
+    return {key: machines[key] for key, _ in _ROLES if is_machine(machines.get(key))}
 
 
 def machines_line(machines: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from drift_gate._io import atomic_write_bytes, read_bounded
-from drift_gate._machine import is_machine, machines_line
+from drift_gate._machine import machines_line, well_formed
 from drift_gate.errors import BundleMismatchError, DataError, StaleBaselineError
 from drift_gate.gating.signing import BASELINE_FILES, SIGNATURE_FILE, files_digest
 
@@ -222,15 +222,8 @@ def _info(doc: dict[str, Any], cand: dict[str, Any], meta: dict[str, Any], diges
         },
         "gate_result_signed": isinstance(doc.get("signature"), dict),
         "versions": doc.get("versions", {}),
-        "machines": _machines(cand.get("machines")),
+        "machines": well_formed(cand.get("machines")),
     }
-
-
-def _machines(value: object) -> dict[str, Any]:
-    """The gate result's machine records that are well formed (it is read from a file)."""
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if k in ("candidate", "reference_maps", "gate") and is_machine(v)}
 
 
 def _tar(files: dict[str, bytes]) -> bytes:

@@ -4,6 +4,7 @@ decided each verdict, and the Markdown table.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -201,13 +202,12 @@ def error_rates(result: ValidationResult) -> list[str]:
 def _machines(result: ValidationResult) -> list[str]:
     """Where the candidates were trained (as their checkpoints record it), with how many
     rows each machine trained, and where they were gated."""
-    counts: dict[str, dict[str, int]] = {"trained": {}, "gated": {}}
-    for r in result.rows:
-        for role, key in (("trained", "candidate"), ("gated", "gate")):
-            record = r.detail.get("machines", {}).get(key)
-            if record:
-                line = machine_line(record)
-                counts[role][line] = counts[role].get(line, 0) + 1
+    counts = {
+        role: Counter(
+            machine_line(m[key]) for r in result.rows if (m := r.detail.get("machines", {})).get(key)
+        )
+        for role, key in (("trained", "candidate"), ("gated", "gate"))
+    }
     out = [
         f"Candidates {role} on: " + "; ".join(f"{line} ({n} rows)" for line, n in lines.items()) + "."
         for role, lines in counts.items()
