@@ -32,8 +32,9 @@ def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()[:_MAX_TEXT]
+            name = "".join(c for c in value.strip() if c.isprintable())
+            if key.strip() == "model name" and name:
+                return name[:_MAX_TEXT]
     except OSError:
         pass
     return (platform.processor() or "unknown")[:_MAX_TEXT]
@@ -59,14 +60,16 @@ def machine(device: torch.device | str | None = None) -> dict[str, str | int]:
 
 def is_machine(value: Any) -> bool:
     """Whether ``value`` (read from a file) is a record :func:`machine` could have made: a
-    table of the known keys, each a short string (``threads`` a positive integer)."""
+    table of the known keys, each a short printable string (``threads`` a positive integer):
+    a record is written into reports, comments and Markdown, where a line break could forge
+    a line."""
     if not isinstance(value, dict) or not value or not set(value) <= set(_KEYS):
         return False
     for key, v in value.items():
         if key == "threads":
             if type(v) is not int or not 0 < v <= 4096:
                 return False
-        elif not isinstance(v, str) or not 0 < len(v) <= _MAX_TEXT:
+        elif not isinstance(v, str) or not 0 < len(v) <= _MAX_TEXT or not v.isprintable():
             return False
     return True
 

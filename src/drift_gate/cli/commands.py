@@ -219,10 +219,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         k=args.k,
         per_class=args.per_class,
         out=args.out,
+        add_runs=tuple(args.add_runs),
         **_run(args),
     )
     print(calibration_markdown(cal))
-    _log(f"wrote {args.out}/thresholds.proposed.toml, calibration.md, calibration.json")
+    _log(f"wrote {args.out}/thresholds.proposed.toml, calibration.md, calibration.json, runs.json")
     return 0
 
 

@@ -355,7 +355,17 @@ def _add_calibrate(sub: _Sub) -> None:
         "own reference (tl:N, pretrain:N: N pairs, with the next N seeds); and emulated machines "
         "(aten:default, cpu:avx2, cpu:sse41, threads:N, gpu, "
         "joined by +), each one fine-tune of the TL in a process of its own, as many at once as the "
-        "cores allow",
+        "cores allow; pretrain:A-B: draws A to B (new draws for a calibration that pools earlier runs)",
+    )
+    p.add_argument(
+        "--add-runs",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RUNS_JSON",
+        help="pool the runs of an earlier calibration (its runs.json: another session's or machine's) "
+        "with this one's; refused unless made by the same code, rules, training settings and audit set "
+        "(repeatable)",
     )
     p.add_argument(
         "--k",

@@ -119,6 +119,7 @@ def calibrate(
     batch_size: int = 16,
     progress: bool = False,
     log: Log = quiet,
+    add_runs: Sequence[PathLike] = (),
 ) -> Calibration:
     """Each metric's noise over ``runs`` seed-to-seed fine-tunes (and the bootstrap), and
     the bounds it implies: writes ``thresholds.proposed.toml`` and ``calibration.{md,json}``.
@@ -128,7 +129,9 @@ def calibrate(
     each a fine-tune of the TL in a process of its own, side by side as the cores allow.
     Bounds are tolerance bounds for the number of runs (``k=None``), or ``k`` noise widths
     from the centre. ``profile`` may name several profiles (``"demo,ci"``): their
-    backbones' bounds go into one proposal."""
+    backbones' bounds go into one proposal. The runs are also written as numbers to
+    ``runs.json``; ``add_runs`` pools earlier ``runs.json`` files (another session's or
+    machine's) with this call's, where the code, rules, training settings and audit set match."""
     from drift_gate.data.datasets import load_dataset
     from drift_gate.models.inference import resolve_device
     from drift_gate.studies.calibrate import merged, run_calibration
@@ -156,6 +159,7 @@ def calibrate(
                 log=log,
                 vary=tuple(vary),
                 write=False,
+                add_runs=tuple(Path(f) for f in add_runs),
             )
         )
     cal = cals[0] if len(cals) == 1 else merged(cals)

@@ -48,13 +48,14 @@ runs it measures (seeds, emulated machines, a retrained TL and pretraining) are 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from drift_gate._machine import machine_line
 from drift_gate.data.datasets import DataSet
 from drift_gate.errors import ConfigError, DataError
 from drift_gate.evidence.registry import METRICS, Direction
@@ -63,6 +64,7 @@ from drift_gate.gating.baseline import create_baseline
 from drift_gate.gating.gate import CandidateResult, run_gate
 from drift_gate.gating.kinds import for_direction
 from drift_gate.gating.rules import _statistic
+from drift_gate.gating.stored import read_baseline
 from drift_gate.gating.thresholds import Thresholds
 from drift_gate.studies.calibrate_report import (
     CALIBRATED,
@@ -79,7 +81,8 @@ from drift_gate.studies.calibrate_runs import (
     retrained_runs,
     seed_runs,
 )
-from drift_gate.studies.machines import parse_machine
+from drift_gate.studies.calibrate_store import StoredRun, pool_runs, read_runs, runs_key, stored_run
+from drift_gate.studies.machines import Machine, parse_machine
 from drift_gate.training.profiles import Profile
 
 __all__ = [
@@ -167,10 +170,18 @@ def draw_runs(sources: list[str]) -> list[int]:
     return draws if len(draws) > 1 and first else []
 
 
-def _draw_spread(values: list[float], sources: list[str]) -> tuple[float, int] | None:
-    """``(sd, draws)`` of ``values`` over :func:`draw_runs`, or ``None`` with one draw."""
-    draws = draw_runs(sources)
-    return (float(np.std([values[i] for i in draws], ddof=1)), len(draws)) if draws else None
+def _draw_spread(values: list[float], draws: list[int]) -> tuple[float, int] | None:
+    """``(sd, draws)`` of ``values`` over the runs ``draws`` (one per pretraining draw,
+    :func:`draw_runs`), or ``None`` with fewer than two."""
+    if len(draws) < 2:
+        return None
+    return float(np.std([values[i] for i in draws], ddof=1)), len(draws)
+
+
+def _draws(runs: list[StoredRun]) -> list[int]:
+    """The runs that stand for a pretraining draw each: each calibration's own (the profile's
+    fine-tune and its ``pretrain`` runs, :func:`draw_runs`), pooled ones included."""
+    return [i for i, r in enumerate(runs) if r.draw]
 
 
 def _margin(
@@ -200,23 +211,23 @@ def _margin(
 def _noise_rows(
     arch: str,
     method: str,
-    results: list[tuple[int, CandidateResult]],
+    results: list[StoredRun],
     *,
     statistic: str,
     k: float | None,
     metrics: tuple[str, ...],
-    sources: list[str],
     group: str = "overall",
     fewest: int = 1,
 ) -> list[NoiseRow]:
     """One row per metric that every run has ``fewest`` or more samples of ``group`` for."""
     rows = []
+    sources = [r.source for r in results]
     for metric in metrics:
         spec = METRICS[metric]
         summaries = [
-            Summary(**c.summaries[method][metric][group])
-            for _, c in results
-            if group in c.summaries[method].get(metric, {})
+            Summary(**r.summaries[method][metric][group])
+            for r in results
+            if group in r.summaries.get(method, {}).get(metric, {})
         ]
         if len(summaries) != len(results) or any(s.n < max(fewest, 1) for s in summaries):
             continue
@@ -227,7 +238,7 @@ def _noise_rows(
         vals = [float(v) for v in values if v is not None]
         seed_sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
         boot = float(np.mean([_bootstrap_sd(s) for s in summaries]))
-        draw = _draw_spread(vals, sources)
+        draw = _draw_spread(vals, _draws(results))
         noise, width = _margin(seed_sd, len(vals), boot, min(s.n for s in summaries), k, draw)
         centre = float(np.mean(vals))
         kind, bound = propose_bound(spec.direction, centre, noise, width, spec.range)
@@ -237,7 +248,7 @@ def _noise_rows(
                 method,
                 metric,
                 vals,
-                [s for s, _ in results],
+                [r.seed for r in results],
                 centre,
                 seed_sd,
                 boot,
@@ -249,6 +260,7 @@ def _noise_rows(
                 width,
                 _moved_most(vals, sources, noise),
                 None if draw is None else draw[0],
+                0 if draw is None else draw[1],
             )
         )
     return rows
@@ -270,32 +282,40 @@ def run_calibration(
     vary: tuple[str, ...] = (),
     cache_dir: Path | None = None,
     write: bool = True,
+    add_runs: tuple[Path, ...] = (),
 ) -> Calibration:
     """Measures the noise of every metric and proposes bounds (see the module); with
-    ``write``, writes the proposal and the report into ``out``.
+    ``write``, writes the proposal, the report and ``runs.json`` into ``out``.
 
     Args:
         seeds: fine-tuning seeds; one seed (the profile's) means bootstrap only.
         vary: further noise sources: :data:`VARY` (one retrained run each; ``tl:N`` and
-            ``pretrain:N`` retrain ``N``, with the next ``N`` seeds), and emulated
-            machines (:func:`~drift_gate.studies.machines.parse_machine`, e.g.
-            ``aten:default``, ``threads:1``): one fine-tune of the TL each, in a process of
-            its own, as many at once as the cores allow.
+            ``pretrain:N`` retrain ``N``, with the next ``N`` seeds; ``pretrain:A-B`` draws
+            ``A`` to ``B``), and emulated machines
+            (:func:`~drift_gate.studies.machines.parse_machine`, e.g. ``aten:default``,
+            ``threads:1``): one fine-tune of the TL each, in a process of its own, as many at
+            once as the cores allow.
         cache_dir: synthetic-pretraining cache of the retrained runs (default: the user's).
         k: noise widths between the centre and the bound (default: the tolerance factor
             for the number of runs, :func:`tolerance_factor`).
         per_class: audit images per class (as for ``drift-gate baseline``).
+        add_runs: ``runs.json`` files of earlier calibrations (:mod:`~drift_gate.studies.
+            calibrate_store`), pooled with this call's runs; checked before any training.
     """
     device = torch.device(device)
     machines = [parse_machine(v) for v in vary if not is_retrained(v)]
     vary = tuple(v for v in vary if is_retrained(v))
-    source = "seeds" if len(seeds) + len(retrained_draws(vary)) + len(machines) > 1 else "bootstrap"
+    retrained_draws(vary)  # a malformed draw count is refused before any training
+    stored = [(Path(f), *read_runs(Path(f))) for f in add_runs]
+    pool_runs(runs_key(thresholds, per_class, {}), [], stored)  # the code and rules must match
+    source = "seeds" if len(seeds) + len(retrained_draws(vary)) + len(machines) > 1 or stored else "bootstrap"
     if source == "bootstrap" and k is None:
         k = 3.0  # one run has no spread to scale: the bootstrap alone, 3 widths
     plain = _plain_rules(thresholds)
     cal = Calibration(
         profile.name, source, k, thresholds.statistic, thresholds.methods, {}, {}, COVERAGE, CONFIDENCE
     )
+    backbones: dict[str, dict[str, str]] = {}
     for arch in profile.backbones:
         tl = Path(profile.out) / arch / "tl.pt"
         create_baseline(
@@ -308,56 +328,120 @@ def run_calibration(
             batch_size=batch_size,
             paired=thresholds,
         )
-        runs = seed_runs(
-            profile, arch, data, seeds, out=out / "runs", device=device, progress=progress, log=log
-        )
-        pool = [("seed", seed, path, out / "baselines") for seed, path in runs]
-        pool += [
-            (m.name, profile.seed, path, out / "baselines")
-            for m, path in zip(
-                machines, machine_runs(profile, arch, data, machines, out / "runs", log), strict=True
-            )
-        ]
-        pool += retrained_runs(
+        backbones[arch] = {
+            "training": profile.training_key(arch, "ft", data.manifest_sha256),
+            "audit": read_baseline(out / "baselines" / arch).audit.sha256,
+        }
+        key = runs_key(thresholds, per_class, {arch: backbones[arch]})
+        pool_runs(key, [], stored)  # before an hour of training, not after
+        pool = _pool(
             profile,
             arch,
             data,
+            seeds=seeds,
+            machines=machines,
             vary=vary,
-            out=out / "runs" / arch,
             thresholds=thresholds,
+            out=out,
             per_class=per_class,
             device=device,
             batch_size=batch_size,
             progress=progress,
             log=log,
+            cache_dir=cache_dir,
         )
-        results = _gate_pool(arch, pool, plain, data, device, batch_size, log)
-        _record(cal, arch, pool, results, thresholds, k)
+        own = _stored(pool, _gate_pool(arch, pool, plain, data, device, batch_size, log))
+        runs, pooled = pool_runs(key, own, stored)
+        cal.stored += own
+        cal.pooled += [{"arch": arch, **p} for p in pooled]
+        _record(cal, arch, runs, thresholds, k)
+    cal.key = runs_key(thresholds, per_class, backbones)
     if write:
         write_calibration(cal, thresholds, out)
     return cal
 
 
-def drop_row(arch: str, drops: list[float], sources: list[str], k: float | None) -> AucDropRow:
+def _pool(
+    profile: Profile,
+    arch: str,
+    data: DataSet,
+    *,
+    seeds: list[int],
+    machines: list[Machine],
+    vary: tuple[str, ...],
+    thresholds: Thresholds,
+    out: Path,
+    per_class: int,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+    log: Log,
+    cache_dir: Path | None,
+) -> list[tuple[str, int, Path, Path]]:
+    """``arch``'s honest runs, trained where not up to date: ``(source, seed, FT checkpoint,
+    its reference's baselines)``, the fine-tuning seeds first (the profile's own first)."""
+    runs = seed_runs(profile, arch, data, seeds, out=out / "runs", device=device, progress=progress, log=log)
+    pool = [("seed", seed, path, out / "baselines") for seed, path in runs]
+    pool += [
+        (m.name, profile.seed, path, out / "baselines")
+        for m, path in zip(
+            machines, machine_runs(profile, arch, data, machines, out / "runs", log), strict=True
+        )
+    ]
+    return pool + retrained_runs(
+        profile,
+        arch,
+        data,
+        vary=vary,
+        out=out / "runs" / arch,
+        thresholds=thresholds,
+        per_class=per_class,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+        log=log,
+        cache_dir=cache_dir,
+    )
+
+
+def _stored(pool: list[tuple[str, int, Path, Path]], results: list[CandidateResult]) -> list[StoredRun]:
+    """This call's gated runs as :class:`StoredRun` rows, each pretraining draw marked."""
+    draws = set(draw_runs([w for w, *_ in pool]) or [0])
+    return [
+        stored_run(w, s, i in draws and w in ("seed", "pretrain"), p, c)
+        for i, ((w, s, p, _), c) in enumerate(zip(pool, results, strict=True))
+    ]
+
+
+def drop_row(
+    arch: str, drops: list[float], sources: list[str], k: float | None, draws: list[int] | None = None
+) -> AucDropRow:
     """A bound on one number per run that should not grow (an AUC drop, the counterfactual's
     band drop): ``centre + k x sd`` over the runs (``k``: the tolerance factor for their
     number unless given), or over the pretraining draws where that is wider, rounded up to
     0.01 and kept within [0, 1]. One number per run, so unlike the map metrics there is no
-    per-sample bootstrap to weigh against."""
+    per-sample bootstrap to weigh against. ``draws``: the runs that are pretraining draws
+    (default: :func:`draw_runs` of ``sources``)."""
     centre, sd = float(np.mean(drops)), float(np.std(drops, ddof=1))
-    draw = _draw_spread(drops, sources)
+    draw = _draw_spread(drops, draw_runs(sources) if draws is None else draws)
     noise, width = _margin(sd, len(drops), 0.0, 2, k, draw)
     _, bound = propose_bound(Direction.LOWER, centre, noise, width, (0.0, 1.0))
     draw_sd = None if draw is None else draw[0]
-    return AucDropRow(arch, drops, sources, centre, sd, width, bound, draw_sd, noise)
+    return AucDropRow(
+        arch, drops, sources, centre, sd, width, bound, draw_sd, noise, 0 if draw is None else draw[1]
+    )
 
 
 def auc_drop_row(
-    arch: str, results: list[CandidateResult], sources: list[str], k: float | None
+    arch: str,
+    results: Sequence[StoredRun | CandidateResult],
+    sources: list[str],
+    k: float | None,
+    draws: list[int] | None = None,
 ) -> AucDropRow:
     """The runs' audit macro AUC drops below their own references' (a distance between two
     AUCs) and the ``[auc] max_drop`` they imply (:func:`drop_row`)."""
-    return drop_row(arch, [c.reference_auc - c.auc for c in results], sources, k)
+    return drop_row(arch, [c.reference_auc - c.auc for c in results], sources, k, draws)
 
 
 def _plain_rules(thresholds: Thresholds) -> Thresholds:
@@ -388,56 +472,50 @@ def _map_free(thresholds: Thresholds) -> bool:
 
 
 def margin_drop_row(
-    arch: str,
-    results: list[CandidateResult],
-    sources: list[str],
-    k: float | None,
-    metric: str = "counterfactual_drop",
+    arch: str, results: list[StoredRun], k: float | None, metric: str = "counterfactual_drop"
 ) -> AucDropRow | None:
     """The runs' mean score drops with the whole border band swapped (``[counterfactual]
     region = "band"``; ``metric="corner_drop"``: with its costliest corner swapped, for
     ``max_corner_drop``) and the bound they imply (:func:`drop_row`); ``None`` where a
     run's rule was not checked."""
-    drops = [next((r.observed for r in c.rules if r.metric == metric), None) for c in results]
+    drops = [r.drops.get(metric) for r in results]
     if any(d is None for d in drops):
         return None
-    return drop_row(arch, [float(d) for d in drops if d is not None], sources, k)
+    sources = [r.source for r in results]
+    return drop_row(arch, [float(d) for d in drops if d is not None], sources, k, _draws(results))
 
 
 def _record(
-    cal: Calibration,
-    arch: str,
-    pool: list[tuple[str, int, Path, Path]],
-    results: list[tuple[int, CandidateResult]],
-    thresholds: Thresholds,
-    k: float | None,
+    cal: Calibration, arch: str, runs: list[StoredRun], thresholds: Thresholds, k: float | None
 ) -> None:
-    """``arch``'s runs (source, seed, checkpoint, AUCs), noise rows and AUC drop into ``cal``."""
-    cal.n_audit[arch] = results[0][1].n_audit
+    """``arch``'s runs (source, seed, checkpoint, AUCs, machine, the file a pooled one came
+    from), noise rows and AUC drop into ``cal``."""
+    cal.n_audit[arch] = runs[0].n_audit
     cal.runs[arch] = [
         {
-            "source": w,
-            "seed": s,
-            "checkpoint": str(p),
-            "auc": c.auc,
-            "reference_auc": c.reference_auc,
-            "n_selected": c.n_selected,
+            "source": r.source,
+            "seed": r.seed,
+            "checkpoint": r.checkpoint,
+            "auc": r.auc,
+            "reference_auc": r.reference_auc,
+            "n_selected": r.n_selected,
+            "draw": r.draw,
+            "machine": machine_line(r.machine),
+            "file": r.origin,
         }
-        for (w, s, p, _), (_, c) in zip(pool, results, strict=True)
+        for r in runs
     ]
-    sources = [w for w, *_ in pool]
-    _add_rows(cal, arch, results, thresholds, k, sources)
-    if len(results) > 1:
-        cal.auc_rows.append(auc_drop_row(arch, [c for _, c in results], sources, k))
-        runs = [c for _, c in results]
+    _add_rows(cal, arch, runs, thresholds, k)
+    if len(runs) > 1:
+        cal.auc_rows.append(auc_drop_row(arch, runs, [r.source for r in runs], k, _draws(runs)))
         if thresholds.counterfactual_border is not None and thresholds.counterfactual_region != "map":
-            margin = margin_drop_row(arch, runs, sources, k)
+            margin = margin_drop_row(arch, runs, k)
             cal.margin_rows += [margin] if margin is not None else []
         if (
             thresholds.counterfactual_border is not None
             and thresholds.counterfactual_max_corner_drop is not None
         ):
-            corner = margin_drop_row(arch, runs, sources, k, "corner_drop")
+            corner = margin_drop_row(arch, runs, k, "corner_drop")
             cal.corner_rows += [corner] if corner is not None else []
 
 
@@ -449,7 +527,7 @@ def _gate_pool(
     device: torch.device,
     batch_size: int,
     log: Log,
-) -> list[tuple[int, CandidateResult]]:
+) -> list[CandidateResult]:
     """Each run of ``pool`` (source, seed, checkpoint, baselines) gated against its own
     TL reference's maps under ``plain`` rules (no bounds, ``min_samples`` 1)."""
     results = []
@@ -463,18 +541,13 @@ def _gate_pool(
             batch_size=batch_size,
             use_onnx=False,
         )
-        results.append((seed, c))
+        results.append(c)
         log(f"[{arch}] {what} {seed}: AUC {c.auc:.4f}, {c.n_selected}/{c.n_audit} true positives")
     return results
 
 
 def _add_rows(
-    cal: Calibration,
-    arch: str,
-    results: list[tuple[int, CandidateResult]],
-    thresholds: Thresholds,
-    k: float | None,
-    sources: list[str],
+    cal: Calibration, arch: str, results: list[StoredRun], thresholds: Thresholds, k: float | None
 ) -> None:
     """``arch``'s noise rows for every method into ``cal``: over the runs' overall
     summaries, and over their newly-correct groups."""
@@ -486,12 +559,11 @@ def _add_rows(
             statistic=thresholds.statistic,
             k=k,
             metrics=tuple(METRICS),
-            sources=sources,
         )
         if not every:
             raise DataError(
                 f"{arch}/{method}: a calibration run has no usable audit sample "
-                f"({', '.join(str(c.n_selected) for _, c in results)} selected); use more audit "
+                f"({', '.join(str(r.n_selected) for r in results)} selected); use more audit "
                 'images (--per-class) or [gate] samples = "all"'
             )
         cal.all_rows += every
@@ -503,7 +575,6 @@ def _add_rows(
             statistic=thresholds.statistic,
             k=k,
             metrics=CALIBRATED,
-            sources=sources,
             group="newly_correct",
             fewest=thresholds.newly_correct_min_samples,
         )
@@ -527,6 +598,11 @@ def merged(cals: list[Calibration]) -> Calibration:
     for c in cals:
         out.n_audit.update(c.n_audit)
         out.runs.update(c.runs)
+        out.stored += c.stored
+        out.pooled += c.pooled
+        if c.key:
+            backbones = {**out.key.get("backbones", {}), **c.key["backbones"]}
+            out.key = {**c.key, "backbones": backbones}
         out.rows += c.rows
         out.all_rows += c.all_rows
         out.newly_rows += c.newly_rows

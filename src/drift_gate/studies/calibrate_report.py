@@ -9,6 +9,8 @@ one record written three ways; they share the row types and their formatting hel
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -32,6 +34,8 @@ __all__ = [
     "write_calibration",
 ]
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
 #: Metrics that calibration proposes bounds for: the four of the study.
 CALIBRATED = CORE_METRICS
 #: Metrics whose calibrated bound is written commented out, to switch on by hand:
@@ -53,11 +57,12 @@ def _runs(values: list[float], sources: list[str], fmt: str) -> str:
     )
 
 
-def _draw(sd: float | None, sources: list[str]) -> str:
-    """``, draw sd X (N draws)`` where the runs hold several pretraining draws, else ``""``."""
+def _draw(sd: float | None, sources: list[str], draws: int = 0) -> str:
+    """``, draw sd X (N draws)`` where the runs hold several pretraining draws, else ``""``
+    (``draws``: their number; by default the profile's fine-tune and each ``pretrain`` run)."""
     if sd is None:
         return ""
-    return f", draw sd {sd:.3f} ({1 + sources.count('pretrain')} draws)"
+    return f", draw sd {sd:.3f} ({draws or 1 + sources.count('pretrain')} draws)"
 
 
 def _spread(sources: list[str]) -> str:
@@ -92,6 +97,8 @@ class NoiseRow:
     #: the sd between pretraining draws (one run each, :func:`~drift_gate.studies.calibrate.
     #: draw_runs`), where the runs hold two draws or more
     draw_sd: float | None = None
+    #: how many draws ``draw_sd`` is over (pooled calibrations' included)
+    draws: int = 0
 
     @property
     def spread(self) -> str:
@@ -107,7 +114,8 @@ class NoiseRow:
         sign = "-" if kind.lower else "+"
         centre = f"|{self.centre:.3f}|" if kind.magnitude else f"{self.centre:.3f}"
         return (
-            f"runs {runs}; {self.spread} sd {seed}{_draw(self.draw_sd, self.sources)}, bootstrap sd "
+            f"runs {runs}; {self.spread} sd {seed}{_draw(self.draw_sd, self.sources, self.draws)}, "
+            "bootstrap sd "
             f"{self.bootstrap_sd:.3f}: {centre} {sign} {k:.2f} x {self.noise:.3f}"
         )
 
@@ -130,13 +138,16 @@ class AucDropRow:
     draw_sd: float | None = None
     #: the sd the bound was scaled from (``sd`` or ``draw_sd``, whichever gives the wider margin)
     noise: float | None = None
+    #: how many draws ``draw_sd`` is over
+    draws: int = 0
 
     def comment(self) -> str:
         runs = _runs(self.drops, self.sources, "{:+.3f}")
         noise = self.sd if self.noise is None else self.noise
         return (
             f"{self.arch}: drops {runs}; {_spread(self.sources)} sd {self.sd:.3f}"
-            f"{_draw(self.draw_sd, self.sources)}: {self.centre:+.3f} + {self.k:.2f} x {noise:.3f}"
+            f"{_draw(self.draw_sd, self.sources, self.draws)}: "
+            f"{self.centre:+.3f} + {self.k:.2f} x {noise:.3f}"
         )
 
 
@@ -168,9 +179,15 @@ class Calibration:
     #: per backbone, the runs' mean score drops with the costliest corner swapped
     #: (``[counterfactual] max_corner_drop`` only)
     corner_rows: list[AucDropRow] = field(default_factory=list)
+    #: this call's runs as numbers (:class:`~drift_gate.studies.calibrate_store.StoredRun`),
+    #: written to ``runs.json`` under ``key`` (:func:`~drift_gate.studies.calibrate_store.runs_key`)
+    stored: list[Any] = field(default_factory=list)
+    key: dict[str, Any] = field(default_factory=dict)
+    #: per backbone and ``--add-runs`` file: ``arch``, ``file``, ``runs``, ``pooled``, ``duplicates``
+    pooled: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {k: v for k, v in asdict(self).items() if k not in ("stored", "key")}
         out["rows"] = [asdict(r) for r in self.rows]
         out["all_rows"] = [asdict(r) for r in self.all_rows]
         out["newly_rows"] = [asdict(r) for r in self.newly_rows]
@@ -245,6 +262,7 @@ def _provenance(cal: Calibration, thresholds: Thresholds) -> list[str]:
     return [
         f"# Proposed by `drift-gate calibrate --profile {cal.profile}` (drift-gate {__version__}, "
         f"{date.today().isoformat()}).",
+        *_where(cal),
         f"# Noise sources: {how}, each gated against its own TL reference's maps on the audit set",
         f"# ({'/'.join(map(str, n_audit))} test images; samples {thresholds.samples!r}; "
         f"statistic {cal.statistic!r}).",
@@ -252,9 +270,10 @@ def _provenance(cal: Calibration, thresholds: Thresholds) -> list[str]:
         f"noise = the {'run-to-run' if extra else 'seed-to-seed'} sd or the",
         "# bootstrap sd of the statistic over audit samples"
         + (
-            ", or the draw sd (between pretraining draws, one run each:\n# the profile's fine-tune "
-            "and each re-run pretraining; the factor for their number),"
-            if "pretrain" in extra
+            ", or the draw sd (between pretraining draws, one run each:\n# "
+            + ("each pooled calibration's fine-tune" if cal.pooled else "the profile's fine-tune")
+            + " and each re-run pretraining; the factor for their number),"
+            if any(r.draw_sd is not None for r in cal.rows)
             else ","
         )
         + " whichever gives the wider margin;",
@@ -270,6 +289,24 @@ def _provenance(cal: Calibration, thresholds: Thresholds) -> list[str]:
             else ["# An update that moves the evidence like an ordinary run passes; k widths further fails."]
         ),
     ]
+
+
+def _where(cal: Calibration) -> list[str]:
+    """The machines the runs were trained on, and the ``--add-runs`` files pooled, as comments."""
+    counts = Counter(r.get("machine", "unknown") for runs in cal.runs.values() for r in runs)
+    lines = [f"# Runs trained on: {'; '.join(f'{m} ({n} runs)' for m, n in counts.most_common())}."]
+    files: dict[str, list[int]] = {}
+    for p in cal.pooled:
+        files.setdefault(p["file"], [0, 0])
+        files[p["file"]][0] += p["pooled"]
+        files[p["file"]][1] += p["duplicates"]
+    lines += [
+        f"# Pooled from {name}: {new} runs"
+        + (f" ({dup} already in the pool, counted once)" if dup else "")
+        + "."
+        for name, (new, dup) in files.items()
+    ]
+    return [_CONTROL.sub("?", line) for line in lines]  # a path or record cannot end the comment
 
 
 def _kept_tables(thresholds: Thresholds, cal: Calibration) -> list[str]:
@@ -452,6 +489,7 @@ def calibration_markdown(cal: Calibration) -> str:
             f"{r.get('source', 'seed')} {r['seed']}: {r['auc']:.4f} ({r['n_selected']} TP)" for r in runs
         )
         out.append(f"\n{arch} AUC on the audit set: {aucs}")
+    out += ["", *(line.removeprefix("# ") for line in _where(cal))]
     for drop in cal.auc_rows:
         out.append(f"\nAUC drop below the reference, {drop.comment()} -> max_drop {_fmt(drop.bound)}")
     swapped = [("the border band", "max_score_drop", r) for r in cal.margin_rows]
@@ -464,7 +502,12 @@ def calibration_markdown(cal: Calibration) -> str:
 
 
 def write_calibration(cal: Calibration, thresholds: Thresholds, out: Path) -> None:
-    """``thresholds.proposed.toml``, ``calibration.json`` and ``calibration.md`` in ``out``."""
+    """``thresholds.proposed.toml``, ``calibration.json``, ``calibration.md`` and, where the
+    calibration measured runs of its own, ``runs.json`` (for ``calibrate --add-runs``) in ``out``."""
+    from drift_gate.studies.calibrate_store import write_runs
+
     atomic_write_text(out / "thresholds.proposed.toml", thresholds_text(cal, thresholds))
     atomic_write_text(out / "calibration.json", json.dumps(cal.to_dict(), indent=2) + "\n")
     atomic_write_text(out / "calibration.md", calibration_markdown(cal))
+    if cal.stored and cal.key:
+        write_runs(out / "runs.json", cal.key, cal.stored)

@@ -93,23 +93,32 @@ def machine_runs(
 
 def retrained_draws(vary: tuple[str, ...]) -> list[tuple[str, int]]:
     """``(source, draw)`` per retrained run that ``vary`` asks for: ``tl`` and ``pretrain``
-    are one draw each, ``tl:N`` and ``pretrain:N`` are draws 1..N (``N`` up to :data:`MAX_DRAWS`).
-    Other entries (emulated machines) are not this function's; a source named twice counts once.
+    are one draw each, ``tl:N`` and ``pretrain:N`` are draws 1..N, ``pretrain:A-B`` draws A..B
+    (at most :data:`MAX_DRAWS` per entry; draw ``k`` trains with the source's seed + ``k``, so
+    a later calibration that pools this one's runs asks for draws it has not made yet).
+    Other entries (emulated machines) are not this function's; a draw named twice counts once.
 
     Raises:
-        ConfigError: ``tl:0``, ``pretrain:x`` and the like.
+        ConfigError: ``tl:0``, ``pretrain:x``, ``pretrain:4-2`` and the like.
     """
-    draws: dict[str, int] = {}
+    draws: dict[str, set[int]] = {}
     for entry in vary:
         name, sep, count = entry.partition(":")
         if name not in VARY:
             continue
-        if sep and not (count.isdigit() and 1 <= int(count) <= MAX_DRAWS):
+        first, dash, last = count.partition("-")
+        if not dash:
+            first, last = "1", count
+        ok = not sep or (
+            first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last) < int(first) + MAX_DRAWS
+        )
+        if not ok:
             raise ConfigError(
-                f"--vary {entry}: the number of {name} draws must be a whole number from 1 to {MAX_DRAWS}"
+                f"--vary {entry}: the number of {name} draws must be a whole number from 1 to {MAX_DRAWS}, "
+                f"or a range A-B of at most {MAX_DRAWS} draws from 1 on"
             )
-        draws[name] = max(draws.get(name, 0), int(count) if sep else 1)
-    return [(name, k) for name in VARY if name in draws for k in range(1, draws[name] + 1)]
+        draws.setdefault(name, set()).update(range(int(first), int(last) + 1) if sep else {1})
+    return [(name, k) for name in VARY if name in draws for k in sorted(draws[name])]
 
 
 def is_retrained(entry: str) -> bool:
