@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 from drift_gate._machine import is_machine
+from drift_gate.cli import main
 from drift_gate.cli.parser import build_parser
 from drift_gate.data.datasets import DataSet
 from drift_gate.errors import ConfigError
 from drift_gate.gating.thresholds import parse_thresholds
 from drift_gate.studies import calibrate_store
-from drift_gate.studies.calibrate import _record, run_calibration
+from drift_gate.studies.calibrate import _record, propose_from_runs, run_calibration
 from drift_gate.studies.calibrate_report import Calibration, thresholds_text
 from drift_gate.studies.calibrate_runs import retrained_draws
 from drift_gate.studies.calibrate_store import StoredRun, pool_runs, read_runs, runs_key
@@ -91,6 +92,34 @@ def test_pooled_runs_propose_what_one_calibration_of_the_same_runs_proposes(
         assert got[name] == pytest.approx(values), name
     assert pooled.margin_rows[0].bound == whole.margin_rows[0].bound
     assert pooled.auc_rows[0].centre == pytest.approx(whole.auc_rows[0].centre)
+    # the same from the two files alone: no checkpoint, data or training
+    files = (saved, tmp_path / "second.json")
+    shutil.copy(out / "runs.json", files[1])
+    shutil.copy(saved, out / "runs.json")  # ``whole`` rewrote it
+    alone = propose_from_runs("tiny", rules, files, k=3.0, per_class=2)
+    got = _bounds(alone)
+    assert [r["seed"] for r in alone.runs["tiny"]] == [0, 1, 2] and not alone.stored and not alone.notes
+    for name, values in want.items():
+        assert got[name] == pytest.approx(values), name
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(RULES)
+    argv = ["calibrate", "--stored-only", "--thresholds", str(rules_file), "--per-class", "2", "--k", "3"]
+    argv += ["--add-runs", str(files[0]), "--add-runs", str(files[1]), "--out", str(tmp_path / "alone")]
+    assert main(argv) == 0
+    proposed = parse_thresholds((tmp_path / "alone" / "thresholds.proposed.toml").read_text(), "p")
+    assert proposed.counterfactual_max_drop == whole.margin_rows[0].bound
+    assert not (tmp_path / "alone" / "runs.json").exists(), "nothing new was measured"
+    # runs that other code measured: refused, or with ``stale_ok`` re-done and said so
+    doc = json.loads(files[0].read_text())
+    doc["key"]["measuring_code"] = "0" * 64
+    files[0].write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="differing: measuring code"):
+        propose_from_runs("tiny", rules, files[:1], k=3.0, per_class=2)
+    old = propose_from_runs("tiny", rules, files[:1], k=3.0, per_class=2, stale_ok=True)
+    assert old.notes == [
+        "the runs were measured by other code or rules than this proposal's (measuring code)"
+    ]
+    assert "# Note: the runs were measured by other code" in thresholds_text(old, rules)
     assert f"# Pooled from {saved}: 1 runs (1 already in the pool, counted once)." in text
     assert "# Runs trained on: " in text
 

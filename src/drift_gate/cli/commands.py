@@ -220,10 +220,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         per_class=args.per_class,
         out=args.out,
         add_runs=tuple(args.add_runs),
+        stored_only=args.stored_only,
         **_run(args),
     )
     print(calibration_markdown(cal))
-    _log(f"wrote {args.out}/thresholds.proposed.toml, calibration.md, calibration.json, runs.json")
+    runs = "" if args.stored_only else ", runs.json"
+    _log(f"wrote {args.out}/thresholds.proposed.toml, calibration.md, calibration.json{runs}")
     return 0
 
 

@@ -368,6 +368,11 @@ def _add_calibrate(sub: _Sub) -> None:
         "(repeatable)",
     )
     p.add_argument(
+        "--stored-only",
+        action="store_true",
+        help="propose from the --add-runs files alone: no training or gating (no checkpoints or data needed)",
+    )
+    p.add_argument(
         "--k",
         type=_positive_float,
         default=None,

@@ -120,6 +120,7 @@ def calibrate(
     progress: bool = False,
     log: Log = quiet,
     add_runs: Sequence[PathLike] = (),
+    stored_only: bool = False,
 ) -> Calibration:
     """Each metric's noise over ``runs`` seed-to-seed fine-tunes (and the bootstrap), and
     the bounds it implies: writes ``thresholds.proposed.toml`` and ``calibration.{md,json}``.
@@ -131,13 +132,20 @@ def calibrate(
     from the centre. ``profile`` may name several profiles (``"demo,ci"``): their
     backbones' bounds go into one proposal. The runs are also written as numbers to
     ``runs.json``; ``add_runs`` pools earlier ``runs.json`` files (another session's or
-    machine's) with this call's, where the code, rules, training settings and audit set match."""
+    machine's) with this call's, where the code, rules, training settings and audit set match;
+    ``stored_only`` proposes from those files alone (no training, gating, checkpoints or data)."""
     from drift_gate.data.datasets import load_dataset
     from drift_gate.models.inference import resolve_device
-    from drift_gate.studies.calibrate import merged, run_calibration
+    from drift_gate.studies.calibrate import merged, propose_from_runs, run_calibration
     from drift_gate.studies.calibrate_report import write_calibration
 
     rules = rules_from(thresholds)
+    if stored_only:
+        label = profile if isinstance(profile, str) else profile.name
+        files = tuple(Path(f) for f in add_runs)
+        stored = propose_from_runs(label, rules, files, k=k, per_class=per_class)
+        write_calibration(stored, rules, Path(out))
+        return stored
     names = [p.strip() for p in profile.split(",")] if isinstance(profile, str) else [profile]
     cals = []
     for name in names:  # several profiles (their backbones differ): one proposal for all

@@ -81,7 +81,14 @@ from drift_gate.studies.calibrate_runs import (
     retrained_runs,
     seed_runs,
 )
-from drift_gate.studies.calibrate_store import StoredRun, pool_runs, read_runs, runs_key, stored_run
+from drift_gate.studies.calibrate_store import (
+    StoredRun,
+    differences,
+    pool_runs,
+    read_runs,
+    runs_key,
+    stored_run,
+)
 from drift_gate.studies.machines import Machine, parse_machine
 from drift_gate.training.profiles import Profile
 
@@ -91,6 +98,7 @@ __all__ = [
     "drop_row",
     "margin_drop_row",
     "propose_bound",
+    "propose_from_runs",
     "run_calibration",
     "tolerance_factor",
 ]
@@ -411,6 +419,54 @@ def _stored(pool: list[tuple[str, int, Path, Path]], results: list[CandidateResu
         stored_run(w, s, i in draws and w in ("seed", "pretrain"), p, c)
         for i, ((w, s, p, _), c) in enumerate(zip(pool, results, strict=True))
     ]
+
+
+def propose_from_runs(
+    name: str,
+    thresholds: Thresholds,
+    files: tuple[Path, ...],
+    *,
+    k: float | None = None,
+    per_class: int = 10,
+    stale_ok: bool = False,
+) -> Calibration:
+    """The proposal from stored runs alone (``runs.json`` files, :mod:`~drift_gate.studies.
+    calibrate_store`): no training, no gating. The files must agree with each other and, unless
+    ``stale_ok``, with this code and ``thresholds``' rules (``per_class`` audit images per
+    class): a proposal from runs that other code measured would be that code's. ``stale_ok``
+    re-does the arithmetic on them all the same (to check what a committed file was proposed
+    from); the proposal's header says which code measured them. Nothing new is measured, so
+    nothing is written to ``runs.json``.
+
+    Raises:
+        ConfigError: no file, or files (or this code and rules) that measured other things.
+    """
+    if not files:
+        raise ConfigError("proposing from stored runs needs at least one runs.json (--add-runs)")
+    stored = [(Path(f), *read_runs(Path(f))) for f in files]
+    first = stored[0][1]
+    current = runs_key(thresholds, per_class, {})
+    if not stale_ok:
+        pool_runs(current, [], stored)
+    backbones: dict[str, dict[str, str]] = {}
+    for _, key, _ in stored:
+        for arch, value in key["backbones"].items():
+            backbones.setdefault(arch, value)
+    cal = Calibration(
+        name, "seeds", k, thresholds.statistic, thresholds.methods, {}, {}, COVERAGE, CONFIDENCE
+    )
+    cal.key = {**first, "backbones": backbones}
+    stale = differences(current, cal.key)
+    if stale:
+        cal.notes.append(
+            f"the runs were measured by other code or rules than this proposal's ({'; '.join(stale)})"
+        )
+    for arch in backbones:
+        runs, pooled = pool_runs(cal.key, [], stored, arches={arch})
+        cal.pooled += [{"arch": arch, **p} for p in pooled]
+        if len(runs) > 0:
+            _record(cal, arch, runs, thresholds, k)
+    return cal
 
 
 def drop_row(

@@ -185,6 +185,8 @@ class Calibration:
     key: dict[str, Any] = field(default_factory=dict)
     #: per backbone and ``--add-runs`` file: ``arch``, ``file``, ``runs``, ``pooled``, ``duplicates``
     pooled: list[dict[str, Any]] = field(default_factory=list)
+    #: what a reader of the proposal must know about its runs (e.g. measured by other code)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("stored", "key")}
@@ -306,6 +308,7 @@ def _where(cal: Calibration) -> list[str]:
         + "."
         for name, (new, dup) in files.items()
     ]
+    lines += [f"# Note: {note}" for note in cal.notes]
     return [_CONTROL.sub("?", line) for line in lines]  # a path or record cannot end the comment
 
 

@@ -39,7 +39,16 @@ if TYPE_CHECKING:
     from drift_gate.gating.gate import CandidateResult
     from drift_gate.gating.thresholds import Thresholds
 
-__all__ = ["FORMAT", "StoredRun", "pool_runs", "read_runs", "runs_key", "stored_run", "write_runs"]
+__all__ = [
+    "FORMAT",
+    "StoredRun",
+    "differences",
+    "pool_runs",
+    "read_runs",
+    "runs_key",
+    "stored_run",
+    "write_runs",
+]
 
 #: the version of ``runs.json``'s layout
 FORMAT = 1
@@ -273,7 +282,7 @@ def _run(path: Path, i: int, r: Any, key: dict[str, Any]) -> StoredRun:
     return StoredRun(**{**r, "summaries": summaries, "origin": str(path)})
 
 
-def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Where two keys differ: the code, a rule's setting, a shared backbone's training or
     audit set (a backbone only one of them has is no conflict)."""
     out = [name.replace("_", " ") for name in ("training_code", "measuring_code") if a[name] != b[name]]
@@ -289,20 +298,24 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def pool_runs(
-    key: dict[str, Any], runs: list[StoredRun], files: list[tuple[Path, dict[str, Any], list[StoredRun]]]
+    key: dict[str, Any],
+    runs: list[StoredRun],
+    files: list[tuple[Path, dict[str, Any], list[StoredRun]]],
+    arches: set[str] | None = None,
 ) -> tuple[list[StoredRun], list[dict[str, Any]]]:
-    """``runs`` with the runs of ``files`` (``(path, key, runs)`` from :func:`read_runs`) whose
-    backbone ``runs`` has, and per file what was pooled (``file``, ``runs``, ``pooled``,
-    ``duplicates``). A run whose checkpoint is already in the pool is counted once.
+    """``runs`` with the runs of ``files`` (``(path, key, runs)`` from :func:`read_runs`) of the
+    backbones ``arches`` (default: those ``runs`` has), and per file what was pooled
+    (``file``, ``runs``, ``pooled``, ``duplicates``). A run whose checkpoint is already in the
+    pool is counted once.
 
     Raises:
         ConfigError: a file's key differs from ``key`` (the message says where).
     """
-    arches = {r.arch for r in runs}
+    arches = {r.arch for r in runs} if arches is None else arches
     seen = {r.candidate_sha256 for r in runs}
     pooled, report = list(runs), []
     for path, other, extra in files:
-        differ = _differences(key, other)
+        differ = differences(key, other)
         if differ:
             raise ConfigError(
                 f"{path}: its runs measured something else (differing: {'; '.join(differ)}); only runs "
