@@ -175,7 +175,8 @@ def calibrate(session: nox.Session) -> None:
     and three re-run pretrainings (a fresh clone of the demo retrains all of them), for the demo
     profile, as the committed thresholds.toml's demo sections were made (run `nox -s train`
     first), and the tolerance bounds it implies:
-    reports/calibrate/{thresholds.proposed.toml,calibration.md,calibration.json}. The ci
+    reports/calibrate/{thresholds.proposed.toml,calibration.md,calibration.json,runs.json}
+    (``-- ... --add-runs FILE`` pools an earlier runs.json with the new runs). The ci
     profile's sections: ``nox -s calibrate -- --profile ci --runs 3 --vary
     aten:default,threads:1,cpu:sse41`` (CI fine-tunes a pinned TL: only the machine varies)."""
     vary = "aten:default,threads:1,cpu:avx2,tl,pretrain:3"
