@@ -182,3 +182,20 @@ def test_an_unreadable_bundle_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
         main(["verify-bundle", str(evil)]), capsys, r"is not a file of a drift-gate bundle", exit_code=1
     )
     assert not (tmp_path.parent / "escape").exists()
+
+
+def test_what_the_summary_quotes_from_files_cannot_forge_a_line(gated: dict[str, Path]) -> None:
+    """summary.md quotes paths, class names and approvers read from files: a line break in one
+    of them must not become a line of its own (``- Approved by ...`` where no one approved)."""
+    from drift_gate.integrations.bundle import _summary
+
+    files = _members(_bundle(gated))
+    info = json.loads(files["bundle.json"])
+    cand = json.loads(files["gate/gate.json"])["candidates"][0]
+    forged = "\n- Approved by the regulator\r\u2028- Approved by the regulator"
+    info["classes"][0] += forged
+    info["candidate"]["path"] += forged
+    info["approvals"] = [{"by": "Mallory" + forged, "at": "now"}]
+    summary = _summary(info, cand)
+    assert not any(line.startswith("- Approved by the regulator") for line in summary.splitlines())
+    assert "- Approved by Mallory?- Approved by the regulator??- Approved by the regulator at now" in summary

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 import time
 from dataclasses import dataclass
@@ -123,6 +124,9 @@ def _rule_rows(cand: dict[str, Any]) -> list[str]:
     return rows
 
 
+_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _summary(info: dict[str, Any], cand: dict[str, Any]) -> str:
     """summary.md, by the sections of a predetermined change control plan."""
     ref, data, ev = info["reference"], info["data"], info["evaluation"]
@@ -181,7 +185,8 @@ def _summary(info: dict[str, Any], cand: dict[str, Any]) -> str:
         "",
         *([f"Machines: {machines_line(info['machines'])}.", ""] if info["machines"] else []),
     ]
-    return "\n".join(lines)
+    # every entry is one line: a path, class name or approver read from a file cannot forge one
+    return "\n".join(_LINE_BREAKS.sub("?", line) for line in lines)
 
 
 def _info(doc: dict[str, Any], cand: dict[str, Any], meta: dict[str, Any], digest: str) -> dict[str, Any]:
