@@ -135,11 +135,16 @@ def test_runs_that_measured_something_else_are_refused_before_any_training(
         ("training_code", "0" * 64, "training code"),
         ("rules", {**doc["key"]["rules"], "per_class": 3}, "the rules' per_class"),
         ("backbones", {"tiny": {**doc["key"]["backbones"]["tiny"], "audit": "a" * 64}}, "tiny's audit set"),
+        (
+            "backbones",
+            {"tiny": {**doc["key"]["backbones"]["tiny"], "training": "b" * 64}},
+            "tiny's training settings",
+        ),
     ]
     for name, value, said in other:
-        path = tmp_path / f"{name}.json"
+        path = tmp_path / f"{said}.json"
         path.write_text(json.dumps({**doc, "key": {**doc["key"], name: value}}))
-        fresh = tmp_path / f"out-{name}"
+        fresh = tmp_path / f"out-{said}"
         with pytest.raises(ConfigError, match=f"its runs measured something else \\(differing: {said}\\)"):
             run_calibration(tiny, phantom_data, rules, fresh, seeds=[0, 1], per_class=2, add_runs=(path,))
         assert not (fresh / "runs").exists(), "refused before a run was trained"

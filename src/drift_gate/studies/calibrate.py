@@ -315,7 +315,14 @@ def run_calibration(
     vary = tuple(v for v in vary if is_retrained(v))
     retrained_draws(vary)  # a malformed draw count is refused before any training
     stored = [(Path(f), *read_runs(Path(f))) for f in add_runs]
-    pool_runs(runs_key(thresholds, per_class, {}), [], stored)  # the code and rules must match
+    trainings = {arch: profile.training_key(arch, "ft", data.manifest_sha256) for arch in profile.backbones}
+    for path, other, runs in stored:  # the code, rules and training settings, before any training
+        shared = {
+            arch: {"training": trainings[arch], "audit": v["audit"]}
+            for arch, v in other["backbones"].items()
+            if arch in trainings
+        }
+        pool_runs(runs_key(thresholds, per_class, shared), [], [(path, other, runs)])
     source = "seeds" if len(seeds) + len(retrained_draws(vary)) + len(machines) > 1 or stored else "bootstrap"
     if source == "bootstrap" and k is None:
         k = 3.0  # one run has no spread to scale: the bootstrap alone, 3 widths
@@ -337,11 +344,11 @@ def run_calibration(
             paired=thresholds,
         )
         backbones[arch] = {
-            "training": profile.training_key(arch, "ft", data.manifest_sha256),
+            "training": trainings[arch],
             "audit": read_baseline(out / "baselines" / arch).audit.sha256,
         }
         key = runs_key(thresholds, per_class, {arch: backbones[arch]})
-        pool_runs(key, [], stored)  # before an hour of training, not after
+        pool_runs(key, [], stored)  # the audit set, before this backbone's training
         pool = _pool(
             profile,
             arch,
