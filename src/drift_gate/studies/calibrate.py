@@ -41,7 +41,8 @@ values, centre, both spreads and the arithmetic of every bound.
 
 Size: the tolerance factor, the noise rows and the AUC drop belong to one procedure; the
 runs it measures (seeds, emulated machines, a retrained TL and pretraining) are made by
-:mod:`drift_gate.studies.calibrate_runs`, its report and proposed file written by
+:mod:`drift_gate.studies.calibrate_runs`, kept as numbers and pooled across calls by
+:mod:`drift_gate.studies.calibrate_store`, its report and proposed file written by
 :mod:`drift_gate.studies.calibrate_report`.
 """
 
@@ -51,6 +52,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -316,13 +318,7 @@ def run_calibration(
     retrained_draws(vary)  # a malformed draw count is refused before any training
     stored = [(Path(f), *read_runs(Path(f))) for f in add_runs]
     trainings = {arch: profile.training_key(arch, "ft", data.manifest_sha256) for arch in profile.backbones}
-    for path, other, runs in stored:  # the code, rules and training settings, before any training
-        shared = {
-            arch: {"training": trainings[arch], "audit": v["audit"]}
-            for arch, v in other["backbones"].items()
-            if arch in trainings
-        }
-        pool_runs(runs_key(thresholds, per_class, shared), [], [(path, other, runs)])
+    _check_stored(stored, trainings, thresholds, per_class)
     source = "seeds" if len(seeds) + len(retrained_draws(vary)) + len(machines) > 1 or stored else "bootstrap"
     if source == "bootstrap" and k is None:
         k = 3.0  # one run has no spread to scale: the bootstrap alone, 3 widths
@@ -374,6 +370,24 @@ def run_calibration(
     if write:
         write_calibration(cal, thresholds, out)
     return cal
+
+
+def _check_stored(
+    stored: list[tuple[Path, dict[str, Any], list[StoredRun]]],
+    trainings: dict[str, str],
+    thresholds: Thresholds,
+    per_class: int,
+) -> None:
+    """Refuses, before any training, stored runs of other code, rules or training settings
+    (``trainings``: arch -> the profile's FT training key); their audit sets are checked per
+    backbone once its baseline is made."""
+    for path, other, runs in stored:
+        shared = {
+            arch: {"training": trainings[arch], "audit": v["audit"]}
+            for arch, v in other["backbones"].items()
+            if arch in trainings
+        }
+        pool_runs(runs_key(thresholds, per_class, shared), [], [(path, other, runs)])
 
 
 def _pool(

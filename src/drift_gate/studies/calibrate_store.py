@@ -149,12 +149,14 @@ def runs_key(thresholds: Thresholds, per_class: int, backbones: dict[str, dict[s
 
 def write_runs(path: Path, key: dict[str, Any], runs: list[StoredRun]) -> None:
     """``runs`` (this call's, not those it pooled) and their ``key`` to ``path``, atomically."""
-    doc = {
-        "format": FORMAT,
-        "key": key,
-        "runs": [{k: v for k, v in asdict(r).items() if k != "origin"} for r in runs],
-    }
-    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+    def compact(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    lines = [compact({k: v for k, v in asdict(r).items() if k != "origin"}) for r in runs]
+    # one run per line: a committed file's diff shows which runs came or went
+    head = f'{{"format":{FORMAT},"key":{compact(key)},"runs":[\n'
+    atomic_write_text(path, head + ",\n".join(lines) + "\n]}\n")
 
 
 def read_runs(path: Path) -> tuple[dict[str, Any], list[StoredRun]]:
