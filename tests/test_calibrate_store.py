@@ -200,6 +200,7 @@ def _doc(*runs: dict[str, Any], **over: Any) -> dict[str, Any]:
         ("{", "not a calibration runs file"),
         (_doc() | {"extra": 1}, "expected format, key and runs"),
         (_doc(format=2), "runs file format 2; this drift-gate reads 1"),
+        (_doc(format=True), "runs file format True; this drift-gate reads 1"),
         (_doc(runs=[]), "runs must be a list of 1 to"),
         (_doc(key={"training_code": "x"}), "key is malformed"),
         (_doc(_run(arch="other")), "run 1: its backbone is not in the file's key"),

@@ -172,7 +172,7 @@ def read_runs(path: Path) -> tuple[dict[str, Any], list[StoredRun]]:
         raise ConfigError(f"{path}: not a calibration runs file ({exc})") from None
     if not isinstance(doc, dict) or set(doc) != {"format", "key", "runs"}:
         raise ConfigError(f"{path}: not a calibration runs file (expected format, key and runs)")
-    if doc["format"] != FORMAT:
+    if type(doc["format"]) is not int or doc["format"] != FORMAT:  # ``true == 1`` in Python
         raise ConfigError(f"{path}: runs file format {doc['format']!r}; this drift-gate reads {FORMAT}")
     key, runs = doc["key"], doc["runs"]
     _check_key(path, key)
