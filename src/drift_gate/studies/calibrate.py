@@ -315,11 +315,11 @@ def run_calibration(
     device = torch.device(device)
     machines = [parse_machine(v) for v in vary if not is_retrained(v)]
     vary = tuple(v for v in vary if is_retrained(v))
-    retrained_draws(vary)  # a malformed draw count is refused before any training
+    draws = retrained_draws(vary)  # a malformed draw count is refused before any training
     stored = [(Path(f), *read_runs(Path(f))) for f in add_runs]
     trainings = {arch: profile.training_key(arch, "ft", data.manifest_sha256) for arch in profile.backbones}
     _check_stored(stored, trainings, thresholds, per_class)
-    source = "seeds" if len(seeds) + len(retrained_draws(vary)) + len(machines) > 1 or stored else "bootstrap"
+    source = "seeds" if len(seeds) + len(draws) + len(machines) > 1 or stored else "bootstrap"
     if source == "bootstrap" and k is None:
         k = 3.0  # one run has no spread to scale: the bootstrap alone, 3 widths
     plain = _plain_rules(thresholds)
